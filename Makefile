@@ -1,0 +1,25 @@
+# The two commands of the README. Both set up .venv/ first (a no-op when already set up).
+SHELL := /bin/bash
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+CORES ?= $(shell nproc)
+TARGET ?= all
+PYTEST_ARGS ?=
+
+.PHONY: setup pipeline test test-fast report clean
+
+setup:
+	@scripts/setup_env.sh
+
+pipeline: setup
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) $(TARGET)
+	@if [ "$(TARGET)" = "all" ]; then $(VENV)/bin/snakemake --profile profiles/local --report results/report.html; fi
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf results .snakemake

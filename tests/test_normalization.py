@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from xec.errors import XecError
+from xec.normalization import NPHO_TRANSFORMS, PRESETS, Normalizer, get_normalizer
+
+valid_npho = st.floats(min_value=0.0, max_value=5e6, allow_nan=False)
+valid_time = st.floats(min_value=-5e-7, max_value=5e-7, allow_nan=False)
+
+
+def test_meg2_constants():
+    n = get_normalizer()
+    assert n.preset == "meg2"
+    assert (n.npho_scale, n.npho_scale2, n.time_scale, n.time_shift, n.sentinel, n.npho_threshold) == (
+        1000.0, 4.08, 1.14e-7, -0.46, -1.0, 100.0)
+    npho_n, time_n = n.normalize(np.array([1000.0]), np.array([1.14e-7]))
+    assert npho_n[0] == pytest.approx(math.log(2) / 4.08, rel=1e-6)
+    assert time_n[0] == pytest.approx(1.46, rel=1e-6)
+
+
+def test_legacy_constants():
+    n = get_normalizer("legacy")
+    assert (n.npho_scale, n.npho_scale2, n.time_scale, n.time_shift, n.sentinel) == (0.58, 1.0, 6.5e-8, 0.5, -5.0)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("transform", NPHO_TRANSFORMS)
+@settings(max_examples=60, deadline=None)
+@given(data=hnp.arrays(np.float64, st.integers(1, 50), elements=valid_npho), t=valid_time)
+def test_round_trip_on_valid_sensors(preset, transform, data, t):
+    n = get_normalizer(preset, npho_transform=transform)
+    time = np.full_like(data, t)
+    npho_n, time_n = n.normalize(data, time)
+    back = n.denormalize_npho(npho_n)
+    np.testing.assert_allclose(back, data, rtol=2e-5, atol=2e-3 * n.npho_scale)
+    has_time = data >= n.npho_threshold
+    np.testing.assert_allclose(n.denormalize_time(time_n[has_time]), time[has_time], rtol=1e-5, atol=1e-13)
+    assert np.all(time_n[~has_time] == np.float32(n.sentinel))
+
+
+@settings(max_examples=100, deadline=None)
+@given(npho=st.one_of(st.just(1e10), st.just(np.nan), st.just(np.inf), st.floats(9.0000001e9, 1e30)),
+       t=st.one_of(valid_time, st.just(np.nan), st.just(1e10)))
+def test_dead_sensor_rule(npho, t):
+    n = get_normalizer()
+    npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))
+    assert npho_n[0] == n.sentinel and time_n[0] == n.sentinel
+
+
+@settings(max_examples=100, deadline=None)
+@given(npho=st.one_of(st.floats(-1e6, -1e-9), st.just(-np.inf)), t=valid_time)
+def test_negative_npho_is_zero_without_time(npho, t):
+    n = get_normalizer()
+    npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))
+    assert npho_n[0] == 0.0 and time_n[0] == n.sentinel
+
+
+@settings(max_examples=100, deadline=None)
+@given(npho=st.floats(0, 99.999), t=valid_time)
+def test_below_threshold_has_no_time(npho, t):
+    n = get_normalizer()
+    npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))
+    assert np.isfinite(npho_n[0]) and npho_n[0] >= 0 and time_n[0] == n.sentinel
+
+
+@settings(max_examples=100, deadline=None)
+@given(npho=st.floats(100, 1e6), t=st.one_of(st.just(np.nan), st.just(np.inf), st.just(-np.inf), st.just(1e10),
+                                               st.floats(9.0000001e9, 1e20), st.floats(-1e20, -9.0000001e9)))
+def test_invalid_time_rule(npho, t):
+    n = get_normalizer()
+    npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))
+    assert npho_n[0] > 0 and time_n[0] == n.sentinel
+
+
+def test_output_never_nan():
+    n = get_normalizer()
+    npho = np.array([np.nan, np.inf, -np.inf, 1e10, -3.0, 0.0, 50.0, 1e4])
+    time = np.array([np.nan, 1.0e-8, np.inf, 1e10, 0.0, np.nan, 1e-8, -np.inf])
+    x = n.normalize_events(npho[None], time[None])
+    assert x.shape == (1, 8, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def test_errors():
+    with pytest.raises(XecError, match="unknown normalization preset 'nope'"):
+        get_normalizer("nope")
+    with pytest.raises(XecError, match="npho_scale must be a positive"):
+        get_normalizer("meg2", npho_scale=-1.0)
+    with pytest.raises(XecError, match="unknown npho transform"):
+        get_normalizer("meg2", npho_transform="cube")
+    with pytest.raises(XecError, match="sentinel must be negative"):
+        get_normalizer("meg2", sentinel=0.5)
+
+
+def test_artifact_round_trip_and_mismatch():
+    n = get_normalizer()
+    assert Normalizer.from_dict(n.to_dict()) == n
+    n.check_compatible(n.to_dict(), where="manifest.json")
+    with pytest.raises(XecError, match="normalization mismatch with model.onnx: preset"):
+        n.check_compatible(get_normalizer("legacy"), where="model.onnx")

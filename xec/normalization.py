@@ -1,0 +1,158 @@
+"""Input normalization: the one place that turns raw (npho, time) into network inputs and back.
+
+npho_norm = T(npho / npho_scale) / npho_scale2 with T = log1p (default), sqrt, anscombe or
+linear; time_norm = time / time_scale - time_shift.
+
+Invalid-sensor rules (DESIGN.md):
+- npho > 9e9 or NaN: dead sensor, npho and time both set to the sentinel;
+- npho below the transform's domain (negative photon counts, baseline noise): npho 0;
+- npho below npho_threshold, |time| > 9e9 or NaN time: time set to the sentinel.
+
+The preset travels with every artifact (``to_dict``/``from_dict``) and ``check_compatible``
+turns a mismatch into an error instead of a silently wrong answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xec.errors import XecError
+
+NPHO_TRANSFORMS = ("log1p", "sqrt", "anscombe", "linear")
+INVALID_ABOVE = 9e9  # MEG II files mark dead/missing values with 1e10
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "meg2": dict(npho_scale=1000.0, npho_scale2=4.08, time_scale=1.14e-7, time_shift=-0.46,
+                 sentinel=-1.0, npho_threshold=100.0, npho_transform="log1p"),
+    "legacy": dict(npho_scale=0.58, npho_scale2=1.0, time_scale=6.5e-8, time_shift=0.5,
+                   sentinel=-5.0, npho_threshold=100.0, npho_transform="log1p"),
+}
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Forward and inverse normalization with the invalid-sensor rules of one preset."""
+
+    preset: str
+    npho_scale: float
+    npho_scale2: float
+    time_scale: float
+    time_shift: float
+    sentinel: float
+    npho_threshold: float
+    npho_transform: str = "log1p"
+
+    def __post_init__(self) -> None:
+        if self.npho_transform not in NPHO_TRANSFORMS:
+            raise XecError(f"unknown npho transform {self.npho_transform!r}; choose one of {NPHO_TRANSFORMS}")
+        for name in ("npho_scale", "npho_scale2", "time_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise XecError(f"normalization parameter {name} must be a positive finite number, got {value!r}")
+        for name in ("time_shift", "sentinel", "npho_threshold"):
+            if not math.isfinite(getattr(self, name)):
+                raise XecError(f"normalization parameter {name} must be finite, got {getattr(self, name)!r}")
+        if self.npho_threshold < 0:
+            raise XecError(f"normalization parameter npho_threshold must be >= 0, got {self.npho_threshold}")
+        if self.sentinel >= 0:
+            # Normalized npho is >= 0, so a non-negative sentinel would be ambiguous.
+            raise XecError(f"normalization sentinel must be negative, got {self.sentinel}")
+
+    # ------------------------------------------------------------------ forward
+    def _npho_forward(self, npho: np.ndarray) -> np.ndarray:
+        r = npho / self.npho_scale
+        if self.npho_transform == "log1p":
+            y = np.log1p(r)
+        elif self.npho_transform == "sqrt":
+            y = np.sqrt(r)
+        elif self.npho_transform == "anscombe":
+            y = 2.0 * np.sqrt(r + 0.375) - 2.0 * math.sqrt(0.375)  # shifted so that npho 0 -> 0
+        else:
+            y = r
+        return y / self.npho_scale2
+
+    def normalize(self, npho: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw npho (photons) and time (s) -> normalized float32 arrays of the same shape."""
+        npho = np.asarray(npho, dtype=np.float64)
+        time = np.asarray(time, dtype=np.float64)
+        if npho.shape != time.shape:
+            raise XecError(f"npho and time shapes differ: {npho.shape} vs {time.shape}")
+        dead = np.isnan(npho) | (npho > INVALID_ABOVE)
+        clean = np.where(dead, 0.0, npho)
+        clean = np.where(clean < 0.0, 0.0, clean)  # below the domain (also -inf): no light
+        no_time = dead | (clean < self.npho_threshold) | ~(np.abs(time) <= INVALID_ABOVE)  # NaN-safe
+        with np.errstate(invalid="ignore", over="ignore"):
+            npho_n = np.where(dead, self.sentinel, self._npho_forward(clean))
+            time_n = np.where(no_time, self.sentinel, time / self.time_scale - self.time_shift)
+        return npho_n.astype(np.float32), time_n.astype(np.float32)
+
+    def normalize_events(self, npho: np.ndarray, time: np.ndarray) -> np.ndarray:
+        """(N, 4760) npho and time -> (N, 4760, 2) float32 network input."""
+        npho_n, time_n = self.normalize(npho, time)
+        return np.stack([npho_n, time_n], axis=-1)
+
+    # ------------------------------------------------------------------ inverse
+    def denormalize_npho(self, npho_n: np.ndarray) -> np.ndarray:
+        """Normalized npho -> photons; the sentinel maps to NaN."""
+        y = np.asarray(npho_n, dtype=np.float64)
+        z = y * self.npho_scale2
+        if self.npho_transform == "log1p":
+            r = np.expm1(z)
+        elif self.npho_transform == "sqrt":
+            r = np.square(np.maximum(z, 0.0))
+        elif self.npho_transform == "anscombe":
+            r = np.square(np.maximum(z + 2.0 * math.sqrt(0.375), 0.0) / 2.0) - 0.375
+        else:
+            r = z
+        return np.where(y == np.float32(self.sentinel), np.nan, r * self.npho_scale)
+
+    def denormalize_time(self, time_n: np.ndarray) -> np.ndarray:
+        """Normalized time -> seconds; the sentinel maps to NaN."""
+        y = np.asarray(time_n, dtype=np.float64)
+        return np.where(y == np.float32(self.sentinel), np.nan, (y + self.time_shift) * self.time_scale)
+
+    def time_scale_ns(self) -> float:
+        """Nanoseconds per unit of normalized time (for errors in physical units)."""
+        return self.time_scale * 1e9
+
+    # ------------------------------------------------------------------ artifacts
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Normalizer":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise XecError(f"unknown normalization parameters: {sorted(unknown)}")
+        return cls(**d)
+
+    def check_compatible(self, other: "Normalizer | dict[str, Any]", where: str) -> None:
+        """Raise XecError if ``other`` (e.g. read from a manifest or checkpoint) differs."""
+        other_n = other if isinstance(other, Normalizer) else Normalizer.from_dict(dict(other))
+        if other_n != self:
+            diffs = [f"{k}: {getattr(self, k)!r} != {getattr(other_n, k)!r}"
+                     for k in self.to_dict() if getattr(self, k) != getattr(other_n, k)]
+            raise XecError(f"normalization mismatch with {where}: " + "; ".join(diffs))
+
+
+def get_normalizer(preset: str = "meg2", **overrides: Any) -> Normalizer:
+    """The normalizer of a named preset, with optional parameter overrides."""
+    if preset not in PRESETS:
+        raise XecError(f"unknown normalization preset {preset!r}; known presets: {sorted(PRESETS)}")
+    params = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = set(params) - {f.name for f in dataclasses.fields(Normalizer)}
+    if unknown:
+        raise XecError(f"unknown normalization parameters: {sorted(unknown)}")
+    return Normalizer(preset=preset, **params)
+
+
+def normalizer_from_config(cfg: dict[str, Any]) -> Normalizer:
+    """The normalizer described by the config's ``normalization`` section."""
+    section = dict(cfg.get("normalization", {}))
+    preset = section.pop("preset", "meg2")
+    return get_normalizer(preset, **section)
