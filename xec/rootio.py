@@ -1,0 +1,147 @@
+"""ROOT I/O in the MEG II format: the schema, a validated chunked reader and an atomic chunked
+writer (uproot TTree, not RNTuple). Every ROOT read or write in xec goes through here so that a
+bad file always gets the same clear error naming the file and the problem."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import uproot
+
+from xec.errors import XecError
+from xec.geometry import N_SENSORS
+from xec.utils import atomic_path
+
+# Per-sensor float32[4760] branches.
+SENSOR_BRANCHES = ("npho", "relative_npho", "time", "relative_time")
+# Per-event branches and their per-event shape; dtype float32 unless listed in INT_BRANCHES.
+TRUTH_BRANCHES: dict[str, tuple[int, ...]] = {
+    "energyTruth": (), "timeTruth": (), "uvwTruth": (3,), "xyzTruth": (3,), "emiAng": (2,),
+    "emiVec": (3,), "xyzVTX": (3,), "run": (), "event": (),
+}
+RECO_BRANCHES: dict[str, tuple[int, ...]] = {
+    "energyReco": (), "timeReco": (), "uvwRecoFI": (3,), "xyzRecoFI": (3,),
+}
+INT_BRANCHES = ("run", "event")
+EVENT_BRANCHES = {**TRUTH_BRANCHES, **RECO_BRANCHES}
+
+
+def expand_inputs(patterns: Iterable[str]) -> list[str]:
+    """Paths or globs -> sorted existing files; a pattern matching nothing is an error."""
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matched:
+            raise XecError(f"{pattern}: no such file")
+        files.extend(matched)
+    if not files:
+        raise XecError("no input files given")
+    return files
+
+
+def open_tree(path: str | os.PathLike, tree: str = "tree"):
+    """Open ``path`` and return its TTree, turning every failure into one clear XecError."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise XecError(f"{path}: no such file")
+    try:
+        f = uproot.open(path)
+    except Exception as exc:  # uproot raises ValueError/OSError/DeserializationError
+        raise XecError(f"{path}: not a readable ROOT file ({type(exc).__name__}: {exc})") from exc
+    try:
+        obj = f[tree]
+    except Exception as exc:
+        keys = ", ".join(sorted({k.split(';')[0] for k in f.keys()})) or "none"
+        raise XecError(f"{path}: no TTree {tree!r} (keys: {keys})") from exc
+    if not isinstance(obj, uproot.behaviors.TTree.TTree):
+        raise XecError(f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree")
+    return obj
+
+
+def check_branches(tree, path: str, sensor_branches: Sequence[str], event_branches: Sequence[str] = ()) -> None:
+    """Raise XecError if a required branch is missing."""
+    missing = [b for b in (*sensor_branches, *event_branches) if b not in tree.keys()]
+    if missing:
+        raise XecError(f"{path}: missing branch(es) {missing} in tree {tree.name!r}")
+
+
+def _as_sensor_array(values: Any, branch: str, path: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object:  # jagged (std::vector) branch: every event must have 4760 entries
+        lengths = {len(v) for v in arr}
+        if lengths != {N_SENSORS}:
+            raise XecError(f"{path}: branch {branch} has {sorted(lengths)[:5]} values per event, expected {N_SENSORS}")
+        arr = np.stack(arr)
+    if arr.ndim != 2 or arr.shape[1] != N_SENSORS:
+        raise XecError(f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected ({N_SENSORS},)")
+    return arr.astype(np.float32, copy=False)
+
+
+def _as_event_array(values: Any, branch: str, path: str) -> np.ndarray:
+    arr = np.asarray(values)
+    expected = EVENT_BRANCHES.get(branch)
+    if arr.dtype == object:
+        arr = np.stack(arr)
+    if expected is not None and arr.shape[1:] != expected:
+        raise XecError(f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected {expected}")
+    return arr
+
+
+def iterate_events(files: Sequence[str], tree: str = "tree", sensor_branches: Sequence[str] = ("npho", "relative_time"),
+                   event_branches: Sequence[str] = (), optional_branches: Sequence[str] = (),
+                   step_size: int = 1000, entry_start: int | None = None, entry_stop: int | None = None,
+                   ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Stream (path, arrays) chunks of at most ``step_size`` events, file after file. Sensor
+    branches come back as float32 (n, 4760); event branches as (n, *shape). Optional branches
+    are read where present. Memory is bounded by the chunk, not by the file."""
+    for path in files:
+        t = open_tree(path, tree)
+        check_branches(t, path, sensor_branches, event_branches)
+        present_optional = [b for b in optional_branches if b in t.keys() and b not in event_branches]
+        names = [*sensor_branches, *event_branches, *present_optional]
+        try:
+            for chunk in t.iterate(names, step_size=step_size, library="np",
+                                   entry_start=entry_start, entry_stop=entry_stop):
+                out = {b: _as_sensor_array(chunk[b], b, path) for b in sensor_branches}
+                out.update({b: _as_event_array(chunk[b], b, path) for b in (*event_branches, *present_optional)})
+                yield path, out
+        except XecError:
+            raise
+        except Exception as exc:
+            raise XecError(f"{path}: cannot read tree {tree!r} ({type(exc).__name__}: {exc}); is the file truncated?") from exc
+
+
+def count_events(files: Sequence[str], tree: str = "tree") -> int:
+    return sum(int(open_tree(p, tree).num_entries) for p in files)
+
+
+@contextlib.contextmanager
+def tree_writer(path: str | os.PathLike, tree: str = "tree", title: str = "") -> Iterator["TreeWriter"]:
+    """Write a TTree chunk by chunk to a temporary file that replaces ``path`` only on success."""
+    with atomic_path(Path(path), suffix=".root") as tmp:
+        with uproot.recreate(tmp) as f:
+            writer = TreeWriter(f, tree, title)
+            yield writer
+        if writer.entries == 0:
+            raise XecError(f"{path}: nothing to write (no events)")
+
+
+class TreeWriter:
+    """Creates the tree from the first chunk's dtypes/shapes (mktree) and extends it."""
+
+    def __init__(self, file, name: str, title: str = ""):
+        self._file, self._name, self._title = file, name, title
+        self._tree = None
+        self.entries = 0
+
+    def extend(self, arrays: Mapping[str, np.ndarray]) -> None:
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        if self._tree is None:
+            types = {k: np.dtype((v.dtype, v.shape[1:])) if v.ndim > 1 else v.dtype for k, v in arrays.items()}
+            self._tree = self._file.mktree(self._name, types, title=self._title)
+        self._tree.extend(arrays)
+        self.entries += len(next(iter(arrays.values())))
