@@ -1,0 +1,185 @@
+"""Resolution estimators: the one home for how xec quotes a resolution.
+
+Every resolution in xec (training metrics, the physics summary, the plots) comes from here, so
+that ML and classical reconstruction are always compared with the same estimator:
+
+- ``width68``: half-width of the central 68.27 % interval (q84.135 - q15.865) / 2. Robust, no
+  fit, equals sigma for a Gaussian.
+- ``gaussian_core_sigma``: Gaussian fitted to the histogram of the core, iterated on
+  mu +- 2 sigma (scipy ``curve_fit``). Insensitive to non-Gaussian tails (e.g. the low-energy
+  tail of a calorimeter), which is how MEG quotes its energy and position resolutions.
+- ``resolution``: both, with seeded bootstrap errors, plus bias (median), mean, rms and n.
+
+Non-finite values are dropped everywhere (``n`` counts what was used); too few values give NaN
+rather than an exception, so that an empty bin of a profile does not kill a whole plot.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import erf
+
+# Central 68.27 % interval (+-1 sigma of a Gaussian).
+_Q_LO, _Q_HI = 50.0 - 34.1345, 50.0 + 34.1345
+# Standard deviation of a unit Gaussian truncated to +-2 sigma: used to start the core fit.
+_TRUNC2_STD = float(np.sqrt(1.0 - 2.0 * 2.0 * np.exp(-2.0) / np.sqrt(2 * np.pi) / erf(2.0 / np.sqrt(2.0))))
+MIN_EVENTS = 10          # fewer finite values than this: every estimator returns NaN
+CORE_NSIGMA = 2.0        # core window of the Gaussian fit, in fitted sigmas
+CORE_ITERATIONS = 5
+
+
+def _finite(x: np.ndarray | Sequence[float]) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def width68(x: np.ndarray | Sequence[float]) -> float:
+    """Half-width of the central 68.27 % interval of ``x`` (equals sigma for a Gaussian)."""
+    x = _finite(x)
+    if x.size < MIN_EVENTS:
+        return float("nan")
+    lo, hi = np.percentile(x, [_Q_LO, _Q_HI])
+    return float(0.5 * (hi - lo))
+
+
+def bias(x: np.ndarray | Sequence[float]) -> float:
+    """Median of the residuals (robust against tails, unlike the mean)."""
+    x = _finite(x)
+    return float(np.median(x)) if x.size >= MIN_EVENTS else float("nan")
+
+
+def rms(x: np.ndarray | Sequence[float]) -> float:
+    """Root mean square of the residuals around zero (includes the bias)."""
+    x = _finite(x)
+    return float(np.sqrt(np.mean(x * x))) if x.size >= MIN_EVENTS else float("nan")
+
+
+def skewness(x: np.ndarray | Sequence[float]) -> float:
+    """Sample skewness E[(x-mu)^3]/sigma^3 (negative for a low tail)."""
+    x = _finite(x)
+    if x.size < MIN_EVENTS:
+        return float("nan")
+    d = x - x.mean()
+    s2 = np.mean(d * d)
+    return float(np.mean(d ** 3) / s2 ** 1.5) if s2 > 0 else 0.0
+
+
+def _gauss(x: np.ndarray, a: float, mu: float, sigma: float) -> np.ndarray:
+    return a * np.exp(-0.5 * ((x - mu) / sigma) ** 2)
+
+
+def gaussian_core_fit(x: np.ndarray | Sequence[float], nsigma: float = CORE_NSIGMA,
+                      iterations: int = CORE_ITERATIONS) -> tuple[float, float]:
+    """(mu, sigma) of a Gaussian fitted to the histogram of ``x`` within mu +- nsigma*sigma,
+    iterated: start from the median and width68, fit, re-centre the window on the fit, refit.
+    Returns (nan, nan) if there are too few values or the fit fails."""
+    x = _finite(x)
+    if x.size < MIN_EVENTS:
+        return float("nan"), float("nan")
+    mu, sigma = float(np.median(x)), width68(x)
+    if not sigma > 0:  # constant sample (or all but a few identical)
+        return mu, 0.0
+    for _ in range(iterations):
+        lo, hi = mu - nsigma * sigma, mu + nsigma * sigma
+        core = x[(x >= lo) & (x <= hi)]
+        if core.size < MIN_EVENTS:
+            break
+        # ~sqrt(n) bins, at least 10 and at most 60, over the window
+        nbins = int(np.clip(np.sqrt(core.size), 10, 60))
+        counts, edges = np.histogram(core, bins=nbins, range=(lo, hi))
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        # Poisson errors; empty bins get error 1 so they still pull the fit down
+        err = np.sqrt(np.maximum(counts, 1.0))
+        p0 = (counts.max(), float(core.mean()), float(core.std() / _TRUNC2_STD) if nsigma == 2.0 else sigma)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                popt, _ = curve_fit(_gauss, centres, counts, p0=p0, sigma=err, absolute_sigma=True, maxfev=2000)
+        except (RuntimeError, ValueError):
+            return float("nan"), float("nan")
+        new_mu, new_sigma = float(popt[1]), abs(float(popt[2]))
+        if not (np.isfinite(new_mu) and np.isfinite(new_sigma) and new_sigma > 0):
+            return float("nan"), float("nan")
+        converged = abs(new_sigma - sigma) < 1e-3 * sigma and abs(new_mu - mu) < 1e-3 * sigma
+        mu, sigma = new_mu, new_sigma
+        if converged:
+            break
+    return mu, sigma
+
+
+def gaussian_core_sigma(x: np.ndarray | Sequence[float]) -> float:
+    """Sigma of the iterative +-2 sigma Gaussian core fit (see :func:`gaussian_core_fit`)."""
+    return gaussian_core_fit(x)[1]
+
+
+def resolution(x: np.ndarray | Sequence[float], n_boot: int = 200, seed: int = 0) -> dict[str, float]:
+    """Resolution summary of residuals ``x``: width68 and sigma_core with bootstrap errors
+    (standard deviation over ``n_boot`` resamples with a seeded generator: same input, same
+    numbers), bias (median), mu_core, mean, rms, skewness and n (finite values used)."""
+    x = _finite(x)
+    n = int(x.size)
+    out: dict[str, float] = {
+        "n": n, "width68": width68(x), "bias": bias(x), "rms": rms(x), "skewness": skewness(x),
+        "mean": float(x.mean()) if n >= MIN_EVENTS else float("nan"),
+    }
+    mu_core, sigma_core = gaussian_core_fit(x)
+    out["mu_core"], out["sigma_core"] = mu_core, sigma_core
+    out["width68_err"] = out["sigma_core_err"] = float("nan")
+    if n >= MIN_EVENTS and n_boot > 1:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        samples = x[idx]
+        lo, hi = np.percentile(samples, [_Q_LO, _Q_HI], axis=1)
+        out["width68_err"] = float(np.std(0.5 * (hi - lo), ddof=1))
+        if np.isfinite(sigma_core):
+            cores = np.array([gaussian_core_fit(s)[1] for s in samples])
+            cores = cores[np.isfinite(cores)]
+            if cores.size > 1:
+                out["sigma_core_err"] = float(np.std(cores, ddof=1))
+    return out
+
+
+def tail_fraction(x: np.ndarray | Sequence[float], nsigma: float = 3.0, side: str = "low") -> float:
+    """Fraction of values beyond ``nsigma`` core sigmas from the core mean, on the ``low`` or
+    ``high`` side (a Gaussian gives 0.13 % at 3 sigma). Used for the energy low tail."""
+    x = _finite(x)
+    mu, sigma = gaussian_core_fit(x)
+    if not np.isfinite(sigma):
+        return float("nan")
+    if side == "low":
+        return float(np.mean(x < mu - nsigma * sigma))
+    if side == "high":
+        return float(np.mean(x > mu + nsigma * sigma))
+    raise ValueError(f"side must be 'low' or 'high', not {side!r}")
+
+
+def opening_angle_deg(theta1, phi1, theta2, phi2) -> np.ndarray:
+    """Angle (deg) between the directions (theta1, phi1) and (theta2, phi2), all in degrees,
+    using the MEG II convention of :func:`xec.geometry.angles_to_direction`."""
+    from xec.geometry import angles_to_direction
+
+    d1 = angles_to_direction(np.asarray(theta1, dtype=np.float64), np.asarray(phi1, dtype=np.float64))
+    d2 = angles_to_direction(np.asarray(theta2, dtype=np.float64), np.asarray(phi2, dtype=np.float64))
+    # atan2(|a x b|, a.b) is accurate for tiny angles, where arccos(a.b) loses all precision
+    cross = np.linalg.norm(np.cross(d1, d2), axis=-1)
+    dot = np.sum(d1 * d2, axis=-1)
+    return np.degrees(np.arctan2(cross, dot))
+
+
+def binned_resolution(values: np.ndarray, residuals: np.ndarray, edges: np.ndarray | Sequence[float],
+                      n_boot: int = 50, seed: int = 0) -> list[dict[str, float]]:
+    """:func:`resolution` of ``residuals`` in bins of ``values`` (for resolution profiles);
+    each dict also carries the bin's ``lo``, ``hi`` and ``centre``."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    residuals = np.asarray(residuals, dtype=np.float64).ravel()
+    edges = np.asarray(edges, dtype=np.float64)
+    out = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        sel = (values >= lo) & ((values < hi) if i < len(edges) - 2 else (values <= hi))
+        r = resolution(residuals[sel], n_boot=n_boot, seed=seed + i)
+        r.update(lo=float(lo), hi=float(hi), centre=float(0.5 * (lo + hi)))
+        out.append(r)
+    return out
