@@ -1,0 +1,264 @@
+"""`xec infer`: streaming ONNX inference on ROOT files, its outputs and its bad-input errors.
+
+The models here are small hand-written torch modules exported with the xec metadata, so the
+expected predictions can be computed exactly in numpy; the parity of the real exported
+networks is tested in test_deploy_export.py."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import uproot
+
+from xec.cli import main as cli_main
+from xec.deploy.infer import run_inference
+from xec.deploy.onnx_meta import (inpainter_metadata, read_metadata, regressor_metadata, set_metadata,
+                                  software_versions)
+from xec.errors import XecError
+from xec.geometry import N_SENSORS
+from xec.metrics import opening_angle_deg
+from xec.normalization import get_normalizer
+
+TASKS = ("angle", "energy", "timing", "uvwFI")
+N_EVENTS = 150
+
+
+class _MeanRegressor(torch.nn.Module):
+    """Outputs fixed affine functions of the per-event mean npho_n and time_n."""
+
+    def forward(self, x):
+        m = x.mean(dim=1)  # (B, 2)
+        a, b = m[:, :1], m[:, 1:]
+        return (torch.cat([60.0 + 10.0 * a, -170.0 + 5.0 * b], 1), 0.05 * a + 0.01, b - 2.0,
+                torch.cat([a, b, a * b], 1))
+
+
+class _ConstantInpainter(torch.nn.Module):
+    def forward(self, x, mask):
+        m = (mask > 0.5).to(x.dtype).unsqueeze(-1)
+        return x * (1.0 - m) + 0.5 * m
+
+
+def _reference_preds(x: np.ndarray) -> dict[str, np.ndarray]:
+    m = x.astype(np.float64).mean(axis=1)
+    a, b = m[:, :1], m[:, 1:]
+    return {"angle": np.concatenate([60 + 10 * a, -170 + 5 * b], 1), "energy": 0.05 * a + 0.01,
+            "timing": b - 2.0, "uvwFI": np.concatenate([a, b, a * b], 1)}
+
+
+def _export(module: torch.nn.Module, path: Path, meta, with_meta: bool = True) -> Path:
+    import onnx
+
+    inputs = (torch.zeros(2, N_SENSORS, 2),) if meta.stage == "regressor" else (
+        torch.zeros(2, N_SENSORS, 2), torch.zeros(2, N_SENSORS))
+    axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, inputs, str(path), input_names=list(meta.inputs), output_names=list(meta.outputs),
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+    if with_meta:
+        model = onnx.load(str(path))
+        set_metadata(model, meta)
+        onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    norm = get_normalizer("meg2")
+    reg_meta = regressor_metadata(norm, TASKS, None, software_versions(17))
+    inp_meta = inpainter_metadata(norm, software_versions(17))
+    return {
+        "regressor": _export(_MeanRegressor(), d / "reg.onnx", reg_meta),
+        "inpainter": _export(_ConstantInpainter(), d / "inp.onnx", inp_meta),
+        "bare": _export(_MeanRegressor(), d / "bare.onnx", reg_meta, with_meta=False),
+        "legacy": _export(_MeanRegressor(), d / "legacy.onnx",
+                          regressor_metadata(get_normalizer("legacy"), TASKS, None, software_versions(17))),
+        "legacy_inp": _export(_ConstantInpainter(), d / "legacy_inp.onnx",
+                              inpainter_metadata(get_normalizer("legacy"), software_versions(17))),
+    }
+
+
+def _events(n: int, seed: int, n_sensors: int = N_SENSORS, dead_fraction: float = 0.01) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    npho = rng.exponential(400.0, size=(n, n_sensors)).astype(np.float32)
+    time = rng.normal(2e-8, 5e-9, size=(n, n_sensors)).astype(np.float32)
+    dead = rng.random((n, n_sensors)) < dead_fraction
+    dead[: n // 3] = False  # a third of the events without dead sensors
+    npho[dead] = 1e10
+    time[dead] = 1e10
+    return {
+        "npho": npho, "relative_time": time,
+        "run": np.full(n, 7, np.int32), "event": np.arange(100, 100 + n, dtype=np.int32),
+        "emiAng": np.stack([rng.uniform(60, 120, n), rng.uniform(-240, -120, n)], 1).astype(np.float32),
+        "energyTruth": np.full(n, 0.0528, np.float32), "timeTruth": rng.normal(0, 1, n).astype(np.float32),
+        "uvwTruth": rng.normal(0, 10, (n, 3)).astype(np.float32),
+    }
+
+
+def _write_root(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    with uproot.recreate(path) as f:
+        types = {k: np.dtype((v.dtype, v.shape[1:])) if v.ndim > 1 else v.dtype for k, v in arrays.items()}
+        f.mktree("tree", types)
+        if len(next(iter(arrays.values()))):
+            f["tree"].extend(arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def root_file(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    arrays = _events(N_EVENTS, seed=1)
+    return _write_root(tmp_path_factory.mktemp("data") / "realdata.root", arrays), arrays
+
+
+def _read_root(path: Path) -> pd.DataFrame:
+    return uproot.open(path)["tree"].arrays(library="pd")
+
+
+def test_outputs_match_numpy_reference(models, root_file, tmp_path):
+    path, arrays = root_file
+    out = tmp_path / "inf.root"
+    stats = run_inference(str(models["regressor"]), [str(path)], str(out), chunk_size=64, batch_size=7)
+    assert stats["events"] == N_EVENTS and stats["events_per_s"] > 0
+    df = pd.read_parquet(tmp_path / "inf.parquet")
+    root = _read_root(out)
+    assert list(root.columns) == list(df.columns)
+    np.testing.assert_array_equal(root.to_numpy(), df.to_numpy())
+    assert df["run"].dtype == np.int64 and (df["run"] == 7).all()
+    np.testing.assert_array_equal(df["event"], arrays["event"])
+
+    x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
+    ref = _reference_preds(x)
+    for task, cols in {"angle": ("theta", "phi"), "energy": ("energy",), "timing": ("time",),
+                       "uvwFI": ("u", "v", "w")}.items():
+        for j, col in enumerate(cols):
+            np.testing.assert_allclose(df[f"pred_{task}_{col}"], ref[task][:, j], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(df["true_angle_theta"], arrays["emiAng"][:, 0])
+    np.testing.assert_array_equal(df["true_uvwFI_w"], arrays["uvwTruth"][:, 2])
+    np.testing.assert_array_equal(df["true_energy_energy"], arrays["energyTruth"])
+    assert not any(c.startswith("reco_") for c in df.columns)  # no reco branches in the file
+    np.testing.assert_array_equal(df["n_dead"], (arrays["npho"] > 9e9).sum(1))
+    expected_angle = opening_angle_deg(df["pred_angle_theta"], df["pred_angle_phi"],
+                                       arrays["emiAng"][:, 0], arrays["emiAng"][:, 1])
+    np.testing.assert_allclose(df["opening_angle_deg"], expected_angle, rtol=1e-5)
+    assert (df["opening_angle_deg"] > 0).all() and (df["opening_angle_deg"] <= 180).all()
+
+
+def test_chunking_and_batching_do_not_change_results(models, root_file, tmp_path):
+    path, _ = root_file
+    a = run_inference(str(models["regressor"]), [str(path)], str(tmp_path / "a.root"), chunk_size=1000, batch_size=256)
+    b = run_inference(str(models["regressor"]), [str(path), str(path)], str(tmp_path / "b.root"),
+                      chunk_size=50, batch_size=1)
+    assert (a["events"], b["events"]) == (N_EVENTS, 2 * N_EVENTS)
+    da, db = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    pd.testing.assert_frame_equal(da, db.iloc[:N_EVENTS].reset_index(drop=True), rtol=1e-5, atol=1e-7)
+    pd.testing.assert_frame_equal(da, db.iloc[N_EVENTS:].reset_index(drop=True), rtol=1e-5, atol=1e-7)
+
+
+def test_inpainter_fills_dead_sensors_before_regressor(models, root_file, tmp_path):
+    path, arrays = root_file
+    run_inference(str(models["regressor"]), [str(path)], str(tmp_path / "i.root"),
+                  inpainter=str(models["inpainter"]), chunk_size=40, batch_size=16)
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
+    dead = arrays["npho"] > 9e9
+    x[dead] = 0.5  # what the constant inpainter writes into npho and time of dead sensors
+    ref = _reference_preds(x)
+    np.testing.assert_allclose(df["pred_energy_energy"], ref["energy"][:, 0], rtol=1e-5, atol=1e-6)
+    plain = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
+    changed = ~np.isclose(df["pred_energy_energy"], _reference_preds(plain)["energy"][:, 0], rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(changed, dead.any(1))  # exactly the events with dead sensors change
+
+
+def test_cli_writes_outputs_and_custom_parquet(models, root_file, tmp_path, capsys):
+    path, _ = root_file
+    out, pq = tmp_path / "cli.root", tmp_path / "sub" / "table.parquet"
+    rc = cli_main(["infer", "--model", str(models["regressor"]), "--input", str(path), "--out", str(out),
+                   "--parquet", str(pq), "--batch-size", "32", "--preset", "meg2", "--log", str(tmp_path / "l.log")])
+    assert rc == 0 and out.exists() and pq.exists()
+    assert "events/s" in capsys.readouterr().out
+    assert "events/s" in (tmp_path / "l.log").read_text()
+    assert len(pd.read_parquet(pq)) == N_EVENTS
+
+
+def _assert_nothing_written(d: Path) -> None:
+    assert sorted(p.name for p in d.iterdir() if p.suffix in (".root", ".parquet") or p.name.startswith(".")) == []
+
+
+def test_model_without_metadata_is_an_error_naming_the_file(models, root_file, tmp_path):
+    with pytest.raises(XecError, match=r"bare\.onnx.*no xec metadata"):
+        run_inference(str(models["bare"]), [str(root_file[0])], str(tmp_path / "o.root"))
+    _assert_nothing_written(tmp_path)
+    with pytest.raises(XecError, match="no xec metadata"):
+        read_metadata(models["bare"])
+
+
+def test_preset_conflicts_are_errors(models, root_file, tmp_path, capsys):
+    with pytest.raises(XecError, match=r"reg\.onnx.*'meg2'.*--preset 'legacy'"):
+        run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), preset="legacy")
+    with pytest.raises(XecError, match="normalization mismatch.*legacy_inp.onnx"):
+        run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"),
+                      inpainter=str(models["legacy_inp"]))
+    with pytest.raises(XecError, match=r"inp\.onnx: is an exported inpainter, expected a regressor"):
+        run_inference(str(models["inpainter"]), [str(root_file[0])], str(tmp_path / "o.root"))
+    rc = cli_main(["infer", "--model", str(models["legacy"]), "--input", str(root_file[0]),
+                   "--out", str(tmp_path / "o.root"), "--preset", "meg2"])
+    assert rc == 2 and "legacy.onnx" in capsys.readouterr().err
+    _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["missing_branch", "short_sensors", "empty", "missing_file", "not_root"])
+def test_bad_input_files_name_the_file_and_leave_nothing(models, root_file, tmp_path, case):
+    good_path = root_file[0]
+    bad = tmp_path / "in" / f"{case}.root"
+    bad.parent.mkdir()
+    arrays = _events(10, seed=3)
+    if case == "missing_branch":
+        del arrays["relative_time"]
+        _write_root(bad, arrays)
+        match = r"missing_branch\.root: missing branch.*relative_time"
+    elif case == "short_sensors":
+        arrays = _events(10, seed=3, n_sensors=4700)
+        _write_root(bad, arrays)
+        match = r"short_sensors\.root: branch npho has shape \(4700,\)"
+    elif case == "empty":
+        _write_root(bad, {k: v[:0] for k, v in arrays.items()})
+        match = r"empty\.root: tree 'tree' has no events"
+    elif case == "missing_file":
+        match = r"missing_file\.root: no such file"
+    else:
+        bad.write_bytes(b"this is not a ROOT file" * 10)
+        match = r"not_root\.root: not a readable ROOT file"
+    out = tmp_path / "out" / "realdata.root"
+    out.parent.mkdir()
+    out.write_bytes(b"previous result")  # an earlier output must survive a failed run
+    # the bad file comes second, so the good file's events would already be streaming
+    with pytest.raises(XecError, match=match):
+        run_inference(str(models["regressor"]), [str(good_path), str(bad)], str(out), chunk_size=32)
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["realdata.root"]
+
+
+def test_bad_chunk_midway_leaves_nothing(models, root_file, tmp_path, monkeypatch):
+    """An error raised while streaming (after outputs were opened) removes both outputs."""
+    import xec.deploy.infer as infer
+
+    original = infer.prediction_columns
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise XecError("boom in chunk 3")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "prediction_columns", failing)
+    with pytest.raises(XecError, match="boom"):
+        run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), chunk_size=32)
+    assert calls["n"] == 3
+    assert list(tmp_path.iterdir()) == []

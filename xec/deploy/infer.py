@@ -1,0 +1,226 @@
+"""`xec infer`: run exported ONNX models on MEG II ROOT files, streaming chunk by chunk.
+
+    xec infer --model results/regressor/model.onnx [--inpainter results/inpainter/model.onnx]
+              --input FILE.root [FILE2.root ...] --out results/inference/realdata.root
+              [--parquet results/inference/realdata.parquet] [--batch-size N] [--preset NAME]
+              [--config CFG] [--log LOG]
+
+The normalization comes from the model's ONNX metadata (xec.deploy.onnx_meta); a ``--preset``
+that disagrees with it is an error, never an override. With ``--inpainter`` the dead sensors of
+each event (npho > 9e9 or NaN, i.e. the normalized npho equals the preset's sentinel) are filled
+by the inpainter before the regressor sees the event. Memory is bounded by one chunk
+(``inference.chunk_size`` events), whatever the size of the input files.
+
+Output columns (the same in the ROOT TTree ``tree`` of ``--out`` and in the parquet file; the
+parquet defaults to ``--out`` with the suffix ``.parquet``), one row per event, in input order:
+
+====================  =======================================================================
+column                meaning
+====================  =======================================================================
+run, event            int64, from the file's ``run``/``event`` branches (absent: run -1 and
+                      the event's index over all input files)
+n_dead                int32, number of dead sensors (normalized npho == sentinel)
+pred_<task>_<col>     float32 prediction in physical units, e.g. pred_angle_theta (deg),
+                      pred_angle_phi (deg), pred_energy_energy (GeV), pred_timing_time (ns),
+                      pred_uvwFI_u / _v / _w (cm); tasks and columns from xec.targets
+true_<task>_<col>     MC truth of the same quantity, when the file has the truth branch
+reco_<task>_<col>     classical reconstruction (energyReco, timeReco, uvwRecoFI), when present
+opening_angle_deg     angle (deg) between the predicted and the true emission direction
+                      (needs the angle task and ``emiAng``), via xec.metrics.opening_angle_deg
+====================  =======================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from xec.config import add_config_argument, load_config
+from xec.deploy.onnx_meta import ModelMetadata, read_metadata
+from xec.deploy.runtime import make_session, run_batched
+from xec.errors import XecError
+from xec.normalization import Normalizer
+from xec.utils import atomic_path, progress_enabled, setup_logging
+
+log = logging.getLogger("xec.infer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="exported regressor (model.onnx)")
+    parser.add_argument("--inpainter", default=None, help="exported inpainter: fill dead sensors first")
+    parser.add_argument("--input", required=True, nargs="+", help="ROOT files or globs")
+    parser.add_argument("--out", required=True, help="output ROOT file (TTree 'tree')")
+    parser.add_argument("--parquet", default=None, help="output parquet (default: --out with suffix .parquet)")
+    parser.add_argument("--batch-size", type=int, default=None, help="events per ONNX Runtime call "
+                        "(default: config inference.batch_size)")
+    parser.add_argument("--preset", default=None, help="expected normalization preset; must match the model's")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="ONNX Runtime device (default: config inference.device)")
+    parser.add_argument("--log", default=None, help="log file")
+    add_config_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log)
+    cfg = load_config(args.config)
+    icfg = cfg.get("inference", {})
+    data = cfg.get("data", {})
+    stats = run_inference(
+        model=args.model, inputs=args.input, out=args.out, parquet=args.parquet,
+        inpainter=args.inpainter, preset=args.preset,
+        batch_size=args.batch_size or icfg.get("batch_size", 256),
+        chunk_size=icfg.get("chunk_size", 2000), device=args.device or icfg.get("device", "auto"),
+        intra_op_threads=icfg.get("intra_op_threads", 0), optimization=icfg.get("graph_optimization", "all"),
+        tree=data.get("tree", "tree"), npho_branch=data.get("npho_branch", "npho"),
+        time_branch=data.get("time_branch", "relative_time"))
+    log.info("wrote %d events to %s and %s in %.1f s: %.0f events/s", stats["events"], args.out,
+             stats["parquet"], stats["seconds"], stats["events_per_s"])
+    print(f"{stats['events']} events, {stats['events_per_s']:.0f} events/s")
+    return 0
+
+
+def load_models(model: str, inpainter: str | None, preset: str | None
+                ) -> tuple[ModelMetadata, ModelMetadata | None, Normalizer]:
+    """Read and cross-check the metadata of the regressor (and inpainter)."""
+    meta = read_metadata(model, expected_stage="regressor")
+    normalizer = meta.normalizer
+    if preset is not None and preset != normalizer.preset:
+        raise XecError(f"{model}: model was trained with normalization preset {normalizer.preset!r}, "
+                       f"but --preset {preset!r} was given (the model's preset cannot be overridden)")
+    inp_meta = None
+    if inpainter is not None:
+        inp_meta = read_metadata(inpainter, expected_stage="inpainter")
+        normalizer.check_compatible(inp_meta.normalizer, where=f"the inpainter {inpainter} (regressor {model})")
+    return meta, inp_meta, normalizer
+
+
+def _validate_inputs(files: list[str], tree: str, sensor_branches: tuple[str, ...]) -> int:
+    """Check every input before writing anything: readable, branches present, not empty."""
+    from xec.rootio import check_branches, open_tree
+
+    total = 0
+    for path in files:
+        t = open_tree(path, tree)
+        check_branches(t, path, sensor_branches)
+        n = int(t.num_entries)
+        if n == 0:
+            raise XecError(f"{path}: tree {tree!r} has no events")
+        total += n
+    return total
+
+
+def _event_columns(arrays: dict[str, np.ndarray], first_index: int) -> dict[str, np.ndarray]:
+    n = len(next(iter(arrays.values())))
+    run = arrays.get("run")
+    event = arrays.get("event")
+    return {
+        "run": np.full(n, -1, np.int64) if run is None else np.asarray(run).astype(np.int64).reshape(n),
+        "event": (np.arange(first_index, first_index + n, dtype=np.int64) if event is None
+                  else np.asarray(event).astype(np.int64).reshape(n)),
+    }
+
+
+def prediction_columns(meta: ModelMetadata, preds: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+    """pred_/true_/reco_ columns and the opening angle for one chunk (names: module docstring)."""
+    from xec.metrics import opening_angle_deg
+    from xec.targets import get_task, targets_from_branches
+
+    cols: dict[str, np.ndarray] = {}
+    truth = targets_from_branches(arrays, meta.tasks)
+    reco = targets_from_branches(arrays, meta.tasks, reco=True)
+    for task in meta.tasks:
+        names = get_task(task).columns
+        for prefix, source in (("pred", preds), ("true", truth), ("reco", reco)):
+            if task in source:
+                values = np.asarray(source[task], dtype=np.float32).reshape(len(source[task]), -1)
+                for j, col in enumerate(names):
+                    cols[f"{prefix}_{task}_{col}"] = values[:, j]
+    if "angle" in preds and "angle" in truth:
+        p, t = preds["angle"], truth["angle"]
+        cols["opening_angle_deg"] = opening_angle_deg(p[:, 0], p[:, 1], t[:, 0], t[:, 1]).astype(np.float32)
+    return cols
+
+
+def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = None, preset: str | None = None,
+                        batch_size: int = 256, chunk_size: int = 2000, device: str = "auto",
+                        intra_op_threads: int = 0, optimization: str = "all", tree: str = "tree",
+                        npho_branch: str = "npho", time_branch: str = "relative_time",
+                        ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield one dict of output columns per chunk. Validates the models and every input file
+    before the first chunk."""
+    from xec.rootio import TRUTH_BRANCHES, RECO_BRANCHES, expand_inputs, iterate_events
+
+    if batch_size < 1 or chunk_size < 1:
+        raise XecError(f"batch size and chunk size must be >= 1 (got {batch_size}, {chunk_size})")
+    meta, inp_meta, normalizer = load_models(model, inpainter, preset)
+    files = expand_inputs(inputs)
+    _validate_inputs(files, tree, (npho_branch, time_branch))
+    reg = make_session(model, device, intra_op_threads, optimization)
+    inp = make_session(inpainter, device, intra_op_threads, optimization) if inpainter else None
+    log.info("ONNX Runtime providers: %s; normalization preset %s; inpainter: %s",
+             reg.get_providers(), normalizer.preset, inpainter or "none")
+    out_names = [o.name for o in reg.get_outputs()]
+    if sorted(out_names) != sorted(meta.outputs):
+        raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(meta.outputs)}")
+    sentinel = np.float32(normalizer.sentinel)
+    optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
+    seen = 0
+    for _path, arrays in iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional,
+                                        step_size=chunk_size):
+        x = normalizer.normalize_events(arrays[npho_branch], arrays[time_branch])
+        dead = x[..., 0] == sentinel
+        n_dead = dead.sum(axis=1).astype(np.int32)
+        if inp is not None:
+            rows = np.flatnonzero(n_dead > 0)  # events without dead sensors need no filling
+            if len(rows):
+                (filled,) = run_batched(inp, {"input": x[rows], "mask": dead[rows].astype(np.float32)}, batch_size)
+                x[rows] = filled
+        outputs = run_batched(reg, {"input": x}, batch_size)
+        preds = {name[len("output_"):]: val for name, val in zip(out_names, outputs)}
+        cols = _event_columns(arrays, seen)
+        cols["n_dead"] = n_dead
+        cols.update(prediction_columns(meta, preds, arrays))
+        seen += len(x)
+        yield cols
+
+
+def run_inference(model: str, inputs: list[str], out: str, parquet: str | None = None, **kwargs: Any
+                  ) -> dict[str, Any]:
+    """Stream predictions into a ROOT TTree and a parquet file, both written atomically: on
+    any error neither output exists (and an older one is left untouched)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from xec.rootio import count_events, expand_inputs, tree_writer
+
+    parquet = parquet or str(Path(out).with_suffix(".parquet"))
+    if Path(parquet).resolve() == Path(out).resolve():
+        raise XecError(f"{out}: --parquet must differ from --out")
+    predictions = iterate_predictions(model, inputs, **kwargs)
+    t0 = time.perf_counter()
+    n = 0
+    with contextlib.ExitStack() as stack:
+        cols = next(predictions)  # validation errors surface here, before any output exists
+        total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
+        writer = stack.enter_context(tree_writer(out, "tree", title="xec inference"))
+        pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
+        bar = stack.enter_context(tqdm(total=total, unit="ev", desc="infer", disable=not progress_enabled()))
+        pq_writer = None
+        while cols is not None:
+            table = pa.table(cols)
+            if pq_writer is None:
+                pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
+            pq_writer.write_table(table)
+            writer.extend(cols)
+            n += len(cols["run"])
+            bar.update(len(cols["run"]))
+            cols = next(predictions, None)
+    seconds = time.perf_counter() - t0
+    return {"events": n, "seconds": seconds, "events_per_s": n / max(seconds, 1e-9), "parquet": parquet}

@@ -1,0 +1,167 @@
+"""ONNX model metadata: the one place that writes and reads the ``metadata_props`` of the
+models that ``xec export`` produces and ``xec infer`` (or any MEG II inference script) consumes.
+
+Every value is a string (ONNX ``metadata_props`` are string -> string); structured values are
+JSON. Keys:
+
+=====================  ==========================================================================
+key                    value
+=====================  ==========================================================================
+xec_format             metadata format version ("1")
+stage                  "regressor" or "inpainter"
+normalization_preset   preset name, e.g. "meg2"
+normalization          JSON of ``Normalizer.to_dict()`` (all parameters, the preset included)
+inputs                 JSON list of input names, e.g. ["input"] or ["input", "mask"]
+outputs                JSON list of output names, e.g. ["output_angle", "output_energy", ...]
+tasks                  JSON list of task names (regressor; [] for the inpainter)
+units                  JSON {task: unit} (angle deg, energy GeV, timing ns, uvwFI cm)
+columns                JSON {task: [column names]} (angle: theta, phi; uvwFI: u, v, w ...)
+target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied inside the graph;
+                       kept for reference only)
+xec_version, torch_version, onnx_version, opset     versions of the exporting software
+=====================  ==========================================================================
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from xec.errors import XecError
+from xec.normalization import Normalizer
+from xec.targets import get_task
+
+FORMAT_VERSION = "1"
+STAGES = ("regressor", "inpainter")
+REQUIRED_KEYS = ("stage", "normalization", "inputs", "outputs", "tasks")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The parsed metadata of one exported model."""
+
+    stage: str
+    normalizer: Normalizer
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tasks: tuple[str, ...] = ()
+    units: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    target_standardization: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def output_name(self, task: str) -> str:
+        return f"output_{task}"
+
+    def to_props(self) -> dict[str, str]:
+        props = {
+            "xec_format": FORMAT_VERSION,
+            "stage": self.stage,
+            "normalization_preset": self.normalizer.preset,
+            "normalization": json.dumps(self.normalizer.to_dict(), sort_keys=True),
+            "inputs": json.dumps(list(self.inputs)),
+            "outputs": json.dumps(list(self.outputs)),
+            "tasks": json.dumps(list(self.tasks)),
+            "units": json.dumps(self.units, sort_keys=True),
+            "columns": json.dumps({k: list(v) for k, v in self.columns.items()}, sort_keys=True),
+            "target_standardization": json.dumps(self.target_standardization, sort_keys=True),
+        }
+        props.update({k: str(v) for k, v in self.versions.items()})
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], where: str) -> "ModelMetadata":
+        """Parse ``metadata_props``; ``where`` (the file) names the culprit in every error."""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            raise XecError(f"{where}: ONNX model has no xec metadata (missing {missing}); "
+                           "export it with `xec export`")
+        try:
+            stage = props["stage"]
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r} (expected one of {STAGES})")
+            normalizer = Normalizer.from_dict(json.loads(props["normalization"]))
+            preset = props.get("normalization_preset")
+            if preset is not None and preset != normalizer.preset:
+                raise ValueError(f"normalization_preset {preset!r} disagrees with normalization {normalizer.preset!r}")
+            tasks = tuple(json.loads(props["tasks"]))
+            for t in tasks:
+                get_task(t)
+            units = dict(json.loads(props.get("units", "{}")))
+            columns = {k: tuple(v) for k, v in json.loads(props.get("columns", "{}")).items()}
+            ts = json.loads(props.get("target_standardization", "null"))
+            meta = cls(stage=stage, normalizer=normalizer,
+                       inputs=tuple(json.loads(props["inputs"])), outputs=tuple(json.loads(props["outputs"])),
+                       tasks=tasks, units=units, columns=columns, target_standardization=ts,
+                       versions={k: props[k] for k in ("xec_version", "torch_version", "onnx_version", "opset")
+                                 if k in props})
+        except XecError as exc:
+            raise XecError(f"{where}: bad xec metadata: {exc}") from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise XecError(f"{where}: bad xec metadata: {exc}") from exc
+        if stage == "regressor":
+            expected = tuple(f"output_{t}" for t in tasks)
+            if not tasks or meta.outputs != expected:
+                raise XecError(f"{where}: regressor metadata lists outputs {list(meta.outputs)} for tasks "
+                               f"{list(tasks)}; expected {list(expected)}")
+        return meta
+
+
+def regressor_metadata(normalizer: Normalizer, tasks: Sequence[str], target_standardization: dict | None,
+                       versions: Mapping[str, str]) -> ModelMetadata:
+    """Metadata of an exported regressor (units and columns come from xec.targets)."""
+    task_objs = [get_task(t) for t in tasks]
+    return ModelMetadata(
+        stage="regressor", normalizer=normalizer, inputs=("input",),
+        outputs=tuple(f"output_{t.name}" for t in task_objs), tasks=tuple(t.name for t in task_objs),
+        units={t.name: t.unit for t in task_objs}, columns={t.name: t.columns for t in task_objs},
+        target_standardization=target_standardization, versions=dict(versions))
+
+
+def inpainter_metadata(normalizer: Normalizer, versions: Mapping[str, str]) -> ModelMetadata:
+    return ModelMetadata(stage="inpainter", normalizer=normalizer, inputs=("input", "mask"),
+                         outputs=("output",), versions=dict(versions))
+
+
+def software_versions(opset: int) -> dict[str, str]:
+    import onnx
+    import torch
+
+    from xec import __version__
+
+    return {"xec_version": __version__, "torch_version": torch.__version__,
+            "onnx_version": onnx.__version__, "opset": str(opset)}
+
+
+def set_metadata(model, meta: ModelMetadata) -> None:
+    """Replace the xec keys of an ``onnx.ModelProto``'s metadata_props (others are kept)."""
+    props = meta.to_props()
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *sorted(props.items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_props(path: str | os.PathLike) -> dict[str, str]:
+    """The raw metadata_props of an ONNX file (weights are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise XecError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError ...
+        raise XecError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_metadata(path: str | os.PathLike, expected_stage: str | None = None) -> ModelMetadata:
+    """Read and validate the xec metadata of an ONNX file; XecError naming the file on problems."""
+    meta = ModelMetadata.from_props(read_props(path), where=str(path))
+    if expected_stage is not None and meta.stage != expected_stage:
+        raise XecError(f"{path}: is an exported {meta.stage}, expected a {expected_stage}")
+    return meta

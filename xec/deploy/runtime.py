@@ -1,0 +1,72 @@
+"""ONNX Runtime sessions: provider choice (CUDA where onnxruntime-gpu and a GPU are present,
+else CPU), thread count and graph optimization level, shared by `xec export` (parity check),
+`xec infer` and benchmarks/inference.py."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xec.errors import XecError
+
+log = logging.getLogger("xec.deploy")
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """Execution providers for ``device`` in {"auto", "cpu", "cuda"}."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise XecError(f"device 'cuda' asked for but ONNX Runtime offers only {available} "
+                       "(install onnxruntime-gpu on a machine with a GPU)")
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: str | os.PathLike, device: str = "auto", intra_op_threads: int = 0,
+                 optimization: str = "all"):
+    """An ``onnxruntime.InferenceSession`` for ``path``; XecError naming the file on failure.
+    ``intra_op_threads`` 0 lets ONNX Runtime choose (one per core)."""
+    import onnxruntime as ort
+
+    if optimization not in OPT_LEVELS:
+        raise XecError(f"unknown graph optimization level {optimization!r}; choose one of {OPT_LEVELS}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    opts.intra_op_num_threads = int(intra_op_threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    path = Path(path)
+    if not path.exists():
+        raise XecError(f"{path}: no such file")
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
+    except XecError:
+        raise
+    except Exception as exc:
+        raise XecError(f"{path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {exc})") from exc
+
+
+def run_batched(session, feeds: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Run ``session`` over the leading axis of ``feeds`` in batches; outputs concatenated in
+    the session's output order."""
+    n = len(next(iter(feeds.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        parts.append(session.run(None, {k: v[start:start + batch_size] for k, v in feeds.items()}))
+    if not parts:
+        return [np.zeros((0,), np.float32) for _ in session.get_outputs()]
+    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
