@@ -18,13 +18,16 @@ Global sensor ids (4760):
 Index maps are built from the computed physical positions (binning phi', z, r), never by
 reshaping id ranges, so a grid neighbour is always a physical neighbour.
 
-Outer-face grid: the coarse PMTs sit on odd multiples of half their phi' pitch (5.23 deg) and
-the centre patch on odd multiples of a third of it (5.23/3 deg), z pitch 10.355 vs 6.2 cm.
-The fine grid uses cells of a third of the coarse pitch in phi' and z (72 x 27 cells, each
-~3.2 x 3.5 cm); each cell belongs to the outer sensor whose centre is nearest (in cm on the
-cylinder). A coarse PMT away from the patch owns its 3 x 3 block; a patch PMT owns 1-4 cells.
-``outer_grid(pool=3)`` is the 24 x 9 coarse layout, with the patch merged into the 12 coarse
-cells it sits in.
+Outer face: the coarse PMTs form 24 strips x 9 z positions, except the centre block
+(strips 10-13 x z positions 3-5), which holds a denser 6 x 5 lattice (phi' pitch 2/3 and z pitch
+~3/5 of the coarse one) of 12 coarse + 18 patch PMTs. The fine grid (72, 45) gives each coarse
+PMT 3 x 5 cells and each lattice PMT 2 x 3 cells, so every cell belongs to exactly one sensor
+(npho split evenly over a sensor's cells, time copied) and the map back to sensors is exact.
+``outer_grid(pool=(3, 5))`` is the 24 x 9 coarse layout, the lattice merged into its 12 cells.
+
+Normals are the nominal ones (radial on the inner/outer cylinders, perpendicular to the slanted
+and hex planes). The reference table's inner-face normals carry a survey tilt of up to 1.09 deg
+per block of ~23 rows that no published constant describes; 98 % agree with ours within 1 deg.
 """
 from __future__ import annotations
 
