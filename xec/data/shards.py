@@ -1,0 +1,367 @@
+"""`xec shards`: ROOT files -> normalized WebDataset tar shards + manifest.json.
+
+Layout (measured in benchmarks/loader.py, see docs/performance.md): each tar sample is a BLOCK
+of up to ``block_size`` consecutive events (``x.npy`` float32 (n, 4760, 2) normalized, one
+``<task>.npy`` float32 (n, dim) per task in physical units, ``run.npy``/``event.npy`` int64),
+written uncompressed so that the loader can read any event range of a block with one pread.
+One event per sample (block_size 1) is supported for comparison but is many times slower to
+load. Time stays float32 (float16 steps of ~60 ps near 0.5 would eat into the timing
+resolution).
+
+Determinism: the input is cut into tasks of ``events_per_shard`` consecutive entries of one
+file; each task becomes exactly one shard whose bytes depend only on that task (tar mtime 0,
+fixed owner, sorted members), so parallel workers give the same shards byte for byte. Shards
+are renamed shard-NNNNNN.tar in task order. Everything is written into a temporary directory
+that replaces ``--out`` only after manifest.json is written: a failed or killed run leaves no
+manifest and never touches a previous good output.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+import xec
+from xec.config import add_config_argument, load_config
+from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
+from xec.errors import XecError
+from xec.geometry import N_SENSORS
+from xec.normalization import Normalizer, get_normalizer, normalizer_from_config
+from xec.rootio import expand_inputs, iterate_events, open_tree
+from xec.targets import TASKS, get_task, targets_from_branches
+from xec.utils import progress_enabled, setup_logging, write_json
+
+log = logging.getLogger("xec.shards")
+
+ID_BRANCHES = ("run", "event")
+PERCENTILES = (1, 5, 50, 95, 99)
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything that determines the bytes of a shard (so it travels to worker processes)."""
+
+    normalizer: Normalizer
+    tree: str = "tree"
+    npho_branch: str = "npho"
+    time_branch: str = "relative_time"
+    tasks: tuple[str, ...] = ("angle", "energy", "timing", "uvwFI", "angleVec")
+    truth_branches: dict[str, str] = field(default_factory=dict)  # task -> branch override
+    events_per_shard: int = 4096
+    block_size: int = 256
+    fiducial: dict[str, Any] | None = None  # {"u": [lo, hi], "v": [lo, hi], "w": [lo, hi]} on uvwTruth
+
+    def branch_of(self, task: str) -> str:
+        return self.truth_branches.get(task) or get_task(task).truth_branch
+
+    @property
+    def event_branches(self) -> list[str]:
+        names = [self.branch_of(t) for t in self.tasks]
+        if self.fiducial and self.branch_of("uvwFI") not in names:
+            names.append(self.branch_of("uvwFI"))
+        return names
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    file_index: int
+    path: str
+    entry_start: int
+    entry_stop: int
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _fiducial_mask(uvw: np.ndarray, cut: dict[str, Any]) -> np.ndarray:
+    mask = np.ones(len(uvw), dtype=bool)
+    for axis, name in enumerate("uvw"):
+        lo, hi = cut[name]
+        mask &= (uvw[:, axis] >= lo) & (uvw[:, axis] <= hi)
+    return mask
+
+
+def _check_finite_truth(arrays: dict[str, np.ndarray], path: str, first_entry: int) -> None:
+    for name, values in arrays.items():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            entries = (np.flatnonzero(bad)[:5] + first_entry).tolist()
+            raise XecError(f"{path}: truth branch {name} has non-finite values at entries {entries}"
+                           f" ({int(bad.sum())} events in this chunk)")
+
+
+def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict[str, Any]:
+    """Convert one task (an entry range of one file) into ``out_dir/part-<index>.tar``."""
+    s = settings
+    target_path = Path(out_dir) / f"part-{task.index:06d}.tar"
+    std_names = {s.branch_of(t): get_task(t).truth_branch for t in s.tasks}  # configured -> standard
+    uvw_branch = s.branch_of("uvwFI")
+    pending: list[dict[str, np.ndarray]] = []
+    n_pending = 0
+    units: list[int] = []
+    collected: dict[str, list[np.ndarray]] = {t: [] for t in s.tasks}
+    stats = dict(read=0, kept=0, dead_npho=0, nonfinite_sensor=0)
+    entry = task.entry_start
+
+    with open(target_path, "wb") as f:
+        writer = wds.TarWriter(f, user="xec", group="xec", mode=0o444, encoder=False, mtime=0.0)
+
+        def flush(n: int) -> None:
+            nonlocal pending, n_pending
+            block = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            take = {k: v[:n] for k, v in block.items()}
+            rest = {k: v[n:] for k, v in block.items()}
+            key = f"f{task.file_index:04d}e{task.entry_start:010d}b{len(units):05d}"
+            sample = {"__key__": key}
+            sample.update({f"{k}.npy": _npy_bytes(v) for k, v in take.items()})
+            writer.write(sample)
+            units.append(n)
+            pending = [rest] if len(rest["x"]) else []
+            n_pending -= n
+
+        for _, arrays in iterate_events([task.path], s.tree, (s.npho_branch, s.time_branch), s.event_branches,
+                                        optional_branches=ID_BRANCHES, step_size=s.block_size,
+                                        entry_start=task.entry_start, entry_stop=task.entry_stop):
+            n = len(arrays[s.npho_branch])
+            truth = {b: arrays[b] for b in s.event_branches}
+            _check_finite_truth(truth, task.path, entry)
+            npho, time = arrays[s.npho_branch], arrays[s.time_branch]
+            stats["read"] += n
+            stats["nonfinite_sensor"] += int((~np.isfinite(npho)).sum() + (~np.isfinite(time)).sum())
+            keep = np.ones(n, dtype=bool)
+            if s.fiducial:
+                keep = _fiducial_mask(arrays[uvw_branch], s.fiducial)
+            ids = {b: (arrays[b].astype(np.int64) if b in arrays else np.full(n, -1, np.int64))
+                   for b in ID_BRANCHES}
+            if "event" not in arrays:  # no event numbers in the file: the entry number identifies it
+                ids["event"] = np.arange(entry, entry + n, dtype=np.int64)
+            entry += n
+            if not keep.all():
+                npho, time = npho[keep], time[keep]
+                truth = {k: v[keep] for k, v in truth.items()}
+                ids = {k: v[keep] for k, v in ids.items()}
+            if len(npho) == 0:
+                continue
+            stats["dead_npho"] += int(((npho > 9e9) | np.isnan(npho)).sum())
+            x = s.normalizer.normalize_events(npho, time)
+            targets = targets_from_branches({std_names[k]: v for k, v in truth.items() if k in std_names}, s.tasks)
+            block = {"x": x, **{t: targets[t] for t in s.tasks}, **ids}
+            for t in s.tasks:
+                collected[t].append(targets[t])
+            pending.append(block)
+            n_pending += len(x)
+            stats["kept"] += len(x)
+            while n_pending >= s.block_size:
+                flush(s.block_size)
+        if n_pending:
+            flush(n_pending)
+        writer.close()
+
+    result: dict[str, Any] = {"index": task.index, "events": int(sum(units)), "units": units, "stats": stats,
+                              "targets": {t: (np.concatenate(v) if v else np.zeros((0, get_task(t).dim), np.float32))
+                                          for t, v in collected.items()}}
+    if not units:
+        target_path.unlink()
+        result["part"] = None
+    else:
+        result["part"] = str(target_path)
+        result["bytes"] = target_path.stat().st_size
+        result["sha256"] = _sha256(target_path)
+    return result
+
+
+def _sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def target_stats(targets: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """Per task and component: mean, std (for TargetStandardizer), min, max and percentiles."""
+    out = {}
+    for task, values in targets.items():
+        v = np.asarray(values, dtype=np.float64)
+        stats = {"mean": v.mean(axis=0).tolist(), "std": v.std(axis=0).tolist(),
+                 "min": v.min(axis=0).tolist(), "max": v.max(axis=0).tolist(), "count": int(len(v))}
+        for q in PERCENTILES:
+            stats[f"p{q:02d}"] = np.percentile(v, q, axis=0).tolist()
+        out[task] = stats
+    return out
+
+
+def plan_tasks(files: Sequence[str], tree: str, events_per_shard: int) -> tuple[list[ShardTask], list[int]]:
+    """Cut every file into entry ranges of ``events_per_shard``; opens each file (clear errors)."""
+    tasks: list[ShardTask] = []
+    entries: list[int] = []
+    for file_index, path in enumerate(files):
+        n = int(open_tree(path, tree).num_entries)
+        entries.append(n)
+        for start in range(0, n, events_per_shard):
+            tasks.append(ShardTask(len(tasks), file_index, path, start, min(n, start + events_per_shard)))
+    return tasks, entries
+
+
+def _pool(workers: int):
+    # fork: workers start in milliseconds and inherit the imported modules; spawn elsewhere.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+
+
+def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings,
+                 workers: int = 1) -> dict[str, Any]:
+    """Convert ``inputs`` (paths or globs) into shards + manifest in ``out``; returns the manifest."""
+    if settings.events_per_shard < 1 or settings.block_size < 1:
+        raise XecError(f"events_per_shard ({settings.events_per_shard}) and block_size "
+                       f"({settings.block_size}) must be >= 1")
+    for t in settings.tasks:
+        get_task(t)
+    files = expand_inputs(inputs)
+    tasks, entries = plan_tasks(files, settings.tree, settings.events_per_shard)
+    if not tasks:
+        raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        log.info("converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
+                 len(files), sum(entries), settings.events_per_shard, workers)
+        bar = tqdm(total=sum(entries), unit="ev", desc=f"shards {split}", disable=not progress_enabled())
+        results = []
+        if workers <= 1 or len(tasks) == 1:
+            for task in tasks:
+                results.append(convert_task(task, settings, str(tmp)))
+                bar.update(task.entry_stop - task.entry_start)
+            checksums = [_sha256(p) for p in files]
+        else:
+            with _pool(min(workers, len(tasks))) as pool:
+                futures = [pool.submit(convert_task, task, settings, str(tmp)) for task in tasks]
+                sums = [pool.submit(_sha256, p) for p in files]
+                for task, fut in zip(tasks, futures):
+                    results.append(fut.result())  # in task order: deterministic assembly
+                    bar.update(task.entry_stop - task.entry_start)
+                checksums = [s.result() for s in sums]
+        bar.close()
+        manifest = _assemble(results, files, entries, checksums, tmp, split, settings)
+        write_json(tmp / MANIFEST_NAME, manifest)  # last: a directory without it is never trusted
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d events in %d shards to %s (%.1f KB/event on disk)", manifest["events"],
+             len(manifest["shards"]), out, manifest["bytes"] / max(manifest["events"], 1) / 1e3)
+    return manifest
+
+
+def _assemble(results: list[dict[str, Any]], files: Sequence[str], entries: Sequence[int],
+              checksums: Sequence[str], tmp: Path, split: str, settings: ShardSettings) -> dict[str, Any]:
+    shards = []
+    kept_per_file = [0] * len(files)
+    stats_total: dict[str, int] = {}
+    for r in results:
+        for k, v in r["stats"].items():
+            stats_total[k] = stats_total.get(k, 0) + v
+    task_files = {}
+    for r in results:
+        if r["part"] is None:
+            continue
+        name = f"shard-{len(shards):06d}.tar"
+        os.replace(r["part"], tmp / name)
+        shards.append({"file": name, "events": r["events"], "units": r["units"], "bytes": r["bytes"],
+                       "sha256": r["sha256"]})
+        task_files[r["index"]] = name
+    total = sum(s["events"] for s in shards)
+    if total == 0:
+        raise XecError(f"{', '.join(files)}: no events left after the fiducial cut {settings.fiducial}")
+    targets = {t: np.concatenate([r["targets"][t] for r in results]) for t in settings.tasks}
+    s = settings
+    return {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "events": total,
+        "bytes": int(sum(sh["bytes"] for sh in shards)),
+        "shards": shards,
+        "normalization": s.normalizer.to_dict(),
+        "branches": {"tree": s.tree, "npho": s.npho_branch, "time": s.time_branch,
+                     "truth": {t: s.branch_of(t) for t in s.tasks}},
+        "tasks": list(s.tasks),
+        "units": {t: get_task(t).unit for t in s.tasks},
+        "sources": [{"path": str(p), "size": os.path.getsize(p), "sha256": c, "entries": n}
+                    for p, c, n in zip(files, checksums, entries)],
+        "selection": {"fiducial": s.fiducial, "events_read": stats_total.get("read", 0),
+                      "events_kept": total},
+        "invalid_values": {"dead_npho": stats_total.get("dead_npho", 0),
+                           "nonfinite_sensor": stats_total.get("nonfinite_sensor", 0)},
+        "target_stats": target_stats(targets),
+        "layout": {"kind": "blocks", "block_size": s.block_size, "events_per_shard": s.events_per_shard,
+                   "x": {"member": "x.npy", "dtype": "float32", "shape": [N_SENSORS, 2],
+                         "channels": ["npho_norm", "time_norm"]},
+                   "targets": {t: {"member": f"{t}.npy", "dtype": "float32", "dim": get_task(t).dim}
+                               for t in s.tasks},
+                   "ids": {b: {"member": f"{b}.npy", "dtype": "int64"} for b in ID_BRANCHES}},
+        "xec_version": xec.__version__,
+    }
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Swap the finished temporary directory into place; the old output is removed only after."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def settings_from_config(cfg: dict[str, Any], preset: str | None = None, events_per_shard: int | None = None,
+                         block_size: int | None = None) -> ShardSettings:
+    data, sec = cfg["data"], cfg["shards"]
+    normalizer = get_normalizer(preset) if preset else normalizer_from_config(cfg)
+    fid = sec["fiducial"]
+    fiducial = {k: list(fid[k]) for k in "uvw"} if fid["enabled"] else None
+    return ShardSettings(
+        normalizer=normalizer, tree=data["tree"], npho_branch=data["npho_branch"], time_branch=data["time_branch"],
+        tasks=tuple(sec["tasks"]), truth_branches=dict(sec["truth_branches"]),
+        events_per_shard=events_per_shard or sec["events_per_shard"], block_size=block_size or sec["block_size"],
+        fiducial=fiducial)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB", help="input ROOT files")
+    parser.add_argument("--split", required=True, help="split name recorded in the manifest (train, val, bench)")
+    parser.add_argument("--out", required=True, help="output shard directory (gets shard-NNNNNN.tar + manifest.json)")
+    add_config_argument(parser)
+    parser.add_argument("--preset", default=None, help="normalization preset (default: the config's)")
+    parser.add_argument("--events-per-shard", type=int, default=None)
+    parser.add_argument("--block-size", type=int, default=None, help="events per tar sample (1 = one event per sample)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: config shards.workers)")
+    parser.add_argument("--log", default=None, help="log file")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log)
+    cfg = load_config(args.config)
+    settings = settings_from_config(cfg, args.preset, args.events_per_shard, args.block_size)
+    workers = args.workers if args.workers is not None else cfg["shards"]["workers"]
+    write_shards(args.input, args.out, args.split, settings, workers=max(1, workers))
+    return 0
