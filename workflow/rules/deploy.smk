@@ -1,0 +1,84 @@
+# Deployment: ONNX export of the regressor and inpainter, ONNX Runtime inference on ROOT samples.
+
+# Inference runs: output name -> (sample, fill dead sensors with the inpainter first?).
+# realdata_noinpaint is the same file without inpainting, for the summary's with/without comparison.
+INFERENCE_RUNS = {
+    "realdata": {"sample": "realdata", "inpainter": True},
+    "realdata_noinpaint": {"sample": "realdata", "inpainter": False},
+    "bench": {"sample": "bench", "inpainter": False},
+}
+
+
+rule export_regressor:
+    input:
+        checkpoint=f"{RESULTS}/regressor/checkpoint.pt",
+        val=f"{RESULTS}/shards/val/manifest.json",
+    output:
+        model=f"{RESULTS}/regressor/model.onnx",
+        parity=f"{RESULTS}/regressor/model.parity.json",
+    params:
+        export=config["export"],
+    log:
+        f"{RESULTS}/logs/export/regressor.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export/regressor.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "xec export --config {RESOLVED_CONFIG} --checkpoint {input.checkpoint} --val-shards {input.val}"
+        " --out {output.model} --log {log}"
+
+
+rule export_inpainter:
+    input:
+        checkpoint=f"{RESULTS}/inpainter/checkpoint.pt",
+        val=f"{RESULTS}/shards/val/manifest.json",
+    output:
+        model=f"{RESULTS}/inpainter/model.onnx",
+        parity=f"{RESULTS}/inpainter/model.parity.json",
+    params:
+        export=config["export"],
+    log:
+        f"{RESULTS}/logs/export/inpainter.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/export/inpainter.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "xec export --config {RESOLVED_CONFIG} --checkpoint {input.checkpoint} --val-shards {input.val}"
+        " --out {output.model} --log {log}"
+
+
+def _inference_inpainter(wildcards):
+    return [f"{RESULTS}/inpainter/model.onnx"] if INFERENCE_RUNS[wildcards.name]["inpainter"] else []
+
+
+rule inference:
+    input:
+        model=f"{RESULTS}/regressor/model.onnx",
+        inpainter=_inference_inpainter,
+        data=lambda w: input_files(INFERENCE_RUNS[w.name]["sample"]),
+    output:
+        root=f"{RESULTS}/inference/{{name}}.root",
+        parquet=f"{RESULTS}/inference/{{name}}.parquet",
+    params:
+        inference=config["inference"],
+        branches={k: config["data"][k] for k in ("tree", "npho_branch", "time_branch")},
+        inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+    wildcard_constraints:
+        name="|".join(INFERENCE_RUNS),
+    log:
+        f"{RESULTS}/logs/inference/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/inference/{{name}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "xec infer --config {RESOLVED_CONFIG} --model {input.model} {params.inpainter_arg}"
+        " --input {input.data} --out {output.root} --parquet {output.parquet} --log {log}"
