@@ -1,0 +1,50 @@
+"""Exponential moving average of model weights; validation and export use the EMA copy."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Keeps ``module`` = a frozen copy of the model whose floating-point parameters and buffers
+    follow shadow = d * shadow + (1 - d) * live after each optimizer step.
+
+    The effective decay warms up as min(decay, (1 + n) / (10 + n)) so that short runs (a few
+    hundred steps on a CPU) are not dominated by the random initialization."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.warmup = warmup
+        self.num_updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        self.num_updates += 1
+        live = model.state_dict()
+        for name, shadow in self.module.state_dict().items():
+            src = live[name]
+            if shadow.dtype.is_floating_point:
+                shadow.lerp_(src.detach().to(shadow.dtype), 1.0 - d)
+            else:
+                shadow.copy_(src)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any], num_updates: int) -> None:
+        self.module.load_state_dict(state)
+        self.num_updates = int(num_updates)
