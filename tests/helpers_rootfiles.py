@@ -68,3 +68,29 @@ def write_root_file(path: str | Path, n_events: int = 200, seed: int = 0, chunk:
         for start in range(0, n_events, chunk):
             w.extend({k: v[start:start + chunk] for k, v in events.items()})
     return path
+
+
+_SAMPLE: dict | None = None
+
+
+def shared_sample() -> dict:
+    """Three small files (uneven sizes, distinct run numbers) and their shards (events_per_shard
+    100, block_size 32: uneven shards and blocks), built once per test process and removed at exit.
+    Returns {"dir", "files", "shards" (manifest path), "settings"}."""
+    global _SAMPLE
+    if _SAMPLE is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        from xec.data.shards import ShardSettings, write_shards
+        from xec.normalization import get_normalizer
+
+        root = Path(tempfile.mkdtemp(prefix="xec-data-sample-"))
+        atexit.register(shutil.rmtree, root, True)
+        files = [write_root_file(root / f"in{i}.root", n, seed=10 + i, run=i + 1, chunk=64)
+                 for i, n in enumerate((150, 101, 47))]
+        settings = ShardSettings(normalizer=get_normalizer("meg2"), events_per_shard=100, block_size=32)
+        write_shards([str(f) for f in files], root / "shards", "train", settings, workers=1)
+        _SAMPLE = {"dir": root, "files": files, "shards": root / "shards" / "manifest.json", "settings": settings}
+    return _SAMPLE

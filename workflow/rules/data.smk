@@ -19,3 +19,49 @@ rule simulate:
         runtime=30,
     shell:
         "xec simulate --config {RESOLVED_CONFIG} --sample {wildcards.sample} --out {output} --log {log}"
+
+
+rule shards:
+    input:
+        lambda w: input_files(w.split),
+    output:
+        f"{RESULTS}/shards/{{split}}/manifest.json",
+    params:
+        data={k: v for k, v in config["data"].items() if k in ("tree", "npho_branch", "time_branch")},
+        shards=config["shards"],
+        normalization=config["normalization"],
+    log:
+        f"{RESULTS}/logs/shards/{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/shards/{{split}}.tsv"
+    wildcard_constraints:
+        split="train|val|bench",
+    threads: config["shards"]["workers"]
+    resources:
+        mem_mb=1000 + 600 * config["shards"]["workers"],
+        runtime=30,
+    shell:
+        "xec shards --config {RESOLVED_CONFIG} --input {input} --split {wildcards.split}"
+        " --out {RESULTS}/shards/{wildcards.split} --workers {threads} --log {log}"
+
+
+rule reweighting:
+    input:
+        f"{RESULTS}/shards/train/manifest.json",
+    output:
+        weights=f"{RESULTS}/reweighting/weights.npz",
+        plot=report(f"{RESULTS}/reweighting/weights.png", caption="../report/reweighting.rst",
+                    category="Data"),
+    params:
+        reweighting=config["reweighting"],
+    log:
+        f"{RESULTS}/logs/reweighting.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/reweighting.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "xec reweight --config {RESOLVED_CONFIG} --manifest {input} --out {output.weights}"
+        " --plot {output.plot} --log {log}"

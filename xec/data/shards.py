@@ -41,7 +41,7 @@ from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
 from xec.normalization import Normalizer, get_normalizer, normalizer_from_config
-from xec.rootio import expand_inputs, iterate_events, open_tree
+from xec.rootio import check_branches, expand_inputs, iterate_events, open_tree
 from xec.targets import TASKS, get_task, targets_from_branches
 from xec.utils import progress_enabled, setup_logging, write_json
 
@@ -209,12 +209,18 @@ def target_stats(targets: dict[str, np.ndarray]) -> dict[str, dict[str, list[flo
     return out
 
 
-def plan_tasks(files: Sequence[str], tree: str, events_per_shard: int) -> tuple[list[ShardTask], list[int]]:
-    """Cut every file into entry ranges of ``events_per_shard``; opens each file (clear errors)."""
+def plan_tasks(files: Sequence[str], tree: str, events_per_shard: int, sensor_branches: Sequence[str] = (),
+               event_branches: Sequence[str] = ()) -> tuple[list[ShardTask], list[int]]:
+    """Cut every file into entry ranges of ``events_per_shard``; opens each file and checks its
+    branches first, so a bad file fails the run before anything is converted."""
     tasks: list[ShardTask] = []
     entries: list[int] = []
     for file_index, path in enumerate(files):
-        n = int(open_tree(path, tree).num_entries)
+        t = open_tree(path, tree)
+        check_branches(t, path, sensor_branches, event_branches)  # fail before converting anything
+        n = int(t.num_entries)
+        if n == 0:
+            log.warning("%s: no events in tree %r", path, tree)
         entries.append(n)
         for start in range(0, n, events_per_shard):
             tasks.append(ShardTask(len(tasks), file_index, path, start, min(n, start + events_per_shard)))
@@ -236,7 +242,8 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
     for t in settings.tasks:
         get_task(t)
     files = expand_inputs(inputs)
-    tasks, entries = plan_tasks(files, settings.tree, settings.events_per_shard)
+    tasks, entries = plan_tasks(files, settings.tree, settings.events_per_shard,
+                                (settings.npho_branch, settings.time_branch), settings.event_branches)
     if not tasks:
         raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
     out = Path(out)
@@ -263,6 +270,10 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
         bar.close()
         manifest = _assemble(results, files, entries, checksums, tmp, split, settings)
         write_json(tmp / MANIFEST_NAME, manifest)  # last: a directory without it is never trusted
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp made them private
+        os.chmod(tmp / MANIFEST_NAME, 0o666 & ~umask)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
