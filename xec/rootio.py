@@ -120,10 +120,13 @@ def count_events(files: Sequence[str], tree: str = "tree") -> int:
 
 
 @contextlib.contextmanager
-def tree_writer(path: str | os.PathLike, tree: str = "tree", title: str = "") -> Iterator["TreeWriter"]:
-    """Write a TTree chunk by chunk to a temporary file that replaces ``path`` only on success."""
+def tree_writer(path: str | os.PathLike, tree: str = "tree", title: str = "",
+                compression: Any = None) -> Iterator["TreeWriter"]:
+    """Write a TTree chunk by chunk to a temporary file that replaces ``path`` only on success.
+    ``compression``: an uproot compression (e.g. ``uproot.ZSTD(1)``, 4x faster to write than
+    the default ZLIB(1) at the same size); None keeps uproot's default."""
     with atomic_path(Path(path), suffix=".root") as tmp:
-        with uproot.recreate(tmp) as f:
+        with (uproot.recreate(tmp) if compression is None else uproot.recreate(tmp, compression=compression)) as f:
             writer = TreeWriter(f, tree, title)
             yield writer
         if writer.entries == 0:

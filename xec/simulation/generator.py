@@ -1,0 +1,291 @@
+"""Event loop of the fast simulation: blocks of events with their own random streams, chunks
+of blocks written to a MEG II-format ROOT TTree.
+
+Reproducibility: event i belongs to block i // BLOCK_SIZE, whose random numbers come from
+``np.random.SeedSequence([seed, 0, block])`` (fixed draw order inside the block), and the
+per-sample detector state (dead sensors, gains) from ``SeedSequence([seed, 1])``. Chunks are
+whole numbers of blocks and the last block is simulated in full and truncated, so the file
+content depends only on (seed, N, sample settings), never on the chunk size or the number of
+worker threads; and a run with N events is the first N events of a longer run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import uproot
+from tqdm import tqdm
+
+from xec import geometry as geo
+from xec.errors import XecError
+from xec.rootio import INT_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
+from xec.simulation import physics as ph
+from xec.utils import progress_enabled
+
+log = logging.getLogger("xec.simulation")
+
+BLOCK_SIZE = 256  # events per independent random stream (fixed: changing it changes the events)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One sample's settings (config ``simulation.samples[NAME]``)."""
+
+    name: str
+    events: int
+    seed: int
+    energy_mev: tuple[float, float]   # (lo, hi); lo == hi for a monochromatic sample
+    dead_fraction: float = 0.0
+    gain_spread: float = 0.0
+    pileup_probability: float = 0.0
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any], events: int | None = None,
+                    seed: int | None = None) -> "SampleSpec":
+        e = cfg.get("energy_mev", 52.8)
+        lo, hi = (float(e), float(e)) if np.isscalar(e) else (float(e[0]), float(e[1]))
+        spec = cls(name=name, events=int(cfg["events"] if events is None else events),
+                   seed=int(cfg["seed"] if seed is None else seed), energy_mev=(lo, hi),
+                   dead_fraction=float(cfg.get("dead_fraction", 0.0)),
+                   gain_spread=float(cfg.get("gain_spread", 0.0)),
+                   pileup_probability=float(cfg.get("pileup_probability", 0.0)))
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        where = f"sample {self.name!r}"
+        if self.events <= 0:
+            raise XecError(f"{where}: number of events must be > 0, got {self.events}")
+        if self.seed < 0:
+            raise XecError(f"{where}: seed must be >= 0, got {self.seed}")
+        lo, hi = self.energy_mev
+        if not (0 < lo <= hi) or not math.isfinite(hi):
+            raise XecError(f"{where}: energy_mev must be > 0 and [min, max] with min <= max, got {self.energy_mev}")
+        if not 0 <= self.dead_fraction < 1:
+            raise XecError(f"{where}: dead_fraction must be in [0, 1), got {self.dead_fraction}")
+        if not 0 <= self.gain_spread < 0.5:
+            raise XecError(f"{where}: gain_spread must be in [0, 0.5), got {self.gain_spread}")
+        if not 0 <= self.pileup_probability <= 1:
+            raise XecError(f"{where}: pileup_probability must be in [0, 1], got {self.pileup_probability}")
+
+
+@dataclass(frozen=True)
+class DetectorState:
+    """Per-sample fixed detector conditions: dead sensors and gain miscalibration."""
+
+    dead: np.ndarray   # (S,) bool
+    gain: np.ndarray   # (S,) float64, multiplies npho (1 = perfectly calibrated)
+
+    @property
+    def gain32(self) -> np.ndarray:
+        return self.gain.astype(np.float32)
+
+
+def detector_state(spec: SampleSpec) -> DetectorState:
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1]))
+    n_dead = int(round(spec.dead_fraction * geo.N_SENSORS))
+    dead = np.zeros(geo.N_SENSORS, bool)
+    dead[rng.choice(geo.N_SENSORS, size=n_dead, replace=False)] = True
+    gain = np.ones(geo.N_SENSORS)
+    if spec.gain_spread > 0:
+        gain = np.clip(1.0 + spec.gain_spread * rng.standard_normal(geo.N_SENSORS), 0.5, 1.5)
+    return DetectorState(dead=dead, gain=gain)
+
+
+@dataclass
+class _Group:
+    """One light group of a block: expected pe (n, S) and light-weighted arrival time (n, S)."""
+
+    mean_pe: np.ndarray
+    time_ns: np.ndarray
+
+
+def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarray, t0_ns: np.ndarray,
+                  params: ph.PhysicsParams, sensors: ph.SensorArrays
+                  ) -> tuple[dict[str, np.ndarray], list[_Group]]:
+    """One gamma per event: kinematics, shower, light. Returns its truth and light groups."""
+    direction, entry, conv = ph.sample_gammas(rng, vertex, params, sensors)
+    offsets, share = ph.sample_shower(rng, energy, direction, params)
+    yield_scale = np.ones(len(energy))
+    if params.yield_spread > 0:
+        yield_scale = np.maximum(1.0 + params.yield_spread * rng.standard_normal(len(energy)), 0.0)
+    spots = conv[:, None, :] + offsets
+    alive = ph.inside_active(spots)  # leakage: energy deposited outside the active xenon is lost
+    photons = (energy * params.photons_per_mev * yield_scale)[:, None] * share * alive
+    # gamma flies at c from the vertex to the conversion point, the shower front at c after it
+    t_conv = t0_ns + np.linalg.norm(conv - vertex, axis=1) / ph.C_CM_PER_NS
+    spot_t = t_conv[:, None] + np.linalg.norm(offsets, axis=2) / ph.C_CM_PER_NS
+    direct, time_sum, scattered = ph.light_tensor(conv, offsets, photons, spot_t, sensors, params)
+    eff = sensors.efficiency32
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_direct = time_sum / direct  # inf/nan where no direct light: never the earliest
+    # diffuse light: the scattered photons, shared by active area, arriving diffuse_delay_ns
+    # after the light-weighted shower time (one time per event: it only matters for sensors
+    # that see almost no direct light)
+    total = photons.sum(axis=1)
+    t_shower = (photons * spot_t).sum(axis=1) / np.maximum(total, 1e-30)
+    groups = [_Group(direct * eff, np.where(direct > 0, t_direct, np.inf).astype(np.float32)),
+              _Group((scattered[:, None] * sensors.area_share[None, :]).astype(np.float32) * eff,
+                     np.broadcast_to((t_shower + params.diffuse_delay_ns).astype(np.float32)[:, None], direct.shape))]
+    truth = {"direction": direction, "entry": entry, "conv": conv, "visible": total}
+    return truth, groups
+
+
+def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state: DetectorState,
+                   n_events: int = BLOCK_SIZE) -> dict[str, np.ndarray]:
+    """Simulate block ``block`` of ``spec`` (all BLOCK_SIZE events; the caller truncates) and
+    return the ROOT branches. The draw order below is part of the file format: keep it."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0, block]))
+    sensors = ph.sensor_arrays(params)
+    n = n_events
+    vertex = rng.standard_normal((n, 3)) * np.asarray(params.vertex_sigma_cm)
+    lo, hi = spec.energy_mev
+    energy = rng.uniform(lo, hi, n) if hi > lo else np.full(n, lo)
+    t0 = rng.uniform(0.0, params.trigger_window_ns, n)
+    truth, groups = _shower_light(rng, vertex, energy, t0, params, sensors)
+    if spec.pileup_probability > 0:
+        has_pu = rng.random(n) < spec.pileup_probability
+        pu_energy = rng.uniform(*params.pileup_energy_mev, n)
+        pu_t0 = t0 + rng.uniform(*params.pileup_window_ns, n)
+        pu_vertex = rng.standard_normal((n, 3)) * np.asarray(params.vertex_sigma_cm)
+        idx = np.flatnonzero(has_pu)
+        if idx.size:
+            _, pu_groups = _shower_light(rng, pu_vertex[idx], pu_energy[idx], pu_t0[idx], params, sensors)
+            for g in pu_groups:
+                mean = np.zeros((n, geo.N_SENSORS), np.float32)
+                t = np.full((n, geo.N_SENSORS), np.inf, np.float32)
+                mean[idx], t[idx] = g.mean_pe, g.time_ns
+                groups.append(_Group(mean, t))
+    # photoelectrons: one Poisson draw for the sum of the groups; first-photon time: each
+    # group's light-weighted arrival time + Exp(tau / its photoelectrons), the earliest wins
+    mean_pe = groups[0].mean_pe.copy()
+    for g in groups[1:]:
+        mean_pe += g.mean_pe
+    pe = ph.fast_poisson(rng, mean_pe)
+    tau = np.float32(params.decay_time_ns)
+    first = np.full((n, geo.N_SENSORS), np.inf, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pe_per_mean = pe / mean_pe
+        for g in groups:
+            delay = rng.standard_exponential((n, geo.N_SENSORS), dtype=np.float32)
+            delay *= tau / (g.mean_pe * pe_per_mean)   # inf where the group gave no photoelectron
+            delay += g.time_ns
+            np.fmin(first, delay, out=first)
+    first += rng.standard_normal((n, geo.N_SENSORS), dtype=np.float32) * sensors.jitter32
+    has_time = (pe >= params.time_threshold_pe) & np.isfinite(first) & ~state.dead
+    time_ns = np.where(has_time, first, np.float32(np.inf))
+    npho = pe * (state.gain32 / sensors.efficiency32)
+    # relative_time reference: earliest sensor with > reference_threshold_pe photoelectrons
+    ref_ok = has_time & (pe > params.reference_threshold_pe)
+    t_ref = np.where(ref_ok, time_ns, np.inf).min(axis=1).astype(np.float64)
+    fallback = time_ns.min(axis=1).astype(np.float64)
+    t_ref = np.where(np.isfinite(t_ref), t_ref, np.where(np.isfinite(fallback), fallback, t0))
+    live_max = np.where(state.dead, np.float32(0), npho).max(axis=1)
+    rel_npho = npho / np.maximum(live_max, np.float32(1e-30))[:, None]
+
+    def sentinel(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return np.where(valid, x, ph.NO_TIME).astype(np.float32)
+
+    live = ~state.dead[None, :]
+    theta, phi = geo.direction_to_angles(truth["direction"])
+    out = {
+        "npho": sentinel(npho, live),
+        "relative_npho": sentinel(rel_npho, live),
+        "time": sentinel(time_ns * np.float32(1e-9), has_time),
+        "relative_time": sentinel((time_ns - t_ref.astype(np.float32)[:, None]) * np.float32(1e-9), has_time),
+        "energyTruth": (energy * 1e-3).astype(np.float32),
+        "timeTruth": (t0 - t_ref).astype(np.float32),
+        "uvwTruth": geo.xyz_to_uvw(truth["conv"]).astype(np.float32),
+        "xyzTruth": truth["conv"].astype(np.float32),
+        "emiAng": np.stack([theta, phi], axis=1).astype(np.float32),
+        "emiVec": truth["direction"].astype(np.float32),
+        "xyzVTX": vertex.astype(np.float32),
+        "run": np.full(n, spec.seed, np.int32),
+        "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
+    }
+    return out
+
+
+def _check_schema(arrays: Mapping[str, np.ndarray]) -> None:
+    for b in SENSOR_BRANCHES:
+        assert arrays[b].shape[1:] == (geo.N_SENSORS,) and arrays[b].dtype == np.float32, b
+    for b, shape in TRUTH_BRANCHES.items():
+        assert arrays[b].shape[1:] == shape, b
+        assert arrays[b].dtype == (np.int32 if b in INT_BRANCHES else np.float32), b
+
+
+def iter_blocks(spec: SampleSpec, params: ph.PhysicsParams, chunk_size: int = 2048,
+                workers: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the branches of each block of events in order (the last block truncated to
+    ``spec.events``). Blocks are simulated a chunk (``chunk_size`` events, rounded up to whole
+    blocks) at a time on ``workers`` threads (numpy releases the GIL in the heavy kernels), so
+    memory is bounded by one chunk, whatever N."""
+    state = detector_state(spec)
+    blocks_per_chunk = max(1, -(-chunk_size // BLOCK_SIZE), workers)
+    n_blocks = -(-spec.events // BLOCK_SIZE)
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for first in range(0, n_blocks, blocks_per_chunk):
+            blocks = range(first, min(first + blocks_per_chunk, n_blocks))
+            if pool is None:
+                results = (simulate_block(b, spec, params, state) for b in blocks)
+            else:
+                results = pool.map(lambda b: simulate_block(b, spec, params, state), blocks)
+            for b, arrays in zip(blocks, results):
+                stop = spec.events - b * BLOCK_SIZE
+                if stop < BLOCK_SIZE:
+                    arrays = {k: v[:stop] for k, v in arrays.items()}
+                yield arrays
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def write_sample(path: str | os.PathLike, spec: SampleSpec, params: ph.PhysicsParams, chunk_size: int = 2048,
+                 workers: int = 1, tree: str = "tree") -> int:
+    """Simulate ``spec`` into the ROOT file ``path`` (atomically: no partial file on failure).
+
+    Every block is one ``extend`` (one basket per branch), so the file layout, not only the
+    arrays, is the same for any chunk size or number of workers. Blocks are compressed and
+    written on a background thread while the next ones are simulated. ZSTD(1): as small as
+    uproot's default ZLIB(1) and 4x faster to write."""
+    path = Path(path)
+    check_writable(path)
+    written = 0
+    with tree_writer(path, tree, title=f"xec fast simulation: sample {spec.name}",
+                     compression=uproot.ZSTD(1)) as writer, \
+            ThreadPoolExecutor(max_workers=1) as io_pool, \
+            tqdm(total=spec.events, unit="ev", desc=f"simulate {spec.name}", disable=not progress_enabled()) as bar:
+        pending = None
+        for arrays in iter_blocks(spec, params, chunk_size, workers):
+            _check_schema(arrays)
+            if pending is not None:
+                pending.result()  # one block in flight; re-raises a write error
+            pending = io_pool.submit(writer.extend, arrays)
+            written += len(arrays["event"])
+            bar.update(len(arrays["event"]))
+        if pending is not None:
+            pending.result()
+    return written
+
+
+def check_writable(path: Path) -> None:
+    """Fail before simulating anything if ``path`` cannot be written (probe file, removed)."""
+    if path.is_dir():
+        raise XecError(f"{path}: output path is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise XecError(f"{path}: cannot write the output file (a parent of it is not a directory)") from exc
+    except OSError as exc:
+        raise XecError(f"{path}: cannot write the output file ({exc.strerror or exc})") from exc
