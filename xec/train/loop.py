@@ -59,7 +59,8 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 class Trainer:
     def __init__(self, stage: Any, model: nn.Module, train_loader: Any, val_loader: Any, hp: Mapping[str, Any],
                  out_dir: str | Path, config: Mapping[str, Any] | None = None, ctx: DistContext | None = None,
-                 tracker: NullTracker | None = None, resume: bool = False):
+                 tracker: NullTracker | None = None, resume: bool | str = False,
+                 fingerprint: Mapping[str, Any] | None = None):
         self.stage = stage
         self.hp = {**DEFAULT_HP, **dict(hp)}
         self.ctx = ctx or DistContext()
@@ -97,8 +98,11 @@ class Trainer:
         self.best_epoch = -1
         self.nonfinite_total = 0
         self.run_id = getattr(self.tracker, "run_id", None)
+        # What the run depends on besides the model (config sections, data, init checkpoint): a
+        # checkpoint_last.pt of another fingerprint is not resumed (auto) or is an error (strict).
+        self.fingerprint = dict(fingerprint or {})
         if resume:
-            self._resume()
+            self._resume("auto" if resume == "auto" else "strict")
 
     # ----------------------------------------------------------------- set-up helpers
     def _amp_dtype(self, precision: str) -> torch.dtype | None:
@@ -148,16 +152,30 @@ class Trainer:
                         **(metrics or {})},
             "hp": dict(self.hp),
             "tracking": {"run_id": self.run_id},
+            "fingerprint": self.fingerprint,
             "xec_version": __version__,
         }
 
-    def _resume(self) -> None:
+    def _resume(self, mode: str = "strict") -> None:
+        """strict (``--resume``): a checkpoint of another stage, model preset or fingerprint is an
+        error. auto (the Snakemake rules): such a checkpoint is ignored and training starts over."""
         path = self.out_dir / "checkpoint_last.pt"
         if not path.exists():
             log.info("--resume: %s not found, starting from scratch", path)
             return
-        ck = ckpt_mod.load_checkpoint(path, expected_stage=self.stage.name)
-        ckpt_mod.check_model_compatible(ck, self.stage.payload().get("model", {}), where=f"{path} (--resume)")
+        try:
+            ck = ckpt_mod.load_checkpoint(path, expected_stage=self.stage.name)
+            ckpt_mod.check_model_compatible(ck, self.stage.payload().get("model", {}), where=f"{path} (--resume)")
+            old = dict(ck.get("fingerprint") or {})
+            changed = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
+            if changed:
+                raise XecError(f"{path} (--resume): made with a different {', '.join(changed)}; "
+                               f"delete it (or use --resume auto) to start over")
+        except XecError as exc:
+            if mode != "auto":
+                raise
+            log.warning("not resuming: %s; starting from scratch", exc)
+            return
         if self.stage.payload().get("normalization") and ck.get("normalization"):
             from xec.normalization import Normalizer
 

@@ -1,0 +1,92 @@
+# Training stages: MAE pretraining, then the inpainter and the regressor (both start from the MAE).
+# With train.gpus > 1 the rules launch torchrun (DDP, one process per GPU of one node).
+
+TRAIN_GPUS = int(config["train"]["gpus"])
+TRAIN_LAUNCH = (
+    f"torchrun --standalone --nproc_per_node {TRAIN_GPUS} -m xec.cli" if TRAIN_GPUS > 1 else "xec"
+)
+# Every training rule depends on the shared defaults, the model, the normalization and the seed.
+TRAIN_COMMON_PARAMS = dict(
+    train=config["train"],
+    model=config.get("model", {}),
+    normalization=config["normalization"],
+    seed=config["seed"],
+)
+
+
+rule mae:
+    input:
+        train=f"{RESULTS}/shards/train/manifest.json",
+        val=f"{RESULTS}/shards/val/manifest.json",
+    output:
+        checkpoint=f"{RESULTS}/mae/checkpoint.pt",
+        metrics=report(f"{RESULTS}/mae/metrics.json", caption="../report/train_mae.rst", category="Training"),
+    params:
+        **TRAIN_COMMON_PARAMS,
+        mae=config["mae"],
+    log:
+        f"{RESULTS}/logs/train/mae.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/mae.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=TRAIN_GPUS,
+    shell:
+        "{TRAIN_LAUNCH} train mae --config {RESOLVED_CONFIG} --shards {RESULTS}/shards"
+        " --out {RESULTS}/mae --resume auto --log {log}"
+
+
+rule inpainter:
+    input:
+        mae=f"{RESULTS}/mae/checkpoint.pt",
+        train=f"{RESULTS}/shards/train/manifest.json",
+        val=f"{RESULTS}/shards/val/manifest.json",
+    output:
+        checkpoint=f"{RESULTS}/inpainter/checkpoint.pt",
+        metrics=report(f"{RESULTS}/inpainter/metrics.json", caption="../report/train_inpainter.rst",
+                       category="Training"),
+    params:
+        **TRAIN_COMMON_PARAMS,
+        inpainter=config["inpainter"],
+    log:
+        f"{RESULTS}/logs/train/inpainter.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/inpainter.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=TRAIN_GPUS,
+    shell:
+        "{TRAIN_LAUNCH} train inpainter --config {RESOLVED_CONFIG} --mae {input.mae} --shards {RESULTS}/shards"
+        " --out {RESULTS}/inpainter --resume auto --log {log}"
+
+
+rule regressor:
+    input:
+        mae=f"{RESULTS}/mae/checkpoint.pt",
+        weights=f"{RESULTS}/reweighting/weights.npz",
+        train=f"{RESULTS}/shards/train/manifest.json",
+        val=f"{RESULTS}/shards/val/manifest.json",
+    output:
+        checkpoint=f"{RESULTS}/regressor/checkpoint.pt",
+        metrics=report(f"{RESULTS}/regressor/metrics.json", caption="../report/train_regressor.rst",
+                       category="Training"),
+        predictions=f"{RESULTS}/regressor/predictions.parquet",
+    params:
+        **TRAIN_COMMON_PARAMS,
+        regressor=config["regressor"],
+    log:
+        f"{RESULTS}/logs/train/regressor.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/regressor.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=90,
+        gpu=TRAIN_GPUS,
+    shell:
+        "{TRAIN_LAUNCH} train regressor --config {RESOLVED_CONFIG} --init {input.mae} --weights {input.weights}"
+        " --shards {RESULTS}/shards --out {RESULTS}/regressor --resume auto --log {log}"

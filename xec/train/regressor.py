@@ -1,0 +1,308 @@
+"""Regressor fine-tuning stage: multi-task loss on standardized targets, reweighting weights,
+channel-dropout augmentation, encoder initialized from the MAE, metrics in physical units.
+
+Loss per task (standardized units, mean over the task's components, then a weighted mean over
+events with the reweighting weights): smooth_l1 (beta), l1, mse, huber (delta = beta) or
+gaussian_nll. Gaussian NLL needs a variance: the model's ``<task>_logvar`` output when it has
+one, else a learned per-component log-variance held by the stage's loss module (saved with the
+model as ``loss_logvar.<task>``); ``beta`` > 0 gives the beta-NLL of Seitzer et al. (each
+event's NLL scaled by the detached variance^beta). The total is sum_task weight_task * loss_task.
+
+Validation metrics (physical units, via xec.metrics): theta/phi bias, RMS, skewness, width68
+(deg) and the 68 % quantile of the opening angle (deg); energy bias and resolution (68 % width
+of (pred-true)/true, %); timing bias and resolution (ps); u, v, w bias and resolution (mm); the
+val loss per task; and for each resolution the same quantity for "predict the train mean" and
+the ratio (``*_gain`` = mean-predictor width / model width).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xec.errors import XecError
+from xec.normalization import Normalizer
+from xec.targets import TargetStandardizer, get_task
+from xec.train.distributed import DistContext, all_reduce_sum, gather_arrays
+from xec.train.stages import load_encoder_from, model_config_of, model_meta
+
+log = logging.getLogger("xec.train")
+LOSS_TYPES = ("smooth_l1", "l1", "mse", "huber", "gaussian_nll")
+
+
+def task_losses(cfg: Mapping[str, Any], tasks) -> dict[str, dict[str, Any]]:
+    given = dict(cfg.get("regressor", {}).get("losses") or {})
+    unknown = set(given) - set(tasks)
+    if unknown:
+        raise XecError(f"config regressor.losses names task(s) {sorted(unknown)} not in regressor.tasks {list(tasks)}")
+    out = {}
+    for t in tasks:
+        spec = {"type": "smooth_l1", "weight": 1.0, "beta": 1.0, **dict(given.get(t) or {})}
+        if spec["type"] not in LOSS_TYPES:
+            raise XecError(f"config regressor.losses.{t}.type: unknown loss {spec['type']!r}; choose one of {LOSS_TYPES}")
+        out[t] = spec
+    return out
+
+
+def elementwise(kind: str, pred: torch.Tensor, target: torch.Tensor, beta: float,
+                logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, dim) per-component loss."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+    if kind == "l1":
+        return F.l1_loss(pred, target, reduction="none")
+    if kind == "mse":
+        return F.mse_loss(pred, target, reduction="none")
+    if kind == "huber":
+        return F.huber_loss(pred, target, reduction="none", delta=beta)
+    if kind == "gaussian_nll":
+        if logvar is None:
+            raise XecError("gaussian_nll needs a log-variance")
+        logvar = logvar.expand_as(pred).clamp(-10.0, 10.0)
+        nll = 0.5 * ((pred - target) ** 2 * torch.exp(-logvar) + logvar)
+        if beta > 0:
+            nll = nll * torch.exp(logvar.detach() * beta)  # beta-NLL: var^beta, no gradient through it
+        return nll
+    raise XecError(f"unknown loss {kind!r}; choose one of {LOSS_TYPES}")
+
+
+def regressor_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    sec = cfg.get("regressor", {})
+    tasks = list(sec.get("tasks") or ["angle", "energy", "timing", "uvwFI"])
+    for t in tasks:
+        get_task(t)
+    return {"tasks": tasks, "nll_tasks": [t for t, s in task_losses(cfg, tasks).items() if s["type"] == "gaussian_nll"]}
+
+
+def build_regressor_model(spec: Mapping[str, Any]) -> nn.Module:
+    from xec.models import XECRegressor
+
+    norm = Normalizer.from_dict(dict(spec["normalization"]))
+    std = TargetStandardizer.from_dict(spec["target_standardization"])
+    tasks = list(spec["tasks"])
+    model = _construct_regressor(XECRegressor, model_config_of(spec["model"]), tasks, std, norm)
+    nll = list((spec.get("model_args") or {}).get("nll_tasks", []))
+    if nll:
+        # Learned per-component log-variances for gaussian_nll tasks (unused by forward / ONNX).
+        model.loss_logvar = nn.ParameterDict({t: nn.Parameter(torch.zeros(get_task(t).dim)) for t in nll})
+    return model
+
+
+def _construct_regressor(cls, mc, tasks, std, norm):
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    if "sentinel" in params:
+        kwargs["sentinel"] = norm.sentinel
+    if "normalizer" in params:
+        kwargs["normalizer"] = norm
+    return cls(mc, tasks, std, **kwargs)
+
+
+def _standardize(std: TargetStandardizer, task: str, y: torch.Tensor) -> torch.Tensor:
+    mean = torch.as_tensor(std.mean[task], device=y.device, dtype=y.dtype)
+    sd = torch.as_tensor(std.std[task], device=y.device, dtype=y.dtype)
+    return (y - mean) / sd
+
+
+class RegressorStage:
+    name = "regressor"
+    best_metric = "loss"
+
+    def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
+        self.cfg = cfg
+        self.sec = cfg.get("regressor", {})
+        self.normalizer = normalizer
+        self.meta = model_meta(cfg)
+        self.args = regressor_args(cfg)
+        self.tasks = tuple(self.args["tasks"])
+        self.losses = task_losses(cfg, self.tasks)
+        self.channel_dropout = float(self.sec.get("channel_dropout", 0.0))
+        self.init_checkpoint = init_checkpoint
+        self.init_ckpt = None
+        if init_checkpoint is not None:
+            from xec.train.checkpoint import check_model_compatible, load_checkpoint
+
+            self.init_ckpt = load_checkpoint(init_checkpoint, expected_stage="mae", expected_normalizer=normalizer)
+            check_model_compatible(self.init_ckpt, self.meta, where=f"{init_checkpoint} (--init)")
+        self.standardizer: TargetStandardizer | None = None
+        self.val_manifest: str | None = None
+
+    def attach_data(self, train_loader, val_loader) -> None:
+        std = train_loader.standardizer  # from the train manifest's target_stats
+        self.standardizer = TargetStandardizer({t: std.mean[t] for t in self.tasks}, {t: std.std[t] for t in self.tasks})
+        self.val_manifest = val_loader.manifest["_path"]
+        self.val_batch = val_loader.batch_size
+
+    def payload(self) -> dict[str, Any]:
+        return {"stage": self.name, "model": self.meta, "normalization": self.normalizer.to_dict(),
+                "tasks": list(self.tasks),
+                "target_standardization": self.standardizer.to_dict() if self.standardizer else None,
+                "model_args": self.args, "init_checkpoint": self.init_checkpoint}
+
+    def build_model(self) -> nn.Module:
+        if self.standardizer is None:
+            raise RuntimeError("attach_data() first: the standardizer comes from the train manifest")
+        return build_regressor_model(self.payload())
+
+    def prepare_model(self, model: nn.Module) -> None:
+        if self.init_ckpt is not None:
+            n = load_encoder_from(self.init_ckpt, model, self.init_checkpoint)
+            log.info("regressor: encoder initialized from %s (%d tensors)", self.init_checkpoint, n)
+
+    def lr_scales(self) -> list[tuple[str, float]]:
+        scale = float(self.sec.get("encoder_lr_scale", 1.0))
+        return [("encoder.", scale)] if scale != 1.0 else []
+
+    # ------------------------------------------------------------------ loss
+    def _loss(self, model, out: Mapping[str, torch.Tensor], targets, weights) -> tuple[torch.Tensor, dict]:
+        total = 0.0
+        logs = {}
+        core = getattr(model, "module", model)
+        core = getattr(core, "_orig_mod", core)
+        for t in self.tasks:
+            spec = self.losses[t]
+            z = _standardize(self.standardizer, t, targets[t].float())
+            pred = out[t].float()
+            logvar = out.get(f"{t}_logvar")
+            if spec["type"] == "gaussian_nll" and logvar is None:
+                logvar = core.loss_logvar[t][None, :]
+            el = elementwise(spec["type"], pred, z, float(spec["beta"]), logvar).mean(dim=-1)  # (B,)
+            w = weights[t].float() if t in weights else torch.ones_like(el)
+            lt = (el * w).sum() / w.sum().clamp_min(1e-12)
+            logs[f"loss_{t}"] = lt.detach()
+            total = total + float(spec["weight"]) * lt
+        return total, logs
+
+    def training_step(self, model, x, targets, weights, generator):
+        if self.channel_dropout > 0:
+            drop = torch.rand(x.shape[:2], generator=generator).to(x.device) < self.channel_dropout
+            x = torch.where(drop.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+        out = model(x)
+        return self._loss(model, out, targets, weights)
+
+    # ------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def evaluate(self, model, loader, ctx: DistContext, generator) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        preds: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        trues: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        for x, targets, _ in loader:
+            x = x.to(ctx.device)
+            out = model(x)
+            ones = {t: torch.ones(x.shape[0], device=x.device) for t in self.tasks}
+            total, logs = self._loss(model, out, {t: v.to(x.device) for t, v in targets.items()}, ones)
+            b = float(x.shape[0])
+            sums["loss"] = sums.get("loss", 0.0) + float(total) * b
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * b
+            sums["_n"] = sums.get("_n", 0.0) + b
+            for t in self.tasks:
+                preds[t].append(self.standardizer.destandardize(t, out[t].float().cpu().numpy()))
+                trues[t].append(targets[t].float().numpy())
+        red = all_reduce_sum(sums, ctx)
+        n = max(red.pop("_n", 0.0), 1.0)
+        metrics = {k: v / n for k, v in red.items()}
+        arrays = {f"p_{t}": np.concatenate(preds[t]) for t in self.tasks}
+        arrays.update({f"t_{t}": np.concatenate(trues[t]) for t in self.tasks})
+        arrays = gather_arrays(arrays, ctx)
+        metrics.update(physics_metrics({t: arrays[f"p_{t}"] for t in self.tasks},
+                                       {t: arrays[f"t_{t}"] for t in self.tasks}, self.standardizer))
+        return metrics
+
+    def finalize(self, model, val_loader, out_dir: Path, ctx: DistContext) -> dict[str, float]:
+        """predictions.parquet of the whole val split (rank 0, streamed batch by batch)."""
+        if not ctx.is_main:
+            return {}
+        write_predictions(model, self, Path(out_dir) / "predictions.parquet", ctx.device)
+        return {}
+
+
+def physics_metrics(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarray],
+                    std: TargetStandardizer | None = None) -> dict[str, float]:
+    """Resolutions in physical units (see the module docstring); with ``std`` also the
+    "predict the train mean" reference and the gain over it."""
+    from xec import metrics as M
+
+    out: dict[str, float] = {}
+
+    def add(name: str, resid: np.ndarray, scale: float, ref_resid: np.ndarray | None) -> None:
+        out[f"{name}_bias"] = M.bias(resid) * scale
+        out[f"{name}_res"] = M.width68(resid) * scale
+        if ref_resid is not None:
+            ref = M.width68(ref_resid) * scale
+            out[f"{name}_res_mean_predictor"] = ref
+            out[f"{name}_gain"] = ref / max(out[f"{name}_res"], 1e-12)
+
+    def mean_of(task: str, y: np.ndarray) -> np.ndarray | None:
+        return None if std is None else np.broadcast_to(std.mean[task], y.shape)
+
+    if "angle" in pred:
+        p, y = pred["angle"].astype(np.float64), true["angle"].astype(np.float64)
+        m = mean_of("angle", y)
+        for i, col in enumerate(("theta", "phi")):
+            d = p[:, i] - y[:, i]
+            add(f"{col}_deg", d, 1.0, None if m is None else m[:, i] - y[:, i])
+            out[f"{col}_rms_deg"] = M.rms(d)
+            out[f"{col}_skewness"] = M.skewness(d)
+        oa = M.opening_angle_deg(p[:, 0], p[:, 1], y[:, 0], y[:, 1])
+        out["opening_angle_q68_deg"] = float(np.quantile(oa[np.isfinite(oa)], 0.68)) if np.isfinite(oa).any() else float("nan")
+        if m is not None:
+            oa0 = M.opening_angle_deg(m[:, 0], m[:, 1], y[:, 0], y[:, 1])
+            out["opening_angle_q68_deg_mean_predictor"] = float(np.quantile(oa0, 0.68))
+    if "energy" in pred:
+        p, y = pred["energy"][:, 0].astype(np.float64), true["energy"][:, 0].astype(np.float64)
+        m = mean_of("energy", true["energy"])
+        add("energy_pct", (p - y) / y, 100.0, None if m is None else (m[:, 0] - y) / y)
+    if "timing" in pred:
+        p, y = pred["timing"][:, 0].astype(np.float64), true["timing"][:, 0].astype(np.float64)
+        m = mean_of("timing", true["timing"])
+        add("time_ps", p - y, 1000.0, None if m is None else m[:, 0] - y)  # ns -> ps
+    if "uvwFI" in pred:
+        p, y = pred["uvwFI"].astype(np.float64), true["uvwFI"].astype(np.float64)
+        m = mean_of("uvwFI", y)
+        for i, col in enumerate(("u", "v", "w")):
+            add(f"{col}_mm", p[:, i] - y[:, i], 10.0, None if m is None else m[:, i] - y[:, i])  # cm -> mm
+    if "angleVec" in pred:
+        p, y = pred["angleVec"].astype(np.float64), true["angleVec"].astype(np.float64)
+        pn = p / np.linalg.norm(p, axis=1, keepdims=True).clip(1e-12)
+        yn = y / np.linalg.norm(y, axis=1, keepdims=True).clip(1e-12)
+        ang = np.degrees(np.arccos(np.clip((pn * yn).sum(1), -1.0, 1.0)))
+        out["angleVec_q68_deg"] = float(np.quantile(ang, 0.68))
+    return out
+
+
+def write_predictions(model, stage: RegressorStage, path: Path, device) -> None:
+    """Stream the val predictions (run, event, true_<col>, pred_<col>) to parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xec.data.loader import ShardLoader
+    from xec.utils import atomic_path
+
+    loader = ShardLoader(stage.val_manifest, stage.val_batch, tasks=stage.tasks, shuffle=False, with_ids=True)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        writer = None
+        try:
+            for x, targets, _, ids in loader:
+                out = model(x.to(device))
+                cols: dict[str, np.ndarray] = {"run": ids["run"].numpy(), "event": ids["event"].numpy()}
+                for t in stage.tasks:
+                    p = stage.standardizer.destandardize(t, out[t].float().cpu().numpy())
+                    y = targets[t].numpy()
+                    for i, col in enumerate(get_task(t).columns):
+                        cols[f"true_{col}"] = y[:, i]
+                        cols[f"pred_{col}"] = p[:, i]
+                table = pa.table(cols)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
