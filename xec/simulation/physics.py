@@ -146,6 +146,31 @@ def sensor_arrays(params: PhysicsParams) -> SensorArrays:
     )
 
 
+def face_coverage() -> np.ndarray:
+    """(6,) fraction of each face's wall area covered by active sensor area (inner ~0.62,
+    outer ~0.17, us/ds ~0.29, top/bottom ~0.38), from the published layout constants.
+    1/coverage is the per-face weight that turns a sum of npho into an estimate of all the
+    photons reaching the walls, nearly independent of where the shower sits."""
+    g = geo.get_geometry()
+    face = np.asarray(g.face)
+    active = np.array([np.asarray(g.active_area)[face == f].sum() for f in range(len(geo.FACE_NAMES))])
+    dphi_in = np.radians(abs(geo.INNER_DPHI)) * geo.INNER_ROWS
+    dphi_out = np.radians(abs(geo.OUTER_DPHI)) * geo.OUTER_STRIPS
+    slant_pitch = np.hypot(geo.SLANT_R[1] - geo.SLANT_R[0], geo.SLANT_Z[1] - geo.SLANT_Z[0]) / (geo.SLANT_RINGS - 1)
+    slant = geo.SLANT_RINGS * slant_pitch * dphi_out * 0.5 * (geo.SLANT_R[0] + geo.SLANT_R[1])
+    hexa = len(geo.HEX_ROW_COUNTS) * geo.HEX_DR * geo.HEX_DZ * np.mean(geo.HEX_ROW_COUNTS)
+    wall = np.array([
+        geo.INNER_COLS * abs(geo.INNER_DZ) * dphi_in * geo.INNER_RADIUS,
+        geo.OUTER_NZ * geo.OUTER_DZ * dphi_out * geo.OUTER_RADIUS,
+        slant, slant, hexa, hexa])
+    return active / wall
+
+
+def coverage_weights() -> np.ndarray:
+    """(4760,) per-sensor weight 1/coverage of its face (see :func:`face_coverage`)."""
+    return (1.0 / face_coverage())[np.asarray(geo.get_geometry().face)]
+
+
 _SLANT_SLOPE = (geo.SLANT_Z[1] - geo.SLANT_Z[0]) / (geo.SLANT_R[1] - geo.SLANT_R[0])
 ACTIVE_DEPTH_CM = geo.OUTER_RADIUS - geo.INNER_RADIUS  # 41.3 cm between the sensor planes
 
