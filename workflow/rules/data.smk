@@ -6,7 +6,8 @@ rule simulate:
         f"{RESULTS}/data/{{sample}}.root",
     params:
         sample=lambda w: config["simulation"]["samples"][w.sample],
-        chunk_size=config["simulation"]["chunk_size"],
+        # chunk_size and workers are left out on purpose: they never change the file content
+        physics=config["simulation"].get("physics", {}),
     log:
         f"{RESULTS}/logs/simulate/{{sample}}.log",
     benchmark:
