@@ -1,0 +1,271 @@
+"""`xec export`: a regressor or inpainter checkpoint -> a self-describing ONNX model.
+
+    xec export --checkpoint results/regressor/checkpoint.pt --out results/regressor/model.onnx
+               [--val-shards results/shards/val/manifest.json] [--config CFG] [--log LOG]
+
+* EMA weights (``build_model_from_checkpoint(use_ema=True)``).
+* Regressor graph: input ``input`` float32 (B, 4760, 2), normalized with the checkpoint's preset;
+  one output ``output_<task>`` per task, in physical units (angle deg (theta, phi), energy GeV,
+  timing ns, uvwFI cm): the target de-standardization is part of the graph.
+* Inpainter graph: inputs ``input`` (B, 4760, 2) and ``mask`` float32 (B, 4760), 1 = sensor to
+  fill (dead or masked), 0 = keep; output ``output`` (B, 4760, 2) = the input with the masked
+  sensors replaced by the inpainter's prediction.
+* Dynamic batch axis; opset >= 17; ``metadata_props`` as in xec.deploy.onnx_meta.
+* Parity: ONNX Runtime (CPU) vs PyTorch on real val-shard events, at the configured batch size
+  and at batch size 1. Any element with |onnx - torch| > atol + rtol * |torch| is an error and
+  no model is written. Max abs / max relative errors (relative: over elements with
+  |torch| >= atol / rtol, where the relative tolerance binds) go to the log and to the sidecar
+  ``<out stem>.parity.json`` (e.g. results/regressor/model.parity.json).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from xec.config import add_config_argument, load_config
+from xec.deploy.onnx_meta import (ModelMetadata, inpainter_metadata, regressor_metadata, set_metadata,
+                                  software_versions)
+from xec.errors import XecError
+from xec.normalization import Normalizer
+from xec.targets import TargetStandardizer
+from xec.utils import atomic_path, setup_logging, write_json
+
+log = logging.getLogger("xec.export")
+
+MASK_FRACTION = 0.1  # share of live sensors masked (besides the dead ones) in the inpainter parity check
+_TINY = 1e-6  # |reference| below which a relative error is not meaningful (and not reported)
+
+
+class RegressorGraph(nn.Module):
+    """The exported regressor: standardized head outputs -> physical units inside the graph."""
+
+    def __init__(self, model: nn.Module, tasks: Sequence[str], standardizer: TargetStandardizer | None):
+        super().__init__()
+        self.model = model
+        self.tasks = tuple(tasks)
+        for t in self.tasks:
+            mean = standardizer.mean[t] if standardizer else np.zeros(1, np.float32)
+            std = standardizer.std[t] if standardizer else np.ones(1, np.float32)
+            self.register_buffer(f"mean_{t}", torch.as_tensor(np.asarray(mean, np.float32)))
+            self.register_buffer(f"std_{t}", torch.as_tensor(np.asarray(std, np.float32)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = self.model(x)
+        return tuple(z[t] * getattr(self, f"std_{t}") + getattr(self, f"mean_{t}") for t in self.tasks)
+
+
+class InpainterGraph(nn.Module):
+    """The exported inpainter: a float mask (1 = fill) instead of a bool one, for portability."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(x, mask > 0.5)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="regressor or inpainter checkpoint.pt")
+    parser.add_argument("--out", required=True, help="output ONNX file")
+    parser.add_argument("--val-shards", default=None, help="val shard manifest.json: events for the parity check "
+                        "(without it: seeded synthetic inputs, with a warning)")
+    parser.add_argument("--rtol", type=float, default=None, help="parity relative tolerance (default: config export.rtol)")
+    parser.add_argument("--atol", type=float, default=None, help="parity absolute tolerance (default: config export.atol)")
+    parser.add_argument("--log", default=None, help="log file")
+    add_config_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log)
+    cfg = load_config(args.config).get("export", {})
+    report = export_checkpoint(
+        args.checkpoint, args.out, val_shards=args.val_shards, opset=cfg.get("opset", 17),
+        parity_events=cfg.get("parity_events", 256), parity_batch_size=cfg.get("parity_batch_size", 64),
+        rtol=cfg.get("rtol", 1e-4) if args.rtol is None else args.rtol,
+        atol=cfg.get("atol", 1e-5) if args.atol is None else args.atol)
+    print(f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
+          f"max rel {report['max_rel']:.3g} on {report['events']} events")
+    return 0
+
+
+def parity_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".parity.json")
+
+
+def build_graph(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelMetadata, nn.Module]:
+    """(graph module to export, its metadata, the PyTorch reference model) for a checkpoint."""
+    from xec.train.checkpoint import build_model_from_checkpoint
+
+    stage = ckpt["stage"]
+    if not ckpt.get("normalization"):
+        raise XecError("checkpoint has no normalization preset; cannot write the ONNX metadata")
+    normalizer = Normalizer.from_dict(ckpt["normalization"])
+    model = build_model_from_checkpoint(ckpt, use_ema=True)
+    versions = software_versions(0)  # opset filled in after export
+    if stage == "regressor":
+        tasks = list(ckpt.get("tasks") or [])
+        if not tasks:
+            raise XecError("regressor checkpoint lists no tasks")
+        ts = ckpt.get("target_standardization")
+        standardizer = TargetStandardizer.from_dict(ts) if ts else None
+        missing = [t for t in tasks if standardizer is not None and t not in standardizer.mean]
+        if missing:
+            raise XecError(f"regressor checkpoint has no target standardization for tasks {missing}")
+        graph = RegressorGraph(model, tasks, standardizer).eval()
+        return graph, regressor_metadata(normalizer, tasks, ts, versions), model
+    if stage == "inpainter":
+        return InpainterGraph(model).eval(), inpainter_metadata(normalizer, versions), model
+    raise XecError(f"cannot export a checkpoint of stage {stage!r} (only regressor and inpainter)")
+
+
+def _onnx_export(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: Path,
+                 opset: int) -> None:
+    axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
+                          output_names=list(meta.outputs), dynamic_axes=axes, opset_version=opset,
+                          dynamo=False, do_constant_folding=True)
+
+
+def parity_batches(val_shards: str | None, normalizer: Normalizer, n_events: int, batch_size: int,
+                   seed: int = 0) -> Iterator[np.ndarray]:
+    """Normalized (B, 4760, 2) float32 inputs for the parity check: real val-shard events, or
+    (without shards) seeded synthetic events in the normalized domain with dead sensors."""
+    if val_shards:
+        from xec.data.loader import ShardLoader
+
+        loader = ShardLoader(val_shards, batch_size=batch_size, tasks=(), shuffle=False, seed=seed,
+                             expected_normalizer=normalizer, max_events=n_events)
+        for x, _targets, _weights in loader:
+            yield x.numpy().astype(np.float32, copy=False)
+        return
+    from xec.geometry import N_SENSORS
+
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_events, batch_size):
+        n = min(batch_size, n_events - start)
+        npho = rng.exponential(300.0, (n, N_SENSORS)) * rng.uniform(0.2, 3.0, (n, 1))
+        npho[rng.random((n, N_SENSORS)) < 0.01] = 1e10
+        t = rng.normal(3e-8, 1e-8, (n, N_SENSORS))
+        yield normalizer.normalize_events(npho, t)
+
+
+def _inpaint_mask(x: np.ndarray, sentinel: float, rng: np.random.Generator) -> np.ndarray:
+    return ((x[..., 0] == np.float32(sentinel)) | (rng.random(x.shape[:2]) < MASK_FRACTION)).astype(np.float32)
+
+
+class _Errors:
+    """Running max abs / max rel / worst tolerance ratio per output."""
+
+    def __init__(self, names: Sequence[str], rtol: float, atol: float):
+        self.rtol, self.atol = rtol, atol
+        self.stats = {n: {"max_abs": 0.0, "max_rel": 0.0, "worst_ratio": 0.0} for n in names}
+
+    def add(self, name: str, onnx_out: np.ndarray, ref: np.ndarray) -> None:
+        if onnx_out.shape != ref.shape:
+            raise XecError(f"output {name}: ONNX shape {onnx_out.shape} != PyTorch shape {ref.shape}")
+        ref64, diff = ref.astype(np.float64), np.abs(onnx_out.astype(np.float64) - ref.astype(np.float64))
+        if not np.isfinite(onnx_out).all() or not np.isfinite(ref).all():
+            raise XecError(f"output {name}: non-finite values (ONNX finite: {np.isfinite(onnx_out).all()}, "
+                           f"PyTorch finite: {np.isfinite(ref).all()})")
+        s = self.stats[name]
+        # relative errors only where the relative tolerance is the binding one (|ref| >= atol/rtol):
+        # near zero a relative error says nothing and the absolute tolerance decides
+        big = np.abs(ref64) >= (self.atol / self.rtol if self.rtol > 0 else _TINY)
+        s["max_abs"] = max(s["max_abs"], float(diff.max(initial=0.0)))
+        s["max_rel"] = max(s["max_rel"], float((diff[big] / np.abs(ref64[big])).max(initial=0.0)))
+        s["worst_ratio"] = max(s["worst_ratio"], float((diff / (self.atol + self.rtol * np.abs(ref64))).max(initial=0.0)))
+
+    @property
+    def ok(self) -> bool:
+        return all(s["worst_ratio"] <= 1.0 for s in self.stats.values())
+
+
+def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches: Iterator[np.ndarray],
+                 rtol: float, atol: float, seed: int = 0) -> dict[str, Any]:
+    """Compare ONNX Runtime (CPU) with PyTorch on every batch, and on the first two events one
+    at a time (a second batch size exercises the dynamic batch axis)."""
+    from xec.deploy.runtime import make_session
+
+    session = make_session(onnx_path, device="cpu")
+    errors = _Errors(meta.outputs, rtol, atol)
+    rng = np.random.default_rng(seed)
+    n_events, batch_sizes = 0, set()
+    for i, x in enumerate(batches):
+        feeds = {"input": x}
+        if meta.stage == "inpainter":
+            feeds["mask"] = _inpaint_mask(x, meta.normalizer.sentinel, rng)
+        splits = [feeds] + ([{k: v[j:j + 1] for k, v in feeds.items()} for j in range(min(2, len(x)))] if i == 0 else [])
+        for f in splits:
+            with torch.no_grad():
+                ref = graph(*(torch.from_numpy(f[name]) for name in meta.inputs))
+            ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+            got = session.run(list(meta.outputs), f)
+            for name, o, r in zip(meta.outputs, got, ref):
+                errors.add(name, o, r.numpy())
+            batch_sizes.add(len(f["input"]))
+        n_events += len(x)
+    if n_events == 0:
+        raise XecError("parity check: no events to compare (empty val shards?)")
+    return {"events": n_events, "batch_sizes": sorted(batch_sizes), "rtol": rtol, "atol": atol,
+            "outputs": errors.stats, "passed": errors.ok,
+            "max_abs": max(s["max_abs"] for s in errors.stats.values()),
+            "max_rel": max(s["max_rel"] for s in errors.stats.values())}
+
+
+def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, opset: int = 17,
+                      parity_events: int = 256, parity_batch_size: int = 64, rtol: float = 1e-4,
+                      atol: float = 1e-5, seed: int = 0) -> dict[str, Any]:
+    """Export, check parity, and only then write ``out`` and its parity sidecar (atomically)."""
+    import onnx
+
+    from xec.train.checkpoint import load_checkpoint
+
+    if opset < 17:
+        raise XecError(f"ONNX opset must be >= 17, got {opset}")
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint, expected_stage=("regressor", "inpainter"))
+    try:
+        graph, meta, _ = build_graph(ckpt)
+    except XecError as exc:
+        raise XecError(f"{checkpoint}: {exc}") from exc
+    if not val_shards:
+        log.warning("no --val-shards given: parity is checked on seeded synthetic events only")
+    example = (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
+    out_path = Path(out)
+    with atomic_path(out_path, suffix=".onnx") as tmp:
+        _onnx_export(graph, meta, example, tmp, opset)
+        model = onnx.load(str(tmp))
+        actual_opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        meta = ModelMetadata(**{**meta.__dict__, "versions": {**meta.versions, "opset": str(actual_opset)}})
+        set_metadata(model, meta)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+        batches = parity_batches(val_shards, meta.normalizer, parity_events, parity_batch_size, seed)
+        report = check_parity(tmp, graph, meta, batches, rtol, atol, seed)
+        for name, s in report["outputs"].items():
+            log.info("parity %s: max abs %.3g, max rel %.3g, worst |diff|/(atol+rtol|ref|) %.3g",
+                     name, s["max_abs"], s["max_rel"], s["worst_ratio"])
+        report.update(checkpoint=str(checkpoint), model=str(out_path), stage=meta.stage,
+                      val_shards=val_shards, opset=actual_opset, seconds=time.perf_counter() - t0,
+                      versions=meta.versions, normalization_preset=meta.normalizer.preset)
+        if not report["passed"]:
+            bad = {n: s for n, s in report["outputs"].items() if s["worst_ratio"] > 1.0}
+            raise XecError(f"{checkpoint}: ONNX vs PyTorch parity failed (rtol {rtol}, atol {atol}) for "
+                           + "; ".join(f"{n}: max abs {s['max_abs']:.3g}, max rel {s['max_rel']:.3g}"
+                                       for n, s in bad.items()) + f"; {out} not written")
+        write_json(parity_path(out_path), report)
+    log.info("%s: %s exported (opset %d, %.1f s); parity max abs %.3g, max rel %.3g on %d events",
+             out, meta.stage, actual_opset, report["seconds"], report["max_abs"], report["max_rel"], report["events"])
+    return report
