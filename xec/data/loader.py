@@ -206,6 +206,13 @@ class _ShardReader:
             offset += b - a
 
 
+class _RingBatch:
+    """A batch left by worker ``worker`` in its shared-memory ring slot ``slot`` (``size`` events)."""
+
+    def __init__(self, worker: int, slot: int, size: int):
+        self.worker, self.slot, self.size = worker, slot, size
+
+
 class _WorkerError:
     """An XecError raised in a worker, carried to the main process as a value so that the user
     sees the one-line message (naming the shard) instead of a wrapped worker traceback."""
@@ -232,6 +239,8 @@ class ShardDataset(IterableDataset):
         self.weights = weights
         self.with_ids = with_ids
         self.epoch = 0
+        self.ring: list[list[dict[str, torch.Tensor]]] | None = None  # per worker, per slot
+        self.ring_free: list[Any] | None = None  # per worker: semaphore counting free slots
         units, left = [], max_events if max_events is not None else manifest["events"]
         for s, shard in enumerate(manifest["shards"]):
             for u, n in enumerate(shard["units"]):
@@ -281,20 +290,26 @@ class ShardDataset(IterableDataset):
         try:
             window_iter = self._windows(reader, my_segments, rng)
             buf, perm, pos = None, np.zeros(0, np.int64), 0
-            for size in mine:
-                parts = []
-                need = size
-                while need:
+            ring = self.ring[worker] if (self.ring is not None and get_worker_info() is not None) else None
+            for i, size in enumerate(mine):
+                if ring is not None:  # fill a recycled shared-memory slot (see ShardLoader.__iter__)
+                    self.ring_free[worker].acquire()
+                    slot = i % len(ring)
+                    batch = {m: ring[slot][m].numpy()[:size] for m in self.members}
+                else:
+                    batch = self._alloc(size)
+                filled = 0
+                while filled < size:
                     if pos == len(perm):
                         buf, perm = next(window_iter)
                         pos = 0
-                    take = min(need, len(perm) - pos)
+                    take = min(size - filled, len(perm) - pos)
                     idx = perm[pos:pos + take]
-                    parts.append({m: buf[m][idx] for m in self.members})
+                    for m in self.members:  # gather straight into the (shared-memory) batch tensors
+                        np.take(buf[m], idx, axis=0, out=batch[m][filled:filled + take])
                     pos += take
-                    need -= take
-                batch = parts[0] if len(parts) == 1 else {m: np.concatenate([p[m] for p in parts]) for m in self.members}
-                yield self._to_torch(batch)
+                    filled += take
+                yield _RingBatch(worker, slot, size) if ring is not None else self._to_torch(batch)
         finally:
             reader.close()
 
@@ -305,6 +320,13 @@ class ShardDataset(IterableDataset):
             buf = self._alloc(n)
             reader.read_into(buf, 0, _slice_segments(segments, first, n))
             yield buf, (rng.permutation(n) if self.shuffle else np.arange(n))
+
+    def alloc_shared(self, n: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for m in self.members:
+            shape, dtype = self.shapes[m]
+            out[m] = torch.from_numpy(np.empty((n, *shape), dtype=dtype)).share_memory_()
+        return out
 
     def _to_torch(self, batch: dict[str, np.ndarray]):
         x = torch.from_numpy(batch["x"])
@@ -360,10 +382,15 @@ class ShardLoader:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        # Worker batches travel through a ring of shared-memory slots allocated once and reused
+        # (allocating fresh shared memory for each 10 MB batch measured ~20 ms, the refill ~2 ms);
+        # the main process copies each batch out (into pinned memory on CUDA machines) and frees
+        # the slot, so workers never overwrite a batch the caller still holds.
         self._loader_kwargs: dict[str, Any] = dict(batch_size=None, num_workers=num_workers,
-                                                   pin_memory=self.pin_memory)
+                                                   pin_memory=self.pin_memory and num_workers == 0)
         if num_workers > 0:
             self._loader_kwargs["prefetch_factor"] = prefetch_factor
+        self._ring_slots = prefetch_factor + 2
         self.events = self.dataset.events
 
     def set_epoch(self, epoch: int) -> None:
@@ -373,7 +400,24 @@ class ShardLoader:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[Any]:
-        for item in DataLoader(self.dataset, **self._loader_kwargs):
+        ds = self.dataset
+        if self.num_workers > 0:
+            if ds.ring is None:
+                ds.ring = [[ds.alloc_shared(self.batch_size) for _ in range(self._ring_slots)]
+                           for _ in range(self.num_workers)]
+            ctx = torch.multiprocessing.get_context(self._loader_kwargs.get("multiprocessing_context") or None)
+            ds.ring_free = [ctx.Semaphore(self._ring_slots) for _ in range(self.num_workers)]
+        for item in DataLoader(ds, **self._loader_kwargs):
             if isinstance(item, _WorkerError):
                 raise XecError(item.message)
+            if isinstance(item, _RingBatch):
+                slot = ds.ring[item.worker][item.slot]
+                batch = {}
+                for m in ds.members:
+                    src = slot[m][:item.size]
+                    dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.pin_memory)
+                    dst.copy_(src)
+                    batch[m] = dst.numpy()
+                ds.ring_free[item.worker].release()
+                item = ds._to_torch(batch)
             yield item
