@@ -1,0 +1,110 @@
+"""Inference speed: ONNX Runtime (CPU) vs PyTorch eager on the same batches.
+
+    .venv/bin/python benchmarks/inference.py [--preset tiny] [--events 1024] [--batch-sizes 32 128 256]
+
+Builds a regressor of the model preset (random weights: speed does not depend on training),
+exports it exactly as `xec export` does (xec.deploy.export.RegressorGraph), and times
+events/s of PyTorch eager (inference_mode) and of ONNX Runtime sessions with different graph
+optimization levels and intra-op thread counts, on identical normalized input batches.
+Prints a markdown table (best of ``--repeats``, since the machine may be shared) and the load
+average; results are recorded in docs/performance.md ("Inference").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def build_graph(preset: str):
+    """The exported regressor graph of ``preset`` with random weights, built the way
+    ``build_model_from_checkpoint`` builds a trained one."""
+    from xec.deploy.export import RegressorGraph
+    from xec.models.presets import get_preset
+    from xec.normalization import get_normalizer
+    from xec.targets import DEFAULT_TASKS, TargetStandardizer, get_task
+    from xec.train.stages import build_stage_model
+
+    ts = {t: {"mean": [0.0] * get_task(t).dim, "std": [1.0] * get_task(t).dim} for t in DEFAULT_TASKS}
+    spec = {"stage": "regressor", "model": {"preset": preset, **get_preset(preset).to_dict()},
+            "normalization": get_normalizer("meg2").to_dict(), "tasks": list(DEFAULT_TASKS),
+            "target_standardization": ts, "model_args": {"tasks": list(DEFAULT_TASKS), "nll_tasks": []}}
+    torch.manual_seed(0)
+    model = build_stage_model(spec).eval()
+    return RegressorGraph(model, DEFAULT_TASKS, TargetStandardizer.from_dict(ts)).eval()
+
+
+def time_it(fn, batches, repeats: int) -> float:
+    """Best events/s over ``repeats`` passes (one warm-up batch first)."""
+    fn(batches[0])
+    n = sum(len(b) for b in batches)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(b)
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--events", type=int, default=1024)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 256])
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--opt-levels", nargs="+", default=["all", "basic", "disable"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from xec.deploy.export import _onnx_export, parity_batches
+    from xec.deploy.onnx_meta import regressor_metadata, software_versions
+    from xec.deploy.runtime import make_session
+    from xec.normalization import get_normalizer
+    from xec.targets import DEFAULT_TASKS
+
+    graph = build_graph(args.preset)
+    norm = get_normalizer("meg2")
+    meta = regressor_metadata(norm, DEFAULT_TASKS, None, software_versions(17))
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.onnx"
+        _onnx_export(graph, meta, (torch.zeros(2, 4760, 2),), path, 17)
+        sessions = {(opt, th): make_session(path, "cpu", th, opt) for opt in args.opt_levels for th in args.threads}
+        for bs in args.batch_sizes:
+            batches = list(parity_batches(None, norm, args.events, bs, seed=1))
+            tensors = [torch.from_numpy(b) for b in batches]
+
+            def eager(b, _t={id(x): t for x, t in zip(batches, tensors)}):
+                with torch.inference_mode():
+                    graph(_t[id(b)])
+
+            eager_eps = time_it(eager, batches, args.repeats)
+            rows.append((bs, f"PyTorch eager ({torch.get_num_threads()} threads)", eager_eps, 1.0))
+            for (opt, th), sess in sessions.items():
+                eps = time_it(lambda b: sess.run(None, {"input": b}), batches, args.repeats)
+                rows.append((bs, f"ORT CPU opt={opt} intra_op_threads={th}", eps, eps / eager_eps))
+    print(f"# inference benchmark: preset {args.preset}, {args.events} events per pass, best of {args.repeats}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| batch | runtime | events/s | vs eager |")
+    print("|---:|---|---:|---:|")
+    for bs, name, eps, ratio in rows:
+        print(f"| {bs} | {name} | {eps:.0f} | {ratio:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
