@@ -262,3 +262,17 @@ def test_bad_chunk_midway_leaves_nothing(models, root_file, tmp_path, monkeypatc
         run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), chunk_size=32)
     assert calls["n"] == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_provider_choice(monkeypatch):
+    import onnxruntime as ort
+
+    from xec.deploy.runtime import providers_for
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers_for("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert providers_for("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(XecError, match="onnxruntime-gpu"):
+        providers_for("cuda")
