@@ -1,0 +1,48 @@
+# Physics evaluation: the classical baseline (calibrated on train), the ML vs baseline summary
+# and the plots. The summary table and the plots go into the Snakemake report.
+
+BASELINE_SAMPLES = ["bench", "realdata"]
+
+
+rule baseline_calibration:
+    input:
+        data=lambda w: input_files("train"),
+    output:
+        f"{RESULTS}/baseline/calibration.json",
+    params:
+        baseline=config["baseline"],
+        tree=config["data"]["tree"],
+    log:
+        f"{RESULTS}/logs/baseline/calibration.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline/calibration.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    shell:
+        "xec baseline --config {RESOLVED_CONFIG} --calibrate-on {input.data} --calibration {output} --log {log}"
+
+
+rule baseline:
+    input:
+        data=lambda w: input_files(w.sample),
+        calibration=f"{RESULTS}/baseline/calibration.json",
+    output:
+        parquet=f"{RESULTS}/baseline/{{sample}}.parquet",
+    params:
+        baseline=config["baseline"],
+        tree=config["data"]["tree"],
+    wildcard_constraints:
+        sample="|".join(BASELINE_SAMPLES),
+    log:
+        f"{RESULTS}/logs/baseline/{{sample}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline/{{sample}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    shell:
+        "xec baseline --config {RESOLVED_CONFIG} --input {input.data} --calibration {input.calibration}"
+        " --out {output.parquet} --log {log}"
