@@ -47,7 +47,7 @@ log = logging.getLogger("xec.train")
 DEFAULT_HP: dict[str, Any] = dict(
     epochs=1, lr=1e-3, weight_decay=0.05, betas=[0.9, 0.999], schedule="cosine", warmup_epochs=0.5,
     min_lr_ratio=0.01, grad_accum=1, grad_clip=1.0, ema_decay=0.99, precision="auto", compile=False,
-    max_nonfinite_steps=20, seed=0, find_unused_parameters=False,
+    max_nonfinite_steps=20, seed=0, find_unused_parameters=False, log_every=0,
 )
 
 
@@ -269,6 +269,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = 0
                 good_in_group = 0
+            every = int(hp["log_every"] or 0)
+            if every and self.ctx.is_main and (i + 1) % every == 0:
+                el = time.perf_counter() - t0
+                log.info("%s epoch %d batch %d/%d: loss %.5g, %.0f events/s, data wait %.1f%%", self.stage.name,
+                         self.epoch + 1, i + 1, n_batches, sums.get("loss", float("nan")) / max(n_events, 1),
+                         n_events * self.ctx.world_size / max(el, 1e-9), 100 * wait / max(el, 1e-9))
             if self.ctx.is_main and not bar.disable:
                 el = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{sums.get('loss', float('nan')) / max(n_events, 1):.4g}",

@@ -13,7 +13,7 @@ from xec.errors import XecError
 
 # Keys of the `train` section a stage section may override (schema: opt_* definitions).
 OVERRIDABLE = ("weight_decay", "betas", "schedule", "warmup_epochs", "min_lr_ratio", "grad_accum", "grad_clip",
-               "ema_decay", "max_nonfinite_steps", "precision", "compile")
+               "ema_decay", "max_nonfinite_steps", "precision", "compile", "log_every")
 STAGE_SEED_OFFSET = {"mae": 1, "inpainter": 2, "regressor": 3}
 
 
