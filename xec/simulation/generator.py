@@ -132,8 +132,9 @@ def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarr
     # that see almost no direct light)
     total = photons.sum(axis=1)
     t_shower = (photons * spot_t).sum(axis=1) / np.maximum(total, 1e-30)
-    groups = [_Group(direct * eff, np.where(direct > 0, t_direct, np.inf).astype(np.float32)),
-              _Group((scattered[:, None] * sensors.area_share[None, :]).astype(np.float32) * eff,
+    diffuse_share = (sensors.area_share * sensors.efficiency).astype(np.float32)
+    groups = [_Group(direct * eff, np.where(direct > 0, t_direct, np.float32(np.inf))),
+              _Group(scattered.astype(np.float32)[:, None] * diffuse_share[None, :],
                      np.broadcast_to((t_shower + params.diffuse_delay_ns).astype(np.float32)[:, None], direct.shape))]
     truth = {"direction": direction, "entry": entry, "conv": conv, "visible": total}
     return truth, groups
@@ -192,7 +193,7 @@ def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state
     rel_npho = npho / np.maximum(live_max, np.float32(1e-30))[:, None]
 
     def sentinel(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return np.where(valid, x, ph.NO_TIME).astype(np.float32)
+        return np.where(valid, x, ph.NO_TIME).astype(np.float32, copy=False)
 
     live = ~state.dead[None, :]
     theta, phi = geo.direction_to_angles(truth["direction"])
