@@ -45,21 +45,17 @@ _TINY = 1e-6  # |reference| below which a relative error is not meaningful (and 
 
 
 class RegressorGraph(nn.Module):
-    """The exported regressor: standardized head outputs -> physical units inside the graph."""
+    """The exported regressor: a tuple of physical-unit outputs in task order. The target
+    de-standardization (the model's mean/std buffers, ``forward_physical``) is part of the graph."""
 
-    def __init__(self, model: nn.Module, tasks: Sequence[str], standardizer: TargetStandardizer | None):
+    def __init__(self, model: nn.Module, tasks: Sequence[str]):
         super().__init__()
         self.model = model
         self.tasks = tuple(tasks)
-        for t in self.tasks:
-            mean = standardizer.mean[t] if standardizer else np.zeros(1, np.float32)
-            std = standardizer.std[t] if standardizer else np.ones(1, np.float32)
-            self.register_buffer(f"mean_{t}", torch.as_tensor(np.asarray(mean, np.float32)))
-            self.register_buffer(f"std_{t}", torch.as_tensor(np.asarray(std, np.float32)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        z = self.model(x)
-        return tuple(z[t] * getattr(self, f"std_{t}") + getattr(self, f"mean_{t}") for t in self.tasks)
+        out = self.model.forward_physical(x)
+        return tuple(out[t] for t in self.tasks)
 
 
 class InpainterGraph(nn.Module):
@@ -117,15 +113,29 @@ def build_graph(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelMetadata, nn.Modu
         if not tasks:
             raise XecError("regressor checkpoint lists no tasks")
         ts = ckpt.get("target_standardization")
-        standardizer = TargetStandardizer.from_dict(ts) if ts else None
-        missing = [t for t in tasks if standardizer is not None and t not in standardizer.mean]
-        if missing:
-            raise XecError(f"regressor checkpoint has no target standardization for tasks {missing}")
-        graph = RegressorGraph(model, tasks, standardizer).eval()
+        if not ts:
+            raise XecError("regressor checkpoint has no target standardization")
+        _check_standardization(model, TargetStandardizer.from_dict(ts), tasks)
+        graph = RegressorGraph(model, tasks).eval()
         return graph, regressor_metadata(normalizer, tasks, ts, versions), model
     if stage == "inpainter":
         return InpainterGraph(model).eval(), inpainter_metadata(normalizer, versions), model
     raise XecError(f"cannot export a checkpoint of stage {stage!r} (only regressor and inpainter)")
+
+
+def _check_standardization(model: nn.Module, expected: TargetStandardizer, tasks: Sequence[str]) -> None:
+    """The model's mean/std buffers (what the graph applies) must be the checkpoint's
+    target standardization (what the metadata records)."""
+    if not hasattr(model, "standardization"):
+        return
+    have = model.standardization()
+    for t in tasks:
+        if t not in expected.mean:
+            raise XecError(f"regressor checkpoint has no target standardization for task {t!r}")
+        if not (np.allclose(have.mean[t], expected.mean[t], rtol=1e-6, atol=0)
+                and np.allclose(have.std[t], expected.std[t], rtol=1e-6, atol=0)):
+            raise XecError(f"task {t!r}: the model's target mean/std {have.mean[t]}/{have.std[t]} differ from "
+                           f"the checkpoint's target_standardization {expected.mean[t]}/{expected.std[t]}")
 
 
 def _onnx_export(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: Path,
