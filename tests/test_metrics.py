@@ -93,3 +93,13 @@ def test_binned_resolution_profile():
     widths = [p["width68"] for p in prof]
     assert widths[0] < widths[1] < widths[2]
     assert widths[2] == pytest.approx(2.5, rel=0.1)
+
+
+def test_quantile_of_rayleigh_opening_angles():
+    # 2D Gaussian angular errors of 1 deg per axis: opening angle is Rayleigh, q68 = sqrt(-2 ln 0.3173)
+    rng = np.random.default_rng(11)
+    a = np.hypot(rng.normal(0, 1, 20000), rng.normal(0, 1, 20000))
+    r = metrics.quantile(a, 68.27, n_boot=50, seed=0)
+    assert r["value"] == pytest.approx(np.sqrt(-2 * np.log(1 - 0.6827)), abs=0.03)
+    assert 0.002 < r["err"] < 0.02 and r["n"] == 20000
+    assert np.isnan(metrics.quantile([1.0, 2.0])["value"])

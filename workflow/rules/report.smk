@@ -46,3 +46,32 @@ rule baseline:
     shell:
         "xec baseline --config {RESOLVED_CONFIG} --input {input.data} --calibration {input.calibration}"
         " --out {output.parquet} --log {log}"
+
+
+rule summary:
+    input:
+        bench_ml=f"{RESULTS}/inference/bench.parquet",
+        bench_baseline=f"{RESULTS}/baseline/bench.parquet",
+        real_ml=f"{RESULTS}/inference/realdata.parquet",
+        real_noinpaint=f"{RESULTS}/inference/realdata_noinpaint.parquet",
+        real_baseline=f"{RESULTS}/baseline/realdata.parquet",
+    output:
+        json=f"{RESULTS}/summary.json",
+        markdown=f"{RESULTS}/summary.md",
+        html=report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Physics summary"),
+    params:
+        summary=config["summary"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/summary.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "xec summary --config {RESOLVED_CONFIG} --bench-predictions {input.bench_ml}"
+        " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
+        " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
+        " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"

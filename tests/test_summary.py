@@ -1,0 +1,123 @@
+"""xec summary: ML vs baseline tables from infer/baseline parquet files (synthetic inputs with
+known resolutions)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xec.cli import main
+from xec.summary import read_results
+from xec.errors import XecError
+
+N = 3000
+
+
+def _truth(seed: int = 0, with_truth: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = pd.DataFrame({"run": np.full(N, 7, np.int64), "event": np.arange(N, dtype=np.int64)})
+    t["true_uvwFI_u"] = rng.uniform(-20, 20, N)
+    t["true_uvwFI_v"] = rng.uniform(-60, 60, N)
+    t["true_uvwFI_w"] = rng.exponential(4.0, N)
+    t["true_energy_energy"] = 0.0528
+    t["true_timing_time"] = rng.normal(0, 1, N)
+    t["true_angle_theta"] = rng.uniform(70, 110, N)
+    t["true_angle_phi"] = rng.uniform(150, 210, N) - 360 * (rng.random(N) < 0.5)  # both sides of +-180
+    return t
+
+
+def _method(truth: pd.DataFrame, scale: float, seed: int, keep_truth: bool = True) -> pd.DataFrame:
+    from xec.metrics import opening_angle_deg
+
+    rng = np.random.default_rng(seed)
+    df = truth[["run", "event"]].copy()
+    for c, s in (("uvwFI_u", 0.2), ("uvwFI_v", 0.2), ("uvwFI_w", 0.5), ("timing_time", 0.05),
+                 ("angle_theta", 0.5), ("angle_phi", 0.5)):
+        df[f"pred_{c}"] = truth[f"true_{c}"] + rng.normal(0, s * scale, N)
+    # energy: Gaussian core of 1 % * scale and a 10 % low tail
+    r = rng.normal(0, 0.01 * scale, N)
+    tail = rng.random(N) < 0.10
+    r[tail] -= rng.exponential(0.08, tail.sum())
+    df["pred_energy_energy"] = truth["true_energy_energy"] * (1 + r)
+    df["opening_angle_deg"] = opening_angle_deg(df.pred_angle_theta, df.pred_angle_phi,
+                                                truth.true_angle_theta, truth.true_angle_phi)
+    if keep_truth:
+        for c in truth.columns:
+            if c.startswith("true_"):
+                df[c] = truth[c]
+    return df.sample(frac=1.0, random_state=seed)  # another event order: the summary must match events
+
+
+@pytest.fixture()
+def files(tmp_path):
+    truth = _truth()
+    # few resamples keep the test fast; the numbers below are point estimates
+    (tmp_path / "cfg.yaml").write_text("summary: {n_boot: 40, n_boot_core: 8}\n")
+    paths = {"cfg": tmp_path / "cfg.yaml"}
+    for name, scale, seed in (("ml", 1.0, 1), ("baseline", 2.0, 2)):
+        paths[name] = tmp_path / f"bench_{name}.parquet"
+        _method(truth, scale, seed).to_parquet(paths[name])
+    real = _truth(5)
+    for name, scale, seed in (("inp", 1.0, 3), ("noinp", 1.5, 4), ("rbase", 2.0, 5)):
+        paths[name] = tmp_path / f"real_{name}.parquet"
+        _method(real, scale, seed, keep_truth=False).to_parquet(paths[name])
+    return tmp_path, paths
+
+
+def test_summary_numbers(files):
+    tmp, p = files
+    out, md, html = tmp / "summary.json", tmp / "summary.md", tmp / "summary.html"
+    rc = main(["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"]),
+               "--realdata-predictions", str(p["inp"]), "--realdata-noinpaint-predictions", str(p["noinp"]),
+               "--realdata-baseline", str(p["rbase"]), "--out", str(out), "--markdown", str(md),
+               "--html", str(html), "--config", str(p["cfg"])])
+    assert rc == 0
+    s = json.loads(out.read_text())      # strict JSON (no NaN)
+    b = s["bench"]
+    assert b["events"] == N and b["reference"] == "truth"
+    ml, base = b["methods"]["ml"], b["methods"]["baseline"]
+    assert ml["u_mm"]["all"]["width68"] == pytest.approx(2.0, rel=0.06)       # 0.2 cm
+    assert base["u_mm"]["all"]["width68"] == pytest.approx(4.0, rel=0.06)
+    assert ml["w_mm"]["w<2"]["width68"] == pytest.approx(5.0, rel=0.1)
+    assert ml["w_mm"]["w<2"]["n"] + ml["w_mm"]["w>2"]["n"] == N
+    assert ml["time_ps"]["all"]["sigma_core"] == pytest.approx(50.0, rel=0.06)
+    # energy: core 1 % vs 2 %; the 10 % low tail is seen by the tail fraction, not the core
+    assert ml["energy_pct"]["all"]["sigma_core"] == pytest.approx(1.0, rel=0.08)
+    assert base["energy_pct"]["all"]["sigma_core"] == pytest.approx(2.0, rel=0.08)
+    assert 5.0 < ml["energy_low_tail"]["all"] < 11.0
+    # phi residuals wrap at +-180: width stays 0.5 deg
+    assert ml["phi_deg"]["all"]["width68"] == pytest.approx(0.5, rel=0.06)
+    # opening angle of independent 0.5 deg errors in theta and sin(theta) phi (~1 at 90 deg)
+    assert 0.5 < ml["opening68_deg"]["all"]["value"] < 0.9
+    assert ml["u_mm"]["all"]["width68_err"] > 0
+    # realdata without truth: ML compared with the baseline reconstruction
+    r = s["realdata"]
+    assert r["reference"] == "baseline" and set(r["methods"]) == {"ml_inpainted", "ml_no_inpainting"}
+    # widths of ML - baseline: sqrt(1 + 4) and sqrt(2.25 + 4) times 0.2 cm
+    assert r["methods"]["ml_inpainted"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 5 ** 0.5, rel=0.06)
+    assert r["methods"]["ml_no_inpainting"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 6.25 ** 0.5, rel=0.06)
+    text = md.read_text()
+    assert "| u (mm) [all] | 3000 |" in text and "## realdata" in text
+    assert "<table>" in html.read_text()
+    # same inputs, same numbers (seeded bootstrap)
+    out2 = tmp / "summary2.json"
+    main(["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"]),
+          "--realdata-predictions", str(p["inp"]), "--realdata-noinpaint-predictions", str(p["noinp"]),
+          "--realdata-baseline", str(p["rbase"]), "--out", str(out2), "--config", str(p["cfg"])])
+    assert json.loads(out2.read_text()) == s
+
+
+def test_summary_bad_inputs(files, tmp_path):
+    tmp, p = files
+    assert main(["summary", "--bench-predictions", str(tmp / "missing.parquet"), "--out", str(tmp / "s.json")]) == 2
+    assert not (tmp / "s.json").exists()
+    bad = tmp / "bad.parquet"
+    pd.DataFrame({"run": [1], "event": [1], "x": [0.0]}).to_parquet(bad)
+    with pytest.raises(XecError, match="bad.parquet: no pred_"):
+        read_results(str(bad))
+    (tmp / "junk.parquet").write_text("not parquet")
+    with pytest.raises(XecError, match="junk.parquet: not a readable parquet"):
+        read_results(str(tmp / "junk.parquet"))
+    assert main(["summary", "--out", str(tmp / "s.json")]) == 2

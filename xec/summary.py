@@ -1,0 +1,316 @@
+"""`xec summary`: physics summary of a pipeline run, ML against the classical reconstruction.
+
+    xec summary --bench-predictions results/inference/bench.parquet
+                --bench-baseline results/baseline/bench.parquet
+                --realdata-predictions results/inference/realdata.parquet
+                --realdata-noinpaint-predictions results/inference/realdata_noinpaint.parquet
+                --realdata-baseline results/baseline/realdata.parquet
+                --out results/summary.json [--markdown results/summary.md] [--html results/summary.html]
+
+Inputs are the parquet files of ``xec infer`` and ``xec baseline``; both use the columns
+``pred_<task>_<col>`` / ``true_<task>_<col>`` (xec.targets names) plus ``opening_angle_deg``.
+Methods are matched event by event on (run, event), so every number compares the same events.
+
+Every resolution comes from :func:`xec.metrics.resolution` (68 % half-width ``width68`` and
+Gaussian-core ``sigma_core`` with seeded bootstrap errors). Per method and per depth class
+(``all``, ``w<split``, ``w>split`` by the TRUE depth, ``summary.w_split_cm``):
+u, v, w (mm), energy sigma/E (%) and its low-tail fraction, time (ps), theta and phi (deg), and
+the 68 % quantile of the opening angle between reconstructed and true direction (deg).
+
+A sample without truth (real data) is compared with the classical reconstruction instead: the
+"resolutions" are then widths of ML - baseline and ``reference`` says so.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xec.config import add_config_argument, load_config
+from xec.errors import XecError
+from xec.utils import atomic_path, setup_logging, write_json
+
+log = logging.getLogger("xec.summary")
+
+# observable -> (task column, scale to the quoted unit, kind)
+OBSERVABLES: dict[str, tuple[str, float, str]] = {
+    "u_mm": ("uvwFI_u", 10.0, "diff"),
+    "v_mm": ("uvwFI_v", 10.0, "diff"),
+    "w_mm": ("uvwFI_w", 10.0, "diff"),
+    "energy_pct": ("energy_energy", 100.0, "ratio"),
+    "time_ps": ("timing_time", 1000.0, "diff"),
+    "theta_deg": ("angle_theta", 1.0, "diff"),
+    "phi_deg": ("angle_phi", 1.0, "diff"),
+}
+LABELS = {
+    "u_mm": "u (mm)", "v_mm": "v (mm)", "w_mm": "w (mm)", "energy_pct": "sigma_E/E (%)",
+    "energy_low_tail": "E low-tail fraction (%)", "time_ps": "time (ps)", "theta_deg": "theta (deg)",
+    "phi_deg": "phi (deg)", "opening68_deg": "opening angle 68% (deg)",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bench-predictions", default=None, help="xec infer parquet of the bench sample (ML)")
+    parser.add_argument("--bench-baseline", default=None, help="xec baseline parquet of the bench sample")
+    parser.add_argument("--realdata-predictions", default=None, help="xec infer parquet of realdata, with inpainting")
+    parser.add_argument("--realdata-noinpaint-predictions", default=None,
+                        help="xec infer parquet of realdata, without inpainting")
+    parser.add_argument("--realdata-baseline", default=None, help="xec baseline parquet of realdata")
+    parser.add_argument("--out", required=True, help="summary JSON")
+    parser.add_argument("--markdown", default=None, help="also write the tables as markdown")
+    parser.add_argument("--html", default=None, help="also write the tables as HTML (for the Snakemake report)")
+    add_config_argument(parser)
+    parser.add_argument("--log", default=None, help="log file")
+
+
+def read_results(path: str) -> "pd.DataFrame":  # noqa: F821
+    """Read an infer/baseline parquet; clear errors for a missing file or missing columns."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise XecError(f"{path}: no such file")
+    try:
+        df = pd.read_parquet(p)
+    except Exception as exc:
+        raise XecError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
+    if len(df) == 0:
+        raise XecError(f"{path}: no events")
+    if not any(c.startswith("pred_") for c in df.columns):
+        raise XecError(f"{path}: no pred_<task>_<col> columns (is it an xec infer/baseline output?)")
+    for key in ("run", "event"):
+        if key not in df.columns:
+            raise XecError(f"{path}: missing column {key!r}")
+    return df
+
+
+def _match(frames: dict[str, "pd.DataFrame"], paths: dict[str, str]) -> dict[str, "pd.DataFrame"]:  # noqa: F821
+    """Restrict every method to the events all of them have (on run, event), same order."""
+    keys = None
+    for name, df in frames.items():
+        k = df[["run", "event"]]
+        if k.duplicated().any():
+            raise XecError(f"{paths[name]}: duplicate (run, event) pairs; cannot match events across methods")
+        idx = k.set_index(["run", "event"]).index
+        keys = idx if keys is None else keys.intersection(idx, sort=False)
+    if keys is None or len(keys) == 0:
+        raise XecError(f"no common (run, event) between {', '.join(paths.values())}")
+    out = {}
+    for name, df in frames.items():
+        sel = df.set_index(["run", "event"]).loc[keys].reset_index()
+        if len(sel) < len(df):
+            log.warning("%s: %d of %d events matched the other methods", paths[name], len(sel), len(df))
+        out[name] = sel
+    return out
+
+
+def _residual(df, col: str, kind: str, ref) -> np.ndarray | None:
+    p = f"pred_{col}"
+    if p not in df.columns:
+        return None
+    if ref is None:
+        t = f"true_{col}"
+        if t not in df.columns:
+            return None
+        truth = df[t].to_numpy(np.float64)
+    else:
+        if p not in ref.columns:
+            return None
+        truth = ref[p].to_numpy(np.float64)
+    pred = df[p].to_numpy(np.float64)
+    if kind == "ratio":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return pred / truth - 1.0
+    d = pred - truth
+    if col == "angle_phi":  # wrap to (-180, 180]
+        d = (d + 180.0) % 360.0 - 180.0
+    return d
+
+
+def _scaled(res: dict[str, float], scale: float) -> dict[str, float]:
+    out = dict(res)
+    for k in ("width68", "width68_err", "sigma_core", "sigma_core_err", "bias", "rms", "mean", "mu_core"):
+        if k in out:
+            out[k] = out[k] * scale
+    return out
+
+
+def method_summary(df, w_true: np.ndarray | None, ref=None, n_boot: int = 200, seed: int = 0,
+                   w_split: float = 2.0, tail_nsigma: float = 3.0, n_boot_core: int = 50) -> dict[str, Any]:
+    """All observables of one method (see module docstring). ``ref``: reference method frame
+    instead of the truth (no truth available)."""
+    from xec.metrics import opening_angle_deg, quantile, resolution, tail_fraction
+
+    classes = {"all": np.ones(len(df), bool)}
+    if w_true is not None:
+        classes[f"w<{w_split:g}"] = w_true < w_split
+        classes[f"w>{w_split:g}"] = w_true >= w_split
+    out: dict[str, Any] = {}
+    for name, (col, scale, kind) in OBSERVABLES.items():
+        r = _residual(df, col, kind, ref)
+        if r is None:
+            continue
+        out[name] = {c: _scaled(resolution(r[m], n_boot=n_boot, seed=seed, n_boot_core=n_boot_core), scale)
+                     for c, m in classes.items()}
+        if name == "energy_pct":
+            out["energy_low_tail"] = {c: 100.0 * tail_fraction(r[m], tail_nsigma, "low") for c, m in classes.items()}
+    # opening angle: against the truth (from the file's column) or against the reference
+    if ref is None and "opening_angle_deg" in df.columns:
+        ang = df["opening_angle_deg"].to_numpy(np.float64)
+    elif ref is not None and all(f"pred_angle_{c}" in d.columns for c in ("theta", "phi") for d in (df, ref)):
+        ang = opening_angle_deg(df["pred_angle_theta"], df["pred_angle_phi"],
+                                ref["pred_angle_theta"], ref["pred_angle_phi"])
+    else:
+        ang = None
+    if ang is not None:
+        out["opening68_deg"] = {c: quantile(ang[m], 68.27, n_boot=n_boot, seed=seed) for c, m in classes.items()}
+    return out
+
+
+def sample_summary(inputs: dict[str, str], reference_method: str, n_boot: int, seed: int, w_split: float,
+                   tail_nsigma: float, n_boot_core: int = 50) -> dict[str, Any]:
+    """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...}}."""
+    frames = _match({m: read_results(p) for m, p in inputs.items()}, inputs)
+    first = next(iter(frames.values()))
+    has_truth = any(c.startswith("true_") for c in first.columns)
+    w_true = first["true_uvwFI_w"].to_numpy(np.float64) if "true_uvwFI_w" in first.columns else None
+    ref = None
+    if not has_truth:
+        if reference_method not in frames:
+            raise XecError(f"{', '.join(inputs.values())}: no truth columns and no {reference_method} to compare with")
+        ref = frames[reference_method]
+    methods = {}
+    for name, df in frames.items():
+        if ref is not None and name == reference_method:
+            continue
+        methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core)
+    return {"events": int(len(first)), "reference": "truth" if ref is None else reference_method,
+            "inputs": dict(inputs), "methods": methods}
+
+
+def _fmt(entry: Any, key: str) -> str:
+    if entry is None:
+        return "-"
+    if key == "energy_low_tail":
+        return "-" if not math.isfinite(entry) else f"{entry:.1f}"
+    if key == "opening68_deg":
+        v, e = entry["value"], entry["err"]
+        return "-" if not math.isfinite(v) else (f"{v:.3g} ± {e:.2g}" if math.isfinite(e) else f"{v:.3g}")
+    v, e, core = entry["width68"], entry["width68_err"], entry["sigma_core"]
+    if not math.isfinite(v):
+        return "-"
+    s = f"{v:.3g} ± {e:.2g}" if math.isfinite(e) else f"{v:.3g}"
+    if math.isfinite(core):
+        s += f" (core {core:.3g})"
+    return s
+
+
+def table_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (observable x depth class) of one sample's table."""
+    methods = list(sample["methods"])
+    header = ["observable", "events"] + methods
+    rows = []
+    first = sample["methods"][methods[0]] if methods else {}
+    for key in LABELS:
+        if key not in first:
+            continue
+        for cls in first[key]:
+            cells = [_fmt(sample["methods"][m].get(key, {}).get(cls), key) for m in methods]
+            n = first[key][cls]["n"] if isinstance(first[key][cls], dict) else ""
+            rows.append([f"{LABELS[key]} [{cls}]", str(n)] + cells)
+    return header, rows
+
+
+NOTE = ("Resolution = half-width of the central 68 % interval ± bootstrap error, (core) = sigma of "
+        "the iterative ±2σ Gaussian core fit (xec.metrics); energy as (E_reco/E_true - 1) in %; "
+        "w classes by the true depth.")
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    lines = ["# Physics summary: ML vs classical reconstruction", "", NOTE, ""]
+    for name in ("bench", "realdata"):
+        if name not in summary:
+            continue
+        s = summary[name]
+        ref = "truth" if s["reference"] == "truth" else f"the {s['reference']} reconstruction (no truth)"
+        lines += [f"## {name} ({s['events']} events, residuals against {ref})", ""]
+        header, rows = table_rows(s)
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_html(summary: dict[str, Any]) -> str:
+    import html
+
+    parts = ["<html><head><meta charset='utf-8'><style>table{border-collapse:collapse}"
+             "td,th{border:1px solid #999;padding:2px 6px;text-align:right}</style></head><body>",
+             "<h2>Physics summary: ML vs classical reconstruction</h2>", f"<p>{html.escape(NOTE)}</p>"]
+    for name in ("bench", "realdata"):
+        if name not in summary:
+            continue
+        s = summary[name]
+        parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3><table>")
+        header, rows = table_rows(s)
+        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_summary(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    from xec import __version__
+
+    sec = cfg.get("summary", {})
+    n_boot, w_split = int(sec.get("n_boot", 200)), float(sec.get("w_split_cm", 2.0))
+    tail = float(sec.get("tail_nsigma", 3.0))
+    n_core = int(sec.get("n_boot_core", 50))
+    seed = int(cfg.get("seed", 0))
+    out: dict[str, Any] = {"meta": {"n_boot": n_boot, "n_boot_core": n_core, "w_split_cm": w_split, "tail_nsigma": tail, "seed": seed,
+                                    "xec_version": __version__, "note": NOTE}}
+    bench = {k: v for k, v in (("ml", args.bench_predictions), ("baseline", args.bench_baseline)) if v}
+    real = {k: v for k, v in (("ml_inpainted", args.realdata_predictions),
+                              ("ml_no_inpainting", args.realdata_noinpaint_predictions),
+                              ("baseline", args.realdata_baseline)) if v}
+    if not bench and not real:
+        raise XecError("nothing to summarize: give --bench-* and/or --realdata-* parquet files")
+    if bench:
+        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core)
+    if real:
+        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core)
+    return out
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """NaN/inf -> null, so that the JSON is strict (NaN is not JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.log)
+    cfg = load_config(args.config)
+    summary = build_summary(args, cfg)
+    md = to_markdown(summary)
+    # the JSON last: it is the rule's main output, so a failure leaves no stale summary
+    if args.markdown:
+        with atomic_path(args.markdown, suffix=".md") as tmp:
+            tmp.write_text(md + "\n")
+    if args.html:
+        with atomic_path(args.html, suffix=".html") as tmp:
+            tmp.write_text(to_html(summary))
+    write_json(args.out, _finite_or_none(summary))
+    log.info("summary -> %s\n%s", args.out, md)
+    return 0
