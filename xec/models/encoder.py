@@ -1,0 +1,196 @@
+"""XECEncoder: the face-aware encoder shared by the MAE, the inpainter and the regressor.
+
+Input ``x``: (B, 4760, 2) normalized float32 (channel 0 npho, 1 time; invalid = the
+normalization sentinel). Optional ``mask``: (B, 4760) bool, True = hide this sensor (MAE
+masking, dead channels to inpaint).
+
+Pipeline
+1. Per-sensor input features, 4 channels: npho and time (0 where invalid or hidden) and two
+   validity flags (npho valid, time valid). The flags tell the network "no reading here" apart
+   from "reading 0", and zeroing hidden sensors makes the encoder blind to their values.
+2. One gather (``gather_idx``, a registered buffer) builds every face from the flat vector:
+   inner 93x44, the exact outer fine grid 72x45 (geometry.outer_grid(1), PMT values copied
+   into their cells, see faces.py), US/DS 24x6, and the top/bottom hex node lists; rectangular faces are
+   padded to a multiple of their total stride with empty cells.
+3. Rectangular faces: per-face patchify stem (``stem_stride`` inner, ``outer_stem_stride``,
+   ``small_stem_stride`` US/DS) -> stage 1 ConvNeXt V2 blocks -> 2x2 downsampling -> stage 2 blocks -> masked mean ->
+   one token. ``share_rect_backbone`` shares the stages (stems and token projections stay per
+   face: the faces have different strides and statistics).
+4. Hex faces: linear stem -> HexNeXt blocks (top and bottom as one node list with a shared
+   weight per direction class, GRN per face) -> masked mean per face -> one token each.
+5. Six tokens + learned positional embedding + face-type embedding (MPPC / rect PMT / hex PMT)
+   -> pre-norm Transformer -> LayerNorm.
+
+FCMAE masking: a stem cell is visible when at least one of its sensors has a valid npho and
+is not hidden; invisible cells are zeroed after every spatial operation (blocks in
+xec.models.blocks), so hidden sensors cannot leak into the tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xec.models.blocks import ConvNeXtV2Block, HexNeXtBlock, LayerNorm2d, TransformerLayer
+from xec.models.faces import HEX_FACES, RECT_FACES, FaceLayout, build_face_layout
+from xec.models.presets import ModelConfig
+
+IN_CHANNELS = 4
+FACE_ORDER = RECT_FACES + HEX_FACES  # == xec.geometry.FACE_NAMES
+FACE_TYPES = {"inner": 0, "outer": 1, "us": 1, "ds": 1, "top": 2, "bottom": 2}
+
+
+def input_features(x: torch.Tensor, sentinel: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, 2) normalized input (+ hide mask (B, N)) -> (B, N, 4) features
+    [npho, time, npho valid, time valid], values zeroed where invalid or hidden.
+
+    Invalid means exactly equal to the sentinel (the normalizer writes float32(sentinel))."""
+    valid = x != sentinel
+    if mask is not None:
+        valid = valid & ~mask.bool().unsqueeze(-1)
+    vf = valid.to(x.dtype)
+    return torch.cat([x * vf, vf], dim=-1)
+
+
+def masked_mean_2d(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W), (B, 1, H, W) -> (B, C) mean over visible positions."""
+    return (x * keep).sum(dim=(2, 3)) / keep.sum(dim=(2, 3)).clamp_min(1.0)
+
+
+class RectStages(nn.Module):
+    """Stage 1 blocks -> LN + 2x2 strided conv -> stage 2 blocks (NCHW, channels_last)."""
+
+    def __init__(self, cfg: ModelConfig, dpr: list[float]):
+        super().__init__()
+        c1, c2 = cfg.rect_dims
+        d1, d2 = cfg.rect_depths
+        self.stage1 = nn.ModuleList(ConvNeXtV2Block(c1, cfg.kernel_size, cfg.mlp_ratio, dpr[i]) for i in range(d1))
+        self.down = nn.Sequential(LayerNorm2d(c1), nn.Conv2d(c1, c2, kernel_size=2, stride=2))
+        self.stage2 = nn.ModuleList(ConvNeXtV2Block(c2, cfg.kernel_size, cfg.mlp_ratio, dpr[d1 + i]) for i in range(d2))
+
+    def forward(self, x: torch.Tensor, keep1: torch.Tensor, keep2: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        for blk in self.stage1:
+            x = blk(x, keep1)
+        f1 = x
+        x = self.down(x) * keep2
+        for blk in self.stage2:
+            x = blk(x, keep2)
+        return f1, x
+
+
+class XECEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, sentinel: float = -1.0, geometry=None):
+        super().__init__()
+        if geometry is None:
+            from xec.geometry import get_geometry
+            geometry = get_geometry()
+        self.cfg = cfg
+        self.sentinel = float(sentinel)
+        self.layout: FaceLayout = build_face_layout(geometry, cfg.stem_stride, cfg.outer_stem_stride,
+                                                    cfg.small_stem_stride, cfg.outer_pool)
+        self.n_sensors = self.layout.n_sensors
+        self.register_buffer("gather_idx", torch.as_tensor(self.layout.gather_idx), persistent=False)
+        c1, c2 = cfg.rect_dims
+        d = cfg.token_dim
+        n_rect_blocks = sum(cfg.rect_depths)
+        dpr = [cfg.drop_path * i / max(n_rect_blocks - 1, 1) for i in range(n_rect_blocks)]
+
+        self.stems = nn.ModuleDict()
+        for face in self.layout.rect:
+            self.stems[face.name] = nn.Sequential(
+                nn.Conv2d(IN_CHANNELS * face.slots, c1, kernel_size=face.stem_stride, stride=face.stem_stride), LayerNorm2d(c1))
+        if cfg.share_rect_backbone:
+            self.stages = RectStages(cfg, dpr)
+        else:
+            self.stages = nn.ModuleDict({f.name: RectStages(cfg, dpr) for f in self.layout.rect})
+        self.rect_token = nn.ModuleDict({f.name: nn.Sequential(nn.LayerNorm(c2), nn.Linear(c2, d))
+                                         for f in self.layout.rect})
+
+        hexf = self.layout.hex
+        self.n_hex_faces = len(hexf.names)
+        self.hex_nodes = hexf.nodes_per_face
+        self.hex_stem = nn.Linear(IN_CHANNELS, cfg.hex_dim)
+        hdpr = [cfg.drop_path * i / max(cfg.hex_depth - 1, 1) for i in range(cfg.hex_depth)]
+        self.hex_blocks = nn.ModuleList(
+            HexNeXtBlock(cfg.hex_dim, hexf.neighbors, cfg.mlp_ratio, hdpr[i], segments=self.n_hex_faces)
+            for i in range(cfg.hex_depth))
+        self.hex_token = nn.Sequential(nn.LayerNorm(cfg.hex_dim), nn.Linear(cfg.hex_dim, d))
+
+        self.num_tokens = len(self.layout.rect) + self.n_hex_faces
+        self.face_names = tuple(f.name for f in self.layout.rect) + tuple(hexf.names)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, d))
+        self.type_embed = nn.Embedding(3, d)
+        self.register_buffer("type_ids", torch.tensor([FACE_TYPES[n] for n in self.face_names]), persistent=False)
+        self.fusion = nn.ModuleList(TransformerLayer(d, cfg.heads, cfg.mlp_ratio, cfg.drop_path)
+                                    for _ in range(cfg.fusion_depth))
+        self.norm = nn.LayerNorm(d)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ faces
+    def gather_cells(self, feats: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(B, N, C) per-sensor values -> (B, L, C) concatenated face cells (empty cells = fill)."""
+        padded = F.pad(feats, (0, 0, 0, 1), value=fill)
+        return padded.index_select(1, self.gather_idx)
+
+    def rect_cells(self, cells: torch.Tensor, face) -> torch.Tensor:
+        """(B, L, C) -> (B, K*C, Hp, Wp) view of one rectangular face (channels_last memory;
+        channel = slot * C + c)."""
+        b, _, c = cells.shape
+        hp, wp = face.shape
+        return cells[:, face.offset:face.offset + face.size].reshape(b, hp, wp, face.slots * c).permute(0, 3, 1, 2)
+
+    def hex_cells(self, cells: torch.Tensor) -> torch.Tensor:
+        return cells[:, self.layout.hex.offset:]
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """Tokens (B, T, D) plus the per-face maps the decoders and heads use:
+        ``rect[name] = (f1, f2, keep1, keep2)``, ``hex = (nodes (B, F*N, C), keep (B, F*N, 1))``,
+        ``cells`` (B, L, 4) input features per face cell."""
+        if x.dim() != 3 or x.shape[1] != self.n_sensors or x.shape[2] != 2:
+            raise ValueError(f"XECEncoder expects (B, {self.n_sensors}, 2) input, got {tuple(x.shape)}")
+        # Gather the raw 2 channels first (cheaper than 4), then build the features per cell;
+        # empty cells read the sentinel, so they come out as invalid.
+        cells = self.gather_cells(x, fill=self.sentinel)
+        if mask is not None:
+            mask = self.gather_cells(mask.to(x.dtype).unsqueeze(-1))[..., 0]
+        cells = input_features(cells, self.sentinel, mask)
+        tokens, rect = [], {}
+        for face in self.layout.rect:
+            inp = self.rect_cells(cells, face)
+            vis = inp[:, 2::IN_CHANNELS]  # npho-valid flag of each slot
+            if face.slots > 1:
+                vis = vis.amax(dim=1, keepdim=True)
+            keep1 = F.max_pool2d(vis, face.stem_stride, face.stem_stride)
+            keep2 = F.max_pool2d(keep1, 2, 2)
+            h = self.stems[face.name](inp) * keep1
+            stages = self.stages if self.cfg.share_rect_backbone else self.stages[face.name]
+            f1, f2 = stages(h, keep1, keep2)
+            rect[face.name] = (f1, f2, keep1, keep2)
+            tokens.append(self.rect_token[face.name](masked_mean_2d(f2, keep2)))
+        hin = self.hex_cells(cells)
+        hkeep = hin[..., 2:3]
+        h = self.hex_stem(hin) * hkeep
+        for blk in self.hex_blocks:
+            h = blk(h, hkeep)
+        b = h.shape[0]
+        hs = h.reshape(b, self.n_hex_faces, self.hex_nodes, -1)
+        ks = hkeep.reshape(b, self.n_hex_faces, self.hex_nodes, 1)
+        pooled = (hs * ks).sum(dim=2) / ks.sum(dim=2).clamp_min(1.0)
+        t = torch.cat([torch.stack(tokens, dim=1), self.hex_token(pooled)], dim=1)
+        t = t + self.pos_embed + self.type_embed(self.type_ids)
+        for layer in self.fusion:
+            t = layer(t)
+        return {"tokens": self.norm(t), "rect": rect, "hex": (h, hkeep), "cells": cells}
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_features(x, mask)["tokens"]

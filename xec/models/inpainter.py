@@ -1,0 +1,68 @@
+"""XECInpainter: fill masked or dead sensors with predicted (npho, time).
+
+Encoder (initialised from the MAE with ``load_encoder_weights``; ``freeze_encoder`` keeps it
+fixed) + light per-face heads (xec.models.decoders, level 1): each head reads the encoder's
+stage-1 map (stem resolution), the raw input of the patch (so it sees exactly which
+neighbours are present) and its face's fused token (global context), runs
+``inpaint_depth`` ConvNeXt V2 / HexNeXt blocks and predicts (npho, time) for every sensor.
+
+* ``predict(x, mask)`` -> (B, 4760, 2) predictions for every sensor (train the loss on the
+  hidden ones: ``fill_mask(x, mask)`` tells which).
+* ``forward(x, mask)`` -> x with the sensors to fill replaced: those in ``mask`` and the dead
+  ones (npho == sentinel). A filled npho below the time threshold gets the sentinel as its
+  time, like the normalizer does for real readings.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xec.models.decoders import FaceDecoder
+from xec.models.encoder import XECEncoder
+from xec.models.presets import ModelConfig
+
+
+class XECInpainter(nn.Module):
+    def __init__(self, cfg: ModelConfig, sentinel: float = -1.0, time_npho_threshold: float = 0.0,
+                 freeze_encoder: bool = False, geometry=None, normalizer=None):
+        """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel`` and
+        ``time_npho_threshold`` (its npho_threshold in normalized units)."""
+        super().__init__()
+        if normalizer is not None:
+            from xec.models.mae import npho_threshold_normalized
+
+            sentinel = float(normalizer.sentinel)
+            time_npho_threshold = npho_threshold_normalized(normalizer)
+        self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
+        self.heads = FaceDecoder(self.encoder, cfg.inpaint_dim, cfg.inpaint_depth, level=1, use_skip=True)
+        self.sentinel = float(sentinel)
+        self.time_npho_threshold = float(time_npho_threshold)
+        self.freeze_encoder = bool(freeze_encoder)
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen: no drop-path noise either
+        return self
+
+    def fill_mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, 4760) bool: the sensors ``forward`` replaces (hidden or dead)."""
+        dead = x[..., 0] == self.sentinel
+        return dead if mask is None else (dead | mask.bool())
+
+    def predict(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.freeze_encoder:
+            with torch.no_grad():
+                feats = self.encoder.forward_features(x, mask)
+        else:
+            feats = self.encoder.forward_features(x, mask)
+        return self.heads(feats)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        pred = self.predict(x, mask)
+        fill = self.fill_mask(x, mask).unsqueeze(-1)
+        npho = pred[..., 0:1].clamp_min(0.0)
+        time = torch.where(npho > self.time_npho_threshold, pred[..., 1:2], torch.full_like(npho, self.sentinel))
+        return torch.where(fill, torch.cat([npho, time], dim=-1), x)

@@ -1,0 +1,111 @@
+"""Named model sizes. A preset fixes the encoder/decoder widths and depths; config.yaml's
+``model`` section picks one by name and may override single keys (see ``model_config``).
+
+* ``tiny``: ~0.3M parameters; trains at >= 1,000 events/s (fwd + bwd + AdamW) on a 2-core CPU
+  (numbers in docs/performance.md). Coarse: a 4x4 patchify stem on the inner/outer faces.
+* ``base``: ~25M parameters (the reference model's size), for GPUs.
+* ``large``: ~100M parameters.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from xec.errors import XecError
+
+
+PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise XecError(f"model config: expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # rectangular faces (ConvNeXt V2)
+    rect_dims: tuple[int, int] = (16, 32)    # stage widths
+    rect_depths: tuple[int, int] = (0, 2)    # blocks per stage (tiny: none at the stem resolution)
+    kernel_size: int = 5                     # depthwise kernel
+    stem_stride: tuple[int, int] = (4, 4)        # patchify stride on the inner face (93 x 44)
+    outer_pool: tuple[int, int] = (3, 5)         # geometry.outer_grid(pool): (3, 5) = 24 x 9, one cell per coarse PMT
+    outer_stem_stride: tuple[int, int] = (2, 1)  # patchify stride on that outer grid
+    small_stem_stride: tuple[int, int] = (2, 2)  # on US / DS (24 x 6)
+    share_rect_backbone: bool = False        # one set of stage weights for all rect faces
+    # hexagonal faces (HexNeXt)
+    hex_dim: int = 12
+    hex_depth: int = 1
+    # token fusion (Transformer)
+    token_dim: int = 48
+    fusion_depth: int = 1
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    drop_path: float = 0.0
+    # MAE decoders
+    decoder_dim: int = 32
+    decoder_depth: int = 0
+    # inpainter heads
+    inpaint_dim: int = 24
+    inpaint_depth: int = 1
+    # regressor heads
+    head_hidden: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in PAIR_FIELDS:
+            d[key] = list(d[key])
+        return d
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(),
+    "base": ModelConfig(rect_dims=(128, 256), rect_depths=(3, 9), stem_stride=(2, 2), outer_stem_stride=(1, 1),
+                        small_stem_stride=(1, 1), kernel_size=7, mlp_ratio=4.0, hex_dim=128, hex_depth=4, token_dim=256, fusion_depth=4, heads=8,
+                        drop_path=0.1, decoder_dim=128, decoder_depth=1, inpaint_dim=64,
+                        inpaint_depth=2, head_hidden=256),
+    "large": ModelConfig(rect_dims=(192, 384), rect_depths=(3, 12), stem_stride=(2, 2), outer_stem_stride=(1, 1),
+                         small_stem_stride=(1, 1), kernel_size=7, mlp_ratio=4.0, hex_dim=192, hex_depth=6, token_dim=512, fusion_depth=6, heads=8,
+                         drop_path=0.2, decoder_dim=192, decoder_depth=2, inpaint_dim=96,
+                         inpaint_depth=2, head_hidden=512),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise XecError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def model_config(section: Mapping[str, Any] | None = None, **overrides: Any) -> ModelConfig:
+    """ModelConfig from config.yaml's ``model`` section: ``preset`` plus optional overrides
+    (any ModelConfig field given explicitly, e.g. ``share_rect_backbone`` or ``drop_path``)."""
+    section = dict(section or {})
+    section.update(overrides)
+    base = get_preset(section.pop("preset", "tiny"))
+    known = {f.name for f in fields(ModelConfig)}
+    values = base.to_dict()
+    for key, value in section.items():
+        if value is None:
+            continue
+        if key not in known:
+            raise XecError(f"model config: unknown key {key!r}; known keys: {sorted(known)}")
+        values[key] = copy.deepcopy(value)
+    for key in PAIR_FIELDS:
+        values[key] = _pair(values[key])
+    cfg = ModelConfig(**values)
+    if cfg.token_dim % cfg.heads:
+        raise XecError(f"model config: token_dim {cfg.token_dim} is not divisible by heads {cfg.heads}")
+    return cfg
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """Inverse of ``ModelConfig.to_dict`` (checkpoints)."""
+    values = dict(d)
+    for key in PAIR_FIELDS:
+        values[key] = _pair(values[key])
+    return ModelConfig(**values)

@@ -1,0 +1,119 @@
+"""XECRegressor: XECEncoder + one MLP head per active task.
+
+Heads read the concatenated fused face tokens and predict STANDARDIZED targets
+(z = (y - mean) / std, xec.targets.TargetStandardizer). The model carries mean/std as buffers
+(saved in its state dict), so ``forward_physical`` returns physical units (angle deg, energy
+GeV, timing ns, uvwFI cm, angleVec unit-less) and an exported model needs nothing else. Only
+the heads of the active tasks are built.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from xec.errors import XecError
+from xec.models.encoder import XECEncoder
+from xec.models.presets import ModelConfig
+from xec.targets import TASKS, TargetStandardizer, get_task
+
+
+class TaskHead(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class XECRegressor(nn.Module):
+    def __init__(self, cfg: ModelConfig, tasks: Sequence[str], standardizer: TargetStandardizer | None = None,
+                 sentinel: float = -1.0, geometry=None, normalizer=None):
+        """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``."""
+        super().__init__()
+        if normalizer is not None:
+            sentinel = float(normalizer.sentinel)
+        tasks = list(tasks)
+        if not tasks:
+            raise XecError("the regressor needs at least one task")
+        for t in tasks:
+            get_task(t)  # XecError on an unknown task
+        if len(set(tasks)) != len(tasks):
+            raise XecError(f"duplicate tasks in {tasks}")
+        self.tasks = tuple(tasks)
+        self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
+        in_dim = cfg.token_dim * self.encoder.num_tokens
+        self.heads = nn.ModuleDict({t: TaskHead(in_dim, cfg.head_hidden, TASKS[t].dim) for t in self.tasks})
+        for t in self.tasks:
+            self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
+            self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
+        if standardizer is not None:
+            self.set_standardization(standardizer)
+
+    def set_standardization(self, standardizer: TargetStandardizer | Mapping) -> None:
+        """Copy per-task mean/std into the buffers (a TargetStandardizer or its to_dict())."""
+        if not isinstance(standardizer, TargetStandardizer):
+            standardizer = TargetStandardizer.from_dict(standardizer)
+        for t in self.tasks:
+            if t not in standardizer.mean:
+                raise XecError(f"target standardization has no entry for task {t!r} "
+                               f"(it has {sorted(standardizer.mean)})")
+            mean = np.asarray(standardizer.mean[t], dtype=np.float32).reshape(-1)
+            std = np.asarray(standardizer.std[t], dtype=np.float32).reshape(-1)
+            if mean.size != TASKS[t].dim or std.size != TASKS[t].dim:
+                raise XecError(f"target standardization of {t!r} has {mean.size} components, expected {TASKS[t].dim}")
+            getattr(self, f"target_mean_{t}").copy_(torch.from_numpy(mean))
+            getattr(self, f"target_std_{t}").copy_(torch.from_numpy(std))
+
+    def standardization(self) -> TargetStandardizer:
+        return TargetStandardizer(
+            mean={t: getattr(self, f"target_mean_{t}").cpu().numpy().copy() for t in self.tasks},
+            std={t: getattr(self, f"target_std_{t}").cpu().numpy().copy() for t in self.tasks})
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction}."""
+        z = self.encoder(x, mask).flatten(1)
+        return {t: self.heads[t](z) for t in self.tasks}
+
+    def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}")
+                for t in self.tasks}
+
+    def forward_physical(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x (B, 4760, 2) normalized -> {task: (B, dim) in physical units}."""
+        return self.to_physical(self.forward(x, mask))
+
+
+def encoder_state_from(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``encoder.*`` entries of a model state dict (MAE, inpainter or regressor), prefix
+    removed. Accepts a checkpoint's model state with or without a DDP/compile prefix."""
+    out = {}
+    for key, value in state_dict.items():
+        k = key
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        if k.startswith("encoder."):
+            out[k[len("encoder."):]] = value
+    return out
+
+
+def load_encoder_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load the encoder of ``state_dict`` (e.g. an MAE checkpoint's model state) into
+    ``model.encoder``; XecError naming ``source`` when it has no encoder or another shape
+    (different preset)."""
+    enc = encoder_state_from(state_dict)
+    if not enc:
+        raise XecError(f"{source}: no encoder weights (no 'encoder.*' keys) in the model state")
+    try:
+        missing, unexpected = model.encoder.load_state_dict(enc, strict=False)
+    except RuntimeError as exc:
+        raise XecError(f"{source}: encoder weights do not fit this model (different preset?): "
+                       f"{str(exc).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise XecError(f"{source}: encoder weights do not fit this model (different preset?): "
+                       f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
