@@ -45,12 +45,21 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def loader_pass(manifest: Path, batch_size: int, workers: int) -> int:
-    n = 0
+def loader_epochs(manifest: Path, batch_size: int, workers: int):
+    """One ShardLoader for all passes (as in training: its shared-memory ring is reused);
+    every call runs the next epoch, workers started anew as in DataLoader's default."""
     loader = ShardLoader(manifest, batch_size=batch_size, num_workers=workers, seed=0)
-    for x, targets, weights in loader:
-        n += len(x)
-    return n
+    epoch = [0]
+
+    def run() -> int:
+        loader.set_epoch(epoch[0])
+        epoch[0] += 1
+        n = 0
+        for x, targets, weights in loader:
+            n += len(x)
+        return n
+
+    return run
 
 
 def wds_pass(shard_dir: Path, batch_size: int) -> int:
@@ -125,10 +134,10 @@ def main() -> int:
         rows.append(("(c) xec shards, 2 workers", n / blocks["t"]))
         single = shards(1, 2, "single")
         for w in (0, 1, 2):
-            t = best_of(lambda: loader_pass(blocks["dir"] / "manifest.json", args.batch_size, w), args.repeat)
+            t = best_of(loader_epochs(blocks["dir"] / "manifest.json", args.batch_size, w), args.repeat)
             rows.append((f"(a) ShardLoader, blocks of 256, {w} workers", n / t))
         for w in (0, 2):
-            t = best_of(lambda: loader_pass(single["dir"] / "manifest.json", args.batch_size, w), args.repeat)
+            t = best_of(loader_epochs(single["dir"] / "manifest.json", args.batch_size, w), args.repeat)
             rows.append((f"(a) ShardLoader, 1 event per sample, {w} workers", n / t))
         t = best_of(lambda: wds_pass(blocks["dir"], args.batch_size), args.repeat)
         rows.append(("(a) generic wds.WebDataset().decode(), blocks", n / t))
