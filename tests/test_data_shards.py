@@ -213,3 +213,21 @@ def test_interrupted_conversion_leaves_no_manifest_and_no_temporary_files(tmp_pa
 def test_loader_refuses_a_directory_without_manifest(tmp_path):
     with pytest.raises(XecError, match="no such shard manifest"):
         ShardLoader(tmp_path, batch_size=4)
+
+
+def test_configurable_branch_names_and_preset(tmp_path, restore_logging):
+    ev = make_events(30, seed=8)
+    path = write_root_file(tmp_path / "renamed.root", 30, seed=8, drop=["energyTruth", "npho"],
+                           overrides={"energyMC": ev["energyTruth"], "nphoCorr": ev["npho"]})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("data: {npho_branch: nphoCorr}\n"
+                   "shards: {tasks: [energy, uvwFI], truth_branches: {energy: energyMC}, block_size: 8}\n")
+    rc = cli_main(["shards", "--config", str(cfg), "--input", str(path), "--split", "val", "--out",
+                   str(tmp_path / "out"), "--preset", "legacy", "--workers", "1"])
+    assert rc == 0
+    m = read_manifest(tmp_path / "out")
+    assert m["branches"]["npho"] == "nphoCorr" and m["branches"]["truth"]["energy"] == "energyMC"
+    assert m["normalization"]["preset"] == "legacy" and m["tasks"] == ["energy", "uvwFI"]
+    x, targets, _ = _load_all(tmp_path / "out", tasks=("energy", "uvwFI"))
+    np.testing.assert_array_equal(targets["energy"][:, 0], ev["energyTruth"])
+    np.testing.assert_array_equal(x, get_normalizer("legacy").normalize_events(ev["npho"], ev["relative_time"]))
