@@ -116,6 +116,10 @@ def test_two_workers_deliver_the_same_events_and_are_reproducible():
     assert len(a) == len(ld) == 10 and [len(x) for x in a] == [32] * 9 + [10]
     assert sorted(itertools.chain(*a)) == _all_keys()
     assert _ids(ld, 4) == a
+    # without shuffling, workers still deliver the manifest order
+    ordered = ShardLoader(m, batch_size=20, shuffle=False, num_workers=2, with_ids=True, shuffle_buffer=32)
+    assert list(itertools.chain(*_ids(ordered))) == [r * 100000 + e for r, n in ((1, 150), (2, 101), (3, 47))
+                                                     for e in range(n)]
     # ranks x workers together still cover every event once
     keys = []
     for r in range(2):
@@ -157,6 +161,8 @@ def test_contract_attributes_and_normalizer_check():
     loader = ShardLoader(m, batch_size=8, expected_normalizer=get_normalizer("meg2"))
     assert loader.normalizer == get_normalizer("meg2") and loader.manifest["events"] == N_EVENTS
     assert set(loader.standardizer.mean) >= {"angle", "energy", "timing", "uvwFI"}
+    x, targets, weights = next(iter(ShardLoader(m, batch_size=8, tasks=())))  # input-only use (MAE, export)
+    assert x.shape == (8, 4760, 2) and targets == {} and weights == {}
     with pytest.raises(XecError, match="normalization mismatch.*manifest"):
         ShardLoader(m, batch_size=8, expected_normalizer=get_normalizer("legacy"))
     with pytest.raises(XecError, match="no targets for task"):

@@ -16,8 +16,9 @@ How an epoch is planned (identically in every rank and worker, from (seed, epoch
 3. Every rank makes the SAME number of batches, ceil(ceil(N / world_size) / batch_size): batch
    sizes are batch_size except at the tail, where a rank with one event fewer gets a smaller last
    batch, so DDP never hangs on uneven shards (drop_last: floor(min events / batch_size) full batches).
-4. DataLoader worker w makes the rank's batches w, w+K, w+2K, ... from its own contiguous slice of
-   the rank's events; torch hands them out round-robin, so the batch order is deterministic.
+4. DataLoader worker w makes the rank's batches w, w+K, w+2K, ... from the event ranges of exactly
+   those batches; torch hands them out round-robin, so the batch order is deterministic (and,
+   without shuffling, the manifest order for any number of workers).
 5. Within a worker, events are read a window (``shuffle_buffer`` events) at a time, with one pread
    per block range straight into the window array, and permuted inside it (the sample shuffle
    buffer).
@@ -28,6 +29,7 @@ from the tar headers), which measured several times faster than a generic WebDat
 """
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import os
@@ -94,18 +96,21 @@ def epoch_plan(units: Sequence[tuple[int, int, int]], shuffle: bool, seed: int, 
     return segments, sizes
 
 
-def _slice_segments(segments: Sequence[tuple[int, int, int, int]], first: int, count: int
-                    ) -> list[tuple[int, int, int, int]]:
-    """Events [first, first + count) of a segment list, as segments."""
-    out, pos = [], 0
-    for shard, unit, a, b in segments:
-        n = b - a
-        lo, hi = max(first, pos), min(first + count, pos + n)
+def _slice_segments(segments: Sequence[tuple[int, int, int, int]], first: int, count: int,
+                    starts: Sequence[int] | None = None) -> list[tuple[int, int, int, int]]:
+    """Events [first, first + count) of a segment list, as segments (``starts``: the cumulative
+    event position of each segment, to find the first one by bisection)."""
+    if starts is None:
+        starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
+    out = []
+    i = max(0, bisect.bisect_right(starts, first) - 1)
+    while i < len(segments) and starts[i] < first + count:
+        shard, unit, a, b = segments[i]
+        pos = starts[i]
+        lo, hi = max(first, pos), min(first + count, pos + b - a)
         if lo < hi:
             out.append((shard, unit, a + lo - pos, a + hi - pos))
-        pos += n
-        if pos >= first + count:
-            break
+        i += 1
     return out
 
 
@@ -283,8 +288,12 @@ class ShardDataset(IterableDataset):
         mine = sizes[worker::n_workers]
         if not mine:
             return
-        first = sum(sum(sizes[w::n_workers]) for w in range(worker))
-        my_segments = _slice_segments(segments, first, sum(mine))
+        # this worker makes batches worker, worker + K, ...: it reads exactly their event ranges,
+        # so without shuffling the round-robin output is the manifest order for any K
+        offsets = np.cumsum([0] + sizes).tolist()
+        starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
+        my_segments = [seg for i in range(worker, len(sizes), n_workers)
+                       for seg in _slice_segments(segments, offsets[i], sizes[i], starts)]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 7])
         reader = _ShardReader(self.manifest["_dir"], self.manifest["shards"], self.members)
         try:
@@ -315,10 +324,11 @@ class ShardDataset(IterableDataset):
 
     def _windows(self, reader: _ShardReader, segments, rng) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         total = sum(b - a for _, _, a, b in segments)
+        starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
         for first in range(0, total, self.window):
             n = min(self.window, total - first)
             buf = self._alloc(n)
-            reader.read_into(buf, 0, _slice_segments(segments, first, n))
+            reader.read_into(buf, 0, _slice_segments(segments, first, n, starts))
             yield buf, (rng.permutation(n) if self.shuffle else np.arange(n))
 
     def alloc_shared(self, n: int) -> dict[str, torch.Tensor]:
