@@ -76,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or icfg.get("batch_size", 256),
         chunk_size=icfg.get("chunk_size", 2000), device=args.device or icfg.get("device", "auto"),
         intra_op_threads=icfg.get("intra_op_threads", 0), optimization=icfg.get("graph_optimization", "all"),
+        allow_spinning=icfg.get("allow_spinning", False),
         tree=data.get("tree", "tree"), npho_branch=data.get("npho_branch", "npho"),
         time_branch=data.get("time_branch", "relative_time"))
     log.info("wrote %d events to %s and %s in %.1f s: %.0f events/s", stats["events"], args.out,
@@ -149,7 +150,8 @@ def prediction_columns(meta: ModelMetadata, preds: dict[str, np.ndarray], arrays
 
 def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = None, preset: str | None = None,
                         batch_size: int = 256, chunk_size: int = 2000, device: str = "auto",
-                        intra_op_threads: int = 0, optimization: str = "all", tree: str = "tree",
+                        intra_op_threads: int = 0, optimization: str = "all", allow_spinning: bool = False,
+                        tree: str = "tree",
                         npho_branch: str = "npho", time_branch: str = "relative_time",
                         ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of output columns per chunk. Validates the models and every input file
@@ -161,8 +163,8 @@ def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = N
     meta, inp_meta, normalizer = load_models(model, inpainter, preset)
     files = expand_inputs(inputs)
     _validate_inputs(files, tree, (npho_branch, time_branch))
-    reg = make_session(model, device, intra_op_threads, optimization)
-    inp = make_session(inpainter, device, intra_op_threads, optimization) if inpainter else None
+    reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
+    inp = make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
     log.info("ONNX Runtime providers: %s; normalization preset %s; inpainter: %s",
              reg.get_providers(), normalizer.preset, inpainter or "none")
     out_names = [o.name for o in reg.get_outputs()]
