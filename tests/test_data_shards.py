@@ -208,6 +208,13 @@ def test_interrupted_conversion_leaves_no_manifest_and_no_temporary_files(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         write_shards([str(f) for f in sample["files"]], tmp_path / "out", "train", sample["settings"], workers=1)
     assert list(tmp_path.iterdir()) == []
+    # what a SIGKILL leaves (a temporary directory) is removed by the next run, never trusted
+    stale = tmp_path / ".out.tmp-killed"
+    stale.mkdir()
+    (stale / "shard-000000.tar").write_bytes(b"half")
+    monkeypatch.setattr(shards_mod, "convert_task", real)
+    write_shards([str(sample["files"][2])], tmp_path / "out", "train", sample["settings"], workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_loader_refuses_a_directory_without_manifest(tmp_path):

@@ -325,9 +325,10 @@ class ShardDataset(IterableDataset):
     def _windows(self, reader: _ShardReader, segments, rng) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         total = sum(b - a for _, _, a, b in segments)
         starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
+        window = self._alloc(min(self.window, total))  # reused: no page faults after the first window
         for first in range(0, total, self.window):
             n = min(self.window, total - first)
-            buf = self._alloc(n)
+            buf = {m: v[:n] for m, v in window.items()}
             reader.read_into(buf, 0, _slice_segments(segments, first, n, starts))
             yield buf, (rng.permutation(n) if self.shuffle else np.arange(n))
 

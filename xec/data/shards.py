@@ -248,6 +248,7 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
         raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         log.info("converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
@@ -331,6 +332,14 @@ def _assemble(results: list[dict[str, Any]], files: Sequence[str], entries: Sequ
                    "ids": {b: {"member": f"{b}.npy", "dtype": "int64"} for b in ID_BRANCHES}},
         "xec_version": xec.__version__,
     }
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove what a killed earlier run left next to ``out`` (never trusted: no manifest there)."""
+    for stale in sorted(out.parent.glob(f".{out.name}.tmp-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        if stale.is_dir():
+            log.warning("removing %s left by an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
