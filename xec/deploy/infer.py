@@ -209,11 +209,11 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
     t0 = time.perf_counter()
     n = 0
     with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(unit="ev", desc="infer", disable=not progress_enabled()))
         cols = next(predictions)  # validation errors surface here, before any output exists
-        total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
+        bar.total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
         writer = stack.enter_context(tree_writer(out, "tree", title="xec inference"))
         pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
-        bar = stack.enter_context(tqdm(total=total, unit="ev", desc="infer", disable=not progress_enabled()))
         pq_writer = None
         while cols is not None:
             table = pa.table(cols)
