@@ -264,10 +264,15 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
             with _pool(min(workers, len(tasks))) as pool:
                 futures = [pool.submit(convert_task, task, settings, str(tmp)) for task in tasks]
                 sums = [pool.submit(_sha256, p) for p in files]
-                for task, fut in zip(tasks, futures):
-                    results.append(fut.result())  # in task order: deterministic assembly
-                    bar.update(task.entry_stop - task.entry_start)
-                checksums = [s.result() for s in sums]
+                try:
+                    for task, fut in zip(tasks, futures):
+                        results.append(fut.result())  # in task order: deterministic assembly
+                        bar.update(task.entry_stop - task.entry_start)
+                    checksums = [s.result() for s in sums]
+                except BaseException:
+                    for fut in (*futures, *sums):  # do not convert the rest of a failed run
+                        fut.cancel()
+                    raise
         bar.close()
         manifest = _assemble(results, files, entries, checksums, tmp, split, settings)
         write_json(tmp / MANIFEST_NAME, manifest)  # last: a directory without it is never trusted
