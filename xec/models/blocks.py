@@ -118,13 +118,15 @@ class ConvNeXtV2Block(nn.Module):
 def _padded_neighbors(neighbors: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, K) neighbour table with -1 = missing -> int64 table where missing points at row N
     (a zero row appended to the features)."""
-    nb = torch.as_tensor(np.asarray(neighbors), dtype=torch.long)
-    if nb.dim() != 2:
-        raise ValueError(f"neighbour table must be (N, K), got shape {tuple(nb.shape)}")
+    if isinstance(neighbors, torch.Tensor):
+        neighbors = neighbors.detach().cpu().numpy()
+    nb = np.asarray(neighbors, dtype=np.int64)
+    if nb.ndim != 2:
+        raise ValueError(f"neighbour table must be (N, K), got shape {nb.shape}")
     n = nb.shape[0]
-    if int(nb.max()) >= n or int(nb.min()) < -1:
+    if nb.max() >= n or nb.min() < -1:
         raise ValueError("neighbour table has indices outside [-1, N)")
-    return torch.where(nb < 0, torch.full_like(nb, n), nb)
+    return torch.as_tensor(np.where(nb < 0, n, nb))
 
 
 class HexDepthwiseConv(nn.Module):

@@ -1,0 +1,220 @@
+"""XECRegressor, XECInpainter, presets, encoder hand-over, ONNX export parity and model-info."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xec.errors import XecError
+from xec.geometry import N_SENSORS
+from xec.models import (PRESETS, XECInpainter, XECMAE, XECRegressor, load_encoder_weights, model_config,
+                        model_config_from_dict)
+from xec.models.onnx_export import InpainterOnnx, RegressorOnnx, export_onnx, onnx_parity
+from xec.normalization import get_normalizer
+from xec.targets import TargetStandardizer
+
+SENTINEL = -1.0
+TASKS = ["angle", "energy", "timing", "uvwFI"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return model_config({"preset": "tiny"})
+
+
+def standardizer(tasks=TASKS) -> TargetStandardizer:
+    dims = {"angle": 2, "energy": 1, "timing": 1, "uvwFI": 3, "angleVec": 3}
+    rng = np.random.default_rng(0)
+    return TargetStandardizer.from_dict({t: {"mean": rng.normal(size=dims[t]) * 10,
+                                             "std": rng.uniform(0.5, 5, dims[t])} for t in tasks})
+
+
+def realistic_input(b: int, seed: int = 0) -> torch.Tensor:
+    """Valid normalized events (meg2): exponential npho, some dead, low-light time invalid."""
+    norm = get_normalizer("meg2")
+    rng = np.random.default_rng(seed)
+    npho = rng.exponential(300.0, (b, N_SENSORS)) * rng.uniform(0.2, 3.0, (b, 1))
+    npho[rng.random((b, N_SENSORS)) < 0.01] = 1e10
+    t = rng.normal(3e-8, 1e-8, (b, N_SENSORS))
+    return torch.from_numpy(norm.normalize_events(npho, t))
+
+
+# ---------------------------------------------------------------------------- presets
+def test_presets_and_overrides(tiny):
+    assert set(PRESETS) == {"tiny", "base", "large"}
+    cfg = model_config({"preset": "tiny", "share_rect_backbone": True, "drop_path": 0.1, "rect_dims": [8, 16]})
+    assert cfg.share_rect_backbone and cfg.drop_path == 0.1 and cfg.rect_dims == (8, 16)
+    assert model_config({"preset": "tiny", "drop_path": None}).drop_path == tiny.drop_path  # null = preset
+    assert model_config_from_dict(tiny.to_dict()) == tiny
+    with pytest.raises(XecError, match="unknown model preset"):
+        model_config({"preset": "huge"})
+    with pytest.raises(XecError, match="unknown key"):
+        model_config({"preset": "tiny", "widht": 3})
+
+
+def test_parameter_counts_per_preset():
+    counts = {}
+    for name in PRESETS:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            m = XECRegressor(model_config({"preset": name}), TASKS)
+        counts[name] = sum(p.numel() for p in m.encoder.parameters())
+    assert counts["tiny"] < 300_000  # well under 1M
+    assert 20e6 < counts["base"] < 32e6  # about the reference's 25M
+    assert counts["large"] > 2.5 * counts["base"]
+
+
+def test_shared_rect_backbone_has_fewer_parameters(tiny):
+    shared = XECRegressor(model_config({"preset": "tiny", "share_rect_backbone": True}), TASKS)
+    separate = XECRegressor(tiny, TASKS)
+    n_sh = sum(p.numel() for p in shared.parameters())
+    n_se = sum(p.numel() for p in separate.parameters())
+    assert n_sh < n_se
+    with torch.no_grad():
+        assert shared(realistic_input(2))["energy"].shape == (2, 1)
+
+
+@pytest.mark.slow
+def test_base_preset_forward_batch_one():
+    cfg = model_config({"preset": "base"})
+    torch.manual_seed(0)
+    mae = XECMAE(cfg, time_npho_threshold=0.05).eval()
+    with torch.no_grad():
+        out = mae(realistic_input(1), generator=torch.Generator().manual_seed(0))
+        assert out["pred"].shape == (1, N_SENSORS, 2) and torch.isfinite(out["loss"])
+        tokens = mae.encoder(realistic_input(1))
+    assert tokens.shape == (1, 6, cfg.token_dim)
+
+
+# ---------------------------------------------------------------------------- regressor
+def test_regressor_heads_and_physical_units(tiny):
+    std = standardizer(TASKS + ["angleVec"])
+    m = XECRegressor(tiny, ["energy", "uvwFI"], std).eval()
+    assert set(m.heads) == {"energy", "uvwFI"}  # only active heads are built
+    x = realistic_input(3)
+    with torch.no_grad():
+        z = m(x)
+        y = m.forward_physical(x)
+    assert z["energy"].shape == (3, 1) and z["uvwFI"].shape == (3, 3)
+    for t in ("energy", "uvwFI"):
+        expect = z[t].numpy() * std.std[t] + std.mean[t]
+        np.testing.assert_allclose(y[t].numpy(), expect, rtol=1e-5, atol=1e-5)
+    # the standardization travels in the state dict
+    m2 = XECRegressor(tiny, ["energy", "uvwFI"])
+    m2.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(m2.standardization().std["uvwFI"], std.std["uvwFI"])
+    with pytest.raises(XecError, match="no entry for task"):
+        XECRegressor(tiny, ["angleVec"], standardizer(["energy"]))
+    with pytest.raises(XecError, match="unknown task"):
+        XECRegressor(tiny, ["mass"])
+
+
+def test_regressor_gradients_reach_every_parameter(tiny):
+    torch.manual_seed(0)
+    m = XECRegressor(tiny, TASKS + ["angleVec"], standardizer(TASKS + ["angleVec"]))
+    out = m(realistic_input(4))
+    sum(v.square().mean() for v in out.values()).backward()
+    bad = [n for n, p in m.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0]
+    assert not bad, bad
+
+
+def test_encoder_hand_over_from_mae(tiny):
+    torch.manual_seed(1)
+    mae = XECMAE(tiny)
+    reg = XECRegressor(tiny, TASKS)
+    state = {f"module.{k}": v for k, v in mae.state_dict().items()}  # DDP-style prefix
+    load_encoder_weights(reg, state)
+    for k, v in mae.encoder.state_dict().items():
+        assert torch.equal(reg.encoder.state_dict()[k], v)
+    with pytest.raises(XecError, match="no encoder weights"):
+        load_encoder_weights(reg, {"heads.x": torch.zeros(1)}, source="ckpt.pt")
+    other = XECMAE(model_config({"preset": "tiny", "rect_dims": [8, 16]}))
+    with pytest.raises(XecError, match="different preset"):
+        load_encoder_weights(reg, other.state_dict(), source="ckpt.pt")
+
+
+# ---------------------------------------------------------------------------- inpainter
+def test_inpainter_fills_only_masked_and_dead(tiny):
+    torch.manual_seed(0)
+    norm = get_normalizer("meg2")
+    m = XECInpainter(tiny, normalizer=norm).eval()
+    x = realistic_input(2, seed=3)
+    mask = torch.rand(2, N_SENSORS) < 0.1
+    with torch.no_grad():
+        y = m(x, mask)
+        pred = m.predict(x, mask)
+    fill = mask | (x[..., 0] == SENTINEL)
+    assert torch.equal(y[~fill], x[~fill])
+    assert not (y[fill][:, 0] == SENTINEL).any()  # dead sensors got an npho
+    np.testing.assert_allclose(y[fill][:, 0].numpy(), pred[fill][:, 0].clamp_min(0).numpy(), rtol=1e-6)
+    low = y[..., 0] <= m.time_npho_threshold
+    assert torch.all(y[..., 1][fill & low] == SENTINEL)
+    # the values of hidden sensors do not influence the prediction
+    x2 = x.clone()
+    x2[mask] = 3.0
+    with torch.no_grad():
+        assert torch.equal(m.predict(x2, mask), pred)
+
+
+def test_inpainter_frozen_encoder_gets_no_gradients(tiny):
+    torch.manual_seed(0)
+    m = XECInpainter(tiny, freeze_encoder=True).train()
+    assert not m.encoder.training
+    x = realistic_input(2)
+    mask = torch.rand(2, N_SENSORS) < 0.1
+    (m.predict(x, mask) - x).square().mean().backward()
+    assert all(p.grad is None for p in m.encoder.parameters())
+    bad = [n for n, p in m.heads.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0]
+    assert not bad, bad
+
+
+# ---------------------------------------------------------------------------- ONNX
+@pytest.mark.slow
+def test_regressor_onnx_parity_two_batch_sizes(tiny, tmp_path):
+    torch.manual_seed(0)
+    reg = XECRegressor(tiny, TASKS, standardizer()).eval()
+    wrapped = RegressorOnnx(reg).eval()
+    path = export_onnx(wrapped, tmp_path / "reg.onnx", realistic_input(2), ["input"], wrapped.output_names)
+    import onnx
+
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 17
+    assert [o.name for o in model.graph.output] == ["output_angle", "output_energy", "output_timing", "output_uvwFI"]
+    for b in (1, 5):
+        assert onnx_parity(wrapped, path, [realistic_input(b, seed=b)], ["input"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_inpainter_onnx_parity_two_batch_sizes(tiny, tmp_path):
+    torch.manual_seed(0)
+    inp = XECInpainter(tiny, normalizer=get_normalizer("meg2")).eval()
+    wrapped = InpainterOnnx(inp).eval()
+    ex = (realistic_input(2), (torch.rand(2, N_SENSORS) < 0.1).float())
+    path = export_onnx(wrapped, tmp_path / "inp.onnx", ex, ["input", "mask"], ["output"])
+    for b in (1, 4):
+        x = realistic_input(b, seed=10 + b)
+        mask = (torch.rand(b, N_SENSORS, generator=torch.Generator().manual_seed(b)) < 0.1).float()
+        assert onnx_parity(wrapped, path, [x, mask], ["input", "mask"]) < 1e-4
+
+
+def test_export_onnx_rejects_old_opset(tiny, tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(torch.nn.Identity(), tmp_path / "x.onnx", torch.zeros(1), ["input"], ["output"], opset=13)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------------------- model-info
+def test_model_info_cli(tmp_path, capsys):
+    from xec.cli import main
+
+    assert main(["model-info", "--preset", "tiny", "--json", str(tmp_path / "info.json"),
+                 "--log", str(tmp_path / "info.log")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder" in out and "regressor" in out
+    import json
+
+    info = json.loads((tmp_path / "info.json").read_text())
+    torch.manual_seed(0)
+    reg = XECRegressor(model_config({"preset": "tiny"}), TASKS)
+    assert info["regressor"]["total"] == sum(p.numel() for p in reg.parameters())
+    assert info["encoder"]["total"] == sum(p.numel() for p in reg.encoder.parameters())
+    assert info["encoder"]["total"] == sum(v for k, v in info["encoder"].items() if k != "total")
