@@ -34,12 +34,20 @@ def build_inpainter_model(spec: Mapping[str, Any]) -> nn.Module:
     from xec.models import XECInpainter
 
     norm = Normalizer.from_dict(dict(spec["normalization"]))
-    import inspect
+    freeze = bool((spec.get("model_args") or {}).get("freeze_encoder", False))
+    return XECInpainter(model_config_of(spec["model"]), normalizer=norm, freeze_encoder=freeze)
 
-    params = inspect.signature(XECInpainter.__init__).parameters
-    if "normalizer" in params:
-        return XECInpainter(model_config_of(spec["model"]), normalizer=norm)
-    return XECInpainter(model_config_of(spec["model"]), sentinel=norm.sentinel)
+
+class _Predict(nn.Module):
+    """Training view of the inpainter: forward = raw per-sensor predictions (``predict``), not the
+    filled input (whose clamping / time-threshold replacement would cut the gradients)."""
+
+    def __init__(self, inpainter: nn.Module):
+        super().__init__()
+        self.inpainter = inpainter
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.inpainter.predict(x, mask)
 
 
 class InpainterStage:
@@ -85,9 +93,9 @@ class InpainterStage:
         if self.mae_ckpt is not None:
             n = load_encoder_from(self.mae_ckpt, model, self.mae_checkpoint)
             log.info("inpainter: encoder initialized from %s (%d tensors)", self.mae_checkpoint, n)
-        if self.freeze:
-            for p in model.encoder.parameters():
-                p.requires_grad_(False)
+
+    def train_module(self, model: nn.Module) -> nn.Module:
+        return _Predict(model)
 
     # ------------------------------------------------------------------ masks and loss
     def make_mask(self, x: torch.Tensor, generator) -> torch.Tensor:
@@ -114,10 +122,7 @@ class InpainterStage:
 
     def training_step(self, model, x, targets, weights, generator):
         mask = self.make_mask(x, generator)
-        if self.freeze:
-            core = getattr(model, "module", model)
-            getattr(core, "_orig_mod", core).encoder.eval()  # frozen: no drop-path noise either
-        pred = model(x, mask)
+        pred = model(x, mask)  # the _Predict view (possibly DDP-wrapped)
         return self._loss(pred, x, mask)
 
     @torch.no_grad()
@@ -127,7 +132,7 @@ class InpainterStage:
         for x, _, _ in loader:
             x = x.to(ctx.device)
             mask = self.make_mask(x, generator)
-            pred = model(x, mask)
+            pred = model.predict(x, mask)
             loss, logs = self._loss(pred, x, mask)
             b = float(x.shape[0])
             s["loss"] = s.get("loss", 0.0) + float(loss) * b
@@ -162,7 +167,7 @@ def write_root_predictions(model, stage: InpainterStage, path: Path, device, see
     with torch.no_grad(), tree_writer(path, "inpaint") as w:
         for x, _, _, ids in loader:
             mask = stage.make_mask(x, gen)
-            pred = model(x.to(device), mask.to(device)).float().cpu()
+            pred = model(x.to(device), mask.to(device)).float().cpu()  # filled output, as deployed
             ev, sensor = torch.nonzero(mask, as_tuple=True)
             if len(ev) == 0:
                 continue

@@ -83,11 +83,13 @@ class Trainer:
                                     int(round(float(hp["warmup_epochs"]) * self.steps_per_epoch)),
                                     hp["schedule"], float(hp["min_lr_ratio"]))
         self.ema = EMA(self.model, float(hp["ema_decay"])) if float(hp["ema_decay"]) > 0 else None
-        self.train_model: nn.Module = self.model
+        # A stage may train through a view of the model (e.g. the inpainter's raw predict()):
+        # DDP must wrap the module whose forward the loss calls, or gradients are not synced.
+        self.train_model: nn.Module = stage.train_module(self.model) if hasattr(stage, "train_module") else self.model
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                    find_unused_parameters=bool(hp["find_unused_parameters"]))
         if hp["compile"]:
             self.train_model = torch.compile(self.train_model)
@@ -154,6 +156,9 @@ class Trainer:
             "tracking": {"run_id": self.run_id},
             "fingerprint": self.fingerprint,
             "xec_version": __version__,
+            # stage extras (model_args: constructor options build_model_from_checkpoint needs; init_checkpoint)
+            **{k: v for k, v in extra.items() if k not in ("stage", "model", "normalization", "tasks",
+                                                          "target_standardization")},
         }
 
     def _resume(self, mode: str = "strict") -> None:

@@ -63,17 +63,13 @@ def build_stage_model(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def load_encoder_from(ckpt: Mapping[str, Any], model: nn.Module, where: str) -> int:
-    """Copy the ``encoder.*`` weights of a checkpoint (EMA weights when present) into
-    ``model.encoder``; returns the number of tensors copied."""
+    """Copy the ``encoder.*`` weights of a checkpoint (its EMA weights when present: those are
+    what the stage validated and exports) into ``model.encoder``; returns the tensor count."""
+    from xec.models import load_encoder_weights
+
     state = ckpt.get("ema_state") or ckpt["model_state"]
-    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    if not enc:
-        raise XecError(f"{where}: checkpoint has no encoder weights")
-    missing, unexpected = model.encoder.load_state_dict(enc, strict=False)
-    if missing or unexpected:
-        raise XecError(f"{where}: encoder weights do not fit the model (missing {list(missing)[:3]}, "
-                       f"unexpected {list(unexpected)[:3]})")
-    return len(enc)
+    load_encoder_weights(model, state, source=where)
+    return sum(1 for k in state if k.startswith("encoder."))
 
 
 def sensor_faces() -> np.ndarray:

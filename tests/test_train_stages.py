@@ -1,0 +1,270 @@
+"""The three training stages on tiny random shards: outputs, metrics, encoder hand-over from the
+MAE, checkpoint rebuild, resume after SIGKILL, and one clear error per kind of bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers_rootfiles import write_root_file
+from xec.config import load_config
+from xec.errors import XecError
+from xec.train.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from xec.train.cli import run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_VAL = 192, 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from xec.data.shards import settings_from_config, write_shards
+
+    d = tmp_path_factory.mktemp("train_stages")
+    cfg = load_config()
+    settings = settings_from_config(cfg, events_per_shard=128, block_size=32)
+    for split, n, seed in (("train", N_TRAIN, 1), ("val", N_VAL, 2)):
+        f = write_root_file(d / f"{split}.root", n_events=n, seed=seed, run=seed)
+        write_shards([str(f)], d / "shards" / split, split, settings)
+    return d
+
+
+def make_cfg(d: Path, **overrides) -> dict:
+    over = {
+        "mae.epochs": 1, "mae.batch_size": 32,
+        "inpainter.epochs": 1, "inpainter.batch_size": 32,
+        "regressor.epochs": 1, "regressor.batch_size": 32,
+        "mlflow.tracking_uri": f"sqlite:///{d}/mlflow.db",
+        **overrides,
+    }
+    return load_config(None, overrides=over)
+
+
+@pytest.fixture(scope="module")
+def mae_run(data):
+    summary = run_stage("mae", make_cfg(data), shards=data / "shards", out=data / "mae")
+    return data / "mae", summary
+
+
+def _encoder_state(state: dict) -> dict:
+    return {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def test_mae_outputs_and_metrics(mae_run):
+    out, summary = mae_run
+    for name in ("checkpoint.pt", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.json", "config.yaml"):
+        assert (out / name).exists(), name
+    val = json.loads((out / "metrics.json").read_text())["val"]
+    for key in ("val_loss", "val_loss_npho", "val_loss_time", "val_loss_inner", "val_loss_top",
+                "val_mae_npho", "val_rmse_time", "val_mae_npho_phot", "val_rmse_time_ns", "val_mae_npho_inner",
+                "val_actual_mask_ratio"):
+        assert np.isfinite(val[key]), key
+    assert 0.5 < val["val_actual_mask_ratio"] < 0.7  # config mae.mask_ratio 0.6
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["stage"] == "mae" and ck["model"]["preset"] == "tiny" and ck["normalization"]["preset"] == "meg2"
+    model = build_model_from_checkpoint(ck)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["ema_state"][k]), k
+
+
+def test_mlflow_run_recorded(mae_run, data):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{data}/mlflow.db")
+    exp = client.get_experiment_by_name("xec-mae")
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and runs[0].info.status == "FINISHED"
+    r = runs[0]
+    assert r.data.params["mae.mask_ratio"] == "0.6"
+    for key in ("val_loss", "train_loss", "events_per_s", "data_wait_fraction", "rss_mb"):
+        assert key in r.data.metrics, key
+    arts = [a.path for a in client.list_artifacts(r.info.run_id)]
+    assert "metrics.json" in arts and "config.yaml" in arts
+
+
+def test_regressor_encoder_initialized_from_mae(mae_run, data):
+    from xec.data.loader import ShardLoader
+    from xec.normalization import normalizer_from_config
+    from xec.train.regressor import RegressorStage
+
+    out, _ = mae_run
+    cfg = make_cfg(data)
+    stage = RegressorStage(cfg, normalizer_from_config(cfg), init_checkpoint=str(out / "checkpoint.pt"))
+    tl = ShardLoader(data / "shards" / "train", 32, tasks=stage.tasks)
+    stage.attach_data(tl, ShardLoader(data / "shards" / "val", 32, tasks=stage.tasks, shuffle=False))
+    torch.manual_seed(0)
+    model = stage.build_model()
+    mae_enc = _encoder_state(load_checkpoint(out / "checkpoint.pt")["ema_state"])
+    assert any(not torch.equal(v, mae_enc[k]) for k, v in model.encoder.state_dict().items())
+    stage.prepare_model(model)
+    got = model.encoder.state_dict()
+    assert set(got) == set(mae_enc)
+    for k, v in mae_enc.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_regressor_stage_outputs(mae_run, data):
+    import pandas as pd
+
+    from xec.data.reweight import HistogramWeights
+
+    out, _ = mae_run
+    cfg = make_cfg(data, **{"regressor.channel_dropout": 0.05,
+                            "regressor.losses": {"energy": {"type": "gaussian_nll", "weight": 1.0, "beta": 0.5}}})
+    from xec.data.loader import ShardLoader
+
+    tl = ShardLoader(data / "shards" / "train", 64)
+    targets = {t: [] for t in cfg["regressor"]["tasks"]}
+    for _, tg, _ in tl:
+        for t in targets:
+            targets[t].append(tg[t].numpy())
+    w = HistogramWeights.fit({t: np.concatenate(v) for t, v in targets.items()},
+                             {t: cfg["reweighting"]["bins"][t] for t in targets}, max_weight=10.0)
+    w.save(data / "weights.npz")
+    summary = run_stage("regressor", cfg, shards=data / "shards", out=data / "regressor",
+                        init=str(out / "checkpoint.pt"), weights=str(data / "weights.npz"))
+    val = summary["val"]
+    for key in ("val_loss", "val_loss_angle", "val_loss_energy", "val_loss_timing", "val_loss_uvwFI",
+                "val_theta_deg_bias", "val_theta_deg_res", "val_phi_rms_deg", "val_theta_skewness",
+                "val_opening_angle_q68_deg", "val_energy_pct_bias", "val_energy_pct_res", "val_time_ps_res",
+                "val_u_mm_res", "val_v_mm_res", "val_w_mm_res", "val_u_mm_gain"):
+        assert key in val and np.isfinite(val[key]), key
+    pred = pd.read_parquet(data / "regressor" / "predictions.parquet")
+    assert len(pred) == N_VAL
+    for col in ("run", "event", "true_theta", "pred_theta", "true_energy", "pred_energy", "true_time",
+                "pred_time", "true_u", "pred_w"):
+        assert col in pred.columns, col
+    ck = load_checkpoint(data / "regressor" / "checkpoint.pt", expected_stage="regressor")
+    assert ck["tasks"] == ["angle", "energy", "timing", "uvwFI"]
+    assert set(ck["target_standardization"]) == set(ck["tasks"])
+    model = build_model_from_checkpoint(ck)
+    with torch.no_grad():
+        x = torch.from_numpy(np.zeros((2, 4760, 2), np.float32))
+        phys = model.forward_physical(x)
+    assert phys["uvwFI"].shape == (2, 3)
+
+
+def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
+    import uproot
+
+    out, _ = mae_run
+    cfg = make_cfg(data, **{"inpainter.predictions_root": True})
+    run_stage("inpainter", cfg, shards=data / "shards", out=data / "inpainter", mae=str(out / "checkpoint.pt"))
+    ck = load_checkpoint(data / "inpainter" / "checkpoint.pt", expected_stage="inpainter")
+    mae_enc = _encoder_state(load_checkpoint(out / "checkpoint.pt")["ema_state"])
+    for state in (ck["model_state"], ck["ema_state"]):
+        enc = _encoder_state(state)
+        for k, v in mae_enc.items():
+            assert torch.equal(enc[k], v), k  # frozen: still exactly the MAE's encoder
+    val = json.loads((data / "inpainter" / "metrics.json").read_text())["val"]
+    for key in ("val_mae_npho_inner", "val_rmse_npho_outer", "val_mae_time_ns", "val_rmse_npho_phot"):
+        assert np.isfinite(val[key]), key
+    with uproot.open(data / "inpainter" / "predictions.root") as f:
+        t = f["inpaint"]
+        arr = t.arrays(["event", "sensor", "face", "truth_npho", "pred_npho", "error_npho"], library="np")
+    assert t.num_entries == val["predictions_root_rows"] > 0
+    assert ((arr["sensor"] >= 0) & (arr["sensor"] < 4760)).all()
+    np.testing.assert_allclose(arr["error_npho"], arr["pred_npho"] - arr["truth_npho"], rtol=1e-5, atol=1e-2)
+
+
+# ---------------------------------------------------------------- bad input
+def test_missing_mae_checkpoint(data):
+    with pytest.raises(XecError, match="nope.pt: checkpoint not found"):
+        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=data / "x", mae=str(data / "nope.pt"))
+
+
+def test_checkpoint_of_another_stage(mae_run, data, tmp_path):
+    out, _ = mae_run
+    ck = load_checkpoint(out / "checkpoint.pt")
+    ck["stage"] = "inpainter"
+    save_checkpoint(tmp_path / "inp.pt", ck)
+    with pytest.raises(XecError, match="inp.pt: checkpoint of stage 'inpainter', expected 'mae'"):
+        run_stage("regressor", make_cfg(data), shards=data / "shards", out=tmp_path / "r", init=str(tmp_path / "inp.pt"))
+
+
+def test_checkpoint_of_another_normalization_preset(mae_run, data):
+    from xec.normalization import get_normalizer
+
+    out, _ = mae_run
+    with pytest.raises(XecError, match="normalization mismatch"):
+        load_checkpoint(out / "checkpoint.pt", expected_stage="mae", expected_normalizer=get_normalizer("legacy"))
+
+
+def test_manifest_preset_differs_from_config(data, tmp_path):
+    cfg = make_cfg(data, **{"normalization.preset": "legacy"})
+    with pytest.raises(XecError, match="normalization mismatch.*manifest"):
+        run_stage("mae", cfg, shards=data / "shards", out=tmp_path / "m")
+
+
+def test_mae_checkpoint_of_another_model_preset(mae_run, data, tmp_path):
+    out, _ = mae_run
+    ck = load_checkpoint(out / "checkpoint.pt")
+    ck["model"] = {**ck["model"], "preset": "base", "token_dim": 256}
+    save_checkpoint(tmp_path / "base.pt", ck)
+    with pytest.raises(XecError, match="model configuration differs.*'base' vs 'tiny'"):
+        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", mae=str(tmp_path / "base.pt"))
+
+
+def test_resume_with_another_model_preset(mae_run, data, tmp_path):
+    import shutil
+
+    out, _ = mae_run
+    d = tmp_path / "mae"
+    d.mkdir()
+    ck = load_checkpoint(out / "checkpoint_last.pt")
+    ck["model"] = {**ck["model"], "preset": "base", "token_dim": 256}
+    save_checkpoint(d / "checkpoint_last.pt", ck)
+    with pytest.raises(XecError, match=r"checkpoint_last.pt \(--resume\): model configuration differs"):
+        run_stage("mae", make_cfg(data), shards=data / "shards", out=d, resume=True)
+    # --resume auto (the Snakemake rules) starts over instead
+    summary = run_stage("mae", make_cfg(data, **{"train.max_train_events": 32, "train.max_val_events": 32,
+                                                 "mlflow.enabled": False}), shards=data / "shards", out=d, resume="auto")
+    assert summary["epochs"] == 1
+    shutil.rmtree(d)
+
+
+# ---------------------------------------------------------------- resume after SIGKILL (real stage)
+@pytest.mark.slow
+def test_mae_cli_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
+    cfg = make_cfg(data, **{"mae.epochs": 2, "mlflow.enabled": False, "train.max_train_events": 64,
+                            "train.max_val_events": 32})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, XEC_NO_PROGRESS="1")
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "xec.cli", "train", "mae", "--config", str(cfg_path), "--shards",
+                str(data / "shards"), "--out", str(out), *extra]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint_last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "checkpoint.pt").exists()
+    assert load_checkpoint(out / "checkpoint_last.pt")["epoch"] == 1
+    res = subprocess.run(cmd(out, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed mae" in res.stderr
+    a = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    for k, v in a["val"].items():
+        assert b["val"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k  # bit-identical in practice on CPU
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "ref", out))
+    for k, v in ca["ema_state"].items():
+        torch.testing.assert_close(cb["ema_state"][k], v, rtol=0, atol=1e-6)
