@@ -1,11 +1,20 @@
-# Helpers shared by the rule files.
+# Helpers shared by the rule files: input files, the resolved config, the job environment.
+# (Functions live here, rules in the stage files: `snakemake --lint` wants them apart.)
 import glob as _glob
+import os as _os
+import platform as _platform
+import sys as _sys
+from pathlib import Path as _Path
+
+from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
 SAMPLES = ["train", "val", "bench", "realdata"]
 
 
 def input_files(sample):
-    """ROOT files of a sample: the configured paths/globs, or the simulated file."""
+    """ROOT files of a sample: the configured paths/globs, or the simulated file.
+
+    A configured pattern that matches nothing stops the DAG construction with the pattern named."""
     patterns = config["data"].get(sample) or []
     if not patterns:
         return [f"{RESULTS}/data/{sample}.root"]
@@ -19,3 +28,63 @@ def input_files(sample):
 
 
 SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"].get(s)]
+
+
+def write_resolved_config(path):
+    """Write the validated config (defaults filled in) that every `xec` command reads; rewritten
+    only when its content changes. It is deliberately not a rule input: what a rule depends on
+    reaches it through `params:`, so editing one section reruns only the rules that use it."""
+    import yaml
+    from xec.utils import atomic_path
+
+    text = yaml.safe_dump(config, sort_keys=True)
+    path = _Path(path)
+    if not path.exists() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+
+# ---- job environment (README "Environments") ---------------------------------------------------
+# XEC_ENV names the environment the jobs run in:
+#   unset, "" or "current" -> the environment Snakemake itself runs in (profiles/local, CI);
+#   "x86_64-cuda" / "aarch64-cuda" -> the prefix envs/<name> (relative to the working directory),
+#       created once from workflow/envs/<name>.yaml; profiles/slurm-a100 and profiles/slurm-gh
+#       set these defaults unless XEC_ENV is already exported;
+#   any other value -> a path to an existing conda environment or venv prefix.
+# Every rule declares `conda: SOFTWARE_ENV` (that prefix, else the architecture's spec file), so
+# `--sdm conda` activates it; otherwise the shell prefix below puts the environment's bin/ first
+# on PATH in every job (so `xec` resolves even when snakemake was started as .venv/bin/snakemake
+# without activating the venv) and, for a named environment, prints it into the job's log.
+ENV_SPECS = {"x86_64": "x86_64-cuda", "aarch64": "aarch64-cuda", "arm64": "aarch64-cuda"}
+
+
+def _job_env_prefix():
+    name = _os.environ.get("XEC_ENV", "").strip()
+    if not name or name == "current":
+        return None
+    spec = _Path(workflow.basedir) / "envs" / f"{name}.yaml"
+    prefix = (_Path("envs") / name if spec.exists() else _Path(name)).expanduser().absolute()
+    if not (prefix / "bin").is_dir():
+        hint = (f"create it once with `conda env create -p envs/{name} -f workflow/envs/{name}.yaml`"
+                if spec.exists() else "XEC_ENV must name workflow/envs/<name>.yaml or an environment prefix")
+        raise WorkflowError(
+            f"job environment {prefix} (XEC_ENV={name!r}) not found: {hint}; "
+            "or `export XEC_ENV=current` to run the jobs in the current environment (README, Environments)"
+        )
+    return prefix
+
+
+JOB_ENV_PREFIX = _job_env_prefix()
+SOFTWARE_ENV = (
+    str(JOB_ENV_PREFIX)
+    if JOB_ENV_PREFIX is not None
+    else str(_Path(workflow.basedir) / "envs" / f"{ENV_SPECS.get(_platform.machine(), 'x86_64-cuda')}.yaml")
+)
+if _DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    if JOB_ENV_PREFIX is not None:
+        shell.prefix(
+            f'set -euo pipefail; export PATH="{JOB_ENV_PREFIX}/bin:$PATH"; '
+            f'echo "[xec] job environment {JOB_ENV_PREFIX} on $(uname -m) node $(hostname -s)" >&2; '
+        )
+    else:
+        shell.prefix(f'set -euo pipefail; export PATH="{_Path(_sys.executable).parent}:$PATH"; ')

@@ -1,0 +1,139 @@
+"""The SLURM profile against a REAL one-node SLURM cluster (no mock).
+
+The module fixture runs scripts/slurm/start_cluster.sh (which apt-get installs slurm-wlm and
+munge on a fresh Debian machine, writes a one-node configuration with a fake GPU generic
+resource and starts munged, slurmctld and slurmd), then the pipeline runs on the tiny config
+through profiles/slurm-gh with the site names given the documented way (XEC_SLURM_* variables,
+deliberately NOT the profile's defaults, so the overrides are exercised) plus one speed knob
+(`--slurm-init-seconds-before-status-checks 3`, polling only). The checks: every job went through
+sbatch to the partition its rule belongs to (slurmctld's job-completion record and squeue), the
+GPU rules got a GPU, each job ran in the profile's job environment, every output exists and a
+second run has nothing to do. The daemons are stopped at the end.
+
+Skipped only where the machine forbids it (not Linux, not root, no SLURM and no apt-get, or a
+real cluster's /etc/slurm/slurm.conf present): the start script exits 3 and says why.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts" / "slurm"
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+# Site names of the test cluster: not the profile defaults (cpu / gh / gh200), so the run only
+# works if the environment overrides reach the sbatch calls.
+CPU_PARTITION = "xectest-cpu"
+GPU_PARTITION = "xectest-gh"
+GPU_MODEL = "gh200"
+ACCOUNT = "xecproj"
+# Rules that must land on the GPU partition with a GPU (those the profile's set-resources name).
+GPU_RULES = {"mae", "inpainter", "regressor"}
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    if sys.platform != "linux":
+        pytest.skip("a test SLURM cluster needs Linux")
+    state_dir = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, XEC_SLURM_DIR=str(state_dir), XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
+               XEC_SLURM_GPU_PARTITION=GPU_PARTITION, XEC_SLURM_GPU_MODEL=GPU_MODEL)
+    env.pop("SLURM_CONF", None)
+    start = subprocess.run([str(SCRIPTS / "start_cluster.sh")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    if start.returncode == 3:
+        pytest.skip(start.stderr.strip().splitlines()[-1])
+    if start.returncode != 0:
+        subprocess.run([str(SCRIPTS / "stop_cluster.sh")], env=env, capture_output=True, timeout=120)
+        pytest.fail(f"start_cluster.sh failed (rc {start.returncode}):\n{start.stdout}\n{start.stderr}")
+    try:
+        yield state_dir
+    finally:
+        subprocess.run([str(SCRIPTS / "stop_cluster.sh")], env=env, capture_output=True, timeout=120)
+
+
+def _jobcomp(state_dir: Path) -> dict[str, dict[str, str]]:
+    """slurmctld's job-completion records: job id -> {field: value}."""
+    records = {}
+    path = state_dir / "log" / "jobcomp.txt"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobId" in fields:
+            records[fields["JobId"]] = fields
+    return records
+
+
+def _squeue_gres() -> dict[str, str]:
+    """Job id -> TRES per job (e.g. gres:gpu:gh200:1) of the jobs slurmctld still remembers."""
+    out = subprocess.run(["squeue", "--states=all", "--noheader", "-O", "jobid:20,tres-per-job:60"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return {parts[0]: (parts[1] if len(parts) > 1 else "") for parts in (l.split() for l in out.splitlines()) if parts}
+
+
+def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
+    work = tmp_path / "run"
+    work.mkdir()
+    shutil.copy(TINY_CONFIG, work / "config.yaml")
+    # The profile's job environment is envs/aarch64-cuda (XEC_ENV default of profiles/slurm-gh);
+    # "created once" here as this test's own environment, whatever the machine's architecture.
+    (work / "envs").mkdir()
+    (work / "envs" / "aarch64-cuda").symlink_to(Path(sys.prefix))
+
+    env = dict(os.environ, XEC_SLURM_ACCOUNT=ACCOUNT, XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
+               XEC_SLURM_GPU_PARTITION=GPU_PARTITION, XEC_SLURM_GPU_MODEL=GPU_MODEL)
+    for var in ("XEC_ENV", "SLURM_CONF"):
+        env.pop(var, None)
+    snakemake = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
+    run = subprocess.run(
+        snakemake + ["--profile", str(REPO / "profiles" / "slurm-gh"),
+                     "--slurm-init-seconds-before-status-checks", "3"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-6000:]
+
+    # Every job of the run was submitted with sbatch (the executor reports the SLURM job id).
+    submitted = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out))
+    stats = re.search(r"Job stats:\n(.*?)\n\s*total\s+(\d+)", out, re.S)
+    assert stats, out[-3000:]
+    rule_counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
+    n_local = rule_counts.get("all", 0)
+    assert len(submitted) == int(stats.group(2)) - n_local, (rule_counts, submitted)
+    assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
+
+    # ... and SLURM ran each of them to completion, on the partition its rule belongs to, under
+    # the overridden account; the GPU rules with a GPU of the configured model.
+    records = _jobcomp(slurm_cluster)
+    gres = _squeue_gres()
+    rules_seen = set()
+    for jobid, log in submitted.items():
+        rule = Path(log).relative_to(work / "results" / "logs" / "slurm").parts[0].removeprefix("rule_")
+        rules_seen.add(rule)
+        rec = records.get(jobid)
+        assert rec is not None, f"SLURM job {jobid} ({rule}) not in slurmctld's completion log"
+        assert rec["JobState"] == "COMPLETED", rec
+        assert rec["Account"] == ACCOUNT, rec
+        want = GPU_PARTITION if rule in GPU_RULES else CPU_PARTITION
+        assert rec["Partition"] == want, (rule, rec)
+        if rule in GPU_RULES:
+            assert f"gpu:{GPU_MODEL}:" in gres.get(jobid, ""), (rule, jobid, gres.get(jobid))
+        # the batch log (kept by the profile) shows the job ran in the profile's environment
+        text = Path(log).read_text()
+        assert f"[xec] job environment {work / 'envs' / 'aarch64-cuda'}" in text, text[-2000:]
+    assert rules_seen == set(rule_counts) - {"all"}
+
+    # Every output of the DAG exists: a second (local, dry) run has nothing to do.
+    dry = subprocess.run(snakemake + ["--profile", str(REPO / "profiles" / "local"), "--dry-run"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]
