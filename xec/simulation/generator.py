@@ -33,6 +33,7 @@ from xec.utils import progress_enabled
 log = logging.getLogger("xec.simulation")
 
 BLOCK_SIZE = 256  # events per independent random stream (fixed: changing it changes the events)
+RESPONSE_SUB = 32  # events per sensor-response sub-block (fixed, for the same reason)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class _Group:
     mean_pe: np.ndarray
     time_ns: np.ndarray
 
+    def slice(self, lo: int, hi: int) -> "_Group":
+        return _Group(self.mean_pe[lo:hi], self.time_ns[lo:hi])
+
 
 def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarray, t0_ns: np.ndarray,
                   params: ph.PhysicsParams, sensors: ph.SensorArrays
@@ -165,8 +169,38 @@ def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state
                 t = np.full((n, geo.N_SENSORS), np.inf, np.float32)
                 mean[idx], t[idx] = g.mean_pe, g.time_ns
                 groups.append(_Group(mean, t))
-    # photoelectrons: one Poisson draw for the sum of the groups; first-photon time: each
-    # group's light-weighted arrival time + Exp(tau / its photoelectrons), the earliest wins
+    # detector response, in sub-blocks of RESPONSE_SUB events so that the ~30 passes over the
+    # (events x sensors) arrays stay in cache; the draws happen sub-block by sub-block (a fixed
+    # order: RESPONSE_SUB is part of the format, like BLOCK_SIZE)
+    out = {b: np.empty((n, geo.N_SENSORS), np.float32) for b in SENSOR_BRANCHES}
+    t_ref = np.empty(n)
+    for lo in range(0, n, RESPONSE_SUB):
+        hi = min(lo + RESPONSE_SUB, n)
+        t_ref[lo:hi] = _response(rng, [g.slice(lo, hi) for g in groups], t0[lo:hi], state, params, sensors,
+                                 {b: v[lo:hi] for b, v in out.items()})
+
+    theta, phi = geo.direction_to_angles(truth["direction"])
+    out.update({
+        "energyTruth": (energy * 1e-3).astype(np.float32),
+        "timeTruth": (t0 - t_ref).astype(np.float32),
+        "uvwTruth": geo.xyz_to_uvw(truth["conv"]).astype(np.float32),
+        "xyzTruth": truth["conv"].astype(np.float32),
+        "emiAng": np.stack([theta, phi], axis=1).astype(np.float32),
+        "emiVec": truth["direction"].astype(np.float32),
+        "xyzVTX": vertex.astype(np.float32),
+        "run": np.full(n, spec.seed, np.int32),
+        "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
+    })
+    return out
+
+
+def _response(rng: np.random.Generator, groups: list[_Group], t0: np.ndarray, state: DetectorState,
+              params: ph.PhysicsParams, sensors: ph.SensorArrays, out: dict[str, np.ndarray]) -> np.ndarray:
+    """Photoelectrons, times and the sensor branches of a few events (written into ``out``);
+    returns the relative_time reference (ns) of each event."""
+    n = len(t0)
+    # one Poisson draw for the sum of the groups; first-photon time: each group's arrival time
+    # + Exp(tau / its photoelectrons), the earliest group wins
     mean_pe = groups[0].mean_pe.copy()
     for g in groups[1:]:
         mean_pe += g.mean_pe
@@ -182,37 +216,26 @@ def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state
             np.fmin(first, delay, out=first)
     first += rng.standard_normal((n, geo.N_SENSORS), dtype=np.float32) * sensors.jitter32
     has_time = (pe >= params.time_threshold_pe) & np.isfinite(first) & ~state.dead
-    time_ns = np.where(has_time, first, np.float32(np.inf))
-    npho = pe * (state.gain32 / sensors.efficiency32)
     # relative_time reference: earliest sensor with > reference_threshold_pe photoelectrons
-    ref_ok = has_time & (pe > params.reference_threshold_pe)
-    t_ref = np.where(ref_ok, time_ns, np.inf).min(axis=1).astype(np.float64)
+    # (fallback: earliest sensor with a time; none at all: the emission time)
+    time_ns = np.where(has_time, first, np.float32(np.inf))
+    t_ref = np.where(pe > params.reference_threshold_pe, time_ns, np.float32(np.inf)).min(axis=1).astype(np.float64)
     fallback = time_ns.min(axis=1).astype(np.float64)
     t_ref = np.where(np.isfinite(t_ref), t_ref, np.where(np.isfinite(fallback), fallback, t0))
-    live_max = np.where(state.dead, np.float32(0), npho).max(axis=1)
-    rel_npho = npho / np.maximum(live_max, np.float32(1e-30))[:, None]
-
-    def sentinel(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return np.where(valid, x, ph.NO_TIME).astype(np.float32, copy=False)
-
-    live = ~state.dead[None, :]
-    theta, phi = geo.direction_to_angles(truth["direction"])
-    out = {
-        "npho": sentinel(npho, live),
-        "relative_npho": sentinel(rel_npho, live),
-        "time": sentinel(time_ns * np.float32(1e-9), has_time),
-        "relative_time": sentinel((time_ns - t_ref.astype(np.float32)[:, None]) * np.float32(1e-9), has_time),
-        "energyTruth": (energy * 1e-3).astype(np.float32),
-        "timeTruth": (t0 - t_ref).astype(np.float32),
-        "uvwTruth": geo.xyz_to_uvw(truth["conv"]).astype(np.float32),
-        "xyzTruth": truth["conv"].astype(np.float32),
-        "emiAng": np.stack([theta, phi], axis=1).astype(np.float32),
-        "emiVec": truth["direction"].astype(np.float32),
-        "xyzVTX": vertex.astype(np.float32),
-        "run": np.full(n, spec.seed, np.int32),
-        "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
-    }
-    return out
+    npho = np.multiply(pe, state.gain32 / sensors.efficiency32, out=pe)
+    npho[:, state.dead] = 0.0
+    live_max = npho.max(axis=1)
+    np.divide(npho, np.maximum(live_max, np.float32(1e-30))[:, None], out=out["relative_npho"])
+    out["npho"][...] = npho
+    out["npho"][:, state.dead] = ph.NO_TIME
+    out["relative_npho"][:, state.dead] = ph.NO_TIME
+    np.multiply(first, np.float32(1e-9), out=out["time"])
+    np.subtract(first, t_ref.astype(np.float32)[:, None], out=first)
+    np.multiply(first, np.float32(1e-9), out=out["relative_time"])
+    no_time = ~has_time
+    out["time"][no_time] = ph.NO_TIME
+    out["relative_time"][no_time] = ph.NO_TIME
+    return t_ref
 
 
 def _check_schema(arrays: Mapping[str, np.ndarray]) -> None:
