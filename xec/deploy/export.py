@@ -86,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     report = export_checkpoint(
         args.checkpoint, args.out, val_shards=args.val_shards, opset=cfg.get("opset", 17),
         parity_events=cfg.get("parity_events", 256), parity_batch_size=cfg.get("parity_batch_size", 64),
+        exporter=cfg.get("exporter", "torchscript"),
         rtol=cfg.get("rtol", 1e-4) if args.rtol is None else args.rtol,
         atol=cfg.get("atol", 1e-5) if args.atol is None else args.atol)
     print(f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
@@ -138,14 +139,28 @@ def _check_standardization(model: nn.Module, expected: TargetStandardizer, tasks
                            f"the checkpoint's target_standardization {expected.mean[t]}/{expected.std[t]}")
 
 
+EXPORTERS = ("torchscript", "dynamo")
+
+
 def _onnx_export(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: Path,
-                 opset: int) -> None:
-    axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
+                 opset: int, exporter: str = "torchscript") -> None:
+    """torch.onnx.export with a dynamic batch axis. "torchscript" (default) exports the tiny
+    model in ~2 s; "dynamo" (torch.export based, opset >= 18) takes ~10x longer here but is
+    where PyTorch's exporter is heading."""
+    if exporter not in EXPORTERS:
+        raise XecError(f"unknown ONNX exporter {exporter!r}; choose one of {EXPORTERS}")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
-                          output_names=list(meta.outputs), dynamic_axes=axes, opset_version=opset,
-                          dynamo=False, do_constant_folding=True)
+        if exporter == "torchscript":
+            axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
+            torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
+                              output_names=list(meta.outputs), dynamic_axes=axes, opset_version=opset,
+                              dynamo=False, do_constant_folding=True)
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
+                              output_names=list(meta.outputs), dynamic_shapes=tuple({0: batch} for _ in example),
+                              opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False)
 
 
 def parity_batches(val_shards: str | None, normalizer: Normalizer, n_events: int, batch_size: int,
@@ -236,7 +251,7 @@ def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches
 
 def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, opset: int = 17,
                       parity_events: int = 256, parity_batch_size: int = 64, rtol: float = 1e-4,
-                      atol: float = 1e-5, seed: int = 0) -> dict[str, Any]:
+                      atol: float = 1e-5, seed: int = 0, exporter: str = "torchscript") -> dict[str, Any]:
     """Export, check parity, and only then write ``out`` and its parity sidecar (atomically)."""
     import onnx
 
@@ -255,7 +270,7 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
     example = (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
     out_path = Path(out)
     with atomic_path(out_path, suffix=".onnx") as tmp:
-        _onnx_export(graph, meta, example, tmp, opset)
+        _onnx_export(graph, meta, example, tmp, opset, exporter)
         model = onnx.load(str(tmp))
         actual_opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         meta = ModelMetadata(**{**meta.__dict__, "versions": {**meta.versions, "opset": str(actual_opset)}})
@@ -268,7 +283,7 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
             log.info("parity %s: max abs %.3g, max rel %.3g, worst |diff|/(atol+rtol|ref|) %.3g",
                      name, s["max_abs"], s["max_rel"], s["worst_ratio"])
         report.update(checkpoint=str(checkpoint), model=str(out_path), stage=meta.stage,
-                      val_shards=val_shards, opset=actual_opset, seconds=time.perf_counter() - t0,
+                      val_shards=val_shards, opset=actual_opset, exporter=exporter, seconds=time.perf_counter() - t0,
                       versions=meta.versions, normalization_preset=meta.normalizer.preset)
         if not report["passed"]:
             bad = {n: s for n, s in report["outputs"].items() if s["worst_ratio"] > 1.0}
