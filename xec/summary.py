@@ -108,7 +108,7 @@ def _match(frames: dict[str, "pd.DataFrame"], paths: dict[str, str]) -> dict[str
     return out
 
 
-def _residual(df, col: str, kind: str, ref) -> np.ndarray | None:
+def residual(df, col: str, kind: str, ref=None) -> np.ndarray | None:
     p = f"pred_{col}"
     if p not in df.columns:
         return None
@@ -151,7 +151,7 @@ def method_summary(df, w_true: np.ndarray | None, ref=None, n_boot: int = 200, s
         classes[f"w>{w_split:g}"] = w_true >= w_split
     out: dict[str, Any] = {}
     for name, (col, scale, kind) in OBSERVABLES.items():
-        r = _residual(df, col, kind, ref)
+        r = residual(df, col, kind, ref)
         if r is None:
             continue
         out[name] = {c: _scaled(resolution(r[m], n_boot=n_boot, seed=seed, n_boot_core=n_boot_core), scale)

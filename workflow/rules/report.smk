@@ -75,3 +75,45 @@ rule summary:
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"
+
+
+def _plot_inputs(wildcards):
+    """Everything xec plots can use; the bench ROOT file feeds the event displays."""
+    inputs = {
+        "bench_ml": f"{RESULTS}/inference/bench.parquet",
+        "bench_baseline": f"{RESULTS}/baseline/bench.parquet",
+        "real_ml": f"{RESULTS}/inference/realdata.parquet",
+        "real_noinpaint": f"{RESULTS}/inference/realdata_noinpaint.parquet",
+        "real_baseline": f"{RESULTS}/baseline/realdata.parquet",
+        "val_predictions": f"{RESULTS}/regressor/metrics.json",
+        "mae": f"{RESULTS}/mae/metrics.json",
+        "inpainter": f"{RESULTS}/inpainter/metrics.json",
+        "val_manifest": f"{RESULTS}/shards/val/manifest.json",
+    }
+    inputs["bench_root"] = input_files("bench")
+    return inputs
+
+
+rule plots:
+    input:
+        unpack(_plot_inputs),
+    output:
+        plots=report(
+            directory(f"{RESULTS}/plots"),
+            patterns=["{name}.png"],
+            caption="../report/plots.rst",
+            category="Plots",
+        ),
+    params:
+        plots=config["plots"],
+    log:
+        f"{RESULTS}/logs/plots.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plots.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    shell:
+        "xec plots --config {RESOLVED_CONFIG} --results {RESULTS} --out {output.plots}"
+        " --bench-root {input.bench_root} --log {log}"

@@ -282,6 +282,20 @@ def _neighbour_table(radius: float) -> tuple[np.ndarray, np.ndarray]:
     return _NEIGHBOURS[radius]
 
 
+_MATRICES: dict[float, Any] = {}
+
+
+def _neighbour_matrix(radius: float):
+    """(4760, 4760) CSR 0/1 matrix: row i marks the sensors of i's face within ``radius``."""
+    if radius not in _MATRICES:
+        from scipy.sparse import csr_matrix
+
+        table, valid = _neighbour_table(radius)
+        r, c = np.nonzero(valid)
+        _MATRICES[radius] = csr_matrix((np.ones(len(r)), (r, table[r, c])), shape=(N_SENSORS, N_SENSORS))
+    return _MATRICES[radius]
+
+
 def estimate_dead(npho: np.ndarray, dead: np.ndarray, xyz: np.ndarray, radius: float = 20.0) -> np.ndarray:
     """npho (N, 4760) with each dead sensor replaced by sum(npho_j) * Omega_dead / sum(Omega_j)
     over the live sensors j of its face within ``radius`` cm, solid angles seen from ``xyz``
@@ -290,14 +304,23 @@ def estimate_dead(npho: np.ndarray, dead: np.ndarray, xyz: np.ndarray, radius: f
     ev, sid = np.nonzero(dead)
     if ev.size == 0:
         return out
-    table, valid = _neighbour_table(float(radius))
-    nb = table[sid]                              # (D, M)
-    ok = valid[sid] & ~dead[ev[:, None], np.where(nb >= 0, nb, 0)]
-    pts = xyz[ev]
-    om_nb = sensor_solid_angles(pts, np.where(nb >= 0, nb, 0))
-    om_dead = sensor_solid_angles(pts, sid[:, None])[:, 0]
-    sum_n = np.sum(np.where(ok, out[ev[:, None], np.where(nb >= 0, nb, 0)], 0.0), axis=1)
-    sum_om = np.sum(np.where(ok, om_nb, 0.0), axis=1)
+    A = _neighbour_matrix(float(radius))
+    # sparse sums over the neighbours of the distinct dead sensors, with solid angles computed
+    # once per (event, needed sensor): ~550 MPPCs lie within 20 cm of an MPPC
+    rows, inv = np.unique(ev, return_inverse=True)
+    udead, uinv = np.unique(sid, return_inverse=True)
+    sub = A[udead]
+    cols = np.union1d(sub.indices, udead)
+    pos = np.searchsorted(cols, sid)
+    om = sensor_solid_angles(xyz[rows], np.broadcast_to(cols, (len(rows), len(cols))))
+    dead_c = dead[np.ix_(rows, cols)]
+    live_n = np.where(dead_c, 0.0, out[np.ix_(rows, cols)])   # (R, C)
+    live_om = np.where(dead_c, 0.0, om)
+    sub_c = sub[:, cols]                                      # (U, C) sparse
+    s_n = np.asarray(sub_c @ live_n.T)                        # (U, R)
+    s_om = np.asarray(sub_c @ live_om.T)
+    sum_n, sum_om = s_n[uinv, inv], s_om[uinv, inv]
+    om_dead = om[inv, pos]
     out[ev, sid] = np.where(sum_om > 0, sum_n * om_dead / np.maximum(sum_om, 1e-300), 0.0)
     return out
 

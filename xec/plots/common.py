@@ -1,0 +1,69 @@
+"""Shared plotting helpers: Agg backend, atomic multi-format saving, column names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display anywhere (batch jobs, CI)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xec.targets import TASKS  # noqa: E402
+from xec.utils import atomic_path  # noqa: E402
+
+DEFAULT_FORMATS = ("png", "pdf")
+METHOD_COLORS = {"ML": "C0", "baseline": "C1", "ML (inpainted)": "C0", "ML (no inpainting)": "C2"}
+
+
+def save_figure(fig: "plt.Figure", out: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS,
+                dpi: int = 110) -> list[Path]:
+    """Write ``fig`` as ``out.<fmt>`` for every format (atomically) and close it."""
+    out = Path(out)
+    written = []
+    try:
+        for fmt in formats:
+            path = out.with_name(out.name + f".{fmt}")
+            with atomic_path(path, suffix=f".{fmt}") as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            written.append(path)
+    finally:
+        plt.close(fig)
+    return written
+
+
+def standard_columns(df):
+    """Frames of the regressor's val predictions name columns pred_<col>/true_<col>; rename
+    them to the pred_<task>_<col>/true_<task>_<col> of xec infer / xec baseline."""
+    rename = {}
+    for task in TASKS.values():
+        for col in task.columns:
+            for prefix in ("pred", "true", "reco"):
+                short, full = f"{prefix}_{col}", f"{prefix}_{task.name}_{col}"
+                if short in df.columns and full not in df.columns:
+                    rename[short] = full
+    return df.rename(columns=rename) if rename else df
+
+
+def color(method: str, i: int) -> str:
+    return METHOD_COLORS.get(method, f"C{i}")
+
+
+def finite(x: Iterable[float]) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def robust_range(values: Sequence[np.ndarray], lo: float = 0.5, hi: float = 99.5) -> tuple[float, float]:
+    """Common histogram range covering the central part of every array."""
+    v = [finite(x) for x in values]
+    v = [x for x in v if x.size]
+    if not v:
+        return -1.0, 1.0
+    a = min(np.percentile(x, lo) for x in v)
+    b = max(np.percentile(x, hi) for x in v)
+    if not b > a:
+        a, b = a - 0.5, b + 0.5
+    return float(a), float(b)

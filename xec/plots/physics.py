@@ -1,0 +1,215 @@
+"""Physics plots: residuals, resolution profiles, energy response, timing, opening angle and
+real-data distributions. ``methods`` maps a label ("ML", "baseline", ...) to a data frame with
+the pred_<task>_<col> (and true_<task>_<col>) columns of xec infer / xec baseline."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from xec.metrics import binned_resolution, gaussian_core_fit, quantile, resolution
+from xec.plots.common import DEFAULT_FORMATS, color, finite, plt, robust_range, save_figure
+from xec.summary import OBSERVABLES, residual
+
+LABEL = {"u_mm": "u residual (mm)", "v_mm": "v residual (mm)", "w_mm": "w residual (mm)",
+         "energy_pct": "E_reco/E_true - 1 (%)", "time_ps": "time residual (ps)",
+         "theta_deg": "theta residual (deg)", "phi_deg": "phi residual (deg)"}
+PROFILE_VARIABLES = {"theta": ("true_angle_theta", "true theta (deg)"), "phi": ("true_angle_phi", "true phi (deg)"),
+                     "u": ("true_uvwFI_u", "true u (cm)"), "v": ("true_uvwFI_v", "true v (cm)"),
+                     "w": ("true_uvwFI_w", "true w (cm)"), "energy": ("true_energy_energy", "true energy (GeV)")}
+
+
+def _residuals(methods: Mapping[str, "pd.DataFrame"], key: str) -> dict[str, np.ndarray]:  # noqa: F821
+    col, scale, kind = OBSERVABLES[key]
+    out = {}
+    for name, df in methods.items():
+        r = residual(df, col, kind)
+        if r is not None and np.isfinite(r).any():
+            out[name] = r * scale
+    return out
+
+
+def _grid(n: int, size: tuple[float, float] = (4.0, 3.2)):
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()
+
+
+def residual_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
+                           formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110, title: str = "") -> list[Path]:
+    """Histogram of each residual (u, v, w, energy, time, theta, phi) per method, with the 68 %
+    width and the fitted Gaussian core (curve) in the legend."""
+    keys = [k for k in OBSERVABLES if _residuals(methods, k)]
+    if not keys:
+        raise ValueError("no residuals to plot: the frames have no pred_/true_ column pairs")
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys):
+        res = _residuals(methods, key)
+        lo, hi = robust_range(list(res.values()), 1, 99)
+        bins = np.linspace(lo, hi, 61)
+        for i, (name, r) in enumerate(res.items()):
+            st = resolution(r, n_boot=0)
+            c = color(name, i)
+            counts, _, _ = ax.hist(finite(r), bins=bins, histtype="step", color=c,
+                                   label=f"{name}: w68 {st['width68']:.3g}, core {st['sigma_core']:.3g}")
+            mu, sig = st["mu_core"], st["sigma_core"]
+            if np.isfinite(sig) and sig > 0:
+                xs = np.linspace(mu - 2 * sig, mu + 2 * sig, 100)
+                sel = finite(r)
+                sel = sel[np.abs(sel - mu) < 2 * sig]
+                # the core Gaussian normalised to the counts inside +-2 sigma
+                norm = sel.size * (bins[1] - bins[0]) / (sig * np.sqrt(2 * np.pi) * 0.9545)
+                ax.plot(xs, norm * np.exp(-0.5 * ((xs - mu) / sig) ** 2), color=c, lw=1, ls="--")
+        ax.set_xlabel(LABEL[key])
+        ax.set_ylabel("events")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def resolution_profiles(methods: Mapping[str, "pd.DataFrame"], variable: str, out: str | os.PathLike,  # noqa: F821
+                        n_bins: int = 8, n_boot: int = 30, formats: Sequence[str] = DEFAULT_FORMATS,
+                        dpi: int = 110) -> list[Path]:
+    """68 % width (bootstrap error bars) of every residual in bins of the true ``variable``
+    (theta, phi, u, v, w or energy), one panel per residual, one line per method."""
+    col, xlabel = PROFILE_VARIABLES[variable]
+    frames = {n: d for n, d in methods.items() if col in d.columns}
+    if not frames:
+        raise ValueError(f"no frame has the column {col}")
+    allx = np.concatenate([finite(d[col]) for d in frames.values()])
+    lo, hi = np.percentile(allx, [1, 99]) if allx.size else (0.0, 1.0)
+    if not hi > lo:
+        raise ValueError(f"{variable} is constant ({lo:g}): no profile to draw")
+    if variable == "w":  # depth: finer bins where the events are
+        edges = np.unique(np.percentile(allx, np.linspace(0, 98, n_bins + 1)))
+    else:
+        edges = np.linspace(lo, hi, n_bins + 1)
+    keys = [k for k in OBSERVABLES if _residuals(frames, k)]
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys):
+        for i, (name, r) in enumerate(_residuals(frames, key).items()):
+            prof = binned_resolution(frames[name][col].to_numpy(np.float64), r, edges, n_boot=n_boot)
+            x = np.array([p["centre"] for p in prof])
+            y = np.array([p["width68"] for p in prof])
+            e = np.array([p["width68_err"] for p in prof])
+            ax.errorbar(x, y, yerr=np.nan_to_num(e), xerr=np.diff(edges) / 2, fmt="o", ms=3, color=color(name, i),
+                        label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(LABEL[key].replace("residual", "68% width").replace("E_reco/E_true - 1", "sigma_E/E"))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"resolution vs {variable}")
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def energy_response(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
+                    formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+    """Energy response: reconstructed energy (MeV) of each method overlaid, and
+    E_reco/E_true with its core fit and low tail (log scale) when the truth is known."""
+    frames = {n: d for n, d in methods.items() if "pred_energy_energy" in d.columns}
+    if not frames:
+        raise ValueError("no frame has pred_energy_energy")
+    has_truth = all("true_energy_energy" in d.columns for d in frames.values())
+    fig, axes = plt.subplots(1, 2 if has_truth else 1, figsize=(10 if has_truth else 5, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    e = {n: 1000 * d["pred_energy_energy"].to_numpy(np.float64) for n, d in frames.items()}
+    lo, hi = robust_range(list(e.values()), 0.5, 99.9)
+    for i, (name, x) in enumerate(e.items()):
+        ax.hist(finite(x), bins=np.linspace(lo, hi, 81), histtype="step", color=color(name, i), label=name)
+    if has_truth:
+        t = 1000 * next(iter(frames.values()))["true_energy_energy"].to_numpy(np.float64)
+        if np.nanstd(t) < 1e-6:
+            ax.axvline(t[0], color="k", ls=":", lw=1, label=f"true {t[0]:.1f} MeV")
+    ax.set_xlabel("reconstructed energy (MeV)")
+    ax.set_ylabel("events")
+    ax.legend(fontsize=8)
+    if has_truth:
+        ax = axes[0, 1]
+        ratios = {n: d["pred_energy_energy"].to_numpy(np.float64) / d["true_energy_energy"].to_numpy(np.float64)
+                  for n, d in frames.items()}
+        bins = np.linspace(0.7, 1.1, 121)
+        for i, (name, r) in enumerate(ratios.items()):
+            mu, sig = gaussian_core_fit(r)
+            ax.hist(np.clip(finite(r), bins[0], bins[-1]), bins=bins, histtype="step", color=color(name, i),
+                    label=f"{name}: core mu {mu:.4f}, sigma {100 * sig:.2f} %")
+        ax.axvline(1.0, color="k", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("E_reco / E_true (under/overflow in the edge bins)")
+        ax.set_ylabel("events")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def timing_residuals(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
+                     formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+    """Time residual (ps) per method (linear and log scale) with the core fit."""
+    res = _residuals(methods, "time_ps")
+    if not res:
+        raise ValueError("no frame has pred_timing_time and true_timing_time")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    lo, hi = robust_range(list(res.values()), 0.5, 99.5)
+    bins = np.linspace(lo, hi, 81)
+    for ax, log in zip(axes, (False, True)):
+        for i, (name, r) in enumerate(res.items()):
+            st = resolution(r, n_boot=0)
+            ax.hist(finite(r), bins=bins, histtype="step", color=color(name, i),
+                    label=f"{name}: w68 {st['width68']:.0f} ps, core {st['sigma_core']:.0f} ps, bias {st['bias']:.0f} ps")
+        ax.set_xlabel("t_reco - t_true (ps)")
+        ax.set_ylabel("events")
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def opening_angle_distribution(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
+                               formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+    """Opening angle between reconstructed and true direction, with the 68 % quantile."""
+    ang = {n: d["opening_angle_deg"].to_numpy(np.float64) for n, d in methods.items() if "opening_angle_deg" in d.columns}
+    if not ang:
+        raise ValueError("no frame has opening_angle_deg")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    hi = robust_range(list(ang.values()), 0, 99)[1]
+    for i, (name, a) in enumerate(ang.items()):
+        q = quantile(a, 68.27, n_boot=0)["value"]
+        c = color(name, i)
+        ax.hist(finite(a), bins=np.linspace(0, hi, 81), histtype="step", color=c, label=f"{name}: 68 % at {q:.3g} deg")
+        ax.axvline(q, color=c, ls="--", lw=1)
+    ax.set_xlabel("opening angle to the true direction (deg)")
+    ax.set_ylabel("events")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def realdata_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
+                           formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+    """Distributions of the reconstructed quantities on real data (no truth needed): ML with and
+    without inpainting against the classical reconstruction."""
+    cols = [("pred_energy_energy", "energy (MeV)", 1000.0), ("pred_timing_time", "time (ns)", 1.0),
+            ("pred_uvwFI_u", "u (cm)", 1.0), ("pred_uvwFI_v", "v (cm)", 1.0), ("pred_uvwFI_w", "w (cm)", 1.0),
+            ("pred_angle_theta", "theta (deg)", 1.0), ("pred_angle_phi", "phi (deg)", 1.0)]
+    cols = [c for c in cols if any(c[0] in d.columns for d in methods.values())]
+    if not cols:
+        raise ValueError("no pred_ columns to plot")
+    fig, axes = _grid(len(cols))
+    for ax, (col, label, scale) in zip(axes, cols):
+        vals = {n: scale * d[col].to_numpy(np.float64) for n, d in methods.items() if col in d.columns}
+        lo, hi = robust_range(list(vals.values()), 0.5, 99.5)
+        for i, (name, x) in enumerate(vals.items()):
+            ax.hist(finite(x), bins=np.linspace(lo, hi, 61), histtype="step", color=color(name, i), label=name)
+        ax.set_xlabel(label)
+        ax.set_ylabel("events")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
