@@ -217,6 +217,14 @@ def test_manifest_with_wrong_counts_is_refused(tmp_path):
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(XecError, match="do not add up"):
         ShardLoader(d / "manifest.json", batch_size=4)
+    m["events"] -= 1
+    del m["shards"][1]["units"]
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(XecError, match="malformed shard manifest.*units"):
+        ShardLoader(d / "manifest.json", batch_size=4)
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(XecError, match="manifest.json: not a readable JSON manifest"):
+        ShardLoader(d / "manifest.json", batch_size=4)
 
 
 def _ddp_rank(rank: int, manifest: str, store: str, out: str) -> None:

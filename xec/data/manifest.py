@@ -44,12 +44,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise XecError(f"{path}: manifest format_version {manifest.get('format_version')!r}, "
                        f"this xec reads {FORMAT_VERSION}; re-run `xec shards`")
-    shards = manifest["shards"]
-    if sum(s["events"] for s in shards) != manifest["events"]:
-        raise XecError(f"{path}: shard event counts do not add up to {manifest['events']}")
-    for s in shards:
-        if sum(s["units"]) != s["events"]:
-            raise XecError(f"{path}: shard {s['file']}: unit event counts do not add up to {s['events']}")
+    try:
+        shards = manifest["shards"]
+        if sum(s["events"] for s in shards) != manifest["events"]:
+            raise XecError(f"{path}: shard event counts do not add up to {manifest['events']}")
+        for s in shards:
+            if sum(s["units"]) != s["events"] or not isinstance(s["file"], str) or int(s["bytes"]) < 0:
+                raise XecError(f"{path}: shard {s['file']}: unit event counts do not add up to {s['events']}")
+        _ = manifest["layout"]["x"]["shape"]  # what the loader allocates from
+    except (KeyError, TypeError, ValueError) as exc:
+        raise XecError(f"{path}: malformed shard manifest ({type(exc).__name__}: {exc})") from exc
     manifest["_path"] = str(path)
     manifest["_dir"] = str(path.parent)
     return manifest
