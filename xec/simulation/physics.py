@@ -117,7 +117,6 @@ class SensorArrays:
     area_over_pi: np.ndarray  # (S,) float32, A / pi
     area_share: np.ndarray   # (S,) float64, A / sum(A): share of the diffuse light
     efficiency: np.ndarray   # (S,) float64
-    jitter_ns: np.ndarray    # (S,) float64
     efficiency32: np.ndarray
     jitter32: np.ndarray
     u_max: float             # |u| edge of the inner face (cm)
@@ -139,7 +138,6 @@ def sensor_arrays(params: PhysicsParams) -> SensorArrays:
         area_over_pi=(area / np.pi).astype(np.float32),
         area_share=area / area.sum(),
         efficiency=np.where(mppc, params.efficiency_mppc, params.efficiency_pmt),
-        jitter_ns=np.where(mppc, params.jitter_mppc_ns, params.jitter_pmt_ns),
         efficiency32=np.where(mppc, params.efficiency_mppc, params.efficiency_pmt).astype(np.float32),
         jitter32=np.where(mppc, params.jitter_mppc_ns, params.jitter_pmt_ns).astype(np.float32),
         u_max=u_max, phi_max_deg=phi_max,
