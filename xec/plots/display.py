@@ -36,8 +36,7 @@ def _clean(values: np.ndarray, quantity: str) -> np.ndarray:
 def draw_face(ax, face: str, values: np.ndarray, norm, cmap: str = "viridis", quantity: str = "npho"):
     """Draw one face of per-sensor ``values`` (4760,) (already cleaned: NaN = no value) on ``ax``."""
     g = get_geometry()
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("0.8")
+    cm = plt.get_cmap(cmap).with_extremes(bad="0.8")
     ax.set_title(face, fontsize=9)
     if face == "inner":
         img = values[g.inner_index]
