@@ -42,7 +42,7 @@ from xec.errors import XecError
 from xec.geometry import N_SENSORS
 from xec.normalization import Normalizer, get_normalizer, normalizer_from_config
 from xec.rootio import check_branches, expand_inputs, iterate_events, open_tree
-from xec.targets import TASKS, get_task, targets_from_branches
+from xec.targets import get_task, targets_from_branches
 from xec.utils import progress_enabled, setup_logging, write_json
 
 log = logging.getLogger("xec.shards")
