@@ -1,7 +1,8 @@
 # Physics evaluation: the classical baseline (calibrated on train), the ML vs baseline summary
 # and the plots. The summary table and the plots go into the Snakemake report.
 
-BASELINE_SAMPLES = ["bench", "realdata"]
+# val: the baseline over 15-60 MeV, for the resolution-vs-energy plot next to the ML val predictions
+BASELINE_SAMPLES = ["bench", "realdata", "val"]
 
 
 rule baseline_calibration:
@@ -85,6 +86,7 @@ def _plot_inputs(wildcards):
         "real_ml": f"{RESULTS}/inference/realdata.parquet",
         "real_noinpaint": f"{RESULTS}/inference/realdata_noinpaint.parquet",
         "real_baseline": f"{RESULTS}/baseline/realdata.parquet",
+        "val_baseline": f"{RESULTS}/baseline/val.parquet",
         "val_predictions": f"{RESULTS}/regressor/metrics.json",
         "mae": f"{RESULTS}/mae/metrics.json",
         "inpainter": f"{RESULTS}/inpainter/metrics.json",

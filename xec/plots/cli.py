@@ -9,7 +9,7 @@ Reads (each optional; a plot whose inputs are missing is skipped with a log line
   inference/realdata.parquet, inference/realdata_noinpaint.parquet, baseline/realdata.parquet
                                                         real-data distributions (and residuals
                                                         when the file has truth)
-  regressor/predictions.parquet                         resolution vs energy (val: 15-60 MeV)
+  regressor/predictions.parquet, baseline/val.parquet  resolution vs energy (val: 15-60 MeV)
   {mae,inpainter,regressor}/metrics.json                training curves
   mae/checkpoint.pt, inpainter/checkpoint.pt + shards/val/manifest.json
                                                         MAE reconstructions, inpainter truth vs
@@ -66,13 +66,19 @@ class PlotRun:
 
 
 def _read(path: Path, what: str):
+    """The frame of an infer/baseline/val-predictions parquet, or None (missing or unreadable:
+    the plots that need it are skipped, the others still made)."""
     from xec.plots.common import standard_columns
     from xec.summary import read_results
 
     if not path.exists():
         log.info("%s: %s not found", what, path)
         return None
-    return standard_columns(read_results(str(path)))
+    try:
+        return standard_columns(read_results(str(path)))
+    except XecError as exc:
+        log.warning("%s: %s", what, exc)
+        return None
 
 
 def _bench_files(args: argparse.Namespace, cfg: dict[str, Any], results: Path) -> list[str]:
@@ -145,11 +151,13 @@ def make_plots(results: Path, out: Path, cfg: dict[str, Any], bench_files: list[
     else:
         run.skip("bench", "no bench predictions (inference/bench.parquet, baseline/bench.parquet)")
 
-    val = _read(results / "regressor" / "predictions.parquet", "regressor val predictions")
-    if val is not None:
-        run("residuals_val", P.residual_distributions, {"ML": val}, title="val (ML, 15-60 MeV): residuals")
-        run("profile_vs_energy_val", P.resolution_profiles, {"ML": val}, "energy", n_bins=n_bins, n_boot=n_boot)
-        run("energy_response_val", P.energy_response, {"ML": val})
+    val = {k: v for k, v in (("ML", _read(results / "regressor" / "predictions.parquet", "regressor val predictions")),
+                             ("baseline", _read(results / "baseline" / "val.parquet", "val baseline")))
+           if v is not None}
+    if val:
+        run("residuals_val", P.residual_distributions, val, title="val (15-60 MeV): residuals")
+        run("profile_vs_energy_val", P.resolution_profiles, val, "energy", n_bins=n_bins, n_boot=n_boot)
+        run("energy_response_val", P.energy_response, val)
 
     real = {k: v for k, v in (
         ("ML (inpainted)", _read(results / "inference" / "realdata.parquet", "realdata ML")),
