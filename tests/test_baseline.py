@@ -220,6 +220,12 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(XecError, match="bad.root.*npho"):
         bcli.run_baseline([str(bad)], str(tmp_path / "y.parquet"), {"baseline": {}}, None)
     assert not (tmp_path / "y.parquet").exists()
+    empty = tmp_path / "empty.root"
+    with uproot.recreate(empty) as f:
+        f.mktree("tree", {"npho": np.dtype((np.float32, (4760,))), "relative_time": np.dtype((np.float32, (4760,)))})
+    with pytest.raises(XecError, match="empty.root: no events"):
+        bcli.run_baseline([str(empty)], str(tmp_path / "e.parquet"), {"baseline": {}}, None)
+    assert not (tmp_path / "e.parquet").exists()
     with pytest.raises(XecError, match="calibration file not found"):
         bcli.load_calibration(str(tmp_path / "cal.json"))
     (tmp_path / "cal.json").write_text('{"bogus": 1}')
