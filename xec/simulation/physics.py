@@ -26,7 +26,7 @@ spots and sensors (never a Python loop over sensors or events):
 Known simplifications: the redraw of step 2 thins the edges of the direction distribution
 (beyond the top/bottom planes, |phi'| > 62.76 deg, nothing converts inside, so the v margin is
 effectively zero); the diffuse light suffers no extra absorption and arrives at one time per
-event; the Gamma profile (b = 0.5) puts only ~15 % of the energy in the first X0 after the
+event; the Gamma profile (b = 0.5) puts only ~19 % of the energy in the first X0 after the
 conversion, fewer than the e+e- pair's ionization really leaves there at 50 MeV, so the light
 is less peaked than a point source (hottest MPPC ~330 pe at w = 3 cm vs ~2,800 for all the
 energy at the conversion point; docs/performance.md).
