@@ -227,7 +227,16 @@ def _mae_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:
 def _inpainter_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:
     from xec.plots.models import inpainter_truth_vs_prediction, run_inpainter_examples
 
-    ex = run_inpainter_examples(ckpt, manifest, n=max(32, 32 * n))
+    saved = Path(ckpt).parent / "predictions.root"  # written with inpainter.predictions_root
+    if saved.exists():
+        import uproot
+
+        with uproot.open(saved) as f:
+            a = f["inpaint"].arrays(["sensor", "truth_npho", "pred_npho"], library="np", entry_stop=200_000)
+        ex = {"truth": a["truth_npho"], "pred": a["pred_npho"], "sensor": a["sensor"]}
+        log.info("inpainter: %d hidden sensors from %s", len(ex["truth"]), saved)
+    else:
+        ex = run_inpainter_examples(ckpt, manifest, n=max(32, 32 * n))
     run("inpainter_truth_vs_prediction", inpainter_truth_vs_prediction, ex["truth"], ex["pred"], ex["sensor"])
 
 
