@@ -232,8 +232,8 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
         Ad = A + (lam[idx][:, None] * np.maximum(diag, 1e-12))[:, :, None] * np.eye(4)
         try:
             delta = np.linalg.solve(Ad, g[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            delta = np.linalg.lstsq(Ad.reshape(-1, 4), g.reshape(-1), rcond=None)[0].reshape(-1, 4)  # pragma: no cover
+        except np.linalg.LinAlgError:  # a singular system (no light in the window): pseudo-inverse
+            delta = (np.linalg.pinv(Ad) @ g[..., None])[..., 0]
         delta = np.nan_to_num(delta)
         pn = np.clip(pa + delta[:, :3], lo[idx], hi[idx])
         n0n = np.maximum(n0a + delta[:, 3], 0.0)
