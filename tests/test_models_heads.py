@@ -218,3 +218,18 @@ def test_model_info_cli(tmp_path, capsys):
     assert info["regressor"]["total"] == sum(p.numel() for p in reg.parameters())
     assert info["encoder"]["total"] == sum(p.numel() for p in reg.encoder.parameters())
     assert info["encoder"]["total"] == sum(v for k, v in info["encoder"].items() if k != "total")
+
+
+# ---------------------------------------------------------------------------- torch.compile
+@pytest.mark.slow
+def test_hot_path_traces_without_graph_breaks(tiny):
+    """torch.compile sees each model as ONE graph: no Python loops over sensors/edges/batch
+    items and no data-dependent control flow (dynamo tracing only; compiling the CPU kernels
+    takes minutes on 2 cores and gives no speed-up there, see docs/performance.md)."""
+    x = realistic_input(2)
+    mask = torch.rand(2, N_SENSORS) < 0.1
+    for model, args in ((XECRegressor(tiny, TASKS), (x,)), (XECMAE(tiny), (x,)),
+                        (XECInpainter(tiny), (x, mask))):
+        explanation = torch._dynamo.explain(model)(*args)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1

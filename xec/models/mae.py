@@ -83,7 +83,7 @@ class XECMAE(nn.Module):
                  mask_ratio: float = 0.6, loss: str = "smooth_l1", maskable: str = "time_valid",
                  time_valid_bias: float = 0.0, time_weight_sqrt_npho: bool = False,
                  learn_log_vars: bool = False, npho_loss_weight: float = 1.0, time_loss_weight: float = 1.0,
-                 geometry=None):
+                 face_losses: bool = False, geometry=None):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise XecError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -102,6 +102,7 @@ class XECMAE(nn.Module):
         self.time_weight_sqrt_npho = bool(time_weight_sqrt_npho)
         self.channel_weights = (float(npho_loss_weight), float(time_loss_weight))
         self.log_vars = nn.Parameter(torch.zeros(2)) if learn_log_vars else None
+        self.face_losses = bool(face_losses)  # also in training mode (always in eval mode)
         face_of_sensor = torch.zeros(len(self.encoder.face_names), self.encoder.n_sensors)
         lay = self.encoder.layout
         for i, face in enumerate(lay.rect):
@@ -115,8 +116,9 @@ class XECMAE(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized. ``mask`` (optional, bool (B, 4760)) overrides the random
-        masking (evaluation with fixed masks). Returns loss, loss_npho, loss_time, loss_face
-        (F,), actual_mask_ratio, pred (B, 4760, 2), mask (B, 4760)."""
+        masking (evaluation with fixed masks). Returns loss, loss_npho, loss_time,
+        actual_mask_ratio, pred (B, 4760, 2), mask (B, 4760), and loss_face (F,) in eval mode
+        (or always with ``face_losses=True``)."""
         if mask is None:
             mask, cand = random_mask(x, self.mask_ratio, self.sentinel, self.maskable,
                                      self.time_valid_bias, generator)
@@ -152,9 +154,11 @@ class XECMAE(nn.Module):
             total = wn * (torch.exp(-s[0]) * l_npho + s[0]) + wt * (torch.exp(-s[1]) * l_time + s[1])
         else:
             total = wn * l_npho + wt * l_time
-        with torch.no_grad():  # per-face loss (npho + time per sensor), for monitoring
-            per_sensor = el[..., 0] * m + el[..., 1] * mt
-            face_sum = self.face_onehot @ per_sensor.sum(0)
-            face_cnt = self.face_onehot @ m.sum(0)
-        return {"loss": total, "loss_npho": l_npho.detach(), "loss_time": l_time.detach(),
-                "loss_face": (face_sum / face_cnt.clamp_min(1.0)).detach()}
+        out = {"loss": total, "loss_npho": l_npho.detach(), "loss_time": l_time.detach()}
+        if self.face_losses or not self.training:
+            with torch.no_grad():  # per-face loss (npho + time per sensor), for monitoring
+                per_sensor = el[..., 0] * m + el[..., 1] * mt
+                face_sum = self.face_onehot @ per_sensor.sum(0)
+                face_cnt = self.face_onehot @ m.sum(0)
+            out["loss_face"] = face_sum / face_cnt.clamp_min(1.0)
+        return out
