@@ -120,8 +120,10 @@ class FaceDecoder(nn.Module):
             self.rect[face.name] = RectHead(in_ch, cfg.token_dim, dim, depth, stride, out_ch * face.slots,
                                             skip_ch, cfg.kernel_size, cfg.mlp_ratio)
         self.hex_faces = encoder.n_hex_faces
-        # the hex heads keep the hex stack's width: their gathers are 7x the node count
-        self.hex = HexHead(cfg.hex_dim, cfg.token_dim, min(dim, cfg.hex_dim), depth, layout.hex.neighbors, self.hex_faces,
+        # The hex heads keep the hex stack's width and use depth - 1 HexNeXt blocks after their
+        # graph convolution (their 7x gathers dominate the cost of a 146-node head).
+        self.hex = HexHead(cfg.hex_dim, cfg.token_dim, min(dim, cfg.hex_dim), max(depth - 1, 0),
+                           layout.hex.neighbors, self.hex_faces,
                            out_ch, IN_CHANNELS if use_skip else 0, cfg.mlp_ratio)
         self.to_flat = FacesToFlat(layout, "mean", strides)
 

@@ -47,10 +47,10 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     drop_path: float = 0.0
     # MAE decoders
-    decoder_dim: int = 32
+    decoder_dim: int = 16
     decoder_depth: int = 0
     # inpainter heads
-    inpaint_dim: int = 24
+    inpaint_dim: int = 16
     inpaint_depth: int = 1
     # regressor heads
     head_hidden: int = 64
