@@ -1,5 +1,5 @@
-# Helpers shared by the rule files: input files, the resolved config, the job environment.
-# (Functions live here, rules in the stage files: `snakemake --lint` wants them apart.)
+# Helpers shared by the stage files (input files, resolved config, job environment). Functions
+# live here and nowhere else, as `snakemake --lint` wants them apart from the rules.
 import glob as _glob
 import os as _os
 import platform as _platform
@@ -32,7 +32,7 @@ SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"].get(s)]
 
 def write_resolved_config(path):
     """Write the validated config (defaults filled in) that every `xec` command reads; rewritten
-    only when its content changes. It is deliberately not a rule input: what a rule depends on
+    only when its content changes. It is deliberately no input of any job: what a job depends on
     reaches it through `params:`, so editing one section reruns only the rules that use it."""
     import yaml
     from xec.utils import atomic_path
@@ -51,7 +51,7 @@ def write_resolved_config(path):
 #       created once from workflow/envs/<name>.yaml; profiles/slurm-a100 and profiles/slurm-gh
 #       set these defaults unless XEC_ENV is already exported;
 #   any other value -> a path to an existing conda environment or venv prefix.
-# Every rule declares `conda: SOFTWARE_ENV` (that prefix, else the architecture's spec file), so
+# All rules declare `conda: SOFTWARE_ENV` (that prefix, else the spec file of the architecture), so
 # `--sdm conda` activates it; otherwise the shell prefix below puts the environment's bin/ first
 # on PATH in every job (so `xec` resolves even when snakemake was started as .venv/bin/snakemake
 # without activating the venv) and, for a named environment, prints it into the job's log.

@@ -5,6 +5,7 @@ rule simulate:
     output:
         f"{RESULTS}/data/{{sample}}.root",
     params:
+        cfg=RESOLVED_CONFIG,
         sample=lambda w: config["simulation"]["samples"][w.sample],
         # chunk_size and workers are left out on purpose: they never change the file content
         physics=config["simulation"].get("physics", {}),
@@ -18,8 +19,10 @@ rule simulate:
     resources:
         mem_mb=2000,
         runtime=30,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec simulate --config {RESOLVED_CONFIG} --sample {wildcards.sample} --out {output} --log {log}"
+        "xec simulate --config {params.cfg} --sample {wildcards.sample} --out {output} --log {log}"
 
 
 rule shards:
@@ -28,6 +31,8 @@ rule shards:
     output:
         f"{RESULTS}/shards/{{split}}/manifest.json",
     params:
+        cfg=RESOLVED_CONFIG,
+        out_dir=lambda w, output: str(Path(output[0]).parent),
         data={k: v for k, v in config["data"].items() if k in ("tree", "npho_branch", "time_branch")},
         shards=config["shards"],
         normalization=config["normalization"],
@@ -41,9 +46,11 @@ rule shards:
     resources:
         mem_mb=1000 + 600 * config["shards"]["workers"],
         runtime=30,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec shards --config {RESOLVED_CONFIG} --input {input} --split {wildcards.split}"
-        " --out {RESULTS}/shards/{wildcards.split} --workers {threads} --log {log}"
+        "xec shards --config {params.cfg} --input {input} --split {wildcards.split}"
+        " --out {params.out_dir} --workers {threads} --log {log}"
 
 
 rule reweighting:
@@ -54,6 +61,7 @@ rule reweighting:
         plot=report(f"{RESULTS}/reweighting/weights.png", caption="../report/reweighting.rst",
                     category="Data"),
     params:
+        cfg=RESOLVED_CONFIG,
         reweighting=config["reweighting"],
     log:
         f"{RESULTS}/logs/reweighting.log",
@@ -63,6 +71,8 @@ rule reweighting:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec reweight --config {RESOLVED_CONFIG} --manifest {input} --out {output.weights}"
+        "xec reweight --config {params.cfg} --manifest {input} --out {output.weights}"
         " --plot {output.plot} --log {log}"

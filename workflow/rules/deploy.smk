@@ -17,6 +17,7 @@ rule export_regressor:
         model=f"{RESULTS}/regressor/model.onnx",
         parity=f"{RESULTS}/regressor/model.parity.json",
     params:
+        cfg=RESOLVED_CONFIG,
         export=config["export"],
     log:
         f"{RESULTS}/logs/export/regressor.log",
@@ -26,8 +27,10 @@ rule export_regressor:
     resources:
         mem_mb=4000,
         runtime=15,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec export --config {RESOLVED_CONFIG} --checkpoint {input.checkpoint} --val-shards {input.val}"
+        "xec export --config {params.cfg} --checkpoint {input.checkpoint} --val-shards {input.val}"
         " --out {output.model} --log {log}"
 
 
@@ -39,6 +42,7 @@ rule export_inpainter:
         model=f"{RESULTS}/inpainter/model.onnx",
         parity=f"{RESULTS}/inpainter/model.parity.json",
     params:
+        cfg=RESOLVED_CONFIG,
         export=config["export"],
     log:
         f"{RESULTS}/logs/export/inpainter.log",
@@ -48,24 +52,23 @@ rule export_inpainter:
     resources:
         mem_mb=4000,
         runtime=15,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec export --config {RESOLVED_CONFIG} --checkpoint {input.checkpoint} --val-shards {input.val}"
+        "xec export --config {params.cfg} --checkpoint {input.checkpoint} --val-shards {input.val}"
         " --out {output.model} --log {log}"
-
-
-def _inference_inpainter(wildcards):
-    return [f"{RESULTS}/inpainter/model.onnx"] if INFERENCE_RUNS[wildcards.name]["inpainter"] else []
 
 
 rule inference:
     input:
         model=f"{RESULTS}/regressor/model.onnx",
-        inpainter=_inference_inpainter,
+        inpainter=lambda w: [f"{RESULTS}/inpainter/model.onnx"] if INFERENCE_RUNS[w.name]["inpainter"] else [],
         data=lambda w: input_files(INFERENCE_RUNS[w.name]["sample"]),
     output:
         root=f"{RESULTS}/inference/{{name}}.root",
         parquet=f"{RESULTS}/inference/{{name}}.parquet",
     params:
+        cfg=RESOLVED_CONFIG,
         inference=config["inference"],
         branches={k: config["data"][k] for k in ("tree", "npho_branch", "time_branch")},
         inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
@@ -79,6 +82,8 @@ rule inference:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec infer --config {RESOLVED_CONFIG} --model {input.model} {params.inpainter_arg}"
+        "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
         " --input {input.data} --out {output.root} --parquet {output.parquet} --log {log}"

@@ -11,6 +11,7 @@ rule baseline_calibration:
     output:
         f"{RESULTS}/baseline/calibration.json",
     params:
+        cfg=RESOLVED_CONFIG,
         baseline=config["baseline"],
         tree=config["data"]["tree"],
     log:
@@ -21,8 +22,10 @@ rule baseline_calibration:
     resources:
         mem_mb=3000,
         runtime=20,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec baseline --config {RESOLVED_CONFIG} --calibrate-on {input.data} --calibration {output} --log {log}"
+        "xec baseline --config {params.cfg} --calibrate-on {input.data} --calibration {output} --log {log}"
 
 
 rule baseline:
@@ -32,6 +35,7 @@ rule baseline:
     output:
         parquet=f"{RESULTS}/baseline/{{sample}}.parquet",
     params:
+        cfg=RESOLVED_CONFIG,
         baseline=config["baseline"],
         tree=config["data"]["tree"],
     wildcard_constraints:
@@ -44,8 +48,10 @@ rule baseline:
     resources:
         mem_mb=3000,
         runtime=20,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec baseline --config {RESOLVED_CONFIG} --input {input.data} --calibration {input.calibration}"
+        "xec baseline --config {params.cfg} --input {input.data} --calibration {input.calibration}"
         " --out {output.parquet} --log {log}"
 
 
@@ -61,6 +67,7 @@ rule summary:
         markdown=f"{RESULTS}/summary.md",
         html=report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Physics summary"),
     params:
+        cfg=RESOLVED_CONFIG,
         summary=config["summary"],
         seed=config["seed"],
     log:
@@ -71,34 +78,33 @@ rule summary:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec summary --config {RESOLVED_CONFIG} --bench-predictions {input.bench_ml}"
+        "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"
 
 
-def _plot_inputs(wildcards):
-    """Everything xec plots can use; the bench ROOT file feeds the event displays."""
-    inputs = {
-        "bench_ml": f"{RESULTS}/inference/bench.parquet",
-        "bench_baseline": f"{RESULTS}/baseline/bench.parquet",
-        "real_ml": f"{RESULTS}/inference/realdata.parquet",
-        "real_noinpaint": f"{RESULTS}/inference/realdata_noinpaint.parquet",
-        "real_baseline": f"{RESULTS}/baseline/realdata.parquet",
-        "val_baseline": f"{RESULTS}/baseline/val.parquet",
-        "val_predictions": f"{RESULTS}/regressor/metrics.json",
-        "mae": f"{RESULTS}/mae/metrics.json",
-        "inpainter": f"{RESULTS}/inpainter/metrics.json",
-        "val_manifest": f"{RESULTS}/shards/val/manifest.json",
-    }
-    inputs["bench_root"] = input_files("bench")
-    return inputs
+# Everything xec plots can use (unpacked as named inputs); the bench ROOT file feeds the event displays.
+PLOT_INPUTS = {
+    "bench_ml": f"{RESULTS}/inference/bench.parquet",
+    "bench_baseline": f"{RESULTS}/baseline/bench.parquet",
+    "real_ml": f"{RESULTS}/inference/realdata.parquet",
+    "real_noinpaint": f"{RESULTS}/inference/realdata_noinpaint.parquet",
+    "real_baseline": f"{RESULTS}/baseline/realdata.parquet",
+    "val_baseline": f"{RESULTS}/baseline/val.parquet",
+    "val_predictions": f"{RESULTS}/regressor/metrics.json",
+    "mae": f"{RESULTS}/mae/metrics.json",
+    "inpainter": f"{RESULTS}/inpainter/metrics.json",
+    "val_manifest": f"{RESULTS}/shards/val/manifest.json",
+}
 
 
 rule plots:
     input:
-        unpack(_plot_inputs),
+        unpack(lambda w: {**PLOT_INPUTS, "bench_root": input_files("bench")}),
     output:
         plots=report(
             directory(f"{RESULTS}/plots"),
@@ -107,6 +113,8 @@ rule plots:
             category="Plots",
         ),
     params:
+        cfg=RESOLVED_CONFIG,
+        results_dir=lambda w, output: str(Path(output.plots).parent),
         plots=config["plots"],
     log:
         f"{RESULTS}/logs/plots.log",
@@ -116,6 +124,8 @@ rule plots:
     resources:
         mem_mb=4000,
         runtime=20,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "xec plots --config {RESOLVED_CONFIG} --results {RESULTS} --out {output.plots}"
+        "xec plots --config {params.cfg} --results {params.results_dir} --out {output.plots}"
         " --bench-root {input.bench_root} --log {log}"

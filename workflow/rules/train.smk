@@ -22,6 +22,10 @@ rule mae:
         checkpoint=f"{RESULTS}/mae/checkpoint.pt",
         metrics=report(f"{RESULTS}/mae/metrics.json", caption="../report/train_mae.rst", category="Training"),
     params:
+        cfg=RESOLVED_CONFIG,
+        launch=TRAIN_LAUNCH,
+        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
+        out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
         mae=config["mae"],
     log:
@@ -33,9 +37,11 @@ rule mae:
         mem_mb=4000,
         runtime=60,
         gpu=TRAIN_GPUS,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "{TRAIN_LAUNCH} train mae --config {RESOLVED_CONFIG} --shards {RESULTS}/shards"
-        " --out {RESULTS}/mae --resume auto --log {log}"
+        "{params.launch} train mae --config {params.cfg} --shards {params.shard_dir}"
+        " --out {params.out_dir} --resume auto --log {log}"
 
 
 rule inpainter:
@@ -48,6 +54,10 @@ rule inpainter:
         metrics=report(f"{RESULTS}/inpainter/metrics.json", caption="../report/train_inpainter.rst",
                        category="Training"),
     params:
+        cfg=RESOLVED_CONFIG,
+        launch=TRAIN_LAUNCH,
+        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
+        out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
         inpainter=config["inpainter"],
     log:
@@ -59,9 +69,11 @@ rule inpainter:
         mem_mb=4000,
         runtime=60,
         gpu=TRAIN_GPUS,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "{TRAIN_LAUNCH} train inpainter --config {RESOLVED_CONFIG} --mae {input.mae} --shards {RESULTS}/shards"
-        " --out {RESULTS}/inpainter --resume auto --log {log}"
+        "{params.launch} train inpainter --config {params.cfg} --mae {input.mae} --shards {params.shard_dir}"
+        " --out {params.out_dir} --resume auto --log {log}"
 
 
 rule regressor:
@@ -76,6 +88,10 @@ rule regressor:
                        category="Training"),
         predictions=f"{RESULTS}/regressor/predictions.parquet",
     params:
+        cfg=RESOLVED_CONFIG,
+        launch=TRAIN_LAUNCH,
+        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
+        out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
         regressor=config["regressor"],
     log:
@@ -87,6 +103,8 @@ rule regressor:
         mem_mb=4000,
         runtime=90,
         gpu=TRAIN_GPUS,
+    conda:
+        SOFTWARE_ENV
     shell:
-        "{TRAIN_LAUNCH} train regressor --config {RESOLVED_CONFIG} --init {input.mae} --weights {input.weights}"
-        " --shards {RESULTS}/shards --out {RESULTS}/regressor --resume auto --log {log}"
+        "{params.launch} train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
+        " --shards {params.shard_dir} --out {params.out_dir} --resume auto --log {log}"
