@@ -12,15 +12,18 @@ Pipeline
    building them cost ~20 % of the tiny model's CPU step in memory passes; the npho-valid
    pattern reaches the network through the FCMAE keep maps instead.)
 2. One gather (``gather_idx``, a registered buffer) builds every face from the flat vector:
-   inner 93x44, the exact outer fine grid 72x45 (geometry.outer_grid(1), PMT values copied
-   into their cells, see faces.py), US/DS 24x6, and the top/bottom hex node lists; rectangular faces are
-   padded to a multiple of their total stride with empty cells.
+   inner 93x44, the outer face as ``geometry.outer_grid(outer_pool)`` (default 24x9, the PMTs
+   sharing a cell stacked as input channels, see faces.py), US/DS 24x6, and the top/bottom
+   hex node lists; rectangular faces are padded to a multiple of their total stride with
+   empty ("sentinel") cells.
 3. Rectangular faces: per-face patchify stem (``stem_stride`` inner, ``outer_stem_stride``,
-   ``small_stem_stride`` US/DS) -> stage 1 ConvNeXt V2 blocks -> 2x2 downsampling -> stage 2 blocks -> masked mean ->
-   one token. ``share_rect_backbone`` shares the stages (stems and token projections stay per
-   face: the faces have different strides and statistics).
-4. Hex faces: linear stem -> HexNeXt blocks (top and bottom as one node list with a shared
-   weight per direction class, GRN per face) -> masked mean per face -> one token each.
+   ``small_stem_stride`` US/DS) + a learned per-position embedding -> stage 1 ConvNeXt V2
+   blocks -> 2x2 downsampling -> stage 2 blocks -> masked mean -> one token.
+   ``share_rect_backbone`` shares the stages (stems, position embeddings and token
+   projections stay per face: the faces have different strides and statistics).
+4. Hex faces: linear stem + per-node embedding -> HexNeXt blocks (top and bottom as one node
+   list with a shared weight per direction class, GRN per face) -> masked mean per face ->
+   one token each.
 5. Six tokens + learned positional embedding + face-type embedding (MPPC / rect PMT / hex PMT)
    -> pre-norm Transformer -> LayerNorm.
 
@@ -109,7 +112,14 @@ class XECEncoder(nn.Module):
         hexf = self.layout.hex
         self.n_hex_faces = len(hexf.names)
         self.hex_nodes = hexf.nodes_per_face
+        # Learned per-position embeddings after every stem: the faces are not translation
+        # invariant (where the light falls IS the signal for u, v, w and the angles), and a
+        # masked mean of translation-equivariant conv features would otherwise forget it.
+        self.rect_pos = nn.ParameterDict({
+            f.name: nn.Parameter(torch.zeros(1, f.shape[0] // f.stem_stride[0], f.shape[1] // f.stem_stride[1], c1))
+            for f in self.layout.rect})
         self.hex_stem = nn.Linear(IN_CHANNELS, cfg.hex_dim)
+        self.hex_pos = nn.Parameter(torch.zeros(1, hexf.ids.size, cfg.hex_dim))
         hdpr = [cfg.drop_path * i / max(cfg.hex_depth - 1, 1) for i in range(cfg.hex_depth)]
         self.hex_blocks = nn.ModuleList(
             HexNeXtBlock(cfg.hex_dim, hexf.neighbors, cfg.mlp_ratio, hdpr[i], segments=self.n_hex_faces)
@@ -125,6 +135,9 @@ class XECEncoder(nn.Module):
                                     for _ in range(cfg.fusion_depth))
         self.norm = nn.LayerNorm(d)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for p in self.rect_pos.values():
+            nn.init.trunc_normal_(p, std=0.02)
+        nn.init.trunc_normal_(self.hex_pos, std=0.02)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -164,7 +177,8 @@ class XECEncoder(nn.Module):
     def rect_face(self, cells: torch.Tensor, face) -> tuple[torch.Tensor, tuple]:
         """One rectangular face -> its token (B, D) and (f1, f2, keep1, keep2)."""
         inp, keep1, keep2 = self.rect_input(cells, face)
-        h = self.stems[face.name](inp) * keep1
+        h = self.stems[face.name](inp)
+        h = (h.permute(0, 2, 3, 1) + self.rect_pos[face.name]).permute(0, 3, 1, 2) * keep1
         stages = self.stages if self.cfg.share_rect_backbone else self.stages[face.name]
         f1, f2 = stages(h, keep1, keep2)
         return self.rect_token[face.name](masked_mean_2d(f2, keep2)), (f1, f2, keep1, keep2)
@@ -173,7 +187,7 @@ class XECEncoder(nn.Module):
         """Top + bottom -> tokens (B, 2, D), node features (B, 2N, C), keep (B, 2N, 1)."""
         hin = self.hex_cells(cells)
         hkeep = (hin[..., 0:1] != self.sentinel).to(hin.dtype)
-        h = self.hex_stem(hin) * hkeep
+        h = (self.hex_stem(hin) + self.hex_pos) * hkeep
         for blk in self.hex_blocks:
             h = blk(h, hkeep)
         b = h.shape[0]

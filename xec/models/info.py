@@ -38,10 +38,10 @@ def model_info(section: dict[str, Any], tasks: list[str] | None = None) -> dict[
     enc = mae.encoder
     stages = enc.stages
     comp = {
-        "rect_stems": _count(enc.stems),
+        "rect_stems": _count(enc.stems) + sum(p.numel() for p in enc.rect_pos.values()),
         "rect_stages": _count(stages),
         "rect_tokens": _count(enc.rect_token),
-        "hex": _count(enc.hex_stem) + _count(enc.hex_blocks) + _count(enc.hex_token),
+        "hex": _count(enc.hex_stem) + enc.hex_pos.numel() + _count(enc.hex_blocks) + _count(enc.hex_token),
         "fusion": _count(enc.fusion) + _count(enc.norm) + enc.pos_embed.numel() + _count(enc.type_embed),
     }
     return {
