@@ -113,8 +113,10 @@ class XECEncoder(nn.Module):
         self.n_hex_faces = len(hexf.names)
         self.hex_nodes = hexf.nodes_per_face
         # Learned per-position embeddings after every stem: the faces are not translation
-        # invariant (where the light falls IS the signal for u, v, w and the angles), and a
-        # masked mean of translation-equivariant conv features would otherwise forget it.
+        # invariant (where the light falls IS the signal for u, v, w and the angles), so the
+        # masked mean of the conv features should not have to rely on border effects to know
+        # it. (At tiny size a 6-epoch regressor check gave the same u/v/angle errors without
+        # them, within ~5 %: cheap insurance, not a measured gain.)
         self.rect_pos = nn.ParameterDict({
             f.name: nn.Parameter(torch.zeros(1, f.shape[0] // f.stem_stride[0], f.shape[1] // f.stem_stride[1], c1))
             for f in self.layout.rect})
