@@ -236,3 +236,19 @@ def test_mae_gradients_reach_every_parameter(tiny):
     # GRN gamma/beta start at zero; their gradient must still be non-zero
     zero = [n for n, p in mae.named_parameters() if float(p.grad.abs().sum()) == 0.0]
     assert not zero, zero
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    cfg = model_config({"preset": "tiny", "drop_path": 0.5})
+    torch.manual_seed(0)
+    enc = XECEncoder(cfg)
+    x = random_input(4, seed=7)
+    enc.train()
+    torch.manual_seed(1)
+    a = enc(x)
+    torch.manual_seed(2)
+    b = enc(x)
+    assert not torch.allclose(a, b)
+    enc.eval()
+    with torch.no_grad():
+        assert torch.equal(enc(x), enc(x))

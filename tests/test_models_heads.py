@@ -168,7 +168,6 @@ def test_inpainter_frozen_encoder_gets_no_gradients(tiny):
 
 
 # ---------------------------------------------------------------------------- ONNX
-@pytest.mark.slow
 def test_regressor_onnx_parity_two_batch_sizes(tiny, tmp_path):
     torch.manual_seed(0)
     reg = XECRegressor(tiny, TASKS, standardizer()).eval()
@@ -183,7 +182,6 @@ def test_regressor_onnx_parity_two_batch_sizes(tiny, tmp_path):
         assert onnx_parity(wrapped, path, [realistic_input(b, seed=b)], ["input"]) < 1e-4
 
 
-@pytest.mark.slow
 def test_inpainter_onnx_parity_two_batch_sizes(tiny, tmp_path):
     torch.manual_seed(0)
     inp = XECInpainter(tiny, normalizer=get_normalizer("meg2")).eval()
