@@ -168,6 +168,8 @@ def test_random_mask_respects_invalid_sensors_and_ratio():
     assert abs(mask.sum().item() / cand.sum().item() - 0.6) < 0.02
     mask2, _ = random_mask(x, 0.6, SENTINEL, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mask, mask2)  # same seed, same mask
+    noise = torch.rand(x.shape[:2], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(random_mask(x, 0.6, SENTINEL, noise=noise)[0], mask)  # same numbers, same mask
     # npho_valid candidates + time bias: low-light sensors allowed, valid-time ones favoured
     m3, c3 = random_mask(x, 0.5, SENTINEL, "npho_valid", time_valid_bias=2.0,
                          generator=torch.Generator().manual_seed(1))

@@ -231,3 +231,6 @@ def test_hot_path_traces_without_graph_breaks(tiny):
         explanation = torch._dynamo.explain(model)(*args)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1
+    # the MAE's masking noise can come from outside (a generator inside breaks the graph)
+    explanation = torch._dynamo.explain(XECMAE(tiny))(x, noise=torch.rand(2, N_SENSORS))
+    assert explanation.graph_break_count == 0, explanation.break_reasons

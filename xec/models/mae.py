@@ -54,8 +54,8 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> tor
 
 
 def random_mask(x: torch.Tensor, ratio: float, sentinel: float, maskable: str = "time_valid",
-                time_valid_bias: float = 0.0, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                time_valid_bias: float = 0.0, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, 2) normalized input -> (mask (B, N) bool, candidates (B, N) bool).
 
     Each candidate is hidden independently with probability ``ratio`` (O(N), no sort; the
@@ -67,8 +67,11 @@ def random_mask(x: torch.Tensor, ratio: float, sentinel: float, maskable: str = 
     npho_valid = x[..., 0] != sentinel
     time_valid = x[..., 1] != sentinel
     cand = time_valid & npho_valid if maskable == "time_valid" else npho_valid
-    dev = generator.device if generator is not None else x.device
-    u = torch.rand(x.shape[:2], generator=generator, device=dev).to(x.device)
+    if noise is not None:  # (B, N) uniform [0, 1): lets torch.compile trace without a generator
+        u = noise
+    else:
+        dev = generator.device if generator is not None else x.device
+        u = torch.rand(x.shape[:2], generator=generator, device=dev).to(x.device)
     if time_valid_bias > 0:
         w = torch.where(time_valid, 1.0 + time_valid_bias, 1.0) * cand
         p = ratio * w * (cand.sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1e-12))
@@ -114,14 +117,17 @@ class XECMAE(nn.Module):
         self.register_buffer("face_onehot", face_of_sensor, persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized. ``mask`` (optional, bool (B, 4760)) overrides the random
-        masking (evaluation with fixed masks). Returns loss, loss_npho, loss_time,
+        masking (evaluation with fixed masks); ``noise`` (B, N) uniform [0, 1) draws the random
+        mask from given numbers (a ``generator`` inside a torch.compile'd forward costs two
+        graph breaks; drawing the noise outside avoids them). Returns loss, loss_npho, loss_time,
         actual_mask_ratio, pred (B, 4760, 2), mask (B, 4760), and loss_face (F,) in eval mode
         (or always with ``face_losses=True``)."""
         if mask is None:
             mask, cand = random_mask(x, self.mask_ratio, self.sentinel, self.maskable,
-                                     self.time_valid_bias, generator)
+                                     self.time_valid_bias, generator, noise)
         else:
             mask = mask.bool()
             cand = x[..., 0] != self.sentinel
