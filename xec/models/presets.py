@@ -1,10 +1,14 @@
 """Named model sizes. A preset fixes the encoder/decoder widths and depths; config.yaml's
 ``model`` section picks one by name and may override single keys (see ``model_config``).
 
-* ``tiny``: ~0.3M parameters; trains at >= 1,000 events/s (fwd + bwd + AdamW) on a 2-core CPU
-  (numbers in docs/performance.md). Coarse: a 4x4 patchify stem on the inner/outer faces.
-* ``base``: ~25M parameters (the reference model's size), for GPUs.
-* ``large``: ~100M parameters.
+* ``tiny``: 89k encoder parameters (regressor with 4 heads 0.16M); trains at >= 1,000
+  events/s (fwd + bwd + AdamW, batch 256) on the 2-core development CPU
+  (docs/performance.md). Coarse by design: 4x4 patchify stem on the inner face, the outer
+  face at one cell per coarse PMT, no ConvNeXt blocks at the stem resolution.
+* ``base``: 25.7M encoder parameters (the reference model's size), for GPUs.
+* ``large``: 84M encoder parameters.
+
+``xec model-info --preset NAME`` prints the counts per component.
 """
 from __future__ import annotations
 
