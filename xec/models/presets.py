@@ -5,8 +5,8 @@
   events/s (fwd + bwd + AdamW, batch 256) on the 2-core development CPU
   (docs/performance.md). Coarse by design: 4x4 patchify stem on the inner face, the outer
   face at one cell per coarse PMT, no ConvNeXt blocks at the stem resolution.
-* ``base``: 25.7M encoder parameters (the reference model's size), for GPUs.
-* ``large``: 84M encoder parameters.
+* ``base``: 25.9M encoder parameters (the reference model's size), for GPUs.
+* ``large``: 84.6M encoder parameters.
 
 ``xec model-info --preset NAME`` prints the counts per component.
 """
