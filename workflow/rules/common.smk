@@ -30,6 +30,23 @@ def input_files(sample):
 SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"].get(s)]
 
 
+def canonicalize_config(cfg):
+    """Sort every mapping of the config by key, in place. Snakemake compares `params:` by their
+    text, so without this merely reordering keys in config.yaml (or dumping it with another tool)
+    would rerun every rule."""
+
+    def _sorted(node):
+        if isinstance(node, dict):
+            return {k: _sorted(node[k]) for k in sorted(node)}
+        if isinstance(node, list):
+            return [_sorted(v) for v in node]
+        return node
+
+    items = _sorted(dict(cfg))
+    cfg.clear()
+    cfg.update(items)
+
+
 def write_resolved_config(path):
     """Write the validated config (defaults filled in) that every `xec` command reads; rewritten
     only when its content changes. It is deliberately no input of any job: what a job depends on

@@ -1,0 +1,302 @@
+"""The Snakemake DAG end to end, locally, on the tiny config (tests/data/tiny_config.yaml).
+
+One module-scoped run of the whole default DAG in a temporary working directory
+(`snakemake -s workflow/Snakefile --directory <tmp>`, whose config.yaml is the tiny config), then:
+partial reruns (`--dry-run` job lists), target selection, lint, DAG, bad configs, a SIGKILLed
+job, two training stages logging to MLflow at once, and the HTML report.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
+
+pytestmark = pytest.mark.slow
+
+# The two training stages that run at the same time (after the MAE) and both log to MLflow.
+CONCURRENT_STAGES = ("inpainter", "regressor")
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 900, check: bool = True,
+              profile: str | None = "local") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
+    if profile:
+        cmd += ["--profile", str(REPO / "profiles" / profile)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XEC_ENV", "SLURM_"))}
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed (rc {proc.returncode}):\n"
+                             f"{(proc.stdout + proc.stderr)[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> Counter:
+    """Rule -> number of jobs from the 'Job stats' table (empty when there is nothing to do)."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return Counter()
+    table = re.search(r"Job stats:\n(.*?)\n\s*total\s+\d+", text, re.S)
+    assert table, text[-3000:]
+    return Counter({m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table.group(1), re.M)})
+
+
+def new_workdir(path: Path, **overrides) -> Path:
+    """A working directory whose config.yaml is the tiny config with `overrides` merged in."""
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    for key, value in overrides.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole default DAG, once: 2 cores, the two concurrent training stages at 1 thread each
+    so that they really run side by side (the `-j 2` MLflow case)."""
+    work = new_workdir(tmp_path_factory.mktemp("workflow") / "run")
+    t0 = time.monotonic()
+    proc = snakemake(work, "--cores", "2", "--set-threads", *(f"{s}=1" for s in CONCURRENT_STAGES))
+    elapsed = time.monotonic() - t0
+    print(f"\n[test_workflow] tiny default DAG: {elapsed:.0f} s")
+    return {"dir": work, "proc": proc, "jobs": planned_jobs(proc), "elapsed": elapsed}
+
+
+def copy_run(tiny_run, dest: Path) -> Path:
+    """A private copy of the finished run (mtimes and Snakemake metadata preserved)."""
+    shutil.copytree(tiny_run["dir"], dest, symlinks=True)
+    return dest
+
+
+# ---- the complete run and reruns ----------------------------------------------------------------
+
+def test_default_dag_builds_every_stage_output(tiny_run):
+    work = tiny_run["dir"]
+    jobs = tiny_run["jobs"]
+    assert jobs["simulate"] == 4 and jobs["shards"] == 3, jobs
+    expected = ["data/train.root", "data/realdata.root", "shards/train/manifest.json",
+                "shards/bench/manifest.json", "reweighting/weights.npz", "mae/checkpoint.pt",
+                "mae/metrics.json"]
+    for rel in expected:
+        assert (work / "results" / rel).stat().st_size > 0, rel
+    # every job left its log and its benchmark (time + memory) file
+    benchmarks = list((work / "results" / "benchmarks").rglob("*.tsv"))
+    assert len(benchmarks) == sum(n for rule, n in jobs.items() if rule != "all")
+    header = benchmarks[0].read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["s", "h:m:s", "max_rss"], header
+    assert len(list((work / "results" / "logs").rglob("*.log"))) >= len(benchmarks)
+
+
+def test_unchanged_rerun_has_nothing_to_do(tiny_run):
+    t0 = time.monotonic()
+    proc = snakemake(tiny_run["dir"], "--dry-run")
+    print(f"\n[test_workflow] unchanged dry-run: {time.monotonic() - t0:.1f} s")
+    assert planned_jobs(proc) == Counter(), (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
+    if "regressor" not in tiny_run["jobs"]:
+        pytest.skip("the regressor is not part of the default DAG yet")
+    work = copy_run(tiny_run, tmp_path / "run")
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg.setdefault("regressor", {})["lr"] = 1.234e-3
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    downstream = {"regressor", "export_regressor", "inference", "plots", "summary"}
+    assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
+    assert jobs["regressor"] == 1
+
+
+def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
+    work = new_workdir(tmp_path / "fresh")
+    jobs = planned_jobs(snakemake(work, "--dry-run", "results/regressor/model.onnx"))
+    assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1,
+                           export_regressor=1), jobs
+
+
+def test_configured_input_files_drop_the_simulation(tmp_path):
+    files = {}
+    for sample in ("train", "val", "bench", "realdata"):
+        files[sample] = tmp_path / "data" / f"{sample}.root"
+        files[sample].parent.mkdir(exist_ok=True)
+        files[sample].write_bytes(b"")  # existence is all the DAG needs
+    work = new_workdir(tmp_path / "real", **{f"data.{s}": [str(p)] for s, p in files.items()})
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    assert "simulate" not in jobs and jobs["shards"] == 3, jobs
+
+
+# ---- static checks -------------------------------------------------------------------------------
+
+def test_lint_is_clean(tmp_path):
+    work = new_workdir(tmp_path / "lint")
+    proc = snakemake(work, "--lint", profile=None, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Lints for" not in out, out[-6000:]
+
+
+def test_dag_renders(tmp_path):
+    work = new_workdir(tmp_path / "dag")
+    proc = snakemake(work, "--dag")
+    assert proc.stdout.lstrip().startswith("digraph"), proc.stdout[:500]
+    for rule in ("simulate", "shards", "mae"):
+        assert f"label = \"{rule}" in proc.stdout or f'label="{rule}' in proc.stdout or rule in proc.stdout
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def test_missing_input_files_fail_at_dag_construction_naming_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "train_*.root"
+    work = new_workdir(tmp_path / "missing", **{"data.train": [str(missing)]})
+    proc = snakemake(work, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(missing) in out and "data.train" in out, out[-3000:]
+    assert not (work / "results" / "data").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"seed": "forty-two"}, "seed"),
+    ({"regressor.lr": "fast"}, "regressor.lr"),
+    ({"regresor": {"lr": 1e-3}}, "regresor"),
+    ({"simulation.chunk_sise": 10}, "chunk_sise"),
+])
+def test_bad_config_names_the_key(tmp_path, overrides, key):
+    work = new_workdir(tmp_path / "bad", **overrides)
+    proc = snakemake(work, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "invalid configuration" in out and key in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+# ---- faults ----------------------------------------------------------------------------------------
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = (int(x) for x in line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+@pytest.mark.parametrize("victim", ["job", "snakemake"])
+def test_sigkilled_job_is_incomplete_and_rerun_alone(tiny_run, tmp_path, victim):
+    """SIGKILL in the middle of a training job, of the job's process alone (OOM killer) or of
+    Snakemake and its job together (a crashed node): the job's outputs are removed or marked
+    incomplete, nothing else is touched, and the rerun redoes that job only."""
+    work = copy_run(tiny_run, tmp_path / "run")
+    target = "results/mae/checkpoint.pt"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work),
+           "--cores", "2", "--forcerun", "mae", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log = work / "results" / "logs" / "train" / "mae.log"
+    log_size0 = log.stat().st_size if log.exists() else 0
+    deadline = time.monotonic() + 240
+    try:
+        # mid-way: the training process is up and has written to its log (after its imports)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail("the mae job finished before it could be killed")
+            trainers = [p for p in _descendants(proc.pid)
+                        if " train mae " in _cmdline(p) and "python" in _cmdline(p)]
+            if trainers and log.exists() and log.stat().st_size != log_size0:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the mae job never started")
+        if victim == "job":
+            for pid in trainers:
+                os.kill(pid, signal.SIGKILL)
+            assert proc.wait(timeout=120) != 0  # Snakemake saw the job fail
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    ckpt = work / target
+    if victim == "snakemake":
+        # a crashed Snakemake leaves its lock; the output, if there, is marked incomplete
+        snakemake(work, "--unlock", profile=None)
+        check = snakemake(work, "--dry-run", target, profile=None, check=False)
+        if ckpt.exists():
+            text = check.stdout + check.stderr
+            assert check.returncode != 0 and "incomplete" in text.lower(), text[-3000:]
+    else:
+        assert not ckpt.exists()  # Snakemake removed the failed job's outputs
+    # The rerun (the profile sets rerun-incomplete) redoes exactly the killed job ...
+    jobs = planned_jobs(snakemake(work, "--dry-run", target))
+    assert jobs == Counter(mae=1), jobs
+    snakemake(work, "--cores", "2", target)
+    assert ckpt.stat().st_size > 0
+    assert planned_jobs(snakemake(work, "--dry-run", target)) == Counter()
+    # ... and in the whole DAG only the MAE's dependents are out of date, no upstream stage.
+    stale = planned_jobs(snakemake(work, "--dry-run"))
+    assert not {"simulate", "shards", "reweighting", "mae"} & set(stale), stale
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() + " "
+    except OSError:
+        return ""
+
+
+def test_two_stages_log_to_mlflow_at_once(tiny_run):
+    if not all(s in tiny_run["jobs"] for s in CONCURRENT_STAGES):
+        pytest.skip("inpainter and regressor are not both in the default DAG yet")
+    work = tiny_run["dir"]
+    log = tiny_run["proc"].stdout + tiny_run["proc"].stderr
+    # both jobs were running at the same time: each started before the other finished
+    start = {s: log.index(f"rule {s}:") if f"rule {s}:" in log else log.index(f"localrule {s}:")
+             for s in CONCURRENT_STAGES}
+    done = {s: log.index(f"(Rule: {s})") for s in CONCURRENT_STAGES}
+    a, b = CONCURRENT_STAGES
+    assert start[a] < done[b] and start[b] < done[a], "the two stages did not overlap"
+    db = work / "results" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT e.name, r.status FROM runs r JOIN experiments e "
+                           "ON r.experiment_id = e.experiment_id").fetchall()
+    finished = {name for name, status in rows if status == "FINISHED"}
+    for stage in CONCURRENT_STAGES:
+        assert any(stage in name for name in finished), rows
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def test_html_report(tiny_run, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "run")
+    snakemake(work, "--report", "results/report.html")
+    html = (work / "results" / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000
+    assert "reweighting" in html and "weights.png" in html
+    # runtime statistics of the run
+    assert "runtime" in html.lower()
+    if "summary" in tiny_run["jobs"]:
+        assert "summary" in html
