@@ -53,6 +53,7 @@ class _Predict(nn.Module):
 class InpainterStage:
     name = "inpainter"
     best_metric = "loss"
+    headline = ("val_mae_npho", "val_mae_npho_phot", "val_rmse_npho_phot", "val_mae_time_ns", "val_rmse_time_ns")
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, mae_checkpoint: str | None):
         from xec.models.mae import npho_threshold_normalized

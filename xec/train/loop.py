@@ -354,6 +354,10 @@ class Trainer:
                          "%d non-finite, %.1fs", self.stage.name, self.epoch, epochs, tr.get("train_loss", math.nan),
                          best_key, value, " (best)" if improved else "", tr["events_per_s"],
                          100 * tr["data_wait_fraction"], tr["lr"], tr["nonfinite_steps"], tr["epoch_time_s"])
+                head = [k for k in getattr(self.stage, "headline", ()) if k in va]
+                if head:
+                    log.info("%s epoch %d/%d: %s", self.stage.name, self.epoch, epochs,
+                             ", ".join(f"{k[4:]} {va[k]:.4g}" for k in head))
             barrier(self.ctx)
         return self.finish()
 

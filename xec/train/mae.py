@@ -36,6 +36,7 @@ def build_mae_model(spec: Mapping[str, Any]) -> nn.Module:
 class MAEStage:
     name = "mae"
     best_metric = "loss"
+    headline = ("val_loss_npho", "val_loss_time", "val_mae_npho_phot", "val_mae_time_ns", "val_actual_mask_ratio")
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer):
         self.cfg = cfg

@@ -114,6 +114,9 @@ def _standardize(std: TargetStandardizer, task: str, y: torch.Tensor) -> torch.T
 class RegressorStage:
     name = "regressor"
     best_metric = "loss"
+    headline = ("val_theta_deg_res", "val_phi_deg_res", "val_opening_angle_q68_deg", "val_energy_pct_res",
+                "val_energy_pct_gain", "val_time_ps_res", "val_u_mm_res", "val_u_mm_gain", "val_v_mm_res",
+                "val_v_mm_gain", "val_w_mm_res", "val_w_mm_gain")
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
         self.cfg = cfg
