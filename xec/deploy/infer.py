@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     stats = run_inference(
         model=args.model, inputs=args.input, out=args.out, parquet=args.parquet,
         inpainter=args.inpainter, preset=args.preset,
-        batch_size=args.batch_size or icfg.get("batch_size", 256),
+        batch_size=args.batch_size or icfg.get("batch_size", 128),
         chunk_size=icfg.get("chunk_size", 2000), device=args.device or icfg.get("device", "auto"),
         intra_op_threads=icfg.get("intra_op_threads", 0), optimization=icfg.get("graph_optimization", "all"),
         allow_spinning=icfg.get("allow_spinning", False),
