@@ -119,7 +119,7 @@ def test_regressor_stage_outputs(mae_run, data):
     from xec.data.reweight import HistogramWeights
 
     out, _ = mae_run
-    cfg = make_cfg(data, **{"regressor.channel_dropout": 0.05,
+    cfg = make_cfg(data, **{"regressor.channel_dropout": 0.05, "train.max_train_events": 96,
                             "regressor.losses": {"energy": {"type": "gaussian_nll", "weight": 1.0, "beta": 0.5}}})
     from xec.data.loader import ShardLoader
 
@@ -158,7 +158,7 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     import uproot
 
     out, _ = mae_run
-    cfg = make_cfg(data, **{"inpainter.predictions_root": True})
+    cfg = make_cfg(data, **{"inpainter.predictions_root": True, "train.max_train_events": 64})
     run_stage("inpainter", cfg, shards=data / "shards", out=data / "inpainter", mae=str(out / "checkpoint.pt"))
     ck = load_checkpoint(data / "inpainter" / "checkpoint.pt", expected_stage="inpainter")
     mae_enc = _encoder_state(load_checkpoint(out / "checkpoint.pt")["ema_state"])
