@@ -92,12 +92,19 @@ def _job_env_prefix():
 
 
 JOB_ENV_PREFIX = _job_env_prefix()
-SOFTWARE_ENV = (
-    str(JOB_ENV_PREFIX)
-    if JOB_ENV_PREFIX is not None
-    else str(_Path(workflow.basedir) / "envs" / f"{ENV_SPECS.get(_platform.machine(), 'x86_64-cuda')}.yaml")
-)
-if _DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+_USE_CONDA = _DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_ENV_NAME = _os.environ.get("XEC_ENV", "").strip()
+if JOB_ENV_PREFIX is not None and _USE_CONDA:
+    SOFTWARE_ENV = str(JOB_ENV_PREFIX)  # `--sdm conda`: Snakemake activates the existing prefix
+else:
+    # documentation (and `--sdm conda` without XEC_ENV: Snakemake builds it): the spec file of
+    # the named environment, else of this machine's architecture. (Not the prefix itself: for
+    # an existing prefix Snakemake would call `conda env export` even without `--sdm conda`.)
+    _spec = _Path(workflow.basedir) / "envs" / f"{_ENV_NAME}.yaml"
+    if not _spec.exists():
+        _spec = _Path(workflow.basedir) / "envs" / f"{ENV_SPECS.get(_platform.machine(), 'x86_64-cuda')}.yaml"
+    SOFTWARE_ENV = str(_spec)
+if not _USE_CONDA:
     if JOB_ENV_PREFIX is not None:
         shell.prefix(
             f'set -euo pipefail; export PATH="{JOB_ENV_PREFIX}/bin:$PATH"; '
