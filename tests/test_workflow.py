@@ -92,11 +92,17 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     work = tiny_run["dir"]
     jobs = tiny_run["jobs"]
     assert jobs["simulate"] == 4 and jobs["shards"] == 3, jobs
-    expected = ["data/train.root", "data/realdata.root", "shards/train/manifest.json",
-                "shards/bench/manifest.json", "reweighting/weights.npz", "mae/checkpoint.pt",
-                "mae/metrics.json"]
+    # the stage table of DESIGN.md
+    expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata")]
+    expected += [f"shards/{s}/manifest.json" for s in ("train", "val", "bench")]
+    expected += ["reweighting/weights.npz", "summary.json", "plots"]
+    expected += [f"{st}/{f}" for st in ("mae", "inpainter", "regressor") for f in ("checkpoint.pt", "metrics.json")]
+    expected += ["regressor/model.onnx", "inpainter/model.onnx", "regressor/predictions.parquet"]
+    expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata")]
+    expected += ["inference/realdata.root", "inference/realdata.parquet"]
     for rel in expected:
-        assert (work / "results" / rel).stat().st_size > 0, rel
+        path = work / "results" / rel
+        assert (any(path.iterdir()) if path.is_dir() else path.stat().st_size > 0), rel
     # every job left its log and its benchmark (time + memory) file
     benchmarks = list((work / "results" / "benchmarks").rglob("*.tsv"))
     assert len(benchmarks) == sum(n for rule, n in jobs.items() if rule != "all")
@@ -295,8 +301,12 @@ def test_html_report(tiny_run, tmp_path):
     snakemake(work, "--report", "results/report.html")
     html = (work / "results" / "report.html").read_text(errors="replace")
     assert len(html) > 10_000
-    assert "reweighting" in html and "weights.png" in html
-    # runtime statistics of the run
-    assert "runtime" in html.lower()
-    if "summary" in tiny_run["jobs"]:
-        assert "summary" in html
+    # the plots (every PNG of results/plots), the physics summary table, the training metrics
+    pngs = sorted((work / "results" / "plots").glob("*.png"))
+    assert pngs
+    missing = [p.name for p in pngs if p.name not in html]
+    assert not missing, missing
+    assert "summary.html" in html and "Physics summary" in html
+    assert "weights.png" in html and "metrics.json" in html
+    # runtime statistics of every rule
+    assert "Statistics" in html and "runtime" in html.lower()
