@@ -310,3 +310,39 @@ def test_html_report(tiny_run, tmp_path):
     assert "weights.png" in html and "metrics.json" in html
     # runtime statistics of every rule
     assert "Statistics" in html and "runtime" in html.lower()
+
+
+# ---- SLURM profiles (parsing and per-rule resources; the real cluster run is tests/test_slurm.py) --
+
+@pytest.mark.parametrize("profile, env_name, gpu_partition, gpu_model", [
+    ("slurm-a100", "x86_64-cuda", "a100", "a100"),
+    ("slurm-gh", "aarch64-cuda", "gh", "gh200"),
+])
+def test_slurm_profile_resources_and_environment(tmp_path, profile, env_name, gpu_partition, gpu_model):
+    work = new_workdir(tmp_path / "prof")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work),
+           "--profile", str(REPO / "profiles" / profile), "--dry-run", "results/regressor/model.onnx"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XEC_", "SLURM_"))}
+    # the profile's environment does not exist yet: stopped before any job, with the fix named
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert f"conda env create -p envs/{env_name} -f workflow/envs/{env_name}.yaml" in out, out[-3000:]
+    # created once (here: this test's own environment) -> the jobs get the profile's resources
+    (work / "envs").mkdir()
+    (work / "envs" / env_name).symlink_to(Path(sys.prefix))
+    env["XEC_SLURM_ACCOUNT"] = "proj42"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    blocks = re.split(r"\n(?=\[.*\]\n(?:local)?rule )", out)
+    resources = {}
+    for block in blocks:
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        r = re.search(r"resources: (.*)", block)
+        if m and r:
+            resources[m.group(1)] = r.group(1)
+    assert f"slurm_partition={gpu_partition}" in resources["regressor"], resources["regressor"]
+    assert f"gpu_model={gpu_model}" in resources["regressor"] and "gpu=1" in resources["regressor"]
+    assert "slurm_partition=cpu" in resources["simulate"] and "gpu" not in resources["simulate"]
+    assert "slurm_account=proj42" in resources["shards"]
