@@ -1,6 +1,7 @@
 """Shared fixtures. Reference geometry tables live in ../shared/geometry (tests only)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,3 +23,15 @@ def reference_geometry() -> Path:
     if not (SHARED_GEOMETRY / "sensor_positions.txt").exists():
         pytest.skip(f"reference geometry tables not found at {SHARED_GEOMETRY}")
     return SHARED_GEOMETRY
+
+
+@pytest.fixture
+def restore_logging():
+    """Undo the handlers that a CLI call's setup_logging installs on the root logger."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers:
+        if h not in handlers:
+            h.close()
+    root.handlers[:], root.level = handlers, level

@@ -1,7 +1,6 @@
 """Histogram reweighting: inverse frequency, mean 1, clipping, save/load, CLI + plot."""
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
@@ -66,17 +65,6 @@ def test_bad_binning_and_missing_file(tmp_path):
     (tmp_path / "bad.npz").write_text("garbage")
     with pytest.raises(XecError, match="bad.npz: not a readable reweighting file"):
         HistogramWeights.load(tmp_path / "bad.npz")
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_cli_fits_on_shards_and_plots(tmp_path, restore_logging):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -120,17 +119,6 @@ def test_nan_and_inf_sensor_values_follow_the_normalization_rules(tmp_path):
     assert x[0, 2, 0] == 0.0 and x[0, 2, 1] == s  # -Inf npho: below the domain, no light, no time
     assert x[0, 3, 1] == s and x[0, 4, 1] == s  # NaN / Inf time: time sentinel
     np.testing.assert_array_equal(x, norm.normalize_events(ev["npho"], ev["relative_time"]))
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for h in root.handlers:
-        if h not in handlers:
-            h.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_cli_writes_shards_and_returns_2_on_bad_input(tmp_path, capsys, restore_logging):
