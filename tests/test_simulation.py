@@ -12,6 +12,7 @@ import yaml
 
 from xec import geometry as geo
 from xec.cli import main as xec_main
+from xec.errors import XecError
 from xec.rootio import INT_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, iterate_events
 from xec.simulation import BLOCK_SIZE, PhysicsParams, SampleSpec, iter_blocks, simulate_block
 from xec.simulation import generator as gen
@@ -78,7 +79,7 @@ def test_conversion_depth_matches_conversion_length(length):
 
 
 def test_shower_profiles():
-    params = PhysicsParams(profile_a_spread=0.0)
+    params = PhysicsParams(profile_a_spread=0.0, track_spots=0)
     rng = np.random.default_rng(2)
     n = 4000
     energy = np.full(n, 52.8)
@@ -93,6 +94,25 @@ def test_shower_profiles():
     lateral = np.hypot(offsets[..., 1], offsets[..., 2])
     inside = (lateral < params.moliere_radius_cm).mean()
     assert 0.87 < inside < 0.92, inside  # ~90 % within one Moliere radius
+
+
+
+def test_pair_track_spots_carry_the_ionisation_from_the_conversion_point():
+    """Track spots: evenly on the first track_length_cm along the gamma, dE/dx x length of the
+    energy (capped at track_max_fraction = 1/4 of it), the Gamma-profile spots sharing the rest."""
+    params = PhysicsParams(track_spots=4, track_length_cm=2.0, track_dedx_mev_per_cm=7.4)
+    rng = np.random.default_rng(5)
+    energy = np.array([52.8, 20.0, 15.0, 60.0])
+    direction = np.tile([[0.0, -1.0, 0.0]], (4, 1))
+    offsets, share = ph.sample_shower(rng, energy, direction, params)
+    assert offsets.shape == (4, params.spots + 4, 3) and share.shape == (4, params.spots + 4)
+    np.testing.assert_allclose(share.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(-offsets[:, :4, 1], np.tile([0.25, 0.75, 1.25, 1.75], (4, 1)), atol=1e-12)
+    np.testing.assert_allclose(offsets[:, :4, [0, 2]], 0.0, atol=1e-12)
+    track_energy = share[:, :4].sum(axis=1) * energy
+    np.testing.assert_allclose(track_energy, [13.2, 5.0, 3.75, 14.8], rtol=1e-9)  # 7.4 MeV/cm x 2 cm, <= E/4
+    with pytest.raises(XecError, match="track_spots"):
+        PhysicsParams.from_config({"track_spots": 17})
 
 
 # ---- light and response ---------------------------------------------------------------------

@@ -215,6 +215,19 @@ def test_mae_checkpoint_of_another_model_preset(mae_run, data, tmp_path):
         run_stage("inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", mae=str(tmp_path / "base.pt"))
 
 
+def test_mae_initializes_a_regressor_with_other_heads(mae_run, data, tmp_path):
+    """Only the encoder keys must agree with the MAE: another regressor head (peak window
+    width) fine-tunes from it; another encoder width is an error naming the key."""
+    out, _ = mae_run
+    cfg = make_cfg(data, **{"model.peak_hidden": 32, "train.max_train_events": 32, "train.max_val_events": 32,
+                            "mlflow.enabled": False})
+    summary = run_stage("regressor", cfg, shards=data / "shards", out=tmp_path / "r", init=str(out / "checkpoint.pt"))
+    assert summary["epochs"] == 1
+    with pytest.raises(XecError, match="token_dim: checkpoint 48 vs config 64"):
+        run_stage("regressor", make_cfg(data, **{"model.token_dim": 64}), shards=data / "shards",
+                  out=tmp_path / "r2", init=str(out / "checkpoint.pt"))
+
+
 def test_resume_with_another_model_preset(mae_run, data, tmp_path):
     import shutil
 

@@ -17,6 +17,9 @@ class Task:
     reco_branch: str | None  # classical reconstruction branch in real-data files
     columns: tuple[str, ...]  # one name per output component
     unit: str
+    # one scale for all components (a position): the loss then weighs a millimetre of u, v and w
+    # alike instead of favouring the coordinate with the narrowest range
+    isotropic: bool = False
 
     @property
     def dim(self) -> int:
@@ -27,7 +30,7 @@ TASKS: dict[str, Task] = {
     "angle": Task("angle", "emiAng", None, ("theta", "phi"), "deg"),
     "energy": Task("energy", "energyTruth", "energyReco", ("energy",), "GeV"),
     "timing": Task("timing", "timeTruth", "timeReco", ("time",), "ns"),
-    "uvwFI": Task("uvwFI", "uvwTruth", "uvwRecoFI", ("u", "v", "w"), "cm"),
+    "uvwFI": Task("uvwFI", "uvwTruth", "uvwRecoFI", ("u", "v", "w"), "cm", isotropic=True),
     "angleVec": Task("angleVec", "emiVec", None, ("vx", "vy", "vz"), "1"),
 }
 DEFAULT_TASKS = ("angle", "energy", "timing", "uvwFI")
@@ -78,6 +81,8 @@ class TargetStandardizer:
         for task, stats in d.items():
             mean[task] = np.asarray(stats["mean"], dtype=np.float32).reshape(-1)
             s = np.asarray(stats["std"], dtype=np.float32).reshape(-1)
+            if task in TASKS and TASKS[task].isotropic:
+                s = np.full_like(s, np.sqrt(np.mean(s.astype(np.float64) ** 2)))
             std[task] = np.where(s > 0, s, 1.0).astype(np.float32)  # constant target: no scaling
         return cls(mean, std)
 

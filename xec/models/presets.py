@@ -19,6 +19,10 @@ from typing import Any, Mapping
 from xec.errors import XecError
 
 
+# the keys that shape XECEncoder (an MAE checkpoint initializes any stage that agrees on these)
+ENCODER_FIELDS = ("preset", "rect_dims", "rect_depths", "kernel_size", "stem_stride", "outer_pool", "outer_stem_stride",
+                  "small_stem_stride", "share_rect_backbone", "hex_dim", "hex_depth", "token_dim",
+                  "fusion_depth", "heads", "mlp_ratio", "drop_path")
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
 
@@ -58,6 +62,8 @@ class ModelConfig:
     inpaint_depth: int = 1
     # regressor heads
     head_hidden: int = 64
+    peak_window: int = 11     # MPPC window around the brightest one read by the heads' local fit (0 = off)
+    peak_hidden: int = 512    # width of that local-fit MLP (~0.4M parameters, ~2 % of the tiny step)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -15,19 +15,28 @@ import torch
 from torch import nn
 
 from xec.errors import XecError
+from xec.models.peakfit import PeakWindowFit
 from xec.models.encoder import XECEncoder
 from xec.models.presets import ModelConfig
 from xec.targets import TASKS, TargetStandardizer, get_task
 
 
 class TaskHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, out_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
-                                 nn.Linear(hidden, out_dim))
+    """MLP on the fused tokens and the peak-window features (xec.models.peakfit), plus a
+    linear path from those (position = window anchor + a learned offset)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def __init__(self, in_dim: int, loc_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.fc1 = nn.Linear(in_dim + loc_dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim)
+        self.skip = nn.Linear(loc_dim, out_dim) if loc_dim else None
+
+    def forward(self, z: torch.Tensor, loc: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm(z) if loc is None else torch.cat([self.norm(z), loc], dim=1)
+        y = self.fc2(self.act(self.fc1(h)))
+        return y if self.skip is None else y + self.skip(loc)
 
 
 class XECRegressor(nn.Module):
@@ -47,7 +56,15 @@ class XECRegressor(nn.Module):
         self.tasks = tuple(tasks)
         self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
         in_dim = cfg.token_dim * self.encoder.num_tokens
-        self.heads = nn.ModuleDict({t: TaskHead(in_dim, cfg.head_hidden, TASKS[t].dim) for t in self.tasks})
+        if cfg.peak_window > 0:
+            if geometry is None:
+                from xec.geometry import get_geometry
+                geometry = get_geometry()
+            self.peak = PeakWindowFit(geometry, cfg.peak_window, cfg.peak_hidden, sentinel=self.encoder.sentinel)
+        else:
+            self.peak = None
+        loc_dim = self.peak.out_dim if self.peak is not None else 0
+        self.heads = nn.ModuleDict({t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.tasks})
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
@@ -77,7 +94,12 @@ class XECRegressor(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction}."""
         z = self.encoder(x, mask).flatten(1)
-        return {t: self.heads[t](z) for t in self.tasks}
+        if self.peak is None:
+            return {t: self.heads[t](z) for t in self.tasks}
+        if mask is not None:
+            x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
+        loc = self.peak(x)
+        return {t: self.heads[t](z, loc) for t in self.tasks}
 
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}")

@@ -58,6 +58,10 @@ class PhysicsParams:
     profile_a_spread: float = 0.15      # relative (log-normal) event-by-event spread of a
     spots: int = 12                     # deposit spots per shower
     spot_share_shape: float = 3.0       # Gamma shape of the Dirichlet energy shares of the spots
+    track_dedx_mev_per_cm: float = 7.4  # ionisation of the e+e- pair right after the conversion (2 x 3.7)
+    track_length_cm: float = 1.0        # ... deposited on this first stretch, before the pair showers
+    track_spots: int = 2                # spots along that stretch (0: no track component)
+    track_max_fraction: float = 0.25    # at most this share of the energy (keeps npho linear in E within 2 %)
     lateral_core_fraction: float = 0.85
     lateral_core_radius: float = 0.2    # in Moliere radii (GFlash-like r^2/(r^2+R^2) CDF)
     lateral_tail_radius: float = 1.0    # in Moliere radii -> ~89 % inside one Moliere radius
@@ -104,6 +108,9 @@ class PhysicsParams:
                 raise XecError(f"simulation.physics.{name}: must be > 0, got {getattr(self, name)}")
         if not 1 <= self.spots <= 256:
             raise XecError(f"simulation.physics.spots: must be in 1..256, got {self.spots}")
+        if not 0 <= self.track_spots <= 16 or self.track_length_cm < 0 or self.track_dedx_mev_per_cm < 0:
+            raise XecError("simulation.physics: track_spots must be in 0..16, track_length_cm and "
+                           "track_dedx_mev_per_cm >= 0")
         if not 0 <= self.lateral_core_fraction <= 1:
             raise XecError("simulation.physics.lateral_core_fraction: must be in [0, 1]")
         if self.efficiency_mppc > 1 or self.efficiency_pmt > 1:
@@ -246,7 +253,13 @@ def orthonormal_frame(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: np.ndarray,
                   params: PhysicsParams) -> tuple[np.ndarray, np.ndarray]:
     """Deposit spots of a shower starting at the conversion point: returns (offsets (n, K, 3)
-    from the conversion point in cm, energy shares (n, K) summing to 1)."""
+    from the conversion point in cm, energy shares (n, K) summing to 1), K = spots + track_spots.
+
+    The Gamma profile vanishes at the conversion point (dE/dt ~ t^(a-1), a ~ 1.5 at 50 MeV), but
+    the e+e- pair ionises from its first millimetre on (2 x 3.7 MeV/cm in LXe): the first
+    ``track_spots`` spots sit evenly on the first ``track_length_cm`` along the gamma direction
+    with that energy (at most track_max_fraction of it), so the light pattern carries the conversion
+    point and not only the shower's centre of gravity (which fluctuates by centimetres)."""
     n, k = len(energy_mev), params.spots
     b = params.profile_b
     t_max = np.maximum(np.log(energy_mev / params.critical_energy_mev) - 0.5, 0.05)
@@ -263,6 +276,12 @@ def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: n
     e1, e2 = orthonormal_frame(direction)
     offsets = (t * params.radiation_length_cm)[..., None] * direction[:, None, :] \
         + (r * np.cos(az))[..., None] * e1[:, None, :] + (r * np.sin(az))[..., None] * e2[:, None, :]
+    if params.track_spots > 0:
+        m = params.track_spots
+        frac = np.minimum(params.track_dedx_mev_per_cm * params.track_length_cm / energy_mev, params.track_max_fraction)
+        depth = (np.arange(m) + 0.5) / m * params.track_length_cm
+        offsets = np.concatenate([depth[None, :, None] * direction[:, None, :], offsets], axis=1)
+        share = np.concatenate([np.repeat((frac / m)[:, None], m, axis=1), share * (1.0 - frac)[:, None]], axis=1)
     return offsets, share
 
 

@@ -77,10 +77,18 @@ def load_checkpoint(path: str | os.PathLike, expected_stage: str | tuple[str, ..
     return ckpt
 
 
-def check_model_compatible(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any], where: str) -> None:
-    """XecError if the checkpoint's model config (preset and sizes) differs from ``model_cfg``."""
+def check_model_compatible(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any], where: str,
+                           encoder_only: bool = False) -> None:
+    """XecError if the checkpoint's model config (preset and sizes) differs from ``model_cfg``.
+    ``encoder_only``: compare only the keys that shape the encoder (initializing a fine-tuning
+    stage from the MAE: the heads and decoders are the stage's own business)."""
     saved = dict(ckpt.get("model") or {})
     want = dict(_plain(model_cfg))
+    if encoder_only:
+        from xec.models.presets import ENCODER_FIELDS
+
+        saved = {k: v for k, v in saved.items() if k in ENCODER_FIELDS}
+        want = {k: v for k, v in want.items() if k in ENCODER_FIELDS}
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {want.get(k)!r}" for k in diff[:5])

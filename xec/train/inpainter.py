@@ -72,7 +72,7 @@ class InpainterStage:
             from xec.train.checkpoint import check_model_compatible, load_checkpoint
 
             self.mae_ckpt = load_checkpoint(mae_checkpoint, expected_stage="mae", expected_normalizer=normalizer)
-            check_model_compatible(self.mae_ckpt, self.meta, where=f"{mae_checkpoint} (--mae)")
+            check_model_compatible(self.mae_ckpt, self.meta, where=f"{mae_checkpoint} (--mae)", encoder_only=True)
         elif self.freeze:
             log.warning("inpainter: --mae none with freeze_encoder: the encoder stays at its random initialization")
         self.val_manifest: str | None = None

@@ -42,7 +42,7 @@ def task_losses(cfg: Mapping[str, Any], tasks) -> dict[str, dict[str, Any]]:
         raise XecError(f"config regressor.losses names task(s) {sorted(unknown)} not in regressor.tasks {list(tasks)}")
     out = {}
     for t in tasks:
-        spec = {"type": "smooth_l1", "weight": 1.0, "beta": 1.0, **dict(given.get(t) or {})}
+        spec = {"type": "l1", "weight": 1.0, "beta": 1.0, **dict(given.get(t) or {})}
         if spec["type"] not in LOSS_TYPES:
             raise XecError(f"config regressor.losses.{t}.type: unknown loss {spec['type']!r}; choose one of {LOSS_TYPES}")
         out[t] = spec
@@ -133,7 +133,7 @@ class RegressorStage:
             from xec.train.checkpoint import check_model_compatible, load_checkpoint
 
             self.init_ckpt = load_checkpoint(init_checkpoint, expected_stage="mae", expected_normalizer=normalizer)
-            check_model_compatible(self.init_ckpt, self.meta, where=f"{init_checkpoint} (--init)")
+            check_model_compatible(self.init_ckpt, self.meta, where=f"{init_checkpoint} (--init)", encoder_only=True)
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
 

@@ -1,0 +1,31 @@
+"""The regressor really learns: simulated events -> shards -> `tiny` regressor from scratch with
+the default config, val resolutions against predicting the train mean. The issue asks >= 5x for
+u, v, w and >= 3x for energy on the default samples (docs/performance.md records the pipeline's
+numbers); this 6,000-event, 6-epoch run reached u 34x, v 64x, w 5.6x, energy 8.7x (~40 s) and
+asserts a floor below that."""
+from __future__ import annotations
+
+import pytest
+
+from xec.config import load_config
+from xec.data.shards import settings_from_config, write_shards
+from xec.simulation.generator import SampleSpec, write_sample
+from xec.simulation.physics import PhysicsParams
+from xec.train.cli import run_stage
+
+
+@pytest.mark.slow
+def test_tiny_regressor_learns_position_energy_and_angles(tmp_path):
+    cfg = load_config(None, overrides={"regressor.epochs": 6, "mlflow.enabled": False})
+    params = PhysicsParams.from_config(cfg["simulation"]["physics"])
+    settings = settings_from_config(cfg, events_per_shard=2048, block_size=256)
+    for split, n, seed in (("train", 6000, 11), ("val", 1000, 12)):
+        spec = SampleSpec(split, n, seed, (15.0, 60.0))
+        write_sample(tmp_path / f"{split}.root", spec, params)
+        write_shards([str(tmp_path / f"{split}.root")], tmp_path / "shards" / split, split, settings)
+    m = run_stage("regressor", cfg, shards=tmp_path / "shards", out=tmp_path / "reg", init="none")
+    val = m["val"]
+    gains = {k: val[f"val_{k}_gain"] for k in ("u_mm", "v_mm", "w_mm", "energy_pct")}
+    assert gains["u_mm"] > 10 and gains["v_mm"] > 10, gains
+    assert gains["w_mm"] > 3 and gains["energy_pct"] > 3, gains
+    assert val["val_opening_angle_q68_deg"] < 2.0, val["val_opening_angle_q68_deg"]
