@@ -63,7 +63,7 @@ class ModelConfig:
     # regressor heads
     head_hidden: int = 64
     peak_window: int = 11     # MPPC window around the brightest one read by the heads' local fit (0 = off)
-    peak_hidden: int = 512    # width of that local-fit MLP (~0.4M parameters, ~2 % of the tiny step)
+    peak_hidden: int = 512    # width of that local-fit MLP (0.47M parameters at window 11)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
