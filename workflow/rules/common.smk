@@ -112,3 +112,12 @@ if not _USE_CONDA:
         )
     else:
         shell.prefix(f'set -euo pipefail; export PATH="{_Path(_sys.executable).parent}:$PATH"; ')
+
+
+def stage_model_params(stage):
+    """The `model` keys a training stage's weights depend on: the encoder's plus its own heads'
+    (a regressor-head change reruns the regressor, not the MAE)."""
+    from xec.models.presets import ENCODER_FIELDS, STAGE_FIELDS
+
+    keys = set(ENCODER_FIELDS) | set(STAGE_FIELDS[stage])
+    return {k: v for k, v in config.get("model", {}).items() if k in keys}

@@ -5,13 +5,14 @@ TRAIN_GPUS = int(config["train"]["gpus"])
 TRAIN_LAUNCH = (
     f"torchrun --standalone --nproc_per_node {TRAIN_GPUS} -m xec.cli" if TRAIN_GPUS > 1 else "xec"
 )
-# Every training rule depends on the shared defaults, the model, the normalization and the seed.
+# Every training rule depends on the shared defaults, the normalization, the seed and the model
+# keys its weights depend on (encoder + its own heads: a regressor-head change leaves the MAE alone).
 TRAIN_COMMON_PARAMS = dict(
     train=config["train"],
-    model=config.get("model", {}),
     normalization=config["normalization"],
     seed=config["seed"],
 )
+
 
 
 rule mae:
@@ -27,6 +28,7 @@ rule mae:
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
+        model=stage_model_params("mae"),
         mae=config["mae"],
     log:
         f"{RESULTS}/logs/train/mae.log",
@@ -59,6 +61,7 @@ rule inpainter:
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
+        model=stage_model_params("inpainter"),
         inpainter=config["inpainter"],
     log:
         f"{RESULTS}/logs/train/inpainter.log",
@@ -93,6 +96,7 @@ rule regressor:
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         **TRAIN_COMMON_PARAMS,
+        model=stage_model_params("regressor"),
         regressor=config["regressor"],
     log:
         f"{RESULTS}/logs/train/regressor.log",

@@ -23,6 +23,9 @@ from xec.errors import XecError
 ENCODER_FIELDS = ("preset", "rect_dims", "rect_depths", "kernel_size", "stem_stride", "outer_pool", "outer_stem_stride",
                   "small_stem_stride", "share_rect_backbone", "hex_dim", "hex_depth", "token_dim",
                   "fusion_depth", "heads", "mlp_ratio", "drop_path")
+# the keys each stage adds on top of the encoder (decoders, inpainting heads, regression heads)
+STAGE_FIELDS = {"mae": ("decoder_dim", "decoder_depth"), "inpainter": ("inpaint_dim", "inpaint_depth"),
+                "regressor": ("head_hidden", "peak_window", "peak_hidden")}
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
 
