@@ -295,7 +295,7 @@ def _sensor_matrices(params: PhysicsParams) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, spot_time_ns: np.ndarray,
-                 sensors: SensorArrays, params: PhysicsParams, sub_block: int = 4
+                 sensors: SensorArrays, params: PhysicsParams, sub_block: int = 2
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected photons reaching each sensor's active area directly, their summed arrival
     times and the Rayleigh-scattered photons.
@@ -309,7 +309,8 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     Each sub-block of events needs two small batched matmuls that give d^2 and A/pi x height
     directly (the event-dependent parts are folded into augmented rows/columns, computed in
     float64 so that nothing cancels against the 65 cm radius), then ~20 float32 passes over an
-    (events x spots x sensors) tensor small enough to stay in cache. d^2 is clamped at 0.01 cm^2.
+    (events x spots x sensors) tensor small enough to stay in cache (2 events x 14 spots: 7 %
+    less CPU than 4 events on the development machine, same output). d^2 is clamped at 0.01 cm^2.
     """
     n, k = photons.shape
     pos, pos_t, pos2, pos_n = _sensor_matrices(params)
