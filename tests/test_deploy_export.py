@@ -177,6 +177,24 @@ def test_parity_failure_leaves_no_output(setup, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+def test_parity_of_regressor_outputs_is_judged_in_standardized_units():
+    """Float32 rounding of a 60 cm position (1.4e-4 cm here) must not fail an atol of 1e-5 that
+    is meant for the network's standardized outputs; a real error of 1e-3 standard deviations must."""
+    from xec.deploy.export import _Errors
+
+    ref = np.array([[60.0, -0.2, 3.0]], dtype=np.float32)
+    plain = _Errors(["output_uvwFI"], rtol=1e-4, atol=1e-5)
+    plain.add("output_uvwFI", ref + np.float32(1.4e-4), ref)
+    assert not plain.ok
+    std = {"output_uvwFI": (np.array([0.0, 0.0, 3.5]), np.array([25.6, 25.6, 25.6]))}
+    scaled = _Errors(["output_uvwFI"], rtol=1e-4, atol=1e-5, standardization=std)
+    scaled.add("output_uvwFI", ref + np.float32(1.4e-4), ref)
+    assert scaled.ok and scaled.stats["output_uvwFI"]["max_abs"] == pytest.approx(1.4e-4, rel=0.1)
+    wrong = _Errors(["output_uvwFI"], rtol=1e-4, atol=1e-5, standardization=std)
+    wrong.add("output_uvwFI", ref + np.float32(25.6e-3), ref)
+    assert not wrong.ok
+
+
 def test_export_bad_inputs(setup, tmp_path):
     from xec.train.checkpoint import save_checkpoint
 

@@ -113,6 +113,8 @@ def test_pair_track_spots_carry_the_ionisation_from_the_conversion_point():
     np.testing.assert_allclose(track_energy, [13.2, 5.0, 3.75, 14.8], rtol=1e-9)  # 7.4 MeV/cm x 2 cm, <= E/4
     with pytest.raises(XecError, match="track_spots"):
         PhysicsParams.from_config({"track_spots": 17})
+    with pytest.raises(XecError, match="track_max_fraction"):
+        PhysicsParams.from_config({"track_max_fraction": 1.5})
 
 
 # ---- light and response ---------------------------------------------------------------------

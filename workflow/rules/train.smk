@@ -14,7 +14,6 @@ TRAIN_COMMON_PARAMS = dict(
 )
 
 
-
 rule mae:
     input:
         train=f"{RESULTS}/shards/train/manifest.json",

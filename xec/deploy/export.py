@@ -13,10 +13,11 @@
 * Dynamic batch axis; opset >= 17; ``metadata_props`` as in xec.deploy.onnx_meta.
 * Parity: ONNX Runtime (CPU) vs PyTorch on real val-shard events, at the configured batch size
   and at batch size 1. Any element with |onnx - torch| > atol + rtol * |torch| is an error and
-  no model is written. Regressor outputs are compared in the standardized units the network
+  no model is written. Regressor outputs are judged in the standardized units the network
   computes in, (y - mean) / std of the checkpoint's target standardization: float32 rounding of
-  a position of 60 cm is ~1e-5 cm, which a physical-unit atol would call a failure. Max abs / max relative errors (relative: over elements with
-  |torch| >= atol / rtol, where the relative tolerance binds) go to the log and to the sidecar
+  a 60 cm position is ~1e-5 cm, which an atol in cm would call a failure. Max abs / max
+  relative errors in physical units (relative: over elements with |torch| >= atol / rtol,
+  where the relative tolerance binds) go to the log and to the sidecar
   ``<out stem>.parity.json`` (e.g. results/regressor/model.parity.json).
 """
 from __future__ import annotations

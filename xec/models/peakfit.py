@@ -4,14 +4,15 @@ Where the light falls on the inner face IS the position measurement: the classic
 reconstruction fits the solid-angle pattern in a window around the brightest MPPC and reaches
 a few mm. A global-pooled encoder token has to rediscover sub-cell positions through learned
 position embeddings, which a small model trained for minutes does poorly (15-35 mm on u/v).
-This module gives the heads the same view the fit has: the normalized (npho, time) of a
-``window`` x ``window`` patch of MPPCs centred on the brightest one (shifted inwards at the
-face edges), read by an MLP, plus the (u, v) of the patch centre. Offsets inside a 1.5 cm pitch
-window are an easy, translation-invariant function to learn; the heads add them to the anchor
-(a linear path from these features, xec.models.regressor.TaskHead).
+This module gives the heads the same view the fit has: a ``window`` x ``window`` patch of MPPCs
+centred on the brightest one (shifted inwards at the face edges) - its normalized (npho, time),
+npho relative to the peak, and soft-argmax centroids at four sharpnesses - read by an MLP, plus
+the (u, v) of the patch centre. Offsets inside a 1.5 cm pitch window are an easy,
+translation-invariant function to learn; the heads add them to the anchor (a linear path from
+these features, xec.models.regressor.TaskHead).
 
-Cost: one argmax, one gather and an MLP on window^2 x 2 values per event (~50k MACs at 11 x 11),
-negligible next to the encoder; everything is plain tensor algebra, so it exports to ONNX.
+Cost: one argmax, one gather and an MLP per event (~0.47M MACs at 11 x 11 and width 512),
+small next to the encoder; everything is plain tensor algebra, so it exports to ONNX.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ COORD_SCALE_CM = 10.0  # anchor coordinates in units of 10 cm: O(1) features
 
 
 class PeakWindowFit(nn.Module):
-    def __init__(self, geometry, window: int = 11, hidden: int = 128, out_dim: int = 32, sentinel: float = -1.0):
+    def __init__(self, geometry, window: int = 11, hidden: int = 512, out_dim: int = 32, sentinel: float = -1.0):
         super().__init__()
         from xec.geometry import xyz_to_uvw
 
@@ -69,8 +70,10 @@ class PeakWindowFit(nn.Module):
         # npho relative to the peak's: with a log-like npho transform this is the light pattern
         # independent of the energy, which an MLP cannot easily normalize out by itself
         npho = patch[..., 0]
-        rel = torch.where(npho != self.sentinel, npho - npho.amax(dim=1, keepdim=True), torch.full_like(npho, self.sentinel))
-        logits = torch.exp(self.log_tau)[None, :, None] * torch.where(npho != self.sentinel, rel, torch.full_like(rel, -1e4)).unsqueeze(1)
+        valid = npho != self.sentinel
+        rel = npho - npho.amax(dim=1, keepdim=True)
+        logits = torch.exp(self.log_tau)[None, :, None] * rel.masked_fill(~valid, -1e4).unsqueeze(1)
+        rel = rel.masked_fill(~valid, self.sentinel)
         p = torch.softmax(logits, dim=-1)                       # (B, K, window^2)
         mean = p @ self.cell_rc                                 # (B, K, 2) rows, cols from the centre
         spread = torch.sqrt((p @ (self.cell_rc * self.cell_rc) - mean * mean).clamp_min(0.0) + 1e-6)

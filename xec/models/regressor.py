@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from xec.errors import XecError
-from xec.models.peakfit import PeakWindowFit
 from xec.models.encoder import XECEncoder
+from xec.models.peakfit import PeakWindowFit
 from xec.models.presets import ModelConfig
 from xec.targets import TASKS, TargetStandardizer, get_task
 
@@ -93,11 +93,11 @@ class XECRegressor(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction}."""
-        z = self.encoder(x, mask).flatten(1)
+        if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
+            x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
+        z = self.encoder(x).flatten(1)
         if self.peak is None:
             return {t: self.heads[t](z) for t in self.tasks}
-        if mask is not None:
-            x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
         loc = self.peak(x)
         return {t: self.heads[t](z, loc) for t in self.tasks}
 

@@ -108,9 +108,10 @@ class PhysicsParams:
                 raise XecError(f"simulation.physics.{name}: must be > 0, got {getattr(self, name)}")
         if not 1 <= self.spots <= 256:
             raise XecError(f"simulation.physics.spots: must be in 1..256, got {self.spots}")
-        if not 0 <= self.track_spots <= 16 or self.track_length_cm < 0 or self.track_dedx_mev_per_cm < 0:
+        if (not 0 <= self.track_spots <= 16 or self.track_length_cm < 0 or self.track_dedx_mev_per_cm < 0
+                or not 0 <= self.track_max_fraction <= 1):
             raise XecError("simulation.physics: track_spots must be in 0..16, track_length_cm and "
-                           "track_dedx_mev_per_cm >= 0")
+                           "track_dedx_mev_per_cm >= 0, track_max_fraction in [0, 1]")
         if not 0 <= self.lateral_core_fraction <= 1:
             raise XecError("simulation.physics.lateral_core_fraction: must be in [0, 1]")
         if self.efficiency_mppc > 1 or self.efficiency_pmt > 1:
