@@ -1,10 +1,13 @@
 """Benchmark of the fast simulation: throughput, peak memory, and physics plausibility.
 
-    .venv/bin/python benchmarks/simulate.py [--events 4096] [--big 32768] [--workers 1 2]
+    .venv/bin/python benchmarks/simulate.py [--events 16384] [--big 32768] [--workers 1 2]
+                                            [--compression lz4 zstd]
 
-1. Throughput: `xec simulate`-equivalent runs (simulation + ZSTD TTree writing) in a fresh
-   subprocess each, for each worker count: wall events/s, CPU seconds per event (user+sys of
-   the process: the per-core cost, meaningful on a shared machine) and peak RSS.
+1. Throughput: `xec simulate`-equivalent runs (simulation + TTree writing) in a fresh
+   subprocess each, for each worker count and basket compression: wall events/s, CPU seconds
+   per event (user+sys of the process: the per-core cost, meaningful on a shared machine),
+   peak RSS and file size. The first and last blocks of a run overlap less with the writing,
+   so short runs (4,096 events) read ~5 % below the steady state.
 2. Memory: the same chunk size with --events and --big events: peak RSS must not grow with N.
 3. Intrinsic energy resolution of the ideal npho sum on a 52.8 MeV sample (sigma/E as
    xec.metrics.width68 / median, fiducial |u| < 23.9, |v| < 67.9 cm), for w < 2 cm and w > 2 cm:
@@ -38,10 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 _CHILD = r"""
 import json, resource, sys, time, os
 from xec.simulation import PhysicsParams, SampleSpec, write_sample
-n, workers, chunk, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+n, workers, chunk, out, compression = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 spec = SampleSpec("bench", n, 303, (52.8, 52.8))
 t0, c0 = time.perf_counter(), time.process_time()
-write_sample(out, spec, PhysicsParams(), chunk_size=chunk, workers=workers)
+write_sample(out, spec, PhysicsParams(), chunk_size=chunk, workers=workers, compression=compression)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({"events": n, "workers": workers, "chunk": chunk, "wall_s": wall, "cpu_s": cpu,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -49,9 +52,9 @@ print(json.dumps({"events": n, "workers": workers, "chunk": chunk, "wall_s": wal
 """
 
 
-def run_child(n: int, workers: int, chunk: int, out: str) -> dict:
+def run_child(n: int, workers: int, chunk: int, out: str, compression: str) -> dict:
     env = dict(os.environ, XEC_NO_PROGRESS="1")
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(n), str(workers), str(chunk), out],
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(n), str(workers), str(chunk), out, compression],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -105,24 +108,27 @@ def physics_numbers(path: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=4096)
+    ap.add_argument("--events", type=int, default=16384)
     ap.add_argument("--big", type=int, default=32768, help="N of the memory check (0: skip)")
     ap.add_argument("--chunk", type=int, default=2048)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--physics-events", type=int, default=4096, help="events of the physics numbers")
+    ap.add_argument("--compression", nargs="+", default=["lz4", "zstd"], help="names of xec.rootio.COMPRESSIONS")
     args = ap.parse_args()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load before: {load()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "bench.root")
-        print(f"{'events':>7} {'workers':>7} {'chunk':>6} {'events/s':>9} {'cpu ms/ev':>9} {'peak RSS MB':>11} {'file MB':>8}  load")
-        rows = [(args.events, wk) for wk in args.workers]
+        print(f"{'events':>7} {'workers':>7} {'chunk':>6} {'compr.':>6} {'events/s':>9} {'cpu ms/ev':>9} "
+              f"{'peak RSS MB':>11} {'file MB':>8}  load")
+        rows = [(args.events, wk, c) for c in args.compression for wk in args.workers]
         if args.big:
-            rows.append((args.big, args.workers[-1]))
-        for n, wk in rows:
-            r = run_child(n, wk, args.chunk, out)
-            print(f"{n:>7} {wk:>7} {args.chunk:>6} {n / r['wall_s']:>9.0f} {1e3 * r['cpu_s'] / n:>9.3f} "
+            rows.append((args.big, args.workers[-1], args.compression[0]))
+        for n, wk, c in rows:
+            r = run_child(n, wk, args.chunk, out, c)
+            print(f"{n:>7} {wk:>7} {args.chunk:>6} {c:>6} {n / r['wall_s']:>9.0f} {1e3 * r['cpu_s'] / n:>9.3f} "
                   f"{r['peak_rss_mb']:>11.0f} {r['file_mb']:>8.1f}  {load()}")
-        run_child(args.events, args.workers[-1], args.chunk, out)
-        print(f"\n# physics on {args.events} events at 52.8 MeV (seed 303)")
+        run_child(args.physics_events, args.workers[-1], args.chunk, out, args.compression[0])
+        print(f"\n# physics on {args.physics_events} events at 52.8 MeV (seed 303)")
         for k, (val, n) in physics_numbers(out).items():
             unit = "" if "time" in k else " (sigma/E)"
             print(f"{k:>16}: {val:.4f}{unit}  [{n} events]")

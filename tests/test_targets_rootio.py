@@ -88,4 +88,17 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(XecError, match="no events"):
         with rootio.tree_writer(path):
             pass
+    with pytest.raises(XecError, match=r"out.root: unknown compression 'lzma'; choose one of \['lz4'"):
+        with rootio.tree_writer(path, compression="lzma"):
+            pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", sorted(rootio.COMPRESSIONS))
+def test_every_compression_round_trips(tmp_path, compression):
+    arrays = _event_arrays(5, np.random.default_rng(4))
+    with rootio.tree_writer(tmp_path / "c.root", compression=compression) as w:
+        w.extend(arrays)
+    (_, back), = rootio.iterate_events([str(tmp_path / "c.root")], event_branches=("run",))
+    for k in ("npho", "relative_time", "run"):
+        np.testing.assert_array_equal(back[k], arrays[k], err_msg=f"{compression}: {k}")

@@ -7,7 +7,8 @@ rule simulate:
     params:
         cfg=RESOLVED_CONFIG,
         sample=lambda w: config["simulation"]["samples"][w.sample],
-        # chunk_size and workers are left out on purpose: they never change the file content
+        # chunk_size, workers and compression are left out on purpose: they never change the
+        # file content
         physics=config["simulation"].get("physics", {}),
     log:
         f"{RESULTS}/logs/simulate/{{sample}}.log",

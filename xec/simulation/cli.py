@@ -1,7 +1,7 @@
 """``xec simulate``: simulate one configured sample into a MEG II-format ROOT file.
 
 Sample settings come from ``simulation.samples[NAME]`` of the config; ``--events``,
-``--seed`` and ``--chunk-size`` override them.
+``--seed``, ``--chunk-size``, ``--workers`` and ``--compression`` override them.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
+from xec.rootio import COMPRESSIONS
 from xec.utils import setup_logging
 
 
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="events per written chunk, rounded up to whole 256-event blocks (default: from the config); "
                              "does not change the file content")
     parser.add_argument("--workers", type=int, default=None,
-                        help="threads simulating the blocks of a chunk (default: simulation.workers)")
+                        help="threads simulating the blocks (default: simulation.workers)")
+    parser.add_argument("--compression", choices=sorted(COMPRESSIONS), default=None,
+                        help="ROOT basket compression (default: simulation.compression); "
+                             "does not change the file content")
     parser.add_argument("--log", default=None, help="log file")
 
 
@@ -55,7 +59,9 @@ def main(args: argparse.Namespace) -> int:
              spec.name, spec.events, spec.seed, spec.energy_mev, spec.dead_fraction, spec.gain_spread,
              spec.pileup_probability, args.out)
     start = time.perf_counter()
-    n = write_sample(args.out, spec, params, chunk_size=chunk, workers=workers, tree=cfg["data"]["tree"])
+    compression = sim.get("compression", "lz4") if args.compression is None else args.compression
+    n = write_sample(args.out, spec, params, chunk_size=chunk, workers=workers, tree=cfg["data"]["tree"],
+                     compression=compression)
     dt = time.perf_counter() - start
     log.info("wrote %d events to %s in %.1f s (%.0f events/s)", n, args.out, dt, n / max(dt, 1e-9))
     logging.shutdown()

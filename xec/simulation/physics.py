@@ -287,12 +287,31 @@ def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: n
 
 
 # ---- light transport: the (events x spots x sensors) tensor --------------------------------
+@dataclass(frozen=True)
+class _SensorMatrices:
+    """Event-independent parts of the light tensor's augmented matmuls (see light_tensor)."""
+
+    pos_t: np.ndarray        # (3, S) float64 sensor positions, transposed (contiguous)
+    pos2: np.ndarray         # (S,) |pos|^2
+    normals_t: np.ndarray    # (3, S) float64 normals, transposed (contiguous)
+    pos_n: np.ndarray        # (S,) pos.n
+    area: np.ndarray         # (S,) A/pi
+    cols_d: np.ndarray       # (4, S) float32: [pos; 1]
+    cols_h: np.ndarray       # (3, S) float32: (A/pi) n
+
+
 @functools.lru_cache(maxsize=8)
-def _sensor_matrices(params: PhysicsParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sensor_matrices(params: PhysicsParams) -> _SensorMatrices:
     s = sensor_arrays(params)
-    pos = s.pos
-    return (pos, np.ascontiguousarray(pos.T), np.einsum("sc,sc->s", pos, pos),
-            np.einsum("sc,sc->s", pos, s.normals32.astype(np.float64)))
+    pos, normals = s.pos, s.normals32.astype(np.float64)
+    area = s.area_over_pi.astype(np.float64)
+    pos_t = np.ascontiguousarray(pos.T)
+    cols_d = np.ones((4, len(pos)), np.float32)
+    cols_d[:3] = pos_t
+    return _SensorMatrices(
+        pos_t=pos_t, pos2=np.einsum("sc,sc->s", pos, pos), normals_t=np.ascontiguousarray(normals.T),
+        pos_n=np.einsum("sc,sc->s", pos, normals), area=area,
+        cols_d=cols_d, cols_h=(normals * area[:, None]).T.astype(np.float32))
 
 
 def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, spot_time_ns: np.ndarray,
@@ -311,13 +330,13 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     directly (the event-dependent parts are folded into augmented rows/columns, computed in
     float64 so that nothing cancels against the 65 cm radius), then ~20 float32 passes over an
     (events x spots x sensors) tensor small enough to stay in cache (2 events x 14 spots: 7 %
-    less CPU than 4 events on the development machine, same output). d^2 is clamped at 0.01 cm^2.
+    less CPU than 4 events on the development machine, same output). The augmented columns
+    live in one sub-block-sized buffer whose event-independent rows are filled once (building
+    them for every event cost 30 % of this function). d^2 is clamped at 0.01 cm^2.
     """
     n, k = photons.shape
-    pos, pos_t, pos2, pos_n = _sensor_matrices(params)
-    s = len(pos)
-    normals64 = sensors.normals32.astype(np.float64)
-    area = sensors.area_over_pi.astype(np.float64)
+    m = _sensor_matrices(params)
+    s = m.pos2.size
     direct = np.empty((n, s), np.float32)
     time_sum = np.empty((n, s), np.float32)
     scattered = np.empty(n)
@@ -333,28 +352,34 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     rows_h = np.empty((n, k, 4), np.float32)
     rows_h[..., :3] = offsets
     rows_h[..., 3] = 1.0
-    cols_d = np.empty((n, 5, s), np.float32)
-    cols_d[:, :3, :] = pos_t[None]
-    cols_d[:, 3, :] = 1.0
-    cols_d[:, 4, :] = pos2[None, :] - 2.0 * anchor @ pos_t + np.einsum("nc,nc->n", anchor, anchor)[:, None]
-    cols_h = np.empty((n, 4, s), np.float32)
-    cols_h[:, :3, :] = (normals64 * area[:, None]).T[None]
-    cols_h[:, 3, :] = area[None, :] * (anchor @ normals64.T - pos_n[None, :])
+    # the event-dependent last rows of the augmented columns, (n, S)
+    last_d = (m.pos2[None, :] - 2.0 * anchor @ m.pos_t + np.einsum("nc,nc->n", anchor, anchor)[:, None]).astype(np.float32)
+    last_h = (m.area[None, :] * (anchor @ m.normals_t - m.pos_n[None, :])).astype(np.float32)
+    cols_d = np.empty((min(sub_block, n), 5, s), np.float32)
+    cols_d[:, :4] = m.cols_d
+    cols_h = np.empty((min(sub_block, n), 4, s), np.float32)
+    cols_h[:, :3] = m.cols_h
     w_all = (0.5 * photons).astype(np.float32)[:, None, :]           # 0.5: Omega/4pi = x / (2 q (1+q))
     wt_all = (0.5 * photons * spot_time_ns).astype(np.float32)[:, None, :]
+    # four work tensors, allocated once (a fresh 0.5 MB array per pass costs page faults)
+    work = np.empty((4, min(sub_block, n), k, s), np.float32)
     for lo in range(0, n, sub_block):
         hi = min(lo + sub_block, n)
+        e = hi - lo
         w = w_all[lo:hi]
-        d2 = np.matmul(rows_d[lo:hi], cols_d[lo:hi])                  # (e, K, S)
+        d2, x, d, qq = work[:, :e]
+        cols_d[:e, 4] = last_d[lo:hi]
+        cols_h[:e, 3] = last_h[lo:hi]
+        np.matmul(rows_d[lo:hi], cols_d[:e], out=d2)                  # (e, K, S)
         np.maximum(d2, np.float32(0.01), out=d2)
-        x = np.matmul(rows_h[lo:hi], cols_h[lo:hi])                   # (A/pi) x height
+        np.matmul(rows_h[lo:hi], cols_h[:e], out=x)                   # (A/pi) x height
         np.maximum(x, 0.0, out=x)                                     # behind the sensor: no light
-        d = np.sqrt(d2)
+        np.sqrt(d2, out=d)
         d2 *= d                                                       # d^3
         x /= d2                                                       # x = A cos / (pi d^2)
         q = np.add(x, 1.0, out=d2)
         np.sqrt(q, out=q)
-        qq = q + 1.0
+        np.add(q, 1.0, out=qq)
         qq *= q
         omega = np.divide(x, qq, out=x)                               # 2 Omega / 4pi
         ta = np.multiply(d, -inv_abs, out=qq)
@@ -376,10 +401,10 @@ def fast_poisson(rng: np.random.Generator, mean: np.ndarray, switch: float = 30.
     """Poisson counts (float32) for an array of means: exact (numpy) below ``switch``, a rounded
     Gaussian above it (indistinguishable at these counts, and much faster than numpy's sampler)."""
     flat_mean = np.asarray(mean, dtype=np.float32).reshape(-1)
-    out = np.empty(flat_mean.shape, np.float32)
     big = flat_mean >= switch
-    small = ~big
-    out[small] = rng.poisson(flat_mean[small].astype(np.float64))
+    # numpy draws no random number for a mean of 0: zeroing the big means keeps the stream of a
+    # draw over the small ones only, without a boolean gather and scatter (13 % faster)
+    out = rng.poisson(np.where(big, 0.0, flat_mean.astype(np.float64))).astype(np.float32)
     mb = flat_mean[big]
     g = rng.standard_normal(mb.size, dtype=np.float32)
     g *= np.sqrt(mb)
