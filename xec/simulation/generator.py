@@ -127,7 +127,7 @@ def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarr
     # gamma flies at c from the vertex to the conversion point, the shower front at c after it
     t_conv = t0_ns + np.linalg.norm(conv - vertex, axis=1) / ph.C_CM_PER_NS
     spot_t = t_conv[:, None] + np.linalg.norm(offsets, axis=2) / ph.C_CM_PER_NS
-    direct, time_sum, scattered = ph.light_tensor(conv, offsets, photons, spot_t, sensors, params)
+    direct, time_sum, scattered = ph.light_tensor(conv, offsets, photons, spot_t, params)
     eff = sensors.efficiency32
     with np.errstate(invalid="ignore", divide="ignore"):
         t_direct = time_sum / direct  # inf/nan where no direct light: never the earliest
@@ -304,8 +304,8 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec, params: ph.PhysicsPa
     Every block is one ``extend`` (one basket per branch), so the file layout, not only the
     arrays, is the same for any chunk size or number of workers. Blocks are compressed and
     written on a background thread while the next ones are simulated. ``compression``: a name
-    of ``xec.rootio.COMPRESSIONS``; lz4 by default, since these files are an intermediate read
-    once into shards (zstd: 23 % smaller, 7 % fewer events/s on 2 cores)."""
+    of ``xec.rootio.COMPRESSIONS`` (lz4 by default: these files are an intermediate, read once
+    into shards)."""
     path = Path(path)
     check_writable(path)
     written = 0

@@ -315,7 +315,7 @@ def _sensor_matrices(params: PhysicsParams) -> _SensorMatrices:
 
 
 def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, spot_time_ns: np.ndarray,
-                 sensors: SensorArrays, params: PhysicsParams, sub_block: int = 2
+                 params: PhysicsParams, sub_block: int = 2
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected photons reaching each sensor's active area directly, their summed arrival
     times and the Rayleigh-scattered photons.
@@ -361,7 +361,7 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     cols_h[:, :3] = m.cols_h
     w_all = (0.5 * photons).astype(np.float32)[:, None, :]           # 0.5: Omega/4pi = x / (2 q (1+q))
     wt_all = (0.5 * photons * spot_time_ns).astype(np.float32)[:, None, :]
-    # four work tensors, allocated once (a fresh 0.5 MB array per pass costs page faults)
+    # four work tensors for all sub-blocks (no allocation per pass)
     work = np.empty((4, min(sub_block, n), k, s), np.float32)
     for lo in range(0, n, sub_block):
         hi = min(lo + sub_block, n)
