@@ -69,7 +69,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from xec.deploy.export import _onnx_export, parity_batches
+    from xec.deploy.export import export_graph, parity_batches
     from xec.deploy.onnx_meta import regressor_metadata, software_versions
     from xec.deploy.runtime import make_session
     from xec.normalization import get_normalizer
@@ -81,7 +81,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.onnx"
-        _onnx_export(graph, meta, (torch.zeros(2, 4760, 2),), path, 17)
+        export_graph(graph, meta, (torch.zeros(2, 4760, 2),), path, 17)
         sessions = {(opt, th, spin): make_session(path, "cpu", th, opt, bool(spin))
                     for opt in args.opt_levels for th in args.threads for spin in args.spinning}
         for bs in args.batch_sizes:

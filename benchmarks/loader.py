@@ -1,4 +1,4 @@
-"""Data loading benchmark (issue 3): on the same events, in one run, events/s of
+"""Data loading benchmark: on the same events, in one run, events/s of
   (a) ShardLoader, shards -> ready torch batches (0, 1 and 2 workers; block layout and, for the
       layout choice, one event per sample; plus a generic WebDataset pipeline on the same shards),
   (b) streaming the ROOT files with uproot.iterate and normalizing per chunk (what a trainer

@@ -1,4 +1,4 @@
-"""Training throughput benchmark (issue 5): events/s of a full training step (forward, backward,
+"""Training throughput benchmark: events/s of a full training step (forward, backward,
 clipping, AdamW, EMA) through the real Trainer and ShardLoader, and the fraction of step time
 spent waiting for data, per stage and model preset.
 
@@ -29,7 +29,7 @@ from xec.data.loader import ShardLoader  # noqa: E402
 from xec.normalization import normalizer_from_config  # noqa: E402
 from xec.train.distributed import DistContext  # noqa: E402
 from xec.train.loop import Trainer  # noqa: E402
-from xec.train.stages import stage_hparams  # noqa: E402
+from xec.train.stages import get_stage  # noqa: E402
 
 
 def make_shards(d: Path, events: int) -> Path:
@@ -47,23 +47,14 @@ def make_shards(d: Path, events: int) -> Path:
 def bench(stage_name: str, preset: str, shards: Path, events: int, workers: int, device: torch.device,
           batch_size: int | None, precision: str) -> dict:
     cfg = load_config(None, overrides={"model.preset": preset} if preset != "tiny" else None)
-    norm = normalizer_from_config(cfg)
-    if stage_name == "mae":
-        from xec.train.mae import MAEStage
-
-        st = MAEStage(cfg, norm)
-    else:
-        from xec.train.regressor import RegressorStage
-
-        st = RegressorStage(cfg, norm)
+    stage_cls = get_stage(stage_name)
+    st = stage_cls(cfg, normalizer_from_config(cfg))
     bs = batch_size or int(cfg[stage_name]["batch_size"])
-    tasks = tuple(getattr(st, "tasks", ()))
-    train = ShardLoader(shards / "train", bs, tasks=tasks, num_workers=workers, max_events=events)
-    val = ShardLoader(shards / "val", bs, tasks=tasks, shuffle=False, max_events=bs)
-    if hasattr(st, "attach_data"):
-        st.attach_data(train, val)
+    train = ShardLoader(shards / "train", bs, tasks=st.tasks, num_workers=workers, max_events=events)
+    val = ShardLoader(shards / "val", bs, tasks=st.tasks, shuffle=False, max_events=bs)
+    st.attach_data(train, val)
     model = st.build_model()
-    hp = {**stage_hparams(cfg, stage_name), "epochs": 2, "precision": precision}
+    hp = {**stage_cls.hparams(cfg), "epochs": 2, "precision": precision}
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(st, model, train, val, hp, out, ctx=DistContext(device=device))
         tr.train_epoch()  # warm-up: allocator, first-touch, worker start

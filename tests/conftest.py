@@ -1,4 +1,5 @@
-"""Shared fixtures. Reference geometry tables live in ../shared/geometry (tests only)."""
+"""Shared fixtures. The one reference outside the repository: the optional MEG II reference geometry
+tables in ../shared/geometry, compared with xec.geometry when present (skipped when absent)."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_geometry() -> Path:
-    if not (SHARED_GEOMETRY / "sensor_positions.txt").exists():
+    if not all((SHARED_GEOMETRY / f).is_file() for f in ("sensor_positions.txt", "sensor_directions.txt")):
         pytest.skip(f"reference geometry tables not found at {SHARED_GEOMETRY}")
     return SHARED_GEOMETRY
 

@@ -1,5 +1,6 @@
-"""Small synthetic ROOT files in the DESIGN (MEG II) format, for tests that must not wait for the
-simulation: random npho/time with some 1e10 dead values and truth branches of the right shapes.
+"""Small synthetic ROOT files in the MEG II input format (docs/architecture.md), for tests that
+must not wait for the simulation: random npho/time with some 1e10 dead values and truth branches
+of the right shapes.
 
     from helpers_rootfiles import write_root_file
     path = write_root_file(tmp_path / "a.root", n_events=300, seed=1)
@@ -21,7 +22,7 @@ DEAD = np.float32(1e10)
 
 def make_events(n_events: int, seed: int = 0, dead_fraction: float = 0.01, first_event: int = 0,
                 run: int = 1) -> dict[str, np.ndarray]:
-    """A dict of branch arrays for ``n_events`` random events (all DESIGN branches)."""
+    """A dict of branch arrays for ``n_events`` random events (every input-format branch)."""
     rng = np.random.default_rng(seed)
     npho = rng.exponential(300.0, size=(n_events, N_SENSORS)).astype(np.float32)
     time = rng.normal(20e-9, 5e-9, size=(n_events, N_SENSORS)).astype(np.float32)

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from xec.train.base import Stage  # noqa: E402  (after the path set-up: also run as a script)
+
 
 class ToyLoader:
     """(x, {"y": (B,1)}, {"y": (B,)}) batches of a fixed random linear problem; shards by rank
@@ -61,9 +63,24 @@ class ToyLoader:
             yield x, {"y": torch.from_numpy(self.y[idx])}, {"y": torch.ones(len(idx))}
 
 
-class ToyStage:
+# Every Trainer hyperparameter (xec.train.base.HPARAM_KEYS), at the schema's `train` defaults.
+TOY_HP = dict(epochs=1, lr=1e-3, weight_decay=0.05, betas=[0.9, 0.999], schedule="cosine", warmup_epochs=0.5,
+              min_lr_ratio=0.01, grad_accum=1, grad_clip=1.0, ema_decay=0.99, precision="auto", compile=False,
+              max_nonfinite_steps=20, seed=0, find_unused_parameters=False, log_every=0)
+
+
+def toy_hp(**overrides) -> dict:
+    return {**TOY_HP, **overrides}
+
+
+class ToyStage(Stage):
+    """A linear-regression stage: only the hooks the Trainer needs, on in-memory data."""
+
     name = "regressor"
-    best_metric = "loss"
+    seed_offset = 0
+
+    def __init__(self):  # no config, model meta or init checkpoint: nothing to read
+        self.tasks = ("y",)
 
     def payload(self):
         return {"model": {"preset": "toy", "dim": 8}, "normalization": None, "tasks": ["y"],
@@ -100,7 +117,7 @@ def run(out, epochs=3, resume=False, ctx=None, record=None, epoch_sleep=0.0, hp=
     val = ToyLoader(n=64, seed=1, shuffle=False, rank=rank, world_size=world)
     stage = ToyStage()
     model = toy_model()
-    hparams = {**dict(epochs=epochs, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5), **(hp or {})}
+    hparams = toy_hp(epochs=epochs, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5, **(hp or {}))
     trainer = Trainer(stage, model, train, val, hparams, out, config={"toy": {"epochs": epochs}}, ctx=ctx,
                       resume=resume)
     if epoch_sleep:

@@ -114,7 +114,7 @@ def calibrated(simulated):
     d, files = simulated
     from xec.config import load_config
 
-    cfg = load_config(None)
+    cfg = load_config(None, command="baseline")  # the view `xec baseline` reads: undeclared keys raise
     cal = d / "calibration.json"
     bcli.run_calibration([files["train"]], str(cal), cfg)
     out = d / "bench.parquet"
@@ -210,6 +210,7 @@ def test_cli_on_realdata_with_dead_sensors(calibrated, tmp_path):
 
 def test_bad_inputs(tmp_path):
     from xec.cli import main
+    from xec.config import load_config
 
     missing = tmp_path / "nope.root"
     assert main(["baseline", "--input", str(missing), "--out", str(tmp_path / "x.parquet")]) == 2
@@ -218,13 +219,13 @@ def test_bad_inputs(tmp_path):
     with uproot.recreate(bad) as f:
         f.mktree("tree", {"energyTruth": np.float32}).extend({"energyTruth": np.ones(3, np.float32)})
     with pytest.raises(XecError, match="bad.root.*npho"):
-        bcli.run_baseline([str(bad)], str(tmp_path / "y.parquet"), {"baseline": {}}, None)
+        bcli.run_baseline([str(bad)], str(tmp_path / "y.parquet"), load_config(None), None)
     assert not (tmp_path / "y.parquet").exists()
     empty = tmp_path / "empty.root"
     with uproot.recreate(empty) as f:
         f.mktree("tree", {"npho": np.dtype((np.float32, (4760,))), "relative_time": np.dtype((np.float32, (4760,)))})
     with pytest.raises(XecError, match="empty.root: no events"):
-        bcli.run_baseline([str(empty)], str(tmp_path / "e.parquet"), {"baseline": {}}, None)
+        bcli.run_baseline([str(empty)], str(tmp_path / "e.parquet"), load_config(None), None)
     assert not (tmp_path / "e.parquet").exists()
     with pytest.raises(XecError, match="calibration file not found"):
         bcli.load_calibration(str(tmp_path / "cal.json"))

@@ -15,7 +15,7 @@ import torch
 
 from helpers_rootfiles import shared_sample
 from xec.data.loader import ShardLoader, batch_sizes, epoch_plan
-from xec.data.reweight import HistogramWeights
+from xec.data.weights import HistogramWeights
 from xec.errors import XecError
 from xec.normalization import get_normalizer
 

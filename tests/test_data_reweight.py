@@ -1,14 +1,17 @@
 """Histogram reweighting: inverse frequency, mean 1, clipping, save/load, CLI + plot."""
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from helpers_rootfiles import shared_sample
 from xec.cli import main as cli_main
-from xec.data.reweight import HistogramWeights, read_targets
 from xec.data.manifest import read_manifest
+from xec.data.reweight import read_targets
+from xec.data.weights import HistogramWeights
 from xec.errors import XecError
 
 
@@ -81,3 +84,10 @@ def test_cli_fits_on_shards_and_plots(tmp_path, restore_logging):
         w = hw.event_weights(t, targets[t])
         assert w.mean() == pytest.approx(1.0, rel=1e-5) and w.max() <= 10.0 + 1e-6
     assert "effective sample size" in (tmp_path / "rw.log").read_text()
+
+
+def test_reweight_module_does_not_import_torch():
+    # `xec reweight` must stay light: a fresh interpreter, since this test process has torch loaded already
+    code = "import sys, xec.data.reweight; assert 'torch' not in sys.modules, 'xec.data.reweight imports torch'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

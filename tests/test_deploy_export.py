@@ -34,7 +34,7 @@ def _spec(stage: str) -> dict:
 
     spec = {"stage": stage, "model": {"preset": "tiny", **get_preset("tiny").to_dict()},
             "normalization": get_normalizer("meg2").to_dict(), "tasks": [], "target_standardization": None,
-            "model_args": {}}
+            "model_args": {"freeze_encoder": False}}  # the inpainter's constructor options, as training saves them
     if stage == "regressor":
         spec.update(tasks=list(TASKS), target_standardization=TS, model_args={"tasks": list(TASKS), "nll_tasks": []})
     return spec
@@ -157,7 +157,7 @@ def test_inpainter_export_parity_via_cli(setup, exported):
 def test_parity_failure_leaves_no_output(setup, tmp_path, monkeypatch):
     import xec.deploy.export as export
 
-    original = export._onnx_export
+    original = export.export_graph
 
     class Off(torch.nn.Module):  # an exporter bug: the graph is off by 1e-3 in every output
         def __init__(self, g):
@@ -167,7 +167,7 @@ def test_parity_failure_leaves_no_output(setup, tmp_path, monkeypatch):
         def forward(self, x):
             return tuple(o + 1e-3 for o in self.g(x))
 
-    monkeypatch.setattr(export, "_onnx_export", lambda g, *a, **k: original(Off(g), *a, **k))
+    monkeypatch.setattr(export, "export_graph", lambda g, *a, **k: original(Off(g), *a, **k))
     out = tmp_path / "model.onnx"
     out.write_bytes(b"older model")
     with pytest.raises(XecError, match=r"reg\.pt: ONNX vs PyTorch parity failed.*max abs 0\.001"):

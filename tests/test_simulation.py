@@ -12,6 +12,7 @@ import yaml
 
 from xec import geometry as geo
 from xec.cli import main as xec_main
+from xec.config import load_config
 from xec.errors import XecError
 from xec.rootio import INT_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, iterate_events
 from xec.simulation import BLOCK_SIZE, PhysicsParams, SampleSpec, iter_blocks, simulate_block
@@ -111,10 +112,19 @@ def test_pair_track_spots_carry_the_ionisation_from_the_conversion_point():
     np.testing.assert_allclose(offsets[:, :4, [0, 2]], 0.0, atol=1e-12)
     track_energy = share[:, :4].sum(axis=1) * energy
     np.testing.assert_allclose(track_energy, [13.2, 5.0, 3.75, 14.8], rtol=1e-9)  # 7.4 MeV/cm x 2 cm, <= E/4
-    with pytest.raises(XecError, match="track_spots"):
-        PhysicsParams.from_config({"track_spots": 17})
-    with pytest.raises(XecError, match="track_max_fraction"):
-        PhysicsParams.from_config({"track_max_fraction": 1.5})
+    for key, value in (("track_spots", 17), ("track_max_fraction", 1.5)):
+        with pytest.raises(XecError, match=key):  # the schema rejects it in the config ...
+            load_config(None, overrides={f"simulation.physics.{key}": value})
+        with pytest.raises(XecError, match=key):  # ... and PhysicsParams.check() when built in code
+            PhysicsParams.from_config({**load_config(None)["simulation"]["physics"], key: value})
+
+
+def test_physics_defaults_are_the_schema_defaults():
+    physics = load_config(None)["simulation"]["physics"]
+    assert PhysicsParams.from_config(physics) == PhysicsParams()
+    cfg = load_config(None, overrides={"simulation.samples.s": {"events": 7, "seed": 3}})
+    sample = cfg["simulation"]["samples"]["s"]
+    assert SampleSpec.from_config("s", sample) == SampleSpec("s", 7, 3, (52.8, 52.8))
 
 
 # ---- light and response ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers_train import ToyLoader, ToyStage, run, toy_model
+from helpers_train import ToyLoader, ToyStage, run, toy_hp, toy_model
 from xec.errors import XecError
 from xec.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xec.train.ema import EMA
@@ -139,7 +139,7 @@ def test_resume_in_process_is_bit_identical(tmp_path):
     torch.manual_seed(123)  # the resumed process must not depend on the RNG state it starts with
 
     trainer = Trainer(ToyStage(), toy_model(), ToyLoader(), ToyLoader(n=64, seed=1, shuffle=False),
-                      dict(epochs=4, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5), part_dir,
+                      toy_hp(epochs=4, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5), part_dir,
                       config={"toy": {"epochs": 4}})
     for _ in range(2):
         trainer.train_epoch(); trainer.validate(); trainer.epoch += 1
@@ -172,7 +172,7 @@ def test_grad_accumulation_matches_big_batch(tmp_path):
     def make(bs, accum, out):
         tr = Trainer(ToyStage(), toy_model(), ToyLoader(batch_size=bs, shuffle=False),
                      ToyLoader(n=64, seed=1, shuffle=False),
-                     dict(epochs=1, lr=1e-2, ema_decay=0.0, grad_clip=0.0, grad_accum=accum, seed=5), out)
+                     toy_hp(epochs=1, lr=1e-2, ema_decay=0.0, grad_clip=0.0, grad_accum=accum, seed=5), out)
         tr.model.eval()  # no dropout, so both see identical forward passes
         tr.train_model.eval()
         orig = tr.train_model.train
@@ -240,8 +240,10 @@ def test_ddp_two_ranks_gloo_disjoint_data_identical_weights(tmp_path):
 
 MLFLOW_WRITER = r"""
 import sys, time
+from xec.config import load_config
 from xec.train.tracking import make_tracker
-t = make_tracker({"enabled": True, "tracking_uri": sys.argv[1]}, sys.argv[2], run_name=sys.argv[2])
+mlflow_cfg = load_config(None, overrides={"mlflow.enabled": True, "mlflow.tracking_uri": sys.argv[1]})["mlflow"]
+t = make_tracker(mlflow_cfg, sys.argv[2], run_name=sys.argv[2])
 assert t.active, "tracker not active"
 t.log_params({f"p{i}": i for i in range(150)})
 for step in range(20):

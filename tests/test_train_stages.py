@@ -18,8 +18,9 @@ import yaml
 from helpers_rootfiles import write_root_file
 from xec.config import load_config
 from xec.errors import XecError
-from xec.train.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from xec.train.checkpoint import load_checkpoint, save_checkpoint
 from xec.train.cli import run_stage
+from xec.train.stages import build_model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL = 192, 64
@@ -116,7 +117,7 @@ def test_regressor_encoder_initialized_from_mae(mae_run, data):
 def test_regressor_stage_outputs(mae_run, data):
     import pandas as pd
 
-    from xec.data.reweight import HistogramWeights
+    from xec.data.weights import HistogramWeights
 
     out, _ = mae_run
     cfg = make_cfg(data, **{"regressor.channel_dropout": 0.05, "train.max_train_events": 96,
@@ -159,7 +160,7 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
 
     out, _ = mae_run
     cfg = make_cfg(data, **{"inpainter.predictions_root": True, "train.max_train_events": 64})
-    run_stage("inpainter", cfg, shards=data / "shards", out=data / "inpainter", mae=str(out / "checkpoint.pt"))
+    run_stage("inpainter", cfg, shards=data / "shards", out=data / "inpainter", init=str(out / "checkpoint.pt"))
     ck = load_checkpoint(data / "inpainter" / "checkpoint.pt", expected_stage="inpainter")
     mae_enc = _encoder_state(load_checkpoint(out / "checkpoint.pt")["ema_state"])
     for state in (ck["model_state"], ck["ema_state"]):
@@ -180,7 +181,7 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
 # ---------------------------------------------------------------- bad input
 def test_missing_mae_checkpoint(data):
     with pytest.raises(XecError, match="nope.pt: checkpoint not found"):
-        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=data / "x", mae=str(data / "nope.pt"))
+        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=data / "x", init=str(data / "nope.pt"))
 
 
 def test_checkpoint_of_another_stage(mae_run, data, tmp_path):
@@ -212,7 +213,7 @@ def test_mae_checkpoint_of_another_model_preset(mae_run, data, tmp_path):
     ck["model"] = {**ck["model"], "preset": "base", "token_dim": 256}
     save_checkpoint(tmp_path / "base.pt", ck)
     with pytest.raises(XecError, match="model configuration differs.*'base' vs 'tiny'"):
-        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", mae=str(tmp_path / "base.pt"))
+        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", init=str(tmp_path / "base.pt"))
 
 
 def test_mae_initializes_a_regressor_with_other_heads(mae_run, data, tmp_path):

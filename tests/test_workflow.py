@@ -92,7 +92,7 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     work = tiny_run["dir"]
     jobs = tiny_run["jobs"]
     assert jobs["simulate"] == 4 and jobs["shards"] == 3, jobs
-    # the stage table of DESIGN.md
+    # the stage table of docs/architecture.md
     expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata")]
     expected += [f"shards/{s}/manifest.json" for s in ("train", "val", "bench")]
     expected += ["reweighting/weights.npz", "summary.json", "plots"]
@@ -126,7 +126,7 @@ def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     cfg.setdefault("regressor", {})["lr"] = 1.234e-3
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export_regressor", "inference", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
     assert jobs["regressor"] == 1
 
@@ -141,15 +141,38 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     cfg.setdefault("model", {})["peak_hidden"] = 64
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export_regressor", "inference", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
+
+
+@pytest.mark.parametrize("key, value, must_rerun", [
+    # every key a command reads reaches its rule's params (xec/commands.py): the simulation writes
+    # the TTree name, so renaming it reruns the simulation and everything downstream
+    ("data.tree", "events", {"simulate", "shards", "baseline", "baseline_calibration", "inference"}),
+    # runtime-only keys (threads, chunking, compression) change no output and rerun nothing
+    ("simulation.chunk_size", 512, set()),
+    ("shards.workers", 2, set()),
+])
+def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path, key, value, must_rerun):
+    work = copy_run(tiny_run, tmp_path / "run")
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    assert must_rerun <= set(jobs), jobs
+    if not must_rerun:
+        assert jobs == Counter(), jobs
 
 
 def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     work = new_workdir(tmp_path / "fresh")
     jobs = planned_jobs(snakemake(work, "--dry-run", "results/regressor/model.onnx"))
     assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1,
-                           export_regressor=1), jobs
+                           export=1), jobs
 
 
 def test_configured_input_files_drop_the_simulation(tmp_path):

@@ -8,22 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
+from xec.commands import COMMANDS
 from xec.errors import XecError
 
-# name -> (module, one-line help). Nested commands ("train mae") use a space.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "simulate": ("xec.simulation.cli", "simulate events with the fast detector simulation into a MEG II ROOT file"),
-    "shards": ("xec.data.shards", "convert ROOT files into normalized WebDataset shards"),
-    "reweight": ("xec.data.reweight", "fit per-task reweighting histograms on a shard split"),
-    "train": ("xec.train.cli", "train a stage: mae, inpainter or regressor"),
-    "export": ("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX"),
-    "infer": ("xec.deploy.infer", "run ONNX models on a ROOT file"),
-    "baseline": ("xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file"),
-    "plots": ("xec.plots.cli", "make the plots of a pipeline run"),
-    "summary": ("xec.summary", "physics summary: ML vs classical reconstruction"),
-    "model-info": ("xec.models.info", "print the parameter counts of a model preset"),
-}
+# The subcommands: top-level names of the registry ("train mae" is a subcommand of "train").
+TOP_LEVEL = {name: cmd for name, cmd in COMMANDS.items() if " " not in name}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,31 +23,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xec", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"xec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for name, cmd in TOP_LEVEL.items():
+        sub.add_parser(name, help=cmd.help, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in TOP_LEVEL:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"xec {name}", description=help_text)
+    module = importlib.import_module(TOP_LEVEL[name].module)
+    sub = argparse.ArgumentParser(prog=f"xec {name}", description=TOP_LEVEL[name].help)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     try:
         return int(module.main(args) or 0)
     except XecError as exc:
-        print(f"xec {name}: error: {exc}", file=sys.stderr)
+        report_error(f"xec {name}: error: {exc}", vars(args).get("log"))
         return 2
     except KeyboardInterrupt:
         print(f"xec {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def report_error(message: str, log_file: str | None) -> None:
+    """Print a user-facing error and append it to the command's ``--log`` file: under Snakemake
+    that is the rule's log, where a user looks first when a job fails."""
+    print(message, file=sys.stderr)
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "a") as f:
+                f.write(message + "\n")
+        except OSError as exc:
+            print(f"(could not write the error to {log_file}: {exc})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """MEG II LXe detector geometry: the one home for sensor positions, normals, faces and index maps.
 
-Everything is computed from the published constants of ``../shared/geometry/README.md``
-(radii, pitches, angles, hex rows); the reference tables are only used by the tests.
+Everything is computed from the published constants of the MEG II layout (radii, pitches,
+angles, hex rows; conventions: docs/architecture.md, "Geometry conventions"); the reference
+sensor tables are only used by an optional test.
 
 Coordinates (MEG II): origin at the target, z = beam axis, detector on the -x side,
 phi' = atan2(y, -x). A point at radius r and angle phi' is (x, y) = (-r cos phi', r sin phi').
@@ -42,8 +43,8 @@ N_SENSORS = 4760
 FACE_NAMES = ("inner", "outer", "us", "ds", "top", "bottom")  # face code = index
 INNER_RADIUS = 64.97  # cm, MPPC photosensitive surface
 
-# ---- published constants (README) -------------------------------------------------------
-# Rows/strips are laid out symmetrically about phi' = 0 and columns about z = 0; the README's
+# ---- published constants ----------------------------------------------------------------
+# Rows/strips are laid out symmetrically about phi' = 0 and columns about z = 0; the published
 # first-row values (62.085 deg, 60.15 deg, -32.46 cm) are these numbers rounded.
 INNER_ROWS, INNER_COLS = 93, 44
 INNER_DPHI = -1.3497  # deg, row pitch (row 0 at phi' = +62.086)

@@ -3,7 +3,7 @@
 npho_norm = T(npho / npho_scale) / npho_scale2 with T = log1p (default), sqrt, anscombe or
 linear; time_norm = time / time_scale - time_shift.
 
-Invalid-sensor rules (DESIGN.md):
+Invalid-sensor rules (docs/architecture.md, "Artifact contracts"):
 - npho > 9e9 or NaN: dead sensor, npho and time both set to the sentinel;
 - npho below the transform's domain (negative photon counts, baseline noise): npho 0;
 - npho below npho_threshold, |time| > 9e9 or NaN time: time set to the sentinel.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -151,8 +151,9 @@ def get_normalizer(preset: str = "meg2", **overrides: Any) -> Normalizer:
     return Normalizer(preset=preset, **params)
 
 
-def normalizer_from_config(cfg: dict[str, Any]) -> Normalizer:
-    """The normalizer described by the config's ``normalization`` section."""
-    section = dict(cfg.get("normalization", {}))
-    preset = section.pop("preset", "meg2")
+def normalizer_from_config(cfg: Mapping[str, Any]) -> Normalizer:
+    """The normalizer described by a validated config's ``normalization`` section: ``preset``
+    (schema default) plus the parameters set explicitly (the others have no default: absent)."""
+    section = dict(cfg["normalization"])  # a flat section: a shallow copy to pop from
+    preset = section.pop("preset")
     return get_normalizer(preset, **section)

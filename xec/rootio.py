@@ -119,9 +119,8 @@ def count_events(files: Sequence[str], tree: str = "tree") -> int:
     return sum(int(open_tree(p, tree).num_entries) for p in files)
 
 
-# Basket compression by name, all at level 1 (ROOT reads every one of them). Measured on the
-# simulation's sensor branches (docs/performance.md): lz4 writes 30 % faster than zstd and reads
-# faster, at 1.3x the size; zstd is as small as zlib and 4x faster to write.
+# Basket compression by name, all at level 1 (ROOT reads every one of them): lz4 is the fastest
+# to write and read, zstd and zlib give the smallest files (measurements: docs/performance.md).
 COMPRESSIONS: dict[str, Any] = {"lz4": uproot.LZ4(1), "zstd": uproot.ZSTD(1), "zlib": uproot.ZLIB(1), "none": None}
 
 

@@ -26,7 +26,7 @@ import argparse
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -265,14 +265,15 @@ def to_html(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def build_summary(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary of the parquet files named in ``args`` (``cfg``: a validated config)."""
     from xec import __version__
 
-    sec = cfg.get("summary", {})
-    n_boot, w_split = int(sec.get("n_boot", 200)), float(sec.get("w_split_cm", 2.0))
-    tail = float(sec.get("tail_nsigma", 3.0))
-    n_core = int(sec.get("n_boot_core", 50))
-    seed = int(cfg.get("seed", 0))
+    sec = cfg["summary"]
+    n_boot, w_split = int(sec["n_boot"]), float(sec["w_split_cm"])
+    tail = float(sec["tail_nsigma"])
+    n_core = int(sec["n_boot_core"])
+    seed = int(cfg["seed"])
     out: dict[str, Any] = {"meta": {"n_boot": n_boot, "n_boot_core": n_core, "w_split_cm": w_split, "tail_nsigma": tail, "seed": seed,
                                     "xec_version": __version__, "note": NOTE}}
     bench = {k: v for k, v in (("ml", args.bench_predictions), ("baseline", args.bench_baseline)) if v}
@@ -301,7 +302,7 @@ def _finite_or_none(obj: Any) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="summary")
     summary = build_summary(args, cfg)
     md = to_markdown(summary)
     # the JSON last: it is the rule's main output, so a failure leaves no stale summary

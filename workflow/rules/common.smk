@@ -8,6 +8,8 @@ from pathlib import Path as _Path
 
 from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
+from xec.config import command_params as _command_params
+
 SAMPLES = ["train", "val", "bench", "realdata"]
 
 
@@ -15,7 +17,7 @@ def input_files(sample):
     """ROOT files of a sample: the configured paths/globs, or the simulated file.
 
     A configured pattern that matches nothing stops the DAG construction with the pattern named."""
-    patterns = config["data"].get(sample) or []
+    patterns = config["data"][sample]
     if not patterns:
         return [f"{RESULTS}/data/{sample}.root"]
     files = []
@@ -27,7 +29,7 @@ def input_files(sample):
     return files
 
 
-SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"].get(s)]
+SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"][s]]
 
 
 def canonicalize_config(cfg):
@@ -114,10 +116,8 @@ if not _USE_CONDA:
         shell.prefix(f'set -euo pipefail; export PATH="{_Path(_sys.executable).parent}:$PATH"; ')
 
 
-def stage_model_params(stage):
-    """The `model` keys a training stage's weights depend on: the encoder's plus its own heads'
-    (a regressor-head change reruns the regressor, not the MAE)."""
-    from xec.models.presets import ENCODER_FIELDS, STAGE_FIELDS
-
-    keys = set(ENCODER_FIELDS) | set(STAGE_FIELDS[stage])
-    return {k: v for k, v in config.get("model", {}).items() if k in keys}
+def command_values(command, **fields):
+    """The config values a rule's `xec` command depends on, from the command's declaration in
+    xec/commands.py: the rule's `params:` entry, so that the rule reruns exactly when one changes
+    (and the command itself cannot read a key that is not declared there)."""
+    return _command_params(config, command, **fields)

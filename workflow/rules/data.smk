@@ -6,10 +6,7 @@ rule simulate:
         f"{RESULTS}/data/{{sample}}.root",
     params:
         cfg=RESOLVED_CONFIG,
-        sample=lambda w: config["simulation"]["samples"][w.sample],
-        # chunk_size, workers and compression are left out on purpose: they never change the
-        # file content
-        physics=config["simulation"].get("physics", {}),
+        values=lambda w: command_values("simulate", sample=w.sample),
     log:
         f"{RESULTS}/logs/simulate/{{sample}}.log",
     benchmark:
@@ -34,9 +31,7 @@ rule shards:
     params:
         cfg=RESOLVED_CONFIG,
         out_dir=lambda w, output: str(Path(output[0]).parent),
-        data={k: v for k, v in config["data"].items() if k in ("tree", "npho_branch", "time_branch")},
-        shards=config["shards"],
-        normalization=config["normalization"],
+        values=command_values("shards"),
     log:
         f"{RESULTS}/logs/shards/{{split}}.log",
     benchmark:
@@ -63,7 +58,7 @@ rule reweighting:
                     category="Data"),
     params:
         cfg=RESOLVED_CONFIG,
-        reweighting=config["reweighting"],
+        values=command_values("reweight"),
     log:
         f"{RESULTS}/logs/reweighting.log",
     benchmark:

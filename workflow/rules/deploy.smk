@@ -9,45 +9,22 @@ INFERENCE_RUNS = {
 }
 
 
-rule export_regressor:
+rule export:
     input:
-        checkpoint=f"{RESULTS}/regressor/checkpoint.pt",
+        checkpoint=f"{RESULTS}/{{stage}}/checkpoint.pt",
         val=f"{RESULTS}/shards/val/manifest.json",
     output:
-        model=f"{RESULTS}/regressor/model.onnx",
-        parity=f"{RESULTS}/regressor/model.parity.json",
+        model=f"{RESULTS}/{{stage}}/model.onnx",
+        parity=f"{RESULTS}/{{stage}}/model.parity.json",
     params:
         cfg=RESOLVED_CONFIG,
-        export=config["export"],
+        values=command_values("export"),
+    wildcard_constraints:
+        stage="regressor|inpainter",
     log:
-        f"{RESULTS}/logs/export/regressor.log",
+        f"{RESULTS}/logs/export/{{stage}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/export/regressor.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    conda:
-        SOFTWARE_ENV
-    shell:
-        "xec export --config {params.cfg} --checkpoint {input.checkpoint} --val-shards {input.val}"
-        " --out {output.model} --log {log}"
-
-
-rule export_inpainter:
-    input:
-        checkpoint=f"{RESULTS}/inpainter/checkpoint.pt",
-        val=f"{RESULTS}/shards/val/manifest.json",
-    output:
-        model=f"{RESULTS}/inpainter/model.onnx",
-        parity=f"{RESULTS}/inpainter/model.parity.json",
-    params:
-        cfg=RESOLVED_CONFIG,
-        export=config["export"],
-    log:
-        f"{RESULTS}/logs/export/inpainter.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/export/inpainter.tsv"
+        f"{RESULTS}/benchmarks/export/{{stage}}.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -69,8 +46,7 @@ rule inference:
         parquet=f"{RESULTS}/inference/{{name}}.parquet",
     params:
         cfg=RESOLVED_CONFIG,
-        inference=config["inference"],
-        branches={k: config["data"][k] for k in ("tree", "npho_branch", "time_branch")},
+        values=command_values("infer"),
         inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     wildcard_constraints:
         name="|".join(INFERENCE_RUNS),

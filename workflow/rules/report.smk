@@ -12,8 +12,7 @@ rule baseline_calibration:
         f"{RESULTS}/baseline/calibration.json",
     params:
         cfg=RESOLVED_CONFIG,
-        baseline=config["baseline"],
-        tree=config["data"]["tree"],
+        values=command_values("baseline"),
     log:
         f"{RESULTS}/logs/baseline/calibration.log",
     benchmark:
@@ -36,8 +35,7 @@ rule baseline:
         parquet=f"{RESULTS}/baseline/{{sample}}.parquet",
     params:
         cfg=RESOLVED_CONFIG,
-        baseline=config["baseline"],
-        tree=config["data"]["tree"],
+        values=command_values("baseline"),
     wildcard_constraints:
         sample="|".join(BASELINE_SAMPLES),
     log:
@@ -68,8 +66,7 @@ rule summary:
         html=report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Physics summary"),
     params:
         cfg=RESOLVED_CONFIG,
-        summary=config["summary"],
-        seed=config["seed"],
+        values=command_values("summary"),
     log:
         f"{RESULTS}/logs/summary.log",
     benchmark:
@@ -115,7 +112,7 @@ rule plots:
     params:
         cfg=RESOLVED_CONFIG,
         results_dir=lambda w, output: str(Path(output.plots).parent),
-        plots=config["plots"],
+        values=command_values("plots"),
     log:
         f"{RESULTS}/logs/plots.log",
     benchmark:

@@ -5,15 +5,6 @@ TRAIN_GPUS = int(config["train"]["gpus"])
 TRAIN_LAUNCH = (
     f"torchrun --standalone --nproc_per_node {TRAIN_GPUS} -m xec.cli" if TRAIN_GPUS > 1 else "xec"
 )
-# Every training rule depends on the shared defaults, the normalization, the seed and the model
-# keys its weights depend on (encoder + its own heads: a regressor-head change leaves the MAE alone).
-TRAIN_COMMON_PARAMS = dict(
-    train=config["train"],
-    normalization=config["normalization"],
-    seed=config["seed"],
-)
-
-
 rule mae:
     input:
         train=f"{RESULTS}/shards/train/manifest.json",
@@ -26,9 +17,7 @@ rule mae:
         launch=TRAIN_LAUNCH,
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        **TRAIN_COMMON_PARAMS,
-        model=stage_model_params("mae"),
-        mae=config["mae"],
+        values=command_values("train mae"),
     log:
         f"{RESULTS}/logs/train/mae.log",
     benchmark:
@@ -59,9 +48,7 @@ rule inpainter:
         launch=TRAIN_LAUNCH,
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        **TRAIN_COMMON_PARAMS,
-        model=stage_model_params("inpainter"),
-        inpainter=config["inpainter"],
+        values=command_values("train inpainter"),
     log:
         f"{RESULTS}/logs/train/inpainter.log",
     benchmark:
@@ -74,7 +61,7 @@ rule inpainter:
     conda:
         SOFTWARE_ENV
     shell:
-        "{params.launch} train inpainter --config {params.cfg} --mae {input.mae} --shards {params.shard_dir}"
+        "{params.launch} train inpainter --config {params.cfg} --init {input.mae} --shards {params.shard_dir}"
         " --out {params.out_dir} --resume auto --log {log}"
 
 
@@ -94,9 +81,7 @@ rule regressor:
         launch=TRAIN_LAUNCH,
         shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        **TRAIN_COMMON_PARAMS,
-        model=stage_model_params("regressor"),
-        regressor=config["regressor"],
+        values=command_values("train regressor"),
     log:
         f"{RESULTS}/logs/train/regressor.log",
     benchmark:

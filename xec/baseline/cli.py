@@ -33,12 +33,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from xec.baseline.reco import BaselineConfig, Calibration, calibrate, reconstruct_chunk
-from xec.config import add_config_argument, load_config
+from xec.config import add_config_argument, load_config, plain
 from xec.errors import XecError
 from xec.utils import atomic_path, progress_enabled, setup_logging, write_json
 
@@ -60,8 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="log file")
 
 
-def _settings(cfg: dict[str, Any]) -> tuple[BaselineConfig, dict[str, Any]]:
-    section = dict(cfg.get("baseline", {}))
+def _settings(cfg: Mapping[str, Any]) -> tuple[BaselineConfig, dict[str, Any]]:
+    """The reconstruction parameters and the whole ``baseline`` section (a plain dict: it goes
+    into the calibration JSON) of a validated config."""
+    section = plain(cfg["baseline"])
     return BaselineConfig.from_dict(section), section
 
 
@@ -113,7 +115,7 @@ def _present_branches(files: list[str], tree: str, names: tuple[str, ...]) -> li
     return [b for b in names if b in keys]
 
 
-def iterate_reco(files: list[str], section: dict[str, Any], bcfg: BaselineConfig, calib: Calibration | None,
+def iterate_reco(files: list[str], section: Mapping[str, Any], bcfg: BaselineConfig, calib: Calibration | None,
                  tree: str, extra_sensor: tuple[str, ...] = (), max_events: int | None = None,
                  desc: str = "baseline") -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Yield (reco, arrays) per chunk; arrays holds the branches read (truth where present)."""
@@ -121,7 +123,7 @@ def iterate_reco(files: list[str], section: dict[str, Any], bcfg: BaselineConfig
 
     from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, count_events, iterate_events
 
-    npho_b, time_b = section.get("npho_branch", "npho"), section.get("time_branch", "relative_time")
+    npho_b, time_b = section["npho_branch"], section["time_branch"]
     sensor = tuple(dict.fromkeys((npho_b, time_b, *extra_sensor)))
     total = count_events(files, tree)
     if max_events is not None:
@@ -133,7 +135,7 @@ def iterate_reco(files: list[str], section: dict[str, Any], bcfg: BaselineConfig
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
     with tqdm(total=total, desc=desc, unit="ev", disable=not progress_enabled()) as bar:
         for path, arrays in iterate_events(files, tree, sensor, optional_branches=optional,
-                                           step_size=int(section.get("chunk_size", 500))):
+                                           step_size=int(section["chunk_size"])):
             if seen >= total:
                 break
             if seen + len(arrays[npho_b]) > total:
@@ -145,10 +147,11 @@ def iterate_reco(files: list[str], section: dict[str, Any], bcfg: BaselineConfig
             yield reco, arrays
 
 
-def run_calibration(files: list[str], out: str, cfg: dict[str, Any], max_events: int | None = None) -> Calibration:
+def run_calibration(files: list[str], out: str, cfg: Mapping[str, Any], max_events: int | None = None
+                    ) -> Calibration:
     bcfg, section = _settings(cfg)
-    tree = cfg.get("data", {}).get("tree", "tree")
-    limit = max_events if max_events is not None else section.get("calibration_events")
+    tree = cfg["data"]["tree"]
+    limit = max_events if max_events is not None else section["calibration_events"]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("face_sums", "uvw_fit", "xyz_fit", "status", "time_raw", "energy_raw")}
     e_true, t_true, xyz_true = [], [], []
     for reco, arrays in iterate_reco(files, section, bcfg, None, tree, max_events=limit, desc="calibration"):
@@ -187,7 +190,7 @@ def load_calibration(path: str) -> Calibration:
         raise XecError(f"{path}: not a baseline calibration ({exc})") from exc
 
 
-def run_baseline(files: list[str], out: str, cfg: dict[str, Any], calib: Calibration | None,
+def run_baseline(files: list[str], out: str, cfg: Mapping[str, Any], calib: Calibration | None,
                  root_out: str | None = None, max_events: int | None = None) -> dict[str, Any]:
     """Reconstruct ``files`` into the parquet ``out`` (and the ROOT copy ``root_out``), both atomic."""
     import contextlib
@@ -198,7 +201,7 @@ def run_baseline(files: list[str], out: str, cfg: dict[str, Any], calib: Calibra
     from xec.rootio import SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
 
     bcfg, section = _settings(cfg)
-    tree = cfg.get("data", {}).get("tree", "tree")
+    tree = cfg["data"]["tree"]
     extra = tuple(_present_branches(files, tree, SENSOR_BRANCHES)) if root_out else ()
     t0 = time.perf_counter()
     n = 0
@@ -231,7 +234,7 @@ def main(args: argparse.Namespace) -> int:
     from xec.rootio import expand_inputs
 
     setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="baseline")
     if not args.input and not args.calibrate_on:
         raise XecError("nothing to do: give --input FILE.root and --out, and/or --calibrate-on TRAIN.root")
     if args.max_events is not None and args.max_events < 1:

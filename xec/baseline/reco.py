@@ -1,5 +1,5 @@
 """Classical (non-ML) reconstruction of the LXe detector, as the experiment does it
-(../shared/physics.md, "Classical reconstruction"), vectorized over the events of a chunk.
+(docs/architecture.md, "Physics the code relies on"), vectorized over the events of a chunk.
 
 - Dead sensors (npho > 9e9 or NaN): npho estimated from the live sensors of the same face
   within ``dead_radius_cm``, scaled by solid angles seen from the reconstructed position:
@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from xec.config import validate_config
 from xec.geometry import (INNER_RADIUS, N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz,
                           xyz_to_uvw)
 
@@ -34,39 +35,46 @@ log = logging.getLogger("xec.baseline")
 
 C_LIGHT = 29.9792458   # cm/ns
 DEAD_NPHO = 9e9        # npho above this (or NaN) marks a dead/missing sensor
-MPPC_SIDE = 1.2        # cm, active side of one MPPC (physics.md)
+MPPC_SIDE = 1.2        # cm, active side of one MPPC (4 chips)
 PMT_RADIUS = 2.25      # cm, photocathode radius
 
 # fit status codes (parquet column fit_status)
 FIT_OK, FIT_MAXITER, FIT_NO_LIGHT = 0, 1, 2
 
 
+# The field defaults are the schema's (section baseline; validation fills in every default), so
+# BaselineConfig() reconstructs like the default config: the schema is the one source of defaults.
+_DEFAULT = validate_config({})["baseline"]
+
+
 @dataclass
 class BaselineConfig:
-    """Parameters of the classical reconstruction (config section ``baseline``)."""
-    window: int = 11                   # MPPCs per side of the fit window around the brightest
-    mppc_efficiency: float = 0.12      # photon detection efficiency used for sigma^2 = npho/eff
-    pmt_efficiency: float = 0.16
-    sys_fraction: float = 0.03         # relative systematic added in quadrature to sigma_i
-    max_iterations: int = 30
-    w_max: float = 45.0                # cm, upper bound of the depth in the fit
-    dead_radius_cm: float = 20.0
-    light_velocity_cm_ns: float = 8.5  # group velocity of the scintillation light
-    decay_time_ns: float = 45.0
-    time_jitter_ns: float = 0.2        # per-sensor time resolution floor of the time weights
+    """Parameters of the classical reconstruction (config section ``baseline``, documented in the
+    schema; defaults: the schema's)."""
+    window: int = _DEFAULT["window"]                    # MPPCs per side of the fit window around the brightest
+    mppc_efficiency: float = _DEFAULT["mppc_efficiency"]  # photon detection efficiency in sigma^2 = npho/eff
+    pmt_efficiency: float = _DEFAULT["pmt_efficiency"]
+    sys_fraction: float = _DEFAULT["sys_fraction"]      # relative systematic added in quadrature to sigma_i
+    max_iterations: int = _DEFAULT["max_iterations"]
+    w_max: float = _DEFAULT["w_max"]                    # cm, upper bound of the depth in the fit
+    dead_radius_cm: float = _DEFAULT["dead_radius_cm"]
+    light_velocity_cm_ns: float = _DEFAULT["light_velocity_cm_ns"]  # group velocity of the scintillation light
+    decay_time_ns: float = _DEFAULT["decay_time_ns"]
+    time_jitter_ns: float = _DEFAULT["time_jitter_ns"]  # per-sensor time resolution floor of the time weights
     # sensors with fewer photoelectrons are not used for the time (mostly late diffuse light)
-    time_min_npe: float = 10.0
+    time_min_npe: float = _DEFAULT["time_min_npe"]
     # PMTs see the shower from far away and from every side: their first photons come from
     # the part of the shower nearest to them, ~1 ns earlier than the light centroid predicts,
     # by an amount that depends on the shower; by default only the MPPCs time the event
-    time_use_pmts: bool = False
-    time_outlier_nsigma: float = 3.0
-    time_iterations: int = 3
+    time_use_pmts: bool = _DEFAULT["time_use_pmts"]
+    time_outlier_nsigma: float = _DEFAULT["time_outlier_nsigma"]
+    time_iterations: int = _DEFAULT["time_iterations"]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "BaselineConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+    def from_dict(cls, d: Mapping[str, Any]) -> "BaselineConfig":
+        """From a validated ``baseline`` section (every key filled in by the schema; its I/O keys
+        npho_branch, time_branch, chunk_size and calibration_events are not reconstruction parameters)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 # ---------------------------------------------------------------- geometry helpers

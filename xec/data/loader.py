@@ -1,6 +1,6 @@
 """ShardLoader: normalized tar shards -> torch batches (x, targets, weights).
 
-Contract (notes/common.md):
+Contract (docs/architecture.md):
     loader = ShardLoader(manifest, batch_size, tasks=DEFAULT_TASKS, shuffle=True, seed=0,
                          num_workers=0, rank=0, world_size=1, weights=None,
                          expected_normalizer=None, drop_last=False, max_events=None)
@@ -23,17 +23,15 @@ How an epoch is planned (identically in every rank and worker, from (seed, epoch
    per block range straight into the window array, and permuted inside it (the sample shuffle
    buffer).
 
-Shards are read with plain file I/O (tar members are uncompressed .npy, located once per worker
-from the tar headers), which measured several times faster than a generic WebDataset pipeline
-(benchmarks/loader.py). The shards remain ordinary WebDataset tars.
+Shards are read with plain file I/O by xec.data.reader.ShardReader (tar members are uncompressed
+.npy, located once per worker from the tar headers); the shards remain ordinary WebDataset tars.
+``weights`` is a weights.npz of `xec reweight`, loaded as xec.data.weights.HistogramWeights;
+without it every event has weight 1.
 """
 from __future__ import annotations
 
 import bisect
-import io
 import math
-import os
-import tarfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -42,6 +40,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xec.data.manifest import manifest_normalizer, manifest_standardizer, read_manifest
+from xec.data.reader import ShardReader
+from xec.data.weights import HistogramWeights
 from xec.errors import XecError
 from xec.normalization import Normalizer
 from xec.targets import DEFAULT_TASKS, get_task
@@ -114,103 +114,7 @@ def _slice_segments(segments: Sequence[tuple[int, int, int, int]], first: int, c
     return out
 
 
-# ---------------------------------------------------------------------------- shard reading
-class _ShardReader:
-    """Random access to event ranges of the blocks of one shard directory (one per worker)."""
-
-    def __init__(self, shard_dir: str, shards: list[dict[str, Any]], members: Sequence[str]):
-        self.dir = Path(shard_dir)
-        self.shards = shards
-        self.members = tuple(members)
-        self._fds: dict[int, int] = {}
-        self._index: dict[int, list[dict[str, tuple[int, np.dtype, tuple[int, ...]]]]] = {}
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def _path(self, shard: int) -> Path:
-        return self.dir / self.shards[shard]["file"]
-
-    def _load_index(self, shard: int) -> list[dict[str, tuple[int, np.dtype, tuple[int, ...]]]]:
-        """Locate every needed .npy member of every block from the tar headers (validated)."""
-        path = self._path(shard)
-        info = self.shards[shard]
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise XecError(f"{path}: cannot read shard ({exc})") from exc
-        if size != info["bytes"]:
-            raise XecError(f"{path}: corrupt shard: {size} bytes, the manifest says {info['bytes']}")
-        units: dict[str, dict[str, int]] = {}
-        try:
-            with tarfile.open(path, "r:") as tar:
-                for m in tar:
-                    key, _, ext = m.name.partition(".")
-                    units.setdefault(key, {})[ext] = m.offset_data
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise XecError(f"{path}: corrupt shard: not a readable tar file ({exc})") from exc
-        if len(units) != len(info["units"]):
-            raise XecError(f"{path}: corrupt shard: {len(units)} samples, the manifest says {len(info['units'])}")
-        fd = self._fd(shard)
-        index = []
-        for (key, offsets), n in zip(units.items(), info["units"]):
-            entry = {}
-            for member in self.members:
-                if f"{member}.npy" not in offsets:
-                    raise XecError(f"{path}: corrupt shard: sample {key} lacks {member}.npy")
-                entry[member] = self._npy_header(path, fd, offsets[f"{member}.npy"], n, key, member)
-            index.append(entry)
-        return index
-
-    @staticmethod
-    def _npy_header(path: Path, fd: int, offset: int, n: int, key: str, member: str):
-        f = io.BytesIO(os.pread(fd, 4096, offset))
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except Exception as exc:
-            raise XecError(f"{path}: corrupt shard: {key}.{member}.npy is not a .npy array ({exc})") from exc
-        if fortran or not shape or shape[0] != n:
-            raise XecError(f"{path}: corrupt shard: {key}.{member}.npy has shape {shape}, expected {n} events")
-        return offset + f.tell(), dtype, tuple(shape)
-
-    def _fd(self, shard: int) -> int:
-        if shard not in self._fds:
-            try:
-                self._fds[shard] = os.open(self._path(shard), os.O_RDONLY)
-            except OSError as exc:
-                raise XecError(f"{self._path(shard)}: cannot open shard ({exc})") from exc
-        return self._fds[shard]
-
-    def entry(self, shard: int, unit: int, member: str):
-        if shard not in self._index:
-            self._index[shard] = self._load_index(shard)
-        return self._index[shard][unit][member]
-
-    def read_into(self, out: dict[str, np.ndarray], offset: int, segments: Sequence[tuple[int, int, int, int]]) -> None:
-        """Read the events of ``segments`` into ``out[member][offset:...]`` (one pread per range)."""
-        for shard, unit, a, b in segments:
-            for member in self.members:
-                data_offset, dtype, shape = self.entry(shard, unit, member)
-                row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-                dest = out[member][offset:offset + b - a]
-                if dest.dtype != dtype or dest.shape[1:] != shape[1:]:
-                    raise XecError(f"{self._path(shard)}: corrupt shard: {member}.npy is {dtype}{shape[1:]}, "
-                                   f"expected {dest.dtype}{dest.shape[1:]}")
-                got = os.preadv(self._fd(shard), [memoryview(dest).cast("B")], data_offset + a * row)
-                if got != dest.nbytes:
-                    raise XecError(f"{self._path(shard)}: corrupt shard: truncated {member}.npy")
-            offset += b - a
-
-
+# ---------------------------------------------------------------------------- batches
 class _RingBatch:
     """A batch left by worker ``worker`` in its shared-memory ring slot ``slot`` (``size`` events)."""
 
@@ -231,7 +135,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, manifest: dict[str, Any], batch_size: int, tasks: Sequence[str], shuffle: bool,
                  seed: int, rank: int, world_size: int, drop_last: bool, max_events: int | None,
-                 shuffle_buffer: int, weights: Any | None, with_ids: bool):
+                 shuffle_buffer: int, weights: HistogramWeights | None, with_ids: bool):
         self.manifest = manifest
         self.batch_size = batch_size
         self.tasks = tuple(tasks)
@@ -295,7 +199,7 @@ class ShardDataset(IterableDataset):
         my_segments = [seg for i in range(worker, len(sizes), n_workers)
                        for seg in _slice_segments(segments, offsets[i], sizes[i], starts)]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 7])
-        reader = _ShardReader(self.manifest["_dir"], self.manifest["shards"], self.members)
+        reader = ShardReader(self.manifest["_dir"], self.manifest["shards"], self.members)
         try:
             window_iter = self._windows(reader, my_segments, rng)
             buf, perm, pos = None, np.zeros(0, np.int64), 0
@@ -322,7 +226,7 @@ class ShardDataset(IterableDataset):
         finally:
             reader.close()
 
-    def _windows(self, reader: _ShardReader, segments, rng) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def _windows(self, reader: ShardReader, segments, rng) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         total = sum(b - a for _, _, a, b in segments)
         starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
         window = self._alloc(min(self.window, total))  # reused: no page faults after the first window
@@ -385,8 +289,6 @@ class ShardLoader:
                 raise XecError(f"{p}: corrupt shard: {p.stat().st_size} bytes, the manifest says {shard['bytes']}")
         self.weights = None
         if weights is not None:
-            from xec.data.reweight import HistogramWeights
-
             self.weights = HistogramWeights.load(weights)
         self.dataset = ShardDataset(self.manifest, batch_size, self.tasks, shuffle, seed, rank, world_size, drop_last,
                                     max_events, shuffle_buffer, self.weights, with_ids)

@@ -1,8 +1,9 @@
 """The shard manifest (results/shards/{split}/manifest.json): what a shard directory holds.
 
-Keys (DESIGN contract): "split", "events", "shards" [{"file", "events", "bytes", "sha256",
-"units"}], "normalization" (Normalizer.to_dict()), "branches", "sources", "target_stats"
-{task: {"mean", "std", "p01", ...}}, "xec_version", "layout", plus "tasks" and "selection".
+Keys (contract: docs/architecture.md, "Artifact contracts"): "split", "events", "shards"
+[{"file", "events", "bytes", "sha256", "units"}], "normalization" (Normalizer.to_dict()),
+"branches", "sources", "target_stats" {task: {"mean", "std", "p01", ...}}, "xec_version",
+"layout", plus "tasks" and "selection".
 ``units`` lists the events of each tar sample in the shard (a sample is one block of events).
 """
 from __future__ import annotations

@@ -1,25 +1,26 @@
-"""`xec reweight`: per-task inverse-frequency histogram weights, fitted on the train shards.
+"""`xec reweight`: fit per-task inverse-frequency histogram weights on the train shards.
 
-For each task a histogram over its target components (angle: theta x phi; energy; timing;
-uvwFI: u x v x w, an axis with 1 bin is dropped, so [10, 10, 1] is 2D in u-v) is filled with the
-train targets over the [p_lo, p_hi] percentile range (outliers fall into the edge bins). A bin's
-weight is 1 / count, scaled to mean weight 1 over the train events, clipped at ``max_weight``
-and rescaled again until both hold. Bins without train events get the largest fitted weight.
-The table and its binning go to weights.npz; ShardLoader(weights=...) looks up each event's bin.
+Reads the targets of the tasks in the config's ``reweighting`` section from the train shards
+(ShardReader, only the small target members), fits HistogramWeights (xec/data/weights.py: binning,
+clipping and the weights.npz format) with the section's ``bins``, ``max_weight`` and
+``range_percentiles``, logs each task's mean and max weight and effective sample size, optionally
+plots the before/after distributions, and writes weights.npz last (it exists only if all of this
+worked). ShardLoader(weights=...) then looks up each event's bin. This module does not import
+torch (`xec reweight` stays light).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-import xec
 from xec.config import add_config_argument, load_config
 from xec.data.manifest import read_manifest
+from xec.data.reader import ShardReader
+from xec.data.weights import HistogramWeights
 from xec.errors import XecError
 from xec.targets import get_task
 from xec.utils import atomic_path, setup_logging
@@ -27,114 +28,12 @@ from xec.utils import atomic_path, setup_logging
 log = logging.getLogger("xec.reweight")
 
 
-class HistogramWeights:
-    """Per-task weight tables on (partial) regular grids over the task's components."""
-
-    def __init__(self, tables: dict[str, dict[str, Any]], meta: dict[str, Any] | None = None):
-        # tables[task] = {"axes": [component indices], "edges": [array per axis], "weights": ndarray}
-        self.tables = tables
-        self.meta = meta or {}
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.tables)
-
-    @staticmethod
-    def _flat_bins(table: dict[str, Any], values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-        idx = []
-        for axis, edges in zip(table["axes"], table["edges"]):
-            # inner edges only: values outside the range land in the first/last bin
-            idx.append(np.searchsorted(edges[1:-1], values[:, axis], side="right"))
-        shape = table["weights"].shape
-        return np.ravel_multi_index(tuple(idx), shape) if idx else np.zeros(len(values), np.int64)
-
-    def event_weights(self, task: str, values: np.ndarray) -> np.ndarray:
-        """float32 (n,) weights of events with targets ``values`` (n, dim); ones for other tasks."""
-        if task not in self.tables:
-            return np.ones(len(values), dtype=np.float32)
-        table = self.tables[task]
-        return table["weights"].reshape(-1)[self._flat_bins(table, values)].astype(np.float32)
-
-    @classmethod
-    def fit(cls, targets: Mapping[str, np.ndarray], bins: Mapping[str, Sequence[int]],
-            max_weight: float = 10.0, range_percentiles: Sequence[float] = (0.5, 99.5),
-            meta: dict[str, Any] | None = None) -> "HistogramWeights":
-        if max_weight <= 1:
-            raise XecError(f"reweighting max_weight must be > 1, got {max_weight}")
-        tables = {}
-        for task, values in targets.items():
-            values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-            if len(values) == 0:
-                raise XecError(f"reweighting task {task}: no events")
-            nbins = list(bins.get(task, [10] * values.shape[1]))
-            if len(nbins) != values.shape[1]:
-                raise XecError(f"reweighting.bins.{task} has {len(nbins)} entries, task {task} has "
-                               f"{values.shape[1]} components {get_task(task).columns}")
-            axes = [i for i, n in enumerate(nbins) if n > 1]
-            edges = []
-            for i in axes:
-                lo, hi = np.percentile(values[:, i], range_percentiles)
-                if not hi > lo:  # constant component: one wide bin around it
-                    lo, hi = lo - 0.5, hi + 0.5
-                edges.append(np.linspace(lo, hi, nbins[i] + 1))
-            table = {"axes": axes, "edges": edges, "weights": np.zeros([nbins[i] for i in axes] or [1])}
-            flat = cls._flat_bins(table, values)
-            counts = np.bincount(flat, minlength=table["weights"].size).astype(np.float64)
-            w = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
-            n = len(values)
-            for _ in range(200):  # scale to mean 1, clip, repeat until both hold
-                w *= n / np.sum(counts * w)
-                if w.max() <= max_weight * (1 + 1e-9):
-                    break
-                w = np.minimum(w, max_weight)
-            w = np.minimum(w, max_weight)
-            w[counts == 0] = w[counts > 0].max()
-            table["weights"] = w.reshape(table["weights"].shape)
-            tables[task] = table
-        return cls(tables, meta)
-
-    def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {}
-        for task, table in self.tables.items():
-            arrays[f"{task}/axes"] = np.asarray(table["axes"], dtype=np.int64)
-            arrays[f"{task}/weights"] = np.asarray(table["weights"], dtype=np.float64)
-            for k, e in enumerate(table["edges"]):
-                arrays[f"{task}/edges{k}"] = np.asarray(e, dtype=np.float64)
-        meta = {**self.meta, "tasks": self.tasks, "xec_version": xec.__version__}
-        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-        with atomic_path(path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "HistogramWeights":
-        path = Path(path)
-        if not path.exists():
-            raise XecError(f"{path}: no such reweighting file (run `xec reweight` first)")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                tables = {}
-                for task in meta["tasks"]:
-                    axes = z[f"{task}/axes"].tolist()
-                    tables[task] = {"axes": axes, "weights": z[f"{task}/weights"],
-                                    "edges": [z[f"{task}/edges{k}"] for k in range(len(axes))]}
-        except XecError:
-            raise
-        except Exception as exc:
-            raise XecError(f"{path}: not a readable reweighting file ({type(exc).__name__}: {exc})") from exc
-        return cls(tables, meta)
-
-
 def read_targets(manifest: dict[str, Any], tasks: Sequence[str]) -> dict[str, np.ndarray]:
     """All targets of a shard split (only the small target members are read)."""
-    from xec.data.loader import _ShardReader
-
     missing = [t for t in tasks if t not in manifest["tasks"]]
     if missing:
         raise XecError(f"{manifest['_path']}: shards have no targets for task(s) {missing}")
-    reader = _ShardReader(manifest["_dir"], manifest["shards"], tuple(tasks))
+    reader = ShardReader(manifest["_dir"], manifest["shards"], tuple(tasks))
     out = {t: np.empty((manifest["events"], get_task(t).dim), dtype=np.float32) for t in tasks}
     segments = [(s, u, 0, n) for s, shard in enumerate(manifest["shards"]) for u, n in enumerate(shard["units"])]
     try:
@@ -189,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="reweight")
     sec = cfg["reweighting"]
     manifest = read_manifest(args.manifest)
     targets = read_targets(manifest, sec["tasks"])

@@ -29,14 +29,14 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
 import xec
-from xec.config import add_config_argument, load_config
+from xec.config import add_config_argument, load_config, validate_config
 from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
@@ -51,19 +51,24 @@ ID_BRANCHES = ("run", "event")
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
+# The field defaults below are the schema's (validation fills in every default): ShardSettings()
+# writes what the default config writes, and the schema stays the one source of config defaults.
+_DEFAULT = validate_config({})
+
+
 @dataclass(frozen=True)
 class ShardSettings:
     """Everything that determines the bytes of a shard (so it travels to worker processes)."""
 
     normalizer: Normalizer
-    tree: str = "tree"
-    npho_branch: str = "npho"
-    time_branch: str = "relative_time"
-    tasks: tuple[str, ...] = ("angle", "energy", "timing", "uvwFI", "angleVec")
-    truth_branches: dict[str, str] = field(default_factory=dict)  # task -> branch override
-    events_per_shard: int = 4096
-    block_size: int = 256
-    fiducial: dict[str, Any] | None = None  # {"u": [lo, hi], "v": [lo, hi], "w": [lo, hi]} on uvwTruth
+    tree: str = _DEFAULT["data"]["tree"]
+    npho_branch: str = _DEFAULT["data"]["npho_branch"]
+    time_branch: str = _DEFAULT["data"]["time_branch"]
+    tasks: tuple[str, ...] = tuple(_DEFAULT["shards"]["tasks"])
+    truth_branches: dict[str, str] = field(default_factory=dict)  # task -> branch override (schema default: none)
+    events_per_shard: int = _DEFAULT["shards"]["events_per_shard"]
+    block_size: int = _DEFAULT["shards"]["block_size"]
+    fiducial: dict[str, Any] | None = None  # {"u": [lo, hi], "v": [lo, hi], "w": [lo, hi]} on uvwTruth; None: off
 
     def branch_of(self, task: str) -> str:
         return self.truth_branches.get(task) or get_task(task).truth_branch
@@ -358,7 +363,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def settings_from_config(cfg: dict[str, Any], preset: str | None = None, events_per_shard: int | None = None,
+def settings_from_config(cfg: Mapping[str, Any], preset: str | None = None, events_per_shard: int | None = None,
                          block_size: int | None = None) -> ShardSettings:
     data, sec = cfg["data"], cfg["shards"]
     normalizer = get_normalizer(preset) if preset else normalizer_from_config(cfg)
@@ -385,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="shards")
     settings = settings_from_config(cfg, args.preset, args.events_per_shard, args.block_size)
     workers = args.workers if args.workers is not None else cfg["shards"]["workers"]
     write_shards(args.input, args.out, args.split, settings, workers=max(1, workers))

@@ -27,7 +27,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from xec.deploy.onnx_meta import (ModelMetadata, inpainter_metadata, regressor_m
 from xec.errors import XecError
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer
+from xec.train.checkpoint import load_checkpoint
+from xec.train.stages import build_model_from_checkpoint
 from xec.utils import atomic_path, setup_logging, write_json
 
 log = logging.getLogger("xec.export")
@@ -85,13 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config).get("export", {})
+    cfg = load_config(args.config, command="export")["export"]  # validated: the schema fills in every default
     report = export_checkpoint(
-        args.checkpoint, args.out, val_shards=args.val_shards, opset=cfg.get("opset", 17),
-        parity_events=cfg.get("parity_events", 256), parity_batch_size=cfg.get("parity_batch_size", 64),
-        exporter=cfg.get("exporter", "torchscript"),
-        rtol=cfg.get("rtol", 1e-4) if args.rtol is None else args.rtol,
-        atol=cfg.get("atol", 1e-5) if args.atol is None else args.atol)
+        args.checkpoint, args.out, val_shards=args.val_shards, opset=cfg["opset"],
+        parity_events=cfg["parity_events"], parity_batch_size=cfg["parity_batch_size"], exporter=cfg["exporter"],
+        rtol=cfg["rtol"] if args.rtol is None else args.rtol,
+        atol=cfg["atol"] if args.atol is None else args.atol)
     print(f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
           f"max rel {report['max_rel']:.3g} on {report['events']} events")
     return 0
@@ -102,29 +103,45 @@ def parity_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".parity.json")
 
 
+def _regressor_graph(ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer,
+                     versions: dict[str, str]) -> tuple[nn.Module, ModelMetadata]:
+    tasks = list(ckpt.get("tasks") or [])
+    if not tasks:
+        raise XecError("regressor checkpoint lists no tasks")
+    ts = ckpt.get("target_standardization")
+    if not ts:
+        raise XecError("regressor checkpoint has no target standardization")
+    _check_standardization(model, TargetStandardizer.from_dict(ts), tasks)
+    return RegressorGraph(model, tasks).eval(), regressor_metadata(normalizer, tasks, ts, versions)
+
+
+def _inpainter_graph(ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer,
+                     versions: dict[str, str]) -> tuple[nn.Module, ModelMetadata]:
+    return InpainterGraph(model).eval(), inpainter_metadata(normalizer, versions)
+
+
+# (checkpoint, its EMA model, normalizer, software versions) -> (graph to export, its metadata)
+GraphBuilder = Callable[[dict[str, Any], nn.Module, Normalizer, dict[str, str]], tuple[nn.Module, ModelMetadata]]
+
+# The exportable checkpoint stages.
+GRAPHS: dict[str, GraphBuilder] = {
+    "regressor": _regressor_graph,
+    "inpainter": _inpainter_graph,
+}
+
+
 def build_graph(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelMetadata, nn.Module]:
     """(graph module to export, its metadata, the PyTorch reference model) for a checkpoint."""
-    from xec.train.checkpoint import build_model_from_checkpoint
-
     stage = ckpt["stage"]
+    if stage not in GRAPHS:
+        raise XecError(f"cannot export a checkpoint of stage {stage!r} (only {' and '.join(GRAPHS)})")
     if not ckpt.get("normalization"):
         raise XecError("checkpoint has no normalization preset; cannot write the ONNX metadata")
     normalizer = Normalizer.from_dict(ckpt["normalization"])
     model = build_model_from_checkpoint(ckpt, use_ema=True)
     versions = software_versions(0)  # opset filled in after export
-    if stage == "regressor":
-        tasks = list(ckpt.get("tasks") or [])
-        if not tasks:
-            raise XecError("regressor checkpoint lists no tasks")
-        ts = ckpt.get("target_standardization")
-        if not ts:
-            raise XecError("regressor checkpoint has no target standardization")
-        _check_standardization(model, TargetStandardizer.from_dict(ts), tasks)
-        graph = RegressorGraph(model, tasks).eval()
-        return graph, regressor_metadata(normalizer, tasks, ts, versions), model
-    if stage == "inpainter":
-        return InpainterGraph(model).eval(), inpainter_metadata(normalizer, versions), model
-    raise XecError(f"cannot export a checkpoint of stage {stage!r} (only regressor and inpainter)")
+    graph, meta = GRAPHS[stage](ckpt, model, normalizer, versions)
+    return graph, meta, model
 
 
 def _check_standardization(model: nn.Module, expected: TargetStandardizer, tasks: Sequence[str]) -> None:
@@ -145,13 +162,21 @@ def _check_standardization(model: nn.Module, expected: TargetStandardizer, tasks
 EXPORTERS = ("torchscript", "dynamo")
 
 
-def _onnx_export(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: Path,
-                 opset: int, exporter: str = "torchscript") -> None:
-    """torch.onnx.export with a dynamic batch axis. "torchscript" (default) exports the tiny
-    model in ~2 s; "dynamo" (torch.export based, opset >= 18) takes ~10x longer here but is
-    where PyTorch's exporter is heading."""
+def _check_options(opset: int, exporter: str) -> None:
+    if opset < 17:
+        raise XecError(f"ONNX opset must be >= 17, got {opset}")
     if exporter not in EXPORTERS:
         raise XecError(f"unknown ONNX exporter {exporter!r}; choose one of {EXPORTERS}")
+
+
+def export_graph(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: str | Path,
+                 opset: int = 17, exporter: str = "torchscript") -> None:
+    """torch.onnx.export of ``graph`` to ``path`` with the input/output names of ``meta`` and a
+    dynamic batch axis (axis 0 of every input and output). ``exporter``: "torchscript" (the
+    default, fast for these models) or "dynamo" (torch.export based, opset >= 18). Writes
+    ``path`` directly (no metadata, no parity check): ``export_checkpoint`` is the atomic,
+    checked entry point. XecError for an opset < 17 or an unknown exporter, before writing."""
+    _check_options(opset, exporter)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
@@ -270,12 +295,9 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
     """Export, check parity, and only then write ``out`` and its parity sidecar (atomically)."""
     import onnx
 
-    from xec.train.checkpoint import load_checkpoint
-
-    if opset < 17:
-        raise XecError(f"ONNX opset must be >= 17, got {opset}")
+    _check_options(opset, exporter)  # before the (slow) checkpoint load
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint, expected_stage=("regressor", "inpainter"))
+    ckpt = load_checkpoint(checkpoint, expected_stage=tuple(GRAPHS))
     try:
         graph, meta, _ = build_graph(ckpt)
     except XecError as exc:
@@ -285,7 +307,7 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
     example = (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
     out_path = Path(out)
     with atomic_path(out_path, suffix=".onnx") as tmp:
-        _onnx_export(graph, meta, example, tmp, opset, exporter)
+        export_graph(graph, meta, example, tmp, opset, exporter)
         model = onnx.load(str(tmp))
         actual_opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         meta = ModelMetadata(**{**meta.__dict__, "versions": {**meta.versions, "opset": str(actual_opset)}})

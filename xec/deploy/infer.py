@@ -67,18 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config)
-    icfg = cfg.get("inference", {})
-    data = cfg.get("data", {})
+    cfg = load_config(args.config, command="infer")
+    icfg = cfg["inference"]
+    data = cfg["data"]
     stats = run_inference(
         model=args.model, inputs=args.input, out=args.out, parquet=args.parquet,
         inpainter=args.inpainter, preset=args.preset,
-        batch_size=args.batch_size or icfg.get("batch_size", 128),
-        chunk_size=icfg.get("chunk_size", 2000), device=args.device or icfg.get("device", "auto"),
-        intra_op_threads=icfg.get("intra_op_threads", 0), optimization=icfg.get("graph_optimization", "all"),
-        allow_spinning=icfg.get("allow_spinning", False),
-        tree=data.get("tree", "tree"), npho_branch=data.get("npho_branch", "npho"),
-        time_branch=data.get("time_branch", "relative_time"))
+        batch_size=args.batch_size or icfg["batch_size"],
+        chunk_size=icfg["chunk_size"], device=args.device or icfg["device"],
+        intra_op_threads=icfg["intra_op_threads"], optimization=icfg["graph_optimization"],
+        allow_spinning=icfg["allow_spinning"],
+        tree=data["tree"], npho_branch=data["npho_branch"], time_branch=data["time_branch"])
     log.info("wrote %d events to %s and %s in %.1f s: %.0f events/s", stats["events"], args.out,
              stats["parquet"], stats["seconds"], stats["events_per_s"])
     print(f"{stats['events']} events, {stats['events_per_s']:.0f} events/s")

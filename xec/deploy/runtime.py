@@ -36,8 +36,7 @@ def make_session(path: str | os.PathLike, device: str = "auto", intra_op_threads
     """An ``onnxruntime.InferenceSession`` for ``path``; XecError naming the file on failure.
     ``intra_op_threads`` 0 lets ONNX Runtime choose (one per core). Spin-waiting worker threads
     are off by default: on a shared or oversubscribed CPU they burn the cores the other thread
-    needs (benchmarks/inference.py measured ~1.8x more events/s without spinning at load 8 on
-    2 cores)."""
+    needs (measurements: docs/performance.md, "Inference")."""
     import onnxruntime as ort
 
     if optimization not in OPT_LEVELS:

@@ -36,7 +36,7 @@ class GRN(nn.Module):
         self.segments = segments
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # sqrt(sum x^2 + tiny) instead of linalg.vector_norm: the strided norm kernel is ~5x
+        # sqrt(sum x^2 + tiny) instead of linalg.vector_norm: the strided norm kernel is much
         # slower on CPU here, and the tiny term keeps the gradient finite at an all-zero map.
         if x.dim() == 4:
             dims: tuple[int, ...] = (1, 2)

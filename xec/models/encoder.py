@@ -7,10 +7,9 @@ masking, dead channels to inpaint).
 Pipeline
 1. Input channels: the 2 normalized values as they are. Invalid readings carry the sentinel
    (-1 for meg2: below every valid npho >= 0 and valid time), and hidden sensors are SET to
-   the sentinel here, so the encoder is blind to their values. (Separate validity-flag
-   channels were tried: [x, flags] spans the same stem functions as [x * flags, flags], and
-   building them cost ~20 % of the tiny model's CPU step in memory passes; the npho-valid
-   pattern reaches the network through the FCMAE keep maps instead.)
+   the sentinel here, so the encoder is blind to their values. There are no separate
+   validity-flag channels: the npho-valid pattern reaches the network through the FCMAE keep
+   maps.
 2. One gather (``gather_idx``, a registered buffer) builds every face from the flat vector:
    inner 93x44, the outer face as ``geometry.outer_grid(outer_pool)`` (default 24x9, the PMTs
    sharing a cell stacked as input channels, see faces.py), US/DS 24x6, and the top/bottom
@@ -49,7 +48,7 @@ FACE_TYPES = {"inner": 0, "outer": 1, "us": 1, "ds": 1, "top": 2, "bottom": 2}
 
 def flat_gather_index(index: np.ndarray, channels: int) -> torch.Tensor:
     """Row index (L,) into (B, N, C) -> element index (L*C,) into its (B, N*C) view: gathering
-    single floats of a flattened row is ~3x faster on CPU than gathering C-float rows."""
+    single floats of a flattened row is faster on CPU than gathering C-float rows."""
     idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
     return (idx[:, None] * channels + torch.arange(channels)).reshape(-1)
 
@@ -115,8 +114,7 @@ class XECEncoder(nn.Module):
         # Learned per-position embeddings after every stem: the faces are not translation
         # invariant (where the light falls IS the signal for u, v, w and the angles), so the
         # masked mean of the conv features should not have to rely on border effects to know
-        # it. (At tiny size a 6-epoch regressor check gave the same u/v/angle errors without
-        # them, within ~5 %: cheap insurance, not a measured gain.)
+        # it.
         self.rect_pos = nn.ParameterDict({
             f.name: nn.Parameter(torch.zeros(1, f.shape[0] // f.stem_stride[0], f.shape[1] // f.stem_stride[1], c1))
             for f in self.layout.rect})

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from xec.config import add_config_argument, load_config
+from xec.config import add_config_argument, load_config, plain
 from xec.utils import setup_logging
 
 log = logging.getLogger("xec.models")
@@ -23,7 +23,7 @@ def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def model_info(section: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
+def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
     """Parameter counts of every model built from a config ``model`` section (shapes only:
     built on the meta device, so even `large` costs no memory)."""
     from xec.models import XECInpainter, XECMAE, XECRegressor, model_config
@@ -45,7 +45,7 @@ def model_info(section: dict[str, Any], tasks: list[str] | None = None) -> dict[
         "fusion": _count(enc.fusion) + _count(enc.norm) + enc.pos_embed.numel() + _count(enc.type_embed),
     }
     return {
-        "preset": section.get("preset", "tiny"),
+        "preset": section["preset"],
         "config": cfg.to_dict(),
         "faces": {f.name: {"grid": list(f.shape), "slots": f.slots, "stem_stride": list(f.stem_stride)}
                   for f in enc.layout.rect} | {"hex": {"nodes": int(enc.layout.hex.ids.size)}},
@@ -91,9 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     if args.preset is not None:
-        section: dict[str, Any] = {"preset": args.preset}
+        section: dict[str, Any] = {"preset": args.preset}  # the bare preset, without the config's overrides
     else:
-        section = dict(load_config(args.config).get("model") or {})
+        section = plain(load_config(args.config, command="model-info")["model"])
     info = model_info(section, args.tasks)
     print(format_info(info))
     if args.json:

@@ -2,7 +2,7 @@
 
 * Invalid-aware masking (``random_mask``): only candidate sensors can be hidden. By default
   (``maskable="time_valid"``) a sensor whose time is already the sentinel (dead, or below the
-  npho threshold) is never picked, as the issue asks; ``maskable="npho_valid"`` also allows
+  npho threshold) is never picked; ``maskable="npho_valid"`` also allows
   low-light sensors and ``time_valid_bias`` b > 0 then favours sensors with a valid time
   (probability proportional to 1 + b). Each candidate is hidden independently with
   probability mask_ratio (no per-event sort on the hot path); ``actual_mask_ratio`` reports

@@ -3,7 +3,7 @@
 Where the light falls on the inner face IS the position measurement: the classical
 reconstruction fits the solid-angle pattern in a window around the brightest MPPC and reaches
 a few mm. A global-pooled encoder token has to rediscover sub-cell positions through learned
-position embeddings, which a small model trained for minutes does poorly (15-35 mm on u/v).
+position embeddings, which a small model trained for minutes does poorly.
 This module gives the heads the same view the fit has: a ``window`` x ``window`` patch of MPPCs
 centred on the brightest one (shifted inwards at the face edges) - its normalized (npho, time),
 npho relative to the peak, and soft-argmax centroids at four sharpnesses - read by an MLP, plus

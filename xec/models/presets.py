@@ -1,9 +1,9 @@
 """Named model sizes. A preset fixes the encoder/decoder widths and depths; config.yaml's
 ``model`` section picks one by name and may override single keys (see ``model_config``).
 
-* ``tiny``: 89k encoder parameters (regressor with 4 heads 0.16M); trains at >= 1,000
-  events/s (fwd + bwd + AdamW, batch 256) on the 2-core development CPU
-  (docs/performance.md). Coarse by design: 4x4 patchify stem on the inner face, the outer
+* ``tiny``: 89k encoder parameters (regressor with 4 heads and the peak-window fit 0.65M);
+  sized to train at >= 1,000 events/s (fwd + bwd + AdamW) on 2 CPU cores (measurements:
+  docs/performance.md). Coarse by design: 4x4 patchify stem on the inner face, the outer
   face at one cell per coarse PMT, no ConvNeXt blocks at the stem resolution.
 * ``base``: 25.9M encoder parameters (the reference model's size), for GPUs.
 * ``large``: 84.6M encoder parameters.

@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -81,12 +81,13 @@ def _read(path: Path, what: str):
         return None
 
 
-def _bench_files(args: argparse.Namespace, cfg: dict[str, Any], results: Path) -> list[str]:
+def _bench_files(args: argparse.Namespace, cfg: Mapping[str, Any], results: Path) -> list[str]:
     import glob
 
     if args.bench_root:
         return list(args.bench_root)
-    patterns = cfg.get("data", {}).get("bench") or [str(results / "data" / "bench.root")]
+    # an empty data.bench means "the simulated bench sample" (schema), which the pipeline writes here
+    patterns = cfg["data"]["bench"] or [str(results / "data" / "bench.root")]
     return sorted(f for p in patterns for f in glob.glob(p))
 
 
@@ -131,12 +132,13 @@ def fetch_events(files: list[str], keys: list[tuple[int, int]], tree: str = "tre
     return found
 
 
-def make_plots(results: Path, out: Path, cfg: dict[str, Any], bench_files: list[str]) -> dict[str, Any]:
+def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: list[str]) -> dict[str, Any]:
+    """Every plot the files under ``results`` allow, into ``out`` (``cfg``: a validated config)."""
     from xec import plots as P
 
-    sec = cfg.get("plots", {})
-    run = PlotRun(out, tuple(sec.get("formats", ["png", "pdf"])), int(sec.get("dpi", 110)))
-    n_bins, n_boot = int(sec.get("profile_bins", 8)), int(sec.get("n_boot", 30))
+    sec = cfg["plots"]
+    run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
+    n_bins, n_boot = int(sec["profile_bins"]), int(sec["n_boot"])
 
     bench = {k: v for k, v in (("ML", _read(results / "inference" / "bench.parquet", "bench ML")),
                                ("baseline", _read(results / "baseline" / "bench.parquet", "bench baseline")))
@@ -180,7 +182,7 @@ def make_plots(results: Path, out: Path, cfg: dict[str, Any], bench_files: list[
     if metrics:
         run("training_curves", P.training_curves, metrics)
 
-    n_worst = int(sec.get("worst_events", 3))
+    n_worst = int(sec["worst_events"])
     ranked_from = bench.get("ML", bench.get("baseline"))
     if n_worst and ranked_from is not None:
         try:
@@ -188,7 +190,7 @@ def make_plots(results: Path, out: Path, cfg: dict[str, Any], bench_files: list[
             if not bench_files:
                 raise FileNotFoundError("no bench ROOT file for the event displays")
             keys = [(int(r), int(e)) for r, e in zip(worst["run"], worst["event"])]
-            events = fetch_events(bench_files, keys, cfg.get("data", {}).get("tree", "tree"))
+            events = fetch_events(bench_files, keys, cfg["data"]["tree"])
             for i, (k, err) in enumerate(zip(keys, worst["rank_error"])):
                 if k not in events:
                     run.skip(f"event_display_worst_{i}", f"event {k} not found in {bench_files}")
@@ -199,7 +201,7 @@ def make_plots(results: Path, out: Path, cfg: dict[str, Any], bench_files: list[
         except (ValueError, FileNotFoundError, XecError) as exc:
             run.skip("event_display_worst", f"{type(exc).__name__}: {exc}")
 
-    n_ex = int(sec.get("examples", 2))
+    n_ex = int(sec["examples"])
     val_manifest = results / "shards" / "val" / "manifest.json"
     for stage, fn in (("mae", _mae_plots), ("inpainter", _inpainter_plots)):
         ck = results / stage / "checkpoint.pt"
@@ -242,7 +244,7 @@ def _inpainter_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="plots")
     results = Path(args.results)
     if not results.is_dir():
         raise XecError(f"{results}: results directory not found")

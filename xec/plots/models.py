@@ -90,7 +90,8 @@ def run_mae_examples(checkpoint_path: str, val_manifest: str, n: int = 2, seed: 
     [{npho, mask, reco_npho}] in photons."""
     import torch
 
-    from xec.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from xec.train.checkpoint import load_checkpoint
+    from xec.train.stages import build_model_from_checkpoint
 
     ck = load_checkpoint(checkpoint_path, expected_stage="mae")
     model = build_model_from_checkpoint(ck)
@@ -114,7 +115,8 @@ def run_inpainter_examples(checkpoint_path: str, val_manifest: str, n: int = 64,
     inpainter checkpoint: {truth, pred, sensor} npho of the hidden sensors."""
     import torch
 
-    from xec.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from xec.train.checkpoint import load_checkpoint
+    from xec.train.stages import build_model_from_checkpoint
 
     ck = load_checkpoint(checkpoint_path, expected_stage="inpainter")
     model = build_model_from_checkpoint(ck)

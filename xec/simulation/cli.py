@@ -38,9 +38,10 @@ def main(args: argparse.Namespace) -> int:
     from xec.simulation.physics import PhysicsParams
 
     log = setup_logging(args.log)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, command="simulate", sample=args.sample)
     sim = cfg["simulation"]
-    samples = sim.get("samples", {})
+    # all of simulation.samples (declared runtime: only the error message lists the others)
+    samples = sim["samples"]
     if args.sample not in samples:
         where = args.config or "config.yaml"
         raise XecError(f"{where}: unknown sample {args.sample!r}; configured samples: {sorted(samples) or 'none'}")
@@ -49,17 +50,17 @@ def main(args: argparse.Namespace) -> int:
     chunk = sim["chunk_size"] if args.chunk_size is None else args.chunk_size
     if chunk <= 0:
         raise XecError(f"--chunk-size must be > 0, got {chunk}")
-    workers = sim.get("workers", 1) if args.workers is None else args.workers
+    workers = sim["workers"] if args.workers is None else args.workers
     if workers <= 0:
         raise XecError(f"--workers must be > 0, got {workers}")
     spec = SampleSpec.from_config(args.sample, samples[args.sample], events=args.events, seed=args.seed)
-    params = PhysicsParams.from_config(sim.get("physics"))
+    params = PhysicsParams.from_config(sim["physics"])
     check_writable(Path(args.out))
     log.info("simulating %s: %d events, seed %d, energy %s MeV, dead %.3f, gain spread %.3f, pile-up %.3f -> %s",
              spec.name, spec.events, spec.seed, spec.energy_mev, spec.dead_fraction, spec.gain_spread,
              spec.pileup_probability, args.out)
     start = time.perf_counter()
-    compression = sim.get("compression", "lz4") if args.compression is None else args.compression
+    compression = sim["compression"] if args.compression is None else args.compression
     n = write_sample(args.out, spec, params, chunk_size=chunk, workers=workers, tree=cfg["data"]["tree"],
                      compression=compression)
     dt = time.perf_counter() - start

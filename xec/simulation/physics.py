@@ -1,4 +1,4 @@
-"""Physics of the fast detector simulation (see ../shared/physics.md for the numbers).
+"""Physics of the fast detector simulation (numbers: docs/architecture.md, "Physics the code relies on").
 
 A parametric stand-in for the experiment's Geant4 simulation, vectorized over events, shower
 spots and sensors (never a Python loop over sensors or events):
@@ -28,8 +28,7 @@ Known simplifications: the redraw of step 2 thins the edges of the direction dis
 effectively zero); the diffuse light suffers no extra absorption and arrives at one time per
 event; the Gamma profile (b = 0.5) puts only ~19 % of the energy in the first X0 after the
 conversion, fewer than the e+e- pair's ionization really leaves there at 50 MeV, so the light
-is less peaked than a point source (hottest MPPC ~330 pe at w = 3 cm vs ~2,800 for all the
-energy at the conversion point; docs/performance.md).
+is less peaked than a point source (numbers: docs/performance.md, "Simulation").
 """
 from __future__ import annotations
 
@@ -40,61 +39,74 @@ from typing import Any, Mapping
 import numpy as np
 
 from xec import geometry as geo
+from xec.config import validate_config
 from xec.errors import XecError
 
 C_CM_PER_NS = 29.9792458
 NO_TIME = np.float32(1e10)  # sentinel of the MEG II files: dead sensor / no time
 
 
+# The field defaults are the schema's (simulation.physics; validation fills in every default), so
+# PhysicsParams() and the default config simulate the same events: the schema is the one source.
+_DEFAULT = validate_config({})["simulation"]["physics"]
+_TUPLE_FIELDS = ("vertex_sigma_cm", "pileup_energy_mev", "pileup_window_ns")
+
+
+def _default(name: str) -> Any:
+    value = _DEFAULT[name]
+    return tuple(float(x) for x in value) if name in _TUPLE_FIELDS else value  # frozen: no list defaults
+
+
 @dataclass(frozen=True)
 class PhysicsParams:
-    """Tunable constants (config ``simulation.physics``; defaults from physics.md)."""
+    """Tunable constants (config ``simulation.physics``, documented in the schema; physics:
+    docs/architecture.md). Defaults: the schema's."""
 
-    conversion_length_cm: float = 4.0
-    radiation_length_cm: float = 2.872
-    moliere_radius_cm: float = 4.2
-    critical_energy_mev: float = 11.0
-    profile_b: float = 0.5
-    profile_a_spread: float = 0.15      # relative (log-normal) event-by-event spread of a
-    spots: int = 12                     # deposit spots per shower
-    spot_share_shape: float = 3.0       # Gamma shape of the Dirichlet energy shares of the spots
-    track_dedx_mev_per_cm: float = 7.4  # ionisation of the e+e- pair right after the conversion (2 x 3.7)
-    track_length_cm: float = 1.0        # ... deposited on this first stretch, before the pair showers
-    track_spots: int = 2                # spots along that stretch (0: no track component)
-    track_max_fraction: float = 0.25    # at most this share of the energy (keeps npho linear in E within 2 %)
-    lateral_core_fraction: float = 0.85
-    lateral_core_radius: float = 0.2    # in Moliere radii (GFlash-like r^2/(r^2+R^2) CDF)
-    lateral_tail_radius: float = 1.0    # in Moliere radii -> ~89 % inside one Moliere radius
-    photons_per_mev: float = 40000.0
-    yield_spread: float = 0.0           # relative event-by-event spread of the light yield
-    absorption_length_cm: float = 100.0
-    rayleigh_length_cm: float = 40.0
-    group_velocity_cm_per_ns: float = 8.5
-    decay_time_ns: float = 45.0
-    efficiency_mppc: float = 0.12
-    efficiency_pmt: float = 0.16
-    jitter_mppc_ns: float = 0.2
-    jitter_pmt_ns: float = 0.2
-    time_threshold_pe: float = 3.0      # fewer photoelectrons: no time (1e10)
-    reference_threshold_pe: float = 50.0  # relative_time reference: earliest sensor above this
-    diffuse_delay_ns: float = 2.0       # extra delay of the scattered light
-    vertex_sigma_cm: tuple[float, float, float] = (0.2, 0.5, 0.5)
-    acceptance_margin_cm: float = 2.0
-    trigger_window_ns: float = 10.0     # absolute gamma emission time ~ U(0, window)
-    pileup_energy_mev: tuple[float, float] = (10.0, 52.8)
-    pileup_window_ns: tuple[float, float] = (-20.0, 20.0)
+    conversion_length_cm: float = _default("conversion_length_cm")
+    radiation_length_cm: float = _default("radiation_length_cm")
+    moliere_radius_cm: float = _default("moliere_radius_cm")
+    critical_energy_mev: float = _default("critical_energy_mev")
+    profile_b: float = _default("profile_b")
+    profile_a_spread: float = _default("profile_a_spread")        # relative (log-normal) event-by-event spread of a
+    spots: int = _default("spots")                                # deposit spots per shower
+    spot_share_shape: float = _default("spot_share_shape")        # Gamma shape of the Dirichlet energy shares
+    track_dedx_mev_per_cm: float = _default("track_dedx_mev_per_cm")  # ionisation of the e+e- pair (2 x 3.7)
+    track_length_cm: float = _default("track_length_cm")          # ... on this first stretch, before it showers
+    track_spots: int = _default("track_spots")                    # spots along that stretch (0: no track part)
+    track_max_fraction: float = _default("track_max_fraction")    # at most this share (keeps npho linear in E)
+    lateral_core_fraction: float = _default("lateral_core_fraction")
+    lateral_core_radius: float = _default("lateral_core_radius")  # in Moliere radii (r^2/(r^2+R^2) CDF)
+    lateral_tail_radius: float = _default("lateral_tail_radius")  # in Moliere radii
+    photons_per_mev: float = _default("photons_per_mev")
+    yield_spread: float = _default("yield_spread")                # relative event-by-event spread of the yield
+    absorption_length_cm: float = _default("absorption_length_cm")
+    rayleigh_length_cm: float = _default("rayleigh_length_cm")
+    group_velocity_cm_per_ns: float = _default("group_velocity_cm_per_ns")
+    decay_time_ns: float = _default("decay_time_ns")
+    efficiency_mppc: float = _default("efficiency_mppc")
+    efficiency_pmt: float = _default("efficiency_pmt")
+    jitter_mppc_ns: float = _default("jitter_mppc_ns")
+    jitter_pmt_ns: float = _default("jitter_pmt_ns")
+    time_threshold_pe: float = _default("time_threshold_pe")      # fewer photoelectrons: no time (1e10)
+    reference_threshold_pe: float = _default("reference_threshold_pe")  # relative_time reference threshold
+    diffuse_delay_ns: float = _default("diffuse_delay_ns")        # extra delay of the scattered light
+    vertex_sigma_cm: tuple[float, float, float] = _default("vertex_sigma_cm")
+    acceptance_margin_cm: float = _default("acceptance_margin_cm")
+    trigger_window_ns: float = _default("trigger_window_ns")      # absolute gamma emission time ~ U(0, window)
+    pileup_energy_mev: tuple[float, float] = _default("pileup_energy_mev")
+    pileup_window_ns: tuple[float, float] = _default("pileup_window_ns")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "PhysicsParams":
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
+    def from_config(cls, cfg: Mapping[str, Any]) -> "PhysicsParams":
+        """From a validated ``simulation.physics`` section (every key filled in by the schema)."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(names))  # the schema and this class must list the same keys
         if unknown:
             raise XecError(f"simulation.physics: unknown parameter(s) {unknown}")
-        for key in ("vertex_sigma_cm", "pileup_energy_mev", "pileup_window_ns"):
-            if key in cfg:
-                cfg[key] = tuple(float(x) for x in cfg[key])
-        p = cls(**cfg)
+        values = {name: cfg[name] for name in names}
+        for key in _TUPLE_FIELDS:
+            values[key] = tuple(float(x) for x in values[key])
+        p = cls(**values)
         p.check()
         return p
 
@@ -329,10 +341,9 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     Each sub-block of events needs two small batched matmuls that give d^2 and A/pi x height
     directly (the event-dependent parts are folded into augmented rows/columns, computed in
     float64 so that nothing cancels against the 65 cm radius), then ~20 float32 passes over an
-    (events x spots x sensors) tensor small enough to stay in cache (2 events x 14 spots: 7 %
-    less CPU than 4 events on the development machine, same output). The augmented columns
-    live in one sub-block-sized buffer whose event-independent rows are filled once (building
-    them for every event cost 30 % of this function). d^2 is clamped at 0.01 cm^2.
+    (events x spots x sensors) tensor small enough to stay in cache (``sub_block`` events at a
+    time). The augmented columns live in one sub-block-sized buffer whose event-independent rows
+    are filled once. d^2 is clamped at 0.01 cm^2.
     """
     n, k = photons.shape
     m = _sensor_matrices(params)
@@ -403,7 +414,7 @@ def fast_poisson(rng: np.random.Generator, mean: np.ndarray, switch: float = 30.
     flat_mean = np.asarray(mean, dtype=np.float32).reshape(-1)
     big = flat_mean >= switch
     # numpy draws no random number for a mean of 0: zeroing the big means keeps the stream of a
-    # draw over the small ones only, without a boolean gather and scatter (13 % faster)
+    # draw over the small ones only, without a boolean gather and scatter
     out = rng.poisson(np.where(big, 0.0, flat_mean.astype(np.float64))).astype(np.float32)
     mb = flat_mean[big]
     g = rng.standard_normal(mb.size, dtype=np.float32)

@@ -4,8 +4,8 @@ Training masks a realistic dead-channel density (``inpainter.mask_ratio``, defau
 sensors that have a reading (xec.models.mae.random_mask, maskable="npho_valid": low-light
 sensors can die too; their time is not scored). Loss on the hidden sensors only: npho always,
 time where the true time is valid and the true npho is above the normalizer's threshold.
-Encoder frozen by default (``freeze_encoder``), initialized from ``--mae`` (or random with
-``--mae none``).
+Encoder frozen by default (``freeze_encoder``), initialized from ``--init`` (an MAE checkpoint;
+random with ``--init none``).
 
 Metrics: loss, and MAE/RMSE of npho and time on the hidden sensors, overall and per face, in
 normalized and physical units (photons, ns). With ``predictions_root`` the val predictions of
@@ -23,19 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from xec.data.loader import ShardLoader
+from xec.models import XECInpainter
+from xec.models.mae import elementwise_loss, npho_threshold_normalized, random_mask
 from xec.normalization import Normalizer
+from xec.rootio import tree_writer
+from xec.train.base import SensorErrorSums, Stage, model_config_of, sensor_faces
 from xec.train.distributed import DistContext, all_reduce_sum
-from xec.train.stages import SensorErrorSums, load_encoder_from, model_config_of, model_meta, sensor_faces
 
 log = logging.getLogger("xec.train")
-
-
-def build_inpainter_model(spec: Mapping[str, Any]) -> nn.Module:
-    from xec.models import XECInpainter
-
-    norm = Normalizer.from_dict(dict(spec["normalization"]))
-    freeze = bool((spec.get("model_args") or {}).get("freeze_encoder", False))
-    return XECInpainter(model_config_of(spec["model"]), normalizer=norm, freeze_encoder=freeze)
 
 
 class _Predict(nn.Module):
@@ -50,58 +46,47 @@ class _Predict(nn.Module):
         return self.inpainter.predict(x, mask)
 
 
-class InpainterStage:
+class InpainterStage(Stage):
     name = "inpainter"
-    best_metric = "loss"
+    help = "dead-channel inpainter (encoder from the MAE, frozen by default)"
+    seed_offset = 2
+    takes_init = True
     headline = ("val_mae_npho", "val_mae_npho_phot", "val_rmse_npho_phot", "val_mae_time_ns", "val_rmse_time_ns")
 
-    def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, mae_checkpoint: str | None):
-        from xec.models.mae import npho_threshold_normalized
-
-        self.cfg = cfg
-        self.sec = cfg.get("inpainter", {})
-        self.normalizer = normalizer
-        self.meta = model_meta(cfg)
-        self.mask_ratio = float(self.sec.get("mask_ratio", 0.05))
-        self.loss_kind = self.sec.get("loss", "smooth_l1")
-        self.freeze = bool(self.sec.get("freeze_encoder", True))
+    def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
+        super().__init__(cfg, normalizer, init_checkpoint)
+        self.mask_ratio = float(self.sec["mask_ratio"])
+        self.loss_kind = self.sec["loss"]
+        self.freeze = bool(self.sec["freeze_encoder"])
         self.time_thr = npho_threshold_normalized(normalizer)
-        self.mae_checkpoint = mae_checkpoint
-        self.mae_ckpt = None
-        if mae_checkpoint is not None:
-            from xec.train.checkpoint import check_model_compatible, load_checkpoint
-
-            self.mae_ckpt = load_checkpoint(mae_checkpoint, expected_stage="mae", expected_normalizer=normalizer)
-            check_model_compatible(self.mae_ckpt, self.meta, where=f"{mae_checkpoint} (--mae)", encoder_only=True)
-        elif self.freeze:
-            log.warning("inpainter: --mae none with freeze_encoder: the encoder stays at its random initialization")
+        if init_checkpoint is None and self.freeze:
+            log.warning("inpainter: --init none with freeze_encoder: the encoder stays at its random initialization")
         self.val_manifest: str | None = None
+
+    @classmethod
+    def build(cls, spec: Mapping[str, Any]) -> nn.Module:
+        norm = Normalizer.from_dict(dict(spec["normalization"]))
+        return XECInpainter(model_config_of(spec["model"]), normalizer=norm,
+                            freeze_encoder=bool(spec["model_args"]["freeze_encoder"]))
+
+    def model_args(self) -> dict[str, Any]:
+        return {"mask_ratio": self.mask_ratio, "freeze_encoder": self.freeze}
 
     def attach_data(self, train_loader, val_loader) -> None:
         self.val_manifest = val_loader.manifest["_path"]
         self.val_batch = val_loader.batch_size
 
-    def payload(self) -> dict[str, Any]:
-        return {"stage": self.name, "model": self.meta, "normalization": self.normalizer.to_dict(), "tasks": [],
-                "target_standardization": None,
-                "model_args": {"mask_ratio": self.mask_ratio, "freeze_encoder": self.freeze},
-                "init_checkpoint": self.mae_checkpoint}
-
-    def build_model(self) -> nn.Module:
-        return build_inpainter_model(self.payload())
-
-    def prepare_model(self, model: nn.Module) -> None:
-        if self.mae_ckpt is not None:
-            n = load_encoder_from(self.mae_ckpt, model, self.mae_checkpoint)
-            log.info("inpainter: encoder initialized from %s (%d tensors)", self.mae_checkpoint, n)
+    def prepare_model(self, model: nn.Module) -> int:
+        n = super().prepare_model(model)
+        if n:
+            log.info("inpainter: encoder initialized from %s (%d tensors)", self.init_checkpoint, n)
+        return n
 
     def train_module(self, model: nn.Module) -> nn.Module:
         return _Predict(model)
 
     # ------------------------------------------------------------------ masks and loss
     def make_mask(self, x: torch.Tensor, generator) -> torch.Tensor:
-        from xec.models.mae import random_mask
-
         mask, _ = random_mask(x, self.mask_ratio, self.normalizer.sentinel, "npho_valid", 0.0, generator)
         return mask
 
@@ -111,8 +96,6 @@ class InpainterStage:
         return mask, time_ok
 
     def _loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        from xec.models.mae import elementwise_loss
-
         sel_n, sel_t = self._scored(x, mask)
         mn, mt = sel_n.to(pred.dtype), sel_t.to(pred.dtype)
         tgt = torch.where(torch.stack([mn, mt], -1) > 0, x, pred.detach())  # sentinel targets never enter
@@ -149,7 +132,7 @@ class InpainterStage:
         return out
 
     def finalize(self, model, val_loader, out_dir: Path, ctx: DistContext) -> dict[str, float]:
-        if not (ctx.is_main and self.sec.get("predictions_root", False)):
+        if not (ctx.is_main and self.sec["predictions_root"]):
             return {}
         n = write_root_predictions(model, self, Path(out_dir) / "predictions.root", ctx.device)
         return {"predictions_root_rows": float(n)}
@@ -157,9 +140,6 @@ class InpainterStage:
 
 def write_root_predictions(model, stage: InpainterStage, path: Path, device, seed: int = 12345) -> int:
     """Stream per-sensor predictions of the hidden val sensors to ROOT, one batch at a time."""
-    from xec.data.loader import ShardLoader
-    from xec.rootio import tree_writer
-
     loader = ShardLoader(stage.val_manifest, stage.val_batch, tasks=(), shuffle=False, with_ids=True)
     faces = sensor_faces()
     norm = stage.normalizer

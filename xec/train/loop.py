@@ -1,14 +1,8 @@
 """The one training loop shared by the MAE, inpainter and regressor stages.
 
-A *stage* object supplies only what differs between stages:
-
-    stage.name                      "mae" | "inpainter" | "regressor"
-    stage.best_metric               key of the validation metrics used for checkpoint_best.pt (lower is better)
-    stage.training_step(model, x, targets, weights, generator) -> (loss tensor, {name: detached scalar tensor})
-    stage.evaluate(model, loader, ctx, generator) -> {name: float}  (reduced over ranks; on the EMA model)
-    stage.payload() -> dict with model, normalization, tasks, target_standardization
-    stage.lr_scales() -> [(param-name prefix, lr factor)]           (optional)
-    stage.finalize(model, val_loader, out_dir, ctx) -> {name: float} (optional; e.g. predictions file)
+A *stage* (``xec.train.base.Stage``; the registry is ``xec.train.stages.STAGES``) supplies
+only what differs between stages: its model, training step, evaluation, checkpoint payload and
+the optional hooks declared (with no-op defaults) on the base class.
 
 Everything else lives here: AdamW groups, schedules, gradient accumulation and clipping, bf16
 autocast on CUDA, EMA, optional torch.compile, non-finite step skipping, atomic checkpoints
@@ -30,26 +24,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
 from xec import __version__
 from xec.errors import XecError
+from xec.normalization import Normalizer
 from xec.train import checkpoint as ckpt_mod
+from xec.train.base import HPARAM_KEYS, Stage
 from xec.train.distributed import DistContext, all_reduce_sum, any_flag, barrier
 from xec.train.ema import EMA
 from xec.train.optim import LRSchedule, build_optimizer
 from xec.train.tracking import NullTracker, flatten, system_metrics
-from xec.utils import progress_enabled, write_json
+from xec.utils import atomic_path, progress_enabled, write_json
 
 log = logging.getLogger("xec.train")
-
-DEFAULT_HP: dict[str, Any] = dict(
-    epochs=1, lr=1e-3, weight_decay=0.05, betas=[0.9, 0.999], schedule="cosine", warmup_epochs=0.5,
-    min_lr_ratio=0.01, grad_accum=1, grad_clip=1.0, ema_decay=0.99, precision="auto", compile=False,
-    max_nonfinite_steps=20, seed=0, find_unused_parameters=False, log_every=0,
-)
-
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the stage's generator for one epoch and rank (independent of resume)."""
@@ -57,12 +47,15 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 class Trainer:
-    def __init__(self, stage: Any, model: nn.Module, train_loader: Any, val_loader: Any, hp: Mapping[str, Any],
+    def __init__(self, stage: Stage, model: nn.Module, train_loader: Any, val_loader: Any, hp: Mapping[str, Any],
                  out_dir: str | Path, config: Mapping[str, Any] | None = None, ctx: DistContext | None = None,
                  tracker: NullTracker | None = None, resume: bool | str = False,
                  fingerprint: Mapping[str, Any] | None = None):
         self.stage = stage
-        self.hp = {**DEFAULT_HP, **dict(hp)}
+        missing = [k for k in HPARAM_KEYS if k not in hp]
+        if missing:
+            raise XecError(f"{stage.name}: hyperparameters {missing} not given (Stage.hparams builds them all)")
+        self.hp = dict(hp)
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
         self.out_dir = Path(out_dir)
@@ -76,7 +69,7 @@ class Trainer:
             raise XecError(f"grad_accum must be >= 1, got {hp['grad_accum']}")
         self.amp_dtype = self._amp_dtype(hp["precision"])
         self.optimizer = build_optimizer(self.model, float(hp["lr"]), float(hp["weight_decay"]), hp["betas"],
-                                         getattr(stage, "lr_scales", lambda: [])())
+                                         stage.lr_scales())
         self.steps_per_epoch = max(1, math.ceil(len(train_loader) / int(hp["grad_accum"])))
         total = self.steps_per_epoch * int(hp["epochs"])
         self.scheduler = LRSchedule(self.optimizer, float(hp["lr"]), total,
@@ -85,7 +78,7 @@ class Trainer:
         self.ema = EMA(self.model, float(hp["ema_decay"])) if float(hp["ema_decay"]) > 0 else None
         # A stage may train through a view of the model (e.g. the inpainter's raw predict()):
         # DDP must wrap the module whose forward the loss calls, or gradients are not synced.
-        self.train_model: nn.Module = stage.train_module(self.model) if hasattr(stage, "train_module") else self.model
+        self.train_model: nn.Module = stage.train_module(self.model)
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -182,8 +175,6 @@ class Trainer:
             log.warning("not resuming: %s; starting from scratch", exc)
             return
         if self.stage.payload().get("normalization") and ck.get("normalization"):
-            from xec.normalization import Normalizer
-
             Normalizer.from_dict(ck["normalization"]).check_compatible(self.stage.payload()["normalization"],
                                                                        where=f"{path} (--resume)")
         self.model.load_state_dict(ck["model_state"])
@@ -354,7 +345,7 @@ class Trainer:
                          "%d non-finite, %.1fs", self.stage.name, self.epoch, epochs, tr.get("train_loss", math.nan),
                          best_key, value, " (best)" if improved else "", tr["events_per_s"],
                          100 * tr["data_wait_fraction"], tr["lr"], tr["nonfinite_steps"], tr["epoch_time_s"])
-                head = [k for k in getattr(self.stage, "headline", ()) if k in va]
+                head = [k for k in self.stage.headline if k in va]
                 if head:
                     log.info("%s epoch %d/%d: %s", self.stage.name, self.epoch, epochs,
                              ", ".join(f"{k[4:]} {va[k]:.4g}" for k in head))
@@ -364,11 +355,9 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         final_val = self.validate() if not self.history else {k: v for k, v in self.history[-1].items()
                                                                  if k.startswith("val_")}
-        extra: dict[str, float] = {}
-        if hasattr(self.stage, "finalize"):
-            self.eval_model.eval()
-            with torch.no_grad(), self._autocast():
-                extra = self.stage.finalize(self.eval_model, self.val_loader, self.out_dir, self.ctx) or {}
+        self.eval_model.eval()
+        with torch.no_grad(), self._autocast():
+            extra = self.stage.finalize(self.eval_model, self.val_loader, self.out_dir, self.ctx)
         last = self.history[-1] if self.history else {}
         summary = {
             "stage": self.stage.name, "epochs": self.epoch, "steps": self.step,
@@ -388,10 +377,6 @@ class Trainer:
             self.tracker.log_artifact(self.out_dir / "metrics.json")
             cfg_path = self.out_dir / "config.yaml"
             if self.config:
-                import yaml
-
-                from xec.utils import atomic_path
-
                 with atomic_path(cfg_path) as tmp:
                     tmp.write_text(yaml.safe_dump(self.config, sort_keys=True))
                 self.tracker.log_artifact(cfg_path)

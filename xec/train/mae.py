@@ -12,44 +12,28 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from xec.models.mae import XECMAE, npho_threshold_normalized
 from xec.normalization import Normalizer
+from xec.train.base import SensorErrorSums, Stage, model_config_of
 from xec.train.distributed import DistContext, all_reduce_sum
-from xec.train.stages import SensorErrorSums, model_config_of, model_meta
 
 
-def mae_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    sec = cfg.get("mae", {})
-    return {"mask_ratio": float(sec.get("mask_ratio", 0.6)), "loss": sec.get("loss", "smooth_l1"),
-            "npho_loss_weight": float(sec.get("npho_loss_weight", 1.0)),
-            "time_loss_weight": float(sec.get("time_loss_weight", 1.0))}
-
-
-def build_mae_model(spec: Mapping[str, Any]) -> nn.Module:
-    from xec.models.mae import XECMAE, npho_threshold_normalized
-
-    norm = Normalizer.from_dict(dict(spec["normalization"]))
-    args = dict(spec.get("model_args") or {})
-    return XECMAE(model_config_of(spec["model"]), sentinel=norm.sentinel,
-                  time_npho_threshold=npho_threshold_normalized(norm), **args)
-
-
-class MAEStage:
+class MAEStage(Stage):
     name = "mae"
-    best_metric = "loss"
+    help = "masked-autoencoder pretraining of the encoder"
+    seed_offset = 1
     headline = ("val_loss_npho", "val_loss_time", "val_mae_npho_phot", "val_mae_time_ns", "val_actual_mask_ratio")
 
-    def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer):
-        self.cfg = cfg
-        self.normalizer = normalizer
-        self.meta = model_meta(cfg)
-        self.args = mae_args(cfg)
+    @classmethod
+    def build(cls, spec: Mapping[str, Any]) -> nn.Module:
+        norm = Normalizer.from_dict(dict(spec["normalization"]))
+        return XECMAE(model_config_of(spec["model"]), sentinel=norm.sentinel,
+                      time_npho_threshold=npho_threshold_normalized(norm), **spec["model_args"])
 
-    def build_model(self) -> nn.Module:
-        return build_mae_model(self.payload())
-
-    def payload(self) -> dict[str, Any]:
-        return {"stage": self.name, "model": self.meta, "normalization": self.normalizer.to_dict(), "tasks": [],
-                "target_standardization": None, "model_args": self.args}
+    def model_args(self) -> dict[str, Any]:
+        return {"mask_ratio": float(self.sec["mask_ratio"]), "loss": self.sec["loss"],
+                "npho_loss_weight": float(self.sec["npho_loss_weight"]),
+                "time_loss_weight": float(self.sec["time_loss_weight"])}
 
     def training_step(self, model, x, targets, weights, generator):
         out = model(x, generator=generator)

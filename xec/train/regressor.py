@@ -25,24 +25,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xec import metrics as M
+from xec.data.loader import ShardLoader
 from xec.errors import XecError
+from xec.models import XECRegressor
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
+from xec.train.base import Stage, model_config_of
 from xec.train.distributed import DistContext, all_reduce_sum, gather_arrays
-from xec.train.stages import load_encoder_from, model_config_of, model_meta
+from xec.utils import atomic_path
 
 log = logging.getLogger("xec.train")
 LOSS_TYPES = ("smooth_l1", "l1", "mse", "huber", "gaussian_nll")
+# The loss of a task that regressor.losses does not list (the schema fills the keys of listed ones).
+DEFAULT_TASK_LOSS = {"type": "l1", "weight": 1.0, "beta": 1.0}
 
 
-def task_losses(cfg: Mapping[str, Any], tasks) -> dict[str, dict[str, Any]]:
-    given = dict(cfg.get("regressor", {}).get("losses") or {})
+def task_losses(sec: Mapping[str, Any], tasks) -> dict[str, dict[str, Any]]:
+    """The loss spec of each task from the `regressor` section."""
+    given = dict(sec["losses"])
     unknown = set(given) - set(tasks)
     if unknown:
         raise XecError(f"config regressor.losses names task(s) {sorted(unknown)} not in regressor.tasks {list(tasks)}")
     out = {}
     for t in tasks:
-        spec = {"type": "l1", "weight": 1.0, "beta": 1.0, **dict(given.get(t) or {})}
+        spec = {**DEFAULT_TASK_LOSS, **dict(given.get(t) or {})}
         if spec["type"] not in LOSS_TYPES:
             raise XecError(f"config regressor.losses.{t}.type: unknown loss {spec['type']!r}; choose one of {LOSS_TYPES}")
         out[t] = spec
@@ -71,71 +78,46 @@ def elementwise(kind: str, pred: torch.Tensor, target: torch.Tensor, beta: float
     raise XecError(f"unknown loss {kind!r}; choose one of {LOSS_TYPES}")
 
 
-def regressor_args(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    sec = cfg.get("regressor", {})
-    tasks = list(sec.get("tasks") or ["angle", "energy", "timing", "uvwFI"])
-    for t in tasks:
-        get_task(t)
-    return {"tasks": tasks, "nll_tasks": [t for t, s in task_losses(cfg, tasks).items() if s["type"] == "gaussian_nll"]}
-
-
-def build_regressor_model(spec: Mapping[str, Any]) -> nn.Module:
-    from xec.models import XECRegressor
-
-    norm = Normalizer.from_dict(dict(spec["normalization"]))
-    std = TargetStandardizer.from_dict(spec["target_standardization"])
-    tasks = list(spec["tasks"])
-    model = _construct_regressor(XECRegressor, model_config_of(spec["model"]), tasks, std, norm)
-    nll = list((spec.get("model_args") or {}).get("nll_tasks", []))
-    if nll:
-        # Learned per-component log-variances for gaussian_nll tasks (unused by forward / ONNX).
-        model.loss_logvar = nn.ParameterDict({t: nn.Parameter(torch.zeros(get_task(t).dim)) for t in nll})
-    return model
-
-
-def _construct_regressor(cls, mc, tasks, std, norm):
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = {}
-    if "sentinel" in params:
-        kwargs["sentinel"] = norm.sentinel
-    if "normalizer" in params:
-        kwargs["normalizer"] = norm
-    return cls(mc, tasks, std, **kwargs)
-
-
 def _standardize(std: TargetStandardizer, task: str, y: torch.Tensor) -> torch.Tensor:
     mean = torch.as_tensor(std.mean[task], device=y.device, dtype=y.dtype)
     sd = torch.as_tensor(std.std[task], device=y.device, dtype=y.dtype)
     return (y - mean) / sd
 
 
-class RegressorStage:
+class RegressorStage(Stage):
     name = "regressor"
-    best_metric = "loss"
+    help = "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE"
+    seed_offset = 3
+    takes_init = True
+    takes_weights = True
     headline = ("val_theta_deg_res", "val_phi_deg_res", "val_opening_angle_q68_deg", "val_energy_pct_res",
                 "val_energy_pct_gain", "val_time_ps_res", "val_u_mm_res", "val_u_mm_gain", "val_v_mm_res",
                 "val_v_mm_gain", "val_w_mm_res", "val_w_mm_gain")
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
-        self.cfg = cfg
-        self.sec = cfg.get("regressor", {})
-        self.normalizer = normalizer
-        self.meta = model_meta(cfg)
-        self.args = regressor_args(cfg)
-        self.tasks = tuple(self.args["tasks"])
-        self.losses = task_losses(cfg, self.tasks)
-        self.channel_dropout = float(self.sec.get("channel_dropout", 0.0))
-        self.init_checkpoint = init_checkpoint
-        self.init_ckpt = None
-        if init_checkpoint is not None:
-            from xec.train.checkpoint import check_model_compatible, load_checkpoint
-
-            self.init_ckpt = load_checkpoint(init_checkpoint, expected_stage="mae", expected_normalizer=normalizer)
-            check_model_compatible(self.init_ckpt, self.meta, where=f"{init_checkpoint} (--init)", encoder_only=True)
+        super().__init__(cfg, normalizer, init_checkpoint)
+        self.tasks = tuple(self.sec["tasks"])
+        for t in self.tasks:
+            get_task(t)
+        self.losses = task_losses(self.sec, self.tasks)
+        self.channel_dropout = float(self.sec["channel_dropout"])
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
+
+    @classmethod
+    def build(cls, spec: Mapping[str, Any]) -> nn.Module:
+        norm = Normalizer.from_dict(dict(spec["normalization"]))
+        std = TargetStandardizer.from_dict(spec["target_standardization"])
+        model = XECRegressor(model_config_of(spec["model"]), list(spec["tasks"]), std, normalizer=norm)
+        nll = list(spec["model_args"]["nll_tasks"])
+        if nll:
+            # Learned per-component log-variances for gaussian_nll tasks (unused by forward / ONNX).
+            model.loss_logvar = nn.ParameterDict({t: nn.Parameter(torch.zeros(get_task(t).dim)) for t in nll})
+        return model
+
+    def model_args(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks),
+                "nll_tasks": [t for t, s in self.losses.items() if s["type"] == "gaussian_nll"]}
 
     def attach_data(self, train_loader, val_loader) -> None:
         std = train_loader.standardizer  # from the train manifest's target_stats
@@ -144,23 +126,22 @@ class RegressorStage:
         self.val_batch = val_loader.batch_size
 
     def payload(self) -> dict[str, Any]:
-        return {"stage": self.name, "model": self.meta, "normalization": self.normalizer.to_dict(),
-                "tasks": list(self.tasks),
-                "target_standardization": self.standardizer.to_dict() if self.standardizer else None,
-                "model_args": self.args, "init_checkpoint": self.init_checkpoint}
+        return {**super().payload(), "tasks": list(self.tasks),
+                "target_standardization": self.standardizer.to_dict() if self.standardizer else None}
 
     def build_model(self) -> nn.Module:
         if self.standardizer is None:
             raise RuntimeError("attach_data() first: the standardizer comes from the train manifest")
-        return build_regressor_model(self.payload())
+        return super().build_model()
 
-    def prepare_model(self, model: nn.Module) -> None:
-        if self.init_ckpt is not None:
-            n = load_encoder_from(self.init_ckpt, model, self.init_checkpoint)
+    def prepare_model(self, model: nn.Module) -> int:
+        n = super().prepare_model(model)
+        if n:
             log.info("regressor: encoder initialized from %s (%d tensors)", self.init_checkpoint, n)
+        return n
 
     def lr_scales(self) -> list[tuple[str, float]]:
-        scale = float(self.sec.get("encoder_lr_scale", 1.0))
+        scale = float(self.sec["encoder_lr_scale"])
         return [("encoder.", scale)] if scale != 1.0 else []
 
     # ------------------------------------------------------------------ loss
@@ -231,8 +212,6 @@ def physics_metrics(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarra
                     std: TargetStandardizer | None = None) -> dict[str, float]:
     """Resolutions in physical units (see the module docstring); with ``std`` also the
     "predict the train mean" reference and the gain over it."""
-    from xec import metrics as M
-
     out: dict[str, float] = {}
 
     def add(name: str, resid: np.ndarray, scale: float, ref_resid: np.ndarray | None) -> None:
@@ -285,9 +264,6 @@ def write_predictions(model, stage: RegressorStage, path: Path, device) -> None:
     """Stream the val predictions (run, event, true_<col>, pred_<col>) to parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from xec.data.loader import ShardLoader
-    from xec.utils import atomic_path
 
     loader = ShardLoader(stage.val_manifest, stage.val_batch, tasks=stage.tasks, shuffle=False, with_ids=True)
     with atomic_path(path, suffix=".parquet") as tmp:

@@ -178,18 +178,19 @@ def _lock_path(uri: str) -> Path | None:
 
 def make_tracker(mlflow_cfg: Mapping[str, Any], stage: str, run_name: str | None = None,
                  is_main: bool = True, run_id: str | None = None) -> NullTracker:
-    """An MlflowTracker for rank 0 when enabled, else a NullTracker (with a warning on failure)."""
-    if not is_main or not mlflow_cfg.get("enabled", True):
+    """An MlflowTracker for rank 0 when enabled, else a NullTracker (with a warning on failure).
+    ``mlflow_cfg``: the validated ``mlflow`` section (every key filled in by the schema)."""
+    if not is_main or not mlflow_cfg["enabled"]:
         return NullTracker()
-    uri = resolve_tracking_uri(mlflow_cfg.get("tracking_uri", "sqlite:///results/mlflow.db"))
+    uri = resolve_tracking_uri(mlflow_cfg["tracking_uri"])
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    artifact_root = mlflow_cfg.get("artifact_root")
+    artifact_root = mlflow_cfg["artifact_root"]
     if artifact_root is None and uri.startswith("sqlite:///"):
         artifact_root = str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
     elif artifact_root:
         artifact_root = str(Path(artifact_root).resolve())
-    experiment = f"{mlflow_cfg.get('experiment_prefix', 'xec')}-{stage}"
+    experiment = f"{mlflow_cfg['experiment_prefix']}-{stage}"
     try:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         tracker = MlflowTracker(uri, experiment, run_name=run_name, artifact_root=artifact_root, run_id=run_id)

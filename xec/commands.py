@@ -1,0 +1,84 @@
+"""Every `xec` command: where it lives, its one-line help, and the config keys it reads.
+
+The declarations are the one source for two things:
+
+* ``xec.config.load_config(path, command=NAME)`` hands the command a view of the config that
+  refuses any key it did not declare, so a command cannot read a key behind its rule's back;
+* ``workflow/rules/common.smk`` builds each rule's ``params:`` from ``reads`` (via
+  ``xec.config.command_params``), so a rule reruns exactly when a key its command's outputs
+  depend on changes.
+
+Keys are dotted paths into the validated config; a key grants its whole subtree. ``reads``: keys
+the outputs depend on. ``runtime``: keys also read that never change the outputs (threads,
+chunking, compression, experiment tracking), so changing them reruns nothing. A ``{field}``
+placeholder is filled per job (``simulation.samples.{sample}``).
+
+This module imports neither torch nor any command module (the CLI and the Snakefile read it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xec.errors import XecError
+from xec.models.presets import ENCODER_FIELDS, STAGE_FIELDS
+
+DATA_BRANCHES = ("data.tree", "data.npho_branch", "data.time_branch")
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str                  # module with add_arguments(parser) and main(args) -> int
+    help: str
+    reads: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()
+
+
+def _train(stage: str, help_text: str) -> Command:
+    model_keys = tuple(f"model.{k}" for k in (*ENCODER_FIELDS, *STAGE_FIELDS[stage]))
+    return Command("xec.train.cli", help_text, reads=("seed", "train", "normalization", stage, *model_keys),
+                   runtime=("mlflow",))
+
+
+# Top-level names are the CLI's subcommands; "train <stage>" are the training subcommands.
+COMMANDS: dict[str, Command] = {
+    "simulate": Command(
+        "xec.simulation.cli", "simulate events with the fast detector simulation into a MEG II ROOT file",
+        reads=("data.tree", "simulation.samples.{sample}", "simulation.physics"),
+        runtime=("simulation.samples", "simulation.chunk_size", "simulation.workers", "simulation.compression")),
+    "shards": Command(
+        "xec.data.shards", "convert ROOT files into normalized WebDataset shards",
+        reads=(*DATA_BRANCHES, "normalization", "shards.events_per_shard", "shards.block_size", "shards.tasks",
+               "shards.truth_branches", "shards.fiducial"),
+        runtime=("shards.workers",)),
+    "reweight": Command("xec.data.reweight", "fit per-task reweighting histograms on a shard split",
+                        reads=("reweighting",)),
+    "train": Command("xec.train.cli", "train a stage: mae, inpainter or regressor"),
+    "train mae": _train("mae", "masked-autoencoder pretraining of the encoder"),
+    "train inpainter": _train("inpainter", "dead-channel inpainter (encoder from the MAE, frozen by default)"),
+    "train regressor": _train("regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from "
+                                           "the MAE"),
+    "export": Command("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX", reads=("export",)),
+    "infer": Command("xec.deploy.infer", "run ONNX models on a ROOT file", reads=("inference", *DATA_BRANCHES)),
+    "baseline": Command("xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file",
+                        reads=("baseline", "data.tree")),
+    "plots": Command("xec.plots.cli", "make the plots of a pipeline run", reads=("plots", "data.tree", "data.bench")),
+    "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
+    "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model",)),
+}
+
+
+def get_command(name: str) -> Command:
+    if name not in COMMANDS:
+        raise XecError(f"unknown xec command {name!r}; known: {sorted(COMMANDS)}")
+    return COMMANDS[name]
+
+
+def config_keys(name: str, runtime: bool = True, **fields: str) -> tuple[str, ...]:
+    """The declared keys of command ``name`` (``runtime=False``: only those its outputs depend on),
+    placeholders filled from ``fields``."""
+    cmd = get_command(name)
+    keys = cmd.reads + (cmd.runtime if runtime else ())
+    try:
+        return tuple(k.format(**fields) for k in keys)
+    except KeyError as exc:
+        raise XecError(f"xec {name}: config key placeholder {exc} needs a value") from None
