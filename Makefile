@@ -6,7 +6,7 @@ CORES ?= $(shell nproc)
 TARGET ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup pipeline test test-fast report clean
+.PHONY: setup pipeline lint test test-fast report clean
 
 setup:
 	@scripts/setup_env.sh
@@ -15,7 +15,14 @@ pipeline: setup
 	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES) $(TARGET)
 	@if [ "$(TARGET)" = "all" ]; then $(VENV)/bin/snakemake --profile profiles/local --report results/report.html; fi
 
-test: setup
+# ruff (lint + format) on the Python, snakefmt on the Snakemake files; `ruff format . &&
+# snakefmt workflow` fixes what the format checks report.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check workflow
+
+test: setup lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

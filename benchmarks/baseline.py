@@ -4,6 +4,7 @@
 
 Prints events/s of the position fit, the dead-sensor estimate and the whole chunk
 reconstruction (uncalibrated), with the load average (the machine is shared)."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.root")
-        write_sample(path, SampleSpec("bench", a.events, 7, (52.8, 52.8), dead_fraction=a.dead_fraction),
-                     PhysicsParams())
+        write_sample(
+            path, SampleSpec("bench", a.events, 7, (52.8, 52.8), dead_fraction=a.dead_fraction), PhysicsParams()
+        )
         cfg = reco.BaselineConfig()
         reco._neighbour_matrix(cfg.dead_radius_cm)  # one-off table, excluded
         t_fit = t_dead = t_all = 0.0
@@ -47,8 +49,10 @@ def main() -> None:
             t3 = time.perf_counter()
             t_fit, t_dead, t_all = t_fit + t1 - t0, t_dead + t2 - t1, t_all + t3 - t2
             n += len(npho)
-    print(f"load average {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores, {n} events, "
-          f"dead fraction {a.dead_fraction}, chunk {a.chunk}")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores, {n} events, "
+        f"dead fraction {a.dead_fraction}, chunk {a.chunk}"
+    )
     print(f"{'step':<28}{'events/s':>10}")
     for name, t in (("position fit", t_fit), ("dead-sensor estimate", t_dead), ("full chunk reconstruction", t_all)):
         print(f"{name:<28}{n / t:>10.0f}")

@@ -7,8 +7,10 @@ exports it exactly as `xec export` does (xec.deploy.export.RegressorGraph), and 
 events/s of PyTorch eager (inference_mode) and of ONNX Runtime sessions with different graph
 optimization levels and intra-op thread counts, on identical normalized input batches.
 Each ORT row is compared with PyTorch eager at the same thread count. Prints a markdown table
-(best of ``--repeats``, since the machine may be shared) and the load average; results are recorded in docs/performance.md ("Inference").
+(best of ``--repeats``, since the machine may be shared) and the load average; results are
+recorded in docs/performance.md ("Inference").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +38,14 @@ def build_graph(preset: str):
     from xec.train.stages import build_stage_model
 
     ts = {t: {"mean": [0.0] * get_task(t).dim, "std": [1.0] * get_task(t).dim} for t in DEFAULT_TASKS}
-    spec = {"stage": "regressor", "model": {"preset": preset, **get_preset(preset).to_dict()},
-            "normalization": get_normalizer("meg2").to_dict(), "tasks": list(DEFAULT_TASKS),
-            "target_standardization": ts, "model_args": {"tasks": list(DEFAULT_TASKS), "nll_tasks": []}}
+    spec = {
+        "stage": "regressor",
+        "model": {"preset": preset, **get_preset(preset).to_dict()},
+        "normalization": get_normalizer("meg2").to_dict(),
+        "tasks": list(DEFAULT_TASKS),
+        "target_standardization": ts,
+        "model_args": {"tasks": list(DEFAULT_TASKS), "nll_tasks": []},
+    }
     torch.manual_seed(0)
     model = build_stage_model(spec).eval()
     return RegressorGraph(model, DEFAULT_TASKS).eval()
@@ -82,8 +88,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.onnx"
         export_graph(graph, meta, (torch.zeros(2, 4760, 2),), path, 17)
-        sessions = {(opt, th, spin): make_session(path, "cpu", th, opt, bool(spin))
-                    for opt in args.opt_levels for th in args.threads for spin in args.spinning}
+        sessions = {
+            (opt, th, spin): make_session(path, "cpu", th, opt, bool(spin))
+            for opt in args.opt_levels
+            for th in args.threads
+            for spin in args.spinning
+        }
         for bs in args.batch_sizes:
             batches = list(parity_batches(None, norm, args.events, bs, seed=1))
 
@@ -98,13 +108,21 @@ def main() -> int:
                 for (opt, th_s, spin), sess in sessions.items():
                     if th_s != th:
                         continue
-                    eps = time_it(lambda b: sess.run(None, {"input": b}), batches, args.repeats)
-                    rows.append((bs, f"ORT CPU opt={opt}, intra_op_threads={th}, spinning={'on' if spin else 'off'}",
-                                 eps, eps / eager_eps))
+                    eps = time_it(lambda b, s=sess: s.run(None, {"input": b}), batches, args.repeats)
+                    rows.append(
+                        (
+                            bs,
+                            f"ORT CPU opt={opt}, intra_op_threads={th}, spinning={'on' if spin else 'off'}",
+                            eps,
+                            eps / eager_eps,
+                        )
+                    )
     print(f"# inference benchmark: preset {args.preset}, {args.events} events per pass, best of {args.repeats}")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     print("| batch | runtime | events/s | vs eager (same threads) |")
     print("|---:|---|---:|---:|")
     for bs, name, eps, ratio in rows:

@@ -11,6 +11,7 @@ and bytes per event on disk, next to a memory-bandwidth bound (memcpy of 38 KB p
 Without --input it writes random MEG II-format events (tests/helpers_rootfiles.py) to a temp dir.
 Page cache is warmed by one untimed pass before each timed pass; the best of --repeat passes is kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,6 @@ from xec.data.shards import ShardSettings, write_shards  # noqa: E402
 from xec.normalization import get_normalizer  # noqa: E402
 from xec.rootio import iterate_events  # noqa: E402
 from xec.targets import DEFAULT_TASKS, TASKS, targets_from_branches  # noqa: E402
-
 
 LAST_CPU = [0.0]  # CPU seconds (this process + reaped children) of the pass best_of kept
 
@@ -69,7 +69,7 @@ def loader_epochs(manifest: Path, batch_size: int, workers: int):
         loader.set_epoch(epoch[0])
         epoch[0] += 1
         n = 0
-        for x, targets, weights in loader:
+        for x, _targets, _weights in loader:
             n += len(x)
         return n
 
@@ -167,11 +167,15 @@ def main() -> int:
         root_rate, root_cpu = by_name["(b) uproot.iterate + normalize, chunks of 1000"]
         best_loader = max(r for k, (r, _) in by_name.items() if k.startswith("(a) ShardLoader, blocks"))
         loader_cpu = by_name["(a) ShardLoader, blocks of 256, 0 workers"][1]
-        print(f"best ShardLoader / ROOT streaming: {best_loader / root_rate:.1f}x events/s (wall), "
-              f"{root_cpu / loader_cpu:.1f}x less CPU per event (0 workers)")
-        print(f"bytes/event on disk: ROOT {root_bytes / n / 1e3:.1f} KB, shards (blocks) "
-              f"{blocks['manifest']['bytes'] / n / 1e3:.1f} KB, shards (1 event/sample) "
-              f"{single['manifest']['bytes'] / n / 1e3:.1f} KB")
+        print(
+            f"best ShardLoader / ROOT streaming: {best_loader / root_rate:.1f}x events/s (wall), "
+            f"{root_cpu / loader_cpu:.1f}x less CPU per event (0 workers)"
+        )
+        print(
+            f"bytes/event on disk: ROOT {root_bytes / n / 1e3:.1f} KB, shards (blocks) "
+            f"{blocks['manifest']['bytes'] / n / 1e3:.1f} KB, shards (1 event/sample) "
+            f"{single['manifest']['bytes'] / n / 1e3:.1f} KB"
+        )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

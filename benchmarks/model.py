@@ -9,6 +9,7 @@ shared machine the wall-clock rate depends on the load: the table also gives CPU
 event (process time, all threads) and the load average before each run. With CUDA, the GPU
 rows use bf16 autocast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def make_input(b: int, device: str = "cpu") -> torch.Tensor:
 
 
 def build(kind: str, preset: str, device: str):
-    from xec.models import XECInpainter, XECMAE, XECRegressor, model_config
+    from xec.models import XECMAE, XECInpainter, XECRegressor, model_config
 
     cfg = model_config({"preset": preset})
     torch.manual_seed(0)
@@ -98,6 +99,7 @@ def run_one(spec: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
     step()  # warm-up (allocator, kernels)
     _sync(device)
     if device == "cuda":
@@ -110,10 +112,18 @@ def run_one(spec: dict) -> dict:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     walls.sort()
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**spec, "events_per_s_median": b / walls[len(walls) // 2], "events_per_s_best": b / walls[0],
-            "cpu_ms_per_event": 1e3 * min(cpus) / b, "peak_mem_mb": peak / 2**20}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        **spec,
+        "events_per_s_median": b / walls[len(walls) // 2],
+        "events_per_s_best": b / walls[0],
+        "cpu_ms_per_event": 1e3 * min(cpus) / b,
+        "peak_mem_mb": peak / 2**20,
+    }
 
 
 def flops_per_event(kind: str, preset: str, b: int = 4) -> tuple[float, float]:
@@ -198,28 +208,41 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()} {os.cpu_count()} cores  "
-          f"torch {torch.__version__}  cuda {'yes: ' + torch.cuda.get_device_name() if 'cuda' in devices else 'no'}")
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()} {os.cpu_count()} cores  "
+        f"torch {torch.__version__}  cuda {'yes: ' + torch.cuda.get_device_name() if 'cuda' in devices else 'no'}"
+    )
     rows = []
-    print(f"{'preset':6} {'model':9} {'mode':5} {'dev':4} {'thr':>3} {'batch':>5} {'ev/s med':>9} {'ev/s best':>9} "
-          f"{'cpu ms/ev':>9} {'peak MB':>8} {'load':>5}")
+    print(
+        f"{'preset':6} {'model':9} {'mode':5} {'dev':4} {'thr':>3} {'batch':>5} {'ev/s med':>9} {'ev/s best':>9} "
+        f"{'cpu ms/ev':>9} {'peak MB':>8} {'load':>5}"
+    )
     for preset in args.presets:
         b = args.batch if preset == "tiny" else args.batch_base
         for device in devices:
-            for threads in (args.threads if device == "cpu" else [args.threads[0]]):
+            for threads in args.threads if device == "cpu" else [args.threads[0]]:
                 for kind in args.kinds:
                     for mode in ("fwd", "train"):
-                        spec = dict(kind=kind, preset=preset, mode=mode, batch=b if device == "cpu" else 4 * b,
-                                    threads=threads, steps=args.steps if preset == "tiny" else 3, device=device)
+                        spec = dict(
+                            kind=kind,
+                            preset=preset,
+                            mode=mode,
+                            batch=b if device == "cpu" else 4 * b,
+                            threads=threads,
+                            steps=args.steps if preset == "tiny" else 3,
+                            device=device,
+                        )
                         r = measure(spec)
                         rows.append(r)
                         if "error" in r:
                             print(f"{preset:6} {kind:9} {mode:5} {device:4} {threads:>3} error: {r['error']}")
                             continue
-                        print(f"{preset:6} {kind:9} {mode:5} {device:4} {threads:>3} {r['batch']:>5} "
-                              f"{r['events_per_s_median']:>9.0f} {r['events_per_s_best']:>9.0f} "
-                              f"{r['cpu_ms_per_event']:>9.3f} {r['peak_mem_mb']:>8.0f} {r['load_before']:>5.1f}",
-                              flush=True)
+                        print(
+                            f"{preset:6} {kind:9} {mode:5} {device:4} {threads:>3} {r['batch']:>5} "
+                            f"{r['events_per_s_median']:>9.0f} {r['events_per_s_best']:>9.0f} "
+                            f"{r['cpu_ms_per_event']:>9.3f} {r['peak_mem_mb']:>8.0f} {r['load_before']:>5.1f}",
+                            flush=True,
+                        )
     print("\n# FLOPs per event (torch.utils.flop_counter, convs + matmuls). Its backward count of")
     print("# grouped (depthwise) convs ignores the groups (16x too high for a 32-channel dwconv), so the")
     print("# training cost is given as ~3x forward; the raw counter value is in the JSON.")
@@ -238,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             c = component_shares(preset, b, 1)
             comps[preset] = c
             total = sum(v for k, v in c.items() if k != "MAE decoders")
-            parts = ", ".join(f"{k} {v:.3f} ({100 * v / total:.0f}%)" if k != "MAE decoders" else f"{k} {v:.3f}"
-                              for k, v in c.items())
+            parts = ", ".join(
+                f"{k} {v:.3f} ({100 * v / total:.0f}%)" if k != "MAE decoders" else f"{k} {v:.3f}" for k, v in c.items()
+            )
             print(f"{preset:6} {parts}")
     if args.json:
         with open(args.json, "w") as f:

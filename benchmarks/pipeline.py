@@ -6,6 +6,7 @@
 Every rule writes results/benchmarks/<rule>/<wildcards>.tsv (columns s, h:m:s, max_rss, ...);
 the table lists each job's wall time and peak resident memory and the summed CPU-side time.
 """
+
 from __future__ import annotations
 
 import argparse

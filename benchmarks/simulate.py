@@ -23,6 +23,7 @@
 
 Prints a small table (also `uptime` load, since the machine is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,13 @@ print(json.dumps({"events": n, "workers": workers, "chunk": chunk, "wall_s": wal
 
 def run_child(n: int, workers: int, chunk: int, out: str, compression: str) -> dict:
     env = dict(os.environ, XEC_NO_PROGRESS="1")
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(n), str(workers), str(chunk), out, compression],
-                         capture_output=True, text=True, env=env, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(n), str(workers), str(chunk), out, compression],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -64,14 +70,19 @@ def load() -> str:
 
 
 def physics_numbers(path: str) -> dict:
+    from scipy.spatial import cKDTree
+
     from xec import geometry as geo
     from xec.metrics import width68
     from xec.rootio import TRUTH_BRANCHES, iterate_events
     from xec.simulation.physics import C_CM_PER_NS, PhysicsParams, coverage_weights
-    from scipy.spatial import cKDTree
 
-    chunks = [c for _, c in iterate_events([path], sensor_branches=("npho", "relative_time"),
-                                            event_branches=tuple(TRUTH_BRANCHES))]
+    chunks = [
+        c
+        for _, c in iterate_events(
+            [path], sensor_branches=("npho", "relative_time"), event_branches=tuple(TRUTH_BRANCHES)
+        )
+    ]
     a = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     g = geo.get_geometry()
     p = PhysicsParams()
@@ -101,7 +112,7 @@ def physics_numbers(path: str) -> dict:
     good = wsum > 0
     out["time simple w68 (ns)"] = (width68(t_est[good] - a["timeTruth"][good]), int(good.sum()))
     jit = np.where(g.is_mppc, p.jitter_mppc_ns, p.jitter_pmt_ns)
-    var = np.where(ok, pe ** 2 * ((p.decay_time_ns / np.maximum(pe, 1)) ** 2 + jit ** 2), 0).sum(axis=1)
+    var = np.where(ok, pe**2 * ((p.decay_time_ns / np.maximum(pe, 1)) ** 2 + jit**2), 0).sum(axis=1)
     out["time sensor-noise (ns)"] = (float(np.median(np.sqrt(var[good]) / wsum[good])), int(good.sum()))
     return out
 
@@ -118,15 +129,19 @@ def main() -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load before: {load()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "bench.root")
-        print(f"{'events':>7} {'workers':>7} {'chunk':>6} {'compr.':>6} {'events/s':>9} {'cpu ms/ev':>9} "
-              f"{'peak RSS MB':>11} {'file MB':>8}  load")
+        print(
+            f"{'events':>7} {'workers':>7} {'chunk':>6} {'compr.':>6} {'events/s':>9} {'cpu ms/ev':>9} "
+            f"{'peak RSS MB':>11} {'file MB':>8}  load"
+        )
         rows = [(args.events, wk, c) for c in args.compression for wk in args.workers]
         if args.big:
             rows.append((args.big, args.workers[-1], args.compression[0]))
         for n, wk, c in rows:
             r = run_child(n, wk, args.chunk, out, c)
-            print(f"{n:>7} {wk:>7} {args.chunk:>6} {c:>6} {n / r['wall_s']:>9.0f} {1e3 * r['cpu_s'] / n:>9.3f} "
-                  f"{r['peak_rss_mb']:>11.0f} {r['file_mb']:>8.1f}  {load()}")
+            print(
+                f"{n:>7} {wk:>7} {args.chunk:>6} {c:>6} {n / r['wall_s']:>9.0f} {1e3 * r['cpu_s'] / n:>9.3f} "
+                f"{r['peak_rss_mb']:>11.0f} {r['file_mb']:>8.1f}  {load()}"
+            )
         run_child(args.physics_events, args.workers[-1], args.chunk, out, args.compression[0])
         print(f"\n# physics on {args.physics_events} events at 52.8 MeV (seed 303)")
         for k, (val, n) in physics_numbers(out).items():

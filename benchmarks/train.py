@@ -9,6 +9,7 @@ Without --shards it writes random MEG II-format events (tests/helpers_rootfiles.
 them in a temp dir. On a machine with CUDA it also runs the `base` preset with bf16 autocast
 (say which card: printed in the table header). The first epoch is a warm-up; the second is timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,16 @@ def make_shards(d: Path, events: int) -> Path:
     return d / "shards"
 
 
-def bench(stage_name: str, preset: str, shards: Path, events: int, workers: int, device: torch.device,
-          batch_size: int | None, precision: str) -> dict:
+def bench(
+    stage_name: str,
+    preset: str,
+    shards: Path,
+    events: int,
+    workers: int,
+    device: torch.device,
+    batch_size: int | None,
+    precision: str,
+) -> dict:
     cfg = load_config(None, overrides={"model.preset": preset} if preset != "tiny" else None)
     stage_cls = get_stage(stage_name)
     st = stage_cls(cfg, normalizer_from_config(cfg))
@@ -60,9 +69,17 @@ def bench(stage_name: str, preset: str, shards: Path, events: int, workers: int,
         tr.train_epoch()  # warm-up: allocator, first-touch, worker start
         tr.epoch = 1
         res = tr.train_epoch()
-    return {"stage": stage_name, "preset": preset, "device": str(device), "precision": precision, "batch": bs,
-            "workers": workers, "events": int(train.events), "events_per_s": res["events_per_s"],
-            "data_wait": res["data_wait_fraction"]}
+    return {
+        "stage": stage_name,
+        "preset": preset,
+        "device": str(device),
+        "precision": precision,
+        "batch": bs,
+        "workers": workers,
+        "events": int(train.events),
+        "events_per_s": res["events_per_s"],
+        "data_wait": res["data_wait_fraction"],
+    }
 
 
 def main() -> None:
@@ -76,8 +93,10 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(a.shards) if a.shards else make_shards(Path(tmp), a.events)
-        print(f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
-              f"{torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+        print(
+            f"# {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}"
+        )
         rows = []
         for preset in a.presets:
             for stage in a.stages:
@@ -89,11 +108,15 @@ def main() -> None:
                 rows.append(bench(stage, "base", shards, a.events, 4, torch.device("cuda"), 256, "bf16"))
         else:
             print("# no CUDA device: GPU (base, bf16) rows skipped")
-        print(f"{'stage':<10}{'preset':<7}{'device':<8}{'prec':<6}{'batch':>6}{'workers':>8}{'events':>8}"
-              f"{'events/s':>10}{'data wait':>10}")
+        print(
+            f"{'stage':<10}{'preset':<7}{'device':<8}{'prec':<6}{'batch':>6}{'workers':>8}{'events':>8}"
+            f"{'events/s':>10}{'data wait':>10}"
+        )
         for r in rows:
-            print(f"{r['stage']:<10}{r['preset']:<7}{r['device']:<8}{r['precision']:<6}{r['batch']:>6}{r['workers']:>8}"
-                  f"{r['events']:>8}{r['events_per_s']:>10.0f}{100 * r['data_wait']:>9.1f}%")
+            print(
+                f"{r['stage']:<10}{r['preset']:<7}{r['device']:<8}{r['precision']:<6}{r['batch']:>6}{r['workers']:>8}"
+                f"{r['events']:>8}{r['events_per_s']:>10.0f}{100 * r['data_wait']:>9.1f}%"
+            )
         print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 

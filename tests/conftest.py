@@ -1,5 +1,6 @@
 """Shared fixtures. The one reference outside the repository: the optional MEG II reference geometry
 tables in ../shared/geometry, compared with xec.geometry when present (skipped when absent)."""
+
 from __future__ import annotations
 
 import logging

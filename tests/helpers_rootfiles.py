@@ -7,10 +7,11 @@ of the right shapes.
 
 Usable by every test module (tests/ is on sys.path under pytest's rootdir conftest).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,8 +21,9 @@ from xec.rootio import tree_writer
 DEAD = np.float32(1e10)
 
 
-def make_events(n_events: int, seed: int = 0, dead_fraction: float = 0.01, first_event: int = 0,
-                run: int = 1) -> dict[str, np.ndarray]:
+def make_events(
+    n_events: int, seed: int = 0, dead_fraction: float = 0.01, first_event: int = 0, run: int = 1
+) -> dict[str, np.ndarray]:
     """A dict of branch arrays for ``n_events`` random events (every input-format branch)."""
     rng = np.random.default_rng(seed)
     npho = rng.exponential(300.0, size=(n_events, N_SENSORS)).astype(np.float32)
@@ -35,8 +37,9 @@ def make_events(n_events: int, seed: int = 0, dead_fraction: float = 0.01, first
     phi = rng.uniform(-30.0, 30.0, n_events)
     th, ph = np.radians(theta), np.radians(phi)
     emivec = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], axis=1)
-    uvw = np.stack([rng.uniform(-30, 30, n_events), rng.uniform(-80, 80, n_events),
-                    rng.exponential(8.0, n_events)], axis=1)
+    uvw = np.stack(
+        [rng.uniform(-30, 30, n_events), rng.uniform(-80, 80, n_events), rng.exponential(8.0, n_events)], axis=1
+    )
     valid_npho = np.where(npho > 9e9, 0.0, npho)
     return {
         "npho": npho,
@@ -55,9 +58,17 @@ def make_events(n_events: int, seed: int = 0, dead_fraction: float = 0.01, first
     }
 
 
-def write_root_file(path: str | Path, n_events: int = 200, seed: int = 0, chunk: int = 100,
-                    tree: str = "tree", drop: Sequence[str] = (), overrides: dict | None = None,
-                    dead_fraction: float = 0.01, run: int = 1) -> Path:
+def write_root_file(
+    path: str | Path,
+    n_events: int = 200,
+    seed: int = 0,
+    chunk: int = 100,
+    tree: str = "tree",
+    drop: Sequence[str] = (),
+    overrides: dict | None = None,
+    dead_fraction: float = 0.01,
+    run: int = 1,
+) -> Path:
     """Write ``n_events`` random events to ``path`` (branches in ``drop`` left out; arrays in
     ``overrides`` replace the generated ones, e.g. a sensor branch of the wrong length)."""
     path = Path(path)
@@ -67,7 +78,7 @@ def write_root_file(path: str | Path, n_events: int = 200, seed: int = 0, chunk:
         events.pop(name)
     with tree_writer(path, tree) as w:
         for start in range(0, n_events, chunk):
-            w.extend({k: v[start:start + chunk] for k, v in events.items()})
+            w.extend({k: v[start : start + chunk] for k, v in events.items()})
     return path
 
 
@@ -89,8 +100,10 @@ def shared_sample() -> dict:
 
         root = Path(tempfile.mkdtemp(prefix="xec-data-sample-"))
         atexit.register(shutil.rmtree, root, True)
-        files = [write_root_file(root / f"in{i}.root", n, seed=10 + i, run=i + 1, chunk=64)
-                 for i, n in enumerate((150, 101, 47))]
+        files = [
+            write_root_file(root / f"in{i}.root", n, seed=10 + i, run=i + 1, chunk=64)
+            for i, n in enumerate((150, 101, 47))
+        ]
         settings = ShardSettings(normalizer=get_normalizer("meg2"), events_per_shard=100, block_size=32)
         write_shards([str(f) for f in files], root / "shards", "train", settings, workers=1)
         _SAMPLE = {"dir": root, "files": files, "shards": root / "shards" / "manifest.json", "settings": settings}

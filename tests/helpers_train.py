@@ -3,6 +3,7 @@
 Also a small command line used by the multi-process tests:
     python tests/helpers_train.py --out DIR [--epochs N] [--resume] [--record FILE] [--epoch-sleep S]
 (run under torchrun for DDP)."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,7 @@ class ToyLoader:
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         per_rank = len(order) // self.world_size
-        return order[self.rank::self.world_size][:per_rank]
+        return order[self.rank :: self.world_size][:per_rank]
 
     def __len__(self) -> int:
         return math.ceil(len(self._order()) / self.batch_size)
@@ -55,7 +56,7 @@ class ToyLoader:
     def __iter__(self):
         order = self._order()
         for b, i in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[i:i + self.batch_size]
+            idx = order[i : i + self.batch_size]
             self.seen.extend(int(v) for v in self.ids[idx])
             x = torch.from_numpy(self.x[idx].copy())
             if b in self.nan_batches:
@@ -64,9 +65,24 @@ class ToyLoader:
 
 
 # Every Trainer hyperparameter (xec.train.base.HPARAM_KEYS), at the schema's `train` defaults.
-TOY_HP = dict(epochs=1, lr=1e-3, weight_decay=0.05, betas=[0.9, 0.999], schedule="cosine", warmup_epochs=0.5,
-              min_lr_ratio=0.01, grad_accum=1, grad_clip=1.0, ema_decay=0.99, precision="auto", compile=False,
-              max_nonfinite_steps=20, seed=0, find_unused_parameters=False, log_every=0)
+TOY_HP = dict(
+    epochs=1,
+    lr=1e-3,
+    weight_decay=0.05,
+    betas=[0.9, 0.999],
+    schedule="cosine",
+    warmup_epochs=0.5,
+    min_lr_ratio=0.01,
+    grad_accum=1,
+    grad_clip=1.0,
+    ema_decay=0.99,
+    precision="auto",
+    compile=False,
+    max_nonfinite_steps=20,
+    seed=0,
+    find_unused_parameters=False,
+    log_every=0,
+)
 
 
 def toy_hp(**overrides) -> dict:
@@ -83,8 +99,12 @@ class ToyStage(Stage):
         self.tasks = ("y",)
 
     def payload(self):
-        return {"model": {"preset": "toy", "dim": 8}, "normalization": None, "tasks": ["y"],
-                "target_standardization": None}
+        return {
+            "model": {"preset": "toy", "dim": 8},
+            "normalization": None,
+            "tasks": ["y"],
+            "target_standardization": None,
+        }
 
     def training_step(self, model, x, targets, weights, generator):
         noise = torch.randn(x.shape, generator=generator) * 0.01  # exercises the per-epoch generator
@@ -118,8 +138,9 @@ def run(out, epochs=3, resume=False, ctx=None, record=None, epoch_sleep=0.0, hp=
     stage = ToyStage()
     model = toy_model()
     hparams = toy_hp(epochs=epochs, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5, **(hp or {}))
-    trainer = Trainer(stage, model, train, val, hparams, out, config={"toy": {"epochs": epochs}}, ctx=ctx,
-                      resume=resume)
+    trainer = Trainer(
+        stage, model, train, val, hparams, out, config={"toy": {"epochs": epochs}}, ctx=ctx, resume=resume
+    )
     if epoch_sleep:
         orig = trainer.train_epoch
 

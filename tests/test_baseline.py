@@ -1,5 +1,6 @@
 """Classical reconstruction (xec.baseline): solid angles, the position fit on a point source,
 and the full reconstruction on simulated 52.8 MeV events against their truth."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import uproot
 
 from xec import metrics
 from xec.baseline import cli as bcli
-from xec.baseline.reco import (BaselineConfig, estimate_dead, fit_position, inner_solid_angles, rect_solid_angle,
-                               reconstruct_chunk, sensor_solid_angles)
+from xec.baseline.reco import (
+    BaselineConfig,
+    estimate_dead,
+    fit_position,
+    inner_solid_angles,
+    reconstruct_chunk,
+    rect_solid_angle,
+    sensor_solid_angles,
+)
 from xec.errors import XecError
 from xec.geometry import get_geometry, uvw_to_xyz
 
@@ -21,7 +29,7 @@ def test_rect_solid_angle_limits():
     # far away: A cos(theta) / d^2
     h, x0 = 50.0, 30.0
     d = np.hypot(h, x0)
-    assert rect_solid_angle(h, x0, 0.0) == pytest.approx(1.44 * (h / d) / d ** 2, rel=1e-3)
+    assert rect_solid_angle(h, x0, 0.0) == pytest.approx(1.44 * (h / d) / d**2, rel=1e-3)
     # touching the centre: half of the sphere
     assert rect_solid_angle(1e-6, 0.0, 0.0) == pytest.approx(2 * np.pi, rel=1e-3)
     # above the centre of a square of side 2h: 4 arctan(1/sqrt(3)) = 2 pi / 3
@@ -48,7 +56,8 @@ def test_inner_solid_angles_on_the_cylinder():
     # PMT and MPPC paths agree in the far field for an MPPC (A cos / d^2)
     far = uvw_to_xyz(np.array([[0.0, 0.0, 30.0]]))
     assert sensor_solid_angles(far, np.array([[2000]]))[0, 0] == pytest.approx(
-        inner_solid_angles(far, np.array([[2000]]))[0, 0], rel=0.02)
+        inner_solid_angles(far, np.array([[2000]]))[0, 0], rel=0.02
+    )
 
 
 def _point_source(n: int, seed: int = 0, n_photons: float = 2.0e6):
@@ -78,9 +87,9 @@ def test_dead_sensor_estimate_point_source():
     dead = np.zeros(npho.shape, bool)
     rows = np.arange(len(npho))
     peak = np.argmax(npho[:, :4092], axis=1)
-    dead[rows, peak] = True                     # the brightest MPPC
+    dead[rows, peak] = True  # the brightest MPPC
     pmt = 4092 + np.argmax(npho[:, 4092:], axis=1)
-    dead[rows, pmt] = True                      # the brightest PMT
+    dead[rows, pmt] = True  # the brightest PMT
     filled = estimate_dead(np.where(dead, 0, npho), dead, uvw_to_xyz(uvw), 20.0)
     for ids in (peak, pmt):
         rel = filled[rows, ids] / npho[rows, ids] - 1
@@ -99,12 +108,15 @@ def simulated(tmp_path_factory):
     d = tmp_path_factory.mktemp("baseline")
     params = PhysicsParams()
     files = {}
-    for name, events, seed, energy, dead in (("train", 1536, 11, (15.0, 60.0), 0.0),
-                                              ("bench", 768, 12, (52.8, 52.8), 0.0),
-                                              ("realdata", 256, 13, (52.8, 52.8), 0.01)):
+    for name, events, seed, energy, dead in (
+        ("train", 1536, 11, (15.0, 60.0), 0.0),
+        ("bench", 768, 12, (52.8, 52.8), 0.0),
+        ("realdata", 256, 13, (52.8, 52.8), 0.01),
+    ):
         path = d / f"{name}.root"
-        write_sample(path, SampleSpec(name=name, events=events, seed=seed, energy_mev=energy,
-                                      dead_fraction=dead), params)
+        write_sample(
+            path, SampleSpec(name=name, events=events, seed=seed, energy_mev=energy, dead_fraction=dead), params
+        )
         files[name] = str(path)
     return d, files
 
@@ -138,7 +150,7 @@ def test_dead_sensor_estimate_on_showers(simulated):
     g = get_geometry()
     peak = reco["peak"][rows]
     r, c = np.divmod(peak, 44)
-    neighbour = g.inner_index[np.clip(r + 2, 0, 92), c]   # 2 rows (3 cm) away from the peak
+    neighbour = g.inner_index[np.clip(r + 2, 0, 92), c]  # 2 rows (3 cm) away from the peak
     pmt = 4092 + np.argmax(npho[rows, 4092:], axis=1)
     # measured on 52.8 MeV showers: median |error| ~ 0.11 (MPPC 3 cm from the peak), ~ 0.24
     # (brightest PMT, which sees a shower far from point-like and scattered light)
@@ -159,10 +171,10 @@ def test_baseline_resolutions_on_simulated_bench(calibrated):
     deep = df[df.true_uvwFI_w > 2.0]
     for c in "uv":
         res = metrics.resolution(deep[f"pred_uvwFI_{c}"] - deep[f"true_uvwFI_{c}"], n_boot=0)
-        assert res["width68"] < 1.0, c      # cm
+        assert res["width68"] < 1.0, c  # cm
         assert abs(res["bias"]) < 0.2, c
     w_res = metrics.resolution(df.pred_uvwFI_w - df.true_uvwFI_w, n_boot=0)
-    assert w_res["width68"] < 2.5 and abs(w_res["bias"]) < 0.5   # shower-depth shift calibrated
+    assert w_res["width68"] < 2.5 and abs(w_res["bias"]) < 0.5  # shower-depth shift calibrated
     # calibrated energy: the core sits at the truth within 1 %, core resolution of ~1 %
     r = df.pred_energy_energy / df.true_energy_energy - 1
     mu, sigma = metrics.gaussian_core_fit(r)
@@ -198,8 +210,22 @@ def test_cli_on_realdata_with_dead_sensors(calibrated, tmp_path):
     from xec.cli import main
 
     out = tmp_path / "realdata.parquet"
-    assert main(["baseline", "--input", files["realdata"], "--calibration", str(cal), "--out", str(out),
-                 "--log", str(tmp_path / "log.txt")]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                "--input",
+                files["realdata"],
+                "--calibration",
+                str(cal),
+                "--out",
+                str(out),
+                "--log",
+                str(tmp_path / "log.txt"),
+            ]
+        )
+        == 0
+    )
     df = pd.read_parquet(out)
     assert len(df) == 256 and (df.n_dead == round(0.01 * 4760)).all()
     r = df.pred_energy_energy / df.true_energy_energy - 1

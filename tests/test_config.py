@@ -72,7 +72,7 @@ def test_training_stages_read_only_their_own_model_keys():
     assert "peak_hidden" not in mae and reg["peak_hidden"] == 64
     assert set(ENCODER_FIELDS) & set(cfg["model"]) <= set(mae)
     assert "mlflow" not in command_params(cfg, "train mae")  # tracking never changes the weights
-    assert "mlflow" in load_config(command="train mae")      # ... but the command may read it
+    assert "mlflow" in load_config(command="train mae")  # ... but the command may read it
 
 
 def test_every_command_declaration_names_schema_keys():
@@ -97,8 +97,22 @@ def test_every_command_declaration_names_schema_keys():
 def test_error_goes_to_the_log_file(tmp_path):
     """An XecError of a command also lands in its --log file (the Snakemake rule's log)."""
     log = tmp_path / "logs" / "reweight.log"
-    proc = subprocess.run([sys.executable, "-m", "xec.cli", "reweight", "--manifest", str(tmp_path / "none.json"),
-                           "--out", str(tmp_path / "w.npz"), "--log", str(log)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xec.cli",
+            "reweight",
+            "--manifest",
+            str(tmp_path / "none.json"),
+            "--out",
+            str(tmp_path / "w.npz"),
+            "--log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "xec reweight: error:" in proc.stderr
     assert "xec reweight: error:" in log.read_text() and "none.json" in log.read_text()
@@ -108,23 +122,46 @@ def test_error_goes_to_the_log_file(tmp_path):
 def test_non_editable_install_finds_its_schema(tmp_path):
     """The schema ships inside the package: a wheel installed outside the repository validates a
     config (and falls back to the schema defaults when there is no config.yaml)."""
-    from pathlib import Path
-
     import shutil
+    from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info next to the sources
     shutil.copytree(repo / "xec", src / "xec", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(repo / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "wheel"), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next((tmp_path / "wheel").glob("xec-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
-                    str(wheel)], check=True, capture_output=True)
-    code = ("import xec.config as c; cfg = c.load_config(); "
-            "assert 'site' in c.__file__, c.__file__; print(cfg['regressor']['epochs'], cfg['data']['tree'])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import xec.config as c; cfg = c.load_config(); "
+        "assert 'site' in c.__file__, c.__file__; print(cfg['regressor']['epochs'], cfg['data']['tree'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["12", "tree"]  # the schema's defaults

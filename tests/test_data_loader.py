@@ -1,5 +1,6 @@
 """ShardLoader: exactly-once epochs, (seed, epoch) reproducibility, rank/worker splitting with
 equal batch counts on uneven shards, weights, normalizer check and corrupt shards."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_rootfiles import shared_sample
+
 from xec.data.loader import ShardLoader, batch_sizes, epoch_plan
 from xec.data.weights import HistogramWeights
 from xec.errors import XecError
@@ -118,8 +119,9 @@ def test_two_workers_deliver_the_same_events_and_are_reproducible():
     assert _ids(ld, 4) == a
     # without shuffling, workers still deliver the manifest order
     ordered = ShardLoader(m, batch_size=20, shuffle=False, num_workers=2, with_ids=True, shuffle_buffer=32)
-    assert list(itertools.chain(*_ids(ordered))) == [r * 100000 + e for r, n in ((1, 150), (2, 101), (3, 47))
-                                                     for e in range(n)]
+    assert list(itertools.chain(*_ids(ordered))) == [
+        r * 100000 + e for r, n in ((1, 150), (2, 101), (3, 47)) for e in range(n)
+    ]
     # ranks x workers together still cover every event once
     keys = []
     for r in range(2):
@@ -203,7 +205,7 @@ def test_corrupt_npy_member_is_detected(tmp_path):
     shard = d / "shard-000000.tar"
     data = bytearray(shard.read_bytes())
     pos = data.find(b"\x93NUMPY")
-    data[pos:pos + 6] = b"garbag"
+    data[pos : pos + 6] = b"garbag"
     shard.write_bytes(bytes(data))
     with pytest.raises(XecError, match="shard-000000.tar: corrupt shard: .*not a .npy array"):
         for _ in ShardLoader(d / "manifest.json", batch_size=64, shuffle=False):
@@ -232,8 +234,9 @@ def _ddp_rank(rank: int, manifest: str, store: str, out: str) -> None:
 
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
     loader = ShardLoader(manifest, batch_size=24, seed=11, rank=rank, world_size=2, with_ids=True)
     loader.set_epoch(2)
     keys, n_batches = [], 0
@@ -251,8 +254,10 @@ def _ddp_rank(rank: int, manifest: str, store: str, out: str) -> None:
 def test_ddp_two_processes_gloo_on_uneven_shards(tmp_path):
     m = str(shared_sample()["shards"])
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_ddp_rank, args=(r, m, str(tmp_path / "store"), str(tmp_path / f"r{r}.json")))
-             for r in range(2)]
+    procs = [
+        ctx.Process(target=_ddp_rank, args=(r, m, str(tmp_path / "store"), str(tmp_path / f"r{r}.json")))
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:

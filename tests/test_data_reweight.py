@@ -1,4 +1,5 @@
 """Histogram reweighting: inverse frequency, mean 1, clipping, save/load, CLI + plot."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers_rootfiles import shared_sample
+
 from xec.cli import main as cli_main
 from xec.data.manifest import read_manifest
 from xec.data.reweight import read_targets
@@ -24,8 +25,9 @@ def test_weights_are_inverse_frequency_with_mean_one():
     assert w.mean() == pytest.approx(1.0, rel=1e-6)
     assert w[1] / w[500] == pytest.approx(6.0, rel=1e-5) and w[200] / w[500] == pytest.approx(2.0, rel=1e-5)
     # weighted histogram is flat: every bin carries the same total weight
-    np.testing.assert_allclose([w[v[:, 0] < 1].sum(), w[(v[:, 0] >= 1) & (v[:, 0] < 2)].sum(), w[v[:, 0] >= 2].sum()],
-                               1000 / 3, rtol=1e-5)
+    np.testing.assert_allclose(
+        [w[v[:, 0] < 1].sum(), w[(v[:, 0] >= 1) & (v[:, 0] < 2)].sum(), w[v[:, 0] >= 2].sum()], 1000 / 3, rtol=1e-5
+    )
     # out-of-range values fall into the edge bins
     np.testing.assert_allclose(hw.event_weights("energy", np.array([[-5.0], [9.0]])), [w[1], w[500]])
 
@@ -43,8 +45,9 @@ def test_multi_dimensional_bins_and_dropped_axes_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     uvw = np.stack([rng.normal(0, 10, 4000), rng.uniform(-60, 60, 4000), rng.exponential(8, 4000)], axis=1)
     ang = np.stack([rng.normal(90, 10, 4000), rng.uniform(-30, 30, 4000)], axis=1)
-    hw = HistogramWeights.fit({"uvwFI": uvw, "angle": ang}, {"uvwFI": [6, 5, 1], "angle": [8, 4]}, max_weight=8.0,
-                              meta={"note": "x"})
+    hw = HistogramWeights.fit(
+        {"uvwFI": uvw, "angle": ang}, {"uvwFI": [6, 5, 1], "angle": [8, 4]}, max_weight=8.0, meta={"note": "x"}
+    )
     assert hw.tables["uvwFI"]["weights"].shape == (6, 5) and hw.tables["uvwFI"]["axes"] == [0, 1]
     assert hw.tables["angle"]["weights"].shape == (8, 4)
     w = hw.event_weights("uvwFI", uvw)
@@ -73,8 +76,19 @@ def test_bad_binning_and_missing_file(tmp_path):
 def test_cli_fits_on_shards_and_plots(tmp_path, restore_logging):
     m = shared_sample()["shards"]
     out = tmp_path / "rw" / "weights.npz"
-    rc = cli_main(["reweight", "--manifest", str(m), "--out", str(out), "--plot", str(tmp_path / "rw" / "w.png"),
-                   "--log", str(tmp_path / "rw.log")])
+    rc = cli_main(
+        [
+            "reweight",
+            "--manifest",
+            str(m),
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "rw" / "w.png"),
+            "--log",
+            str(tmp_path / "rw.log"),
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "rw" / "w.png").read_bytes()[:4] == b"\x89PNG"
     hw = HistogramWeights.load(out)

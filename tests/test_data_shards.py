@@ -1,4 +1,5 @@
 """`xec shards`: content, determinism, fiducial cut, invalid values and every bad-input case."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
-
 from helpers_rootfiles import make_events, shared_sample, write_root_file
+
 from xec.cli import main as cli_main
 from xec.data import shards as shards_mod
 from xec.data.loader import ShardLoader
@@ -32,8 +33,11 @@ def _load_all(manifest, tasks=ALL_TASKS, **kw):
             tg[t].append(targets[t].numpy())
         for k in ids:
             ids[k].append(i[k].numpy())
-    return (np.concatenate(xs), {t: np.concatenate(v) for t, v in tg.items()},
-            {k: np.concatenate(v) for k, v in ids.items()})
+    return (
+        np.concatenate(xs),
+        {t: np.concatenate(v) for t, v in tg.items()},
+        {k: np.concatenate(v) for k, v in ids.items()},
+    )
 
 
 def _read_root(files, branches):
@@ -56,7 +60,9 @@ def test_shards_hold_the_normalized_events_and_truth():
     assert m["events"] == 298 and [s["events"] for s in m["shards"]] == [100, 50, 100, 1, 47]
     assert [s["units"] for s in m["shards"]][:2] == [[32, 32, 32, 4], [32, 18]]
     x, targets, ids = _load_all(sample["shards"])
-    raw = _read_root(sample["files"], ["npho", "relative_time", "run", "event", *(TASKS[t].truth_branch for t in ALL_TASKS)])
+    raw = _read_root(
+        sample["files"], ["npho", "relative_time", "run", "event", *(TASKS[t].truth_branch for t in ALL_TASKS)]
+    )
     expected = get_normalizer("meg2").normalize_events(raw["npho"], raw["relative_time"])
     np.testing.assert_array_equal(x, expected)  # manifest order = file order, bit-exact float32
     for t in ALL_TASKS:
@@ -108,14 +114,16 @@ def test_nan_and_inf_sensor_values_follow_the_normalization_rules(tmp_path):
     ev = make_events(40, seed=3)
     ev["npho"][0, :5] = [np.nan, np.inf, -np.inf, 500.0, 500.0]
     ev["relative_time"][0, :5] = [1e-8, 1e-8, 1e-8, np.nan, np.inf]
-    path = write_root_file(tmp_path / "nan.root", 40, overrides={"npho": ev["npho"], "relative_time": ev["relative_time"]})
+    path = write_root_file(
+        tmp_path / "nan.root", 40, overrides={"npho": ev["npho"], "relative_time": ev["relative_time"]}
+    )
     norm = get_normalizer("meg2")
     write_shards([str(path)], tmp_path / "out", "val", ShardSettings(normalizer=norm, block_size=16), workers=1)
     x, _, _ = _load_all(tmp_path / "out", tasks=("energy",))
     assert np.isfinite(x).all()
     s = norm.sentinel
-    assert x[0, 0].tolist() == [s, s]          # NaN npho: dead sensor
-    assert x[0, 1].tolist() == [s, s]          # +Inf npho (> 9e9): dead sensor
+    assert x[0, 0].tolist() == [s, s]  # NaN npho: dead sensor
+    assert x[0, 1].tolist() == [s, s]  # +Inf npho (> 9e9): dead sensor
     assert x[0, 2, 0] == 0.0 and x[0, 2, 1] == s  # -Inf npho: below the domain, no light, no time
     assert x[0, 3, 1] == s and x[0, 4, 1] == s  # NaN / Inf time: time sentinel
     np.testing.assert_array_equal(x, norm.normalize_events(ev["npho"], ev["relative_time"]))
@@ -124,8 +132,23 @@ def test_nan_and_inf_sensor_values_follow_the_normalization_rules(tmp_path):
 def test_cli_writes_shards_and_returns_2_on_bad_input(tmp_path, capsys, restore_logging):
     sample = shared_sample()
     out = tmp_path / "cli"
-    rc = cli_main(["shards", "--input", str(sample["files"][2]), "--split", "bench", "--out", str(out),
-                   "--events-per-shard", "20", "--workers", "1", "--log", str(tmp_path / "s.log")])
+    rc = cli_main(
+        [
+            "shards",
+            "--input",
+            str(sample["files"][2]),
+            "--split",
+            "bench",
+            "--out",
+            str(out),
+            "--events-per-shard",
+            "20",
+            "--workers",
+            "1",
+            "--log",
+            str(tmp_path / "s.log"),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["split"] == "bench" and [s["events"] for s in m["shards"]] == [20, 20, 7]
@@ -212,13 +235,35 @@ def test_loader_refuses_a_directory_without_manifest(tmp_path):
 
 def test_configurable_branch_names_and_preset(tmp_path, restore_logging):
     ev = make_events(30, seed=8)
-    path = write_root_file(tmp_path / "renamed.root", 30, seed=8, drop=["energyTruth", "npho"],
-                           overrides={"energyMC": ev["energyTruth"], "nphoCorr": ev["npho"]})
+    path = write_root_file(
+        tmp_path / "renamed.root",
+        30,
+        seed=8,
+        drop=["energyTruth", "npho"],
+        overrides={"energyMC": ev["energyTruth"], "nphoCorr": ev["npho"]},
+    )
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("data: {npho_branch: nphoCorr}\n"
-                   "shards: {tasks: [energy, uvwFI], truth_branches: {energy: energyMC}, block_size: 8}\n")
-    rc = cli_main(["shards", "--config", str(cfg), "--input", str(path), "--split", "val", "--out",
-                   str(tmp_path / "out"), "--preset", "legacy", "--workers", "1"])
+    cfg.write_text(
+        "data: {npho_branch: nphoCorr}\n"
+        "shards: {tasks: [energy, uvwFI], truth_branches: {energy: energyMC}, block_size: 8}\n"
+    )
+    rc = cli_main(
+        [
+            "shards",
+            "--config",
+            str(cfg),
+            "--input",
+            str(path),
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "legacy",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     m = read_manifest(tmp_path / "out")
     assert m["branches"]["npho"] == "nphoCorr" and m["branches"]["truth"]["energy"] == "energyMC"

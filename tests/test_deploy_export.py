@@ -1,6 +1,7 @@
 """`xec export`: real tiny regressor/inpainter checkpoints -> ONNX, parity vs PyTorch on
 val-shard events at two batch sizes, EMA weights, metadata, failure modes, and the exported
 models running through `xec infer`."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-
 from helpers_rootfiles import write_root_file
+
 from xec.cli import main as cli_main
 from xec.data.loader import ShardLoader
 from xec.data.shards import ShardSettings, write_shards
@@ -25,16 +26,25 @@ from xec.normalization import get_normalizer
 from xec.targets import TargetStandardizer
 
 TASKS = ("angle", "energy", "timing", "uvwFI")
-TS = {"angle": {"mean": [90.0, -180.0], "std": [15.0, 20.0]}, "energy": {"mean": [0.04], "std": [0.012]},
-      "timing": {"mean": [0.1], "std": [0.5]}, "uvwFI": {"mean": [0.0, 0.0, 5.0], "std": [15.0, 40.0, 6.0]}}
+TS = {
+    "angle": {"mean": [90.0, -180.0], "std": [15.0, 20.0]},
+    "energy": {"mean": [0.04], "std": [0.012]},
+    "timing": {"mean": [0.1], "std": [0.5]},
+    "uvwFI": {"mean": [0.0, 0.0, 5.0], "std": [15.0, 40.0, 6.0]},
+}
 
 
 def _spec(stage: str) -> dict:
     from xec.models.presets import get_preset
 
-    spec = {"stage": stage, "model": {"preset": "tiny", **get_preset("tiny").to_dict()},
-            "normalization": get_normalizer("meg2").to_dict(), "tasks": [], "target_standardization": None,
-            "model_args": {"freeze_encoder": False}}  # the inpainter's constructor options, as training saves them
+    spec = {
+        "stage": stage,
+        "model": {"preset": "tiny", **get_preset("tiny").to_dict()},
+        "normalization": get_normalizer("meg2").to_dict(),
+        "tasks": [],
+        "target_standardization": None,
+        "model_args": {"freeze_encoder": False},
+    }  # the inpainter's constructor options, as training saves them
     if stage == "regressor":
         spec.update(tasks=list(TASKS), target_standardization=TS, model_args={"tasks": list(TASKS), "nll_tasks": []})
     return spec
@@ -54,8 +64,19 @@ def _save_ckpt(path: Path, stage: str) -> tuple[Path, torch.nn.Module, torch.nn.
     with torch.no_grad():  # EMA = raw + noise: an export that took the raw weights would fail the tests
         for p in ema.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    payload = {**spec, "model_state": raw.state_dict(), "ema_state": ema.state_dict(), "optimizer": {},
-               "scheduler": {}, "epoch": 1, "step": 10, "config": {}, "rng": {}, "metrics": {}, "xec_version": "0.1.0"}
+    payload = {
+        **spec,
+        "model_state": raw.state_dict(),
+        "ema_state": ema.state_dict(),
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": 1,
+        "step": 10,
+        "config": {},
+        "rng": {},
+        "metrics": {},
+        "xec_version": "0.1.0",
+    }
     save_checkpoint(path, payload)
     return path, raw, ema
 
@@ -64,8 +85,7 @@ def _save_ckpt(path: Path, stage: str) -> tuple[Path, torch.nn.Module, torch.nn.
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     root = write_root_file(d / "val.root", n_events=48, seed=11, dead_fraction=0.02)
-    settings = ShardSettings(normalizer=get_normalizer("meg2"), events_per_shard=32, block_size=16,
-                             tasks=TASKS)
+    settings = ShardSettings(normalizer=get_normalizer("meg2"), events_per_shard=32, block_size=16, tasks=TASKS)
     write_shards([str(root)], d / "shards", "val", settings)
     reg = _save_ckpt(d / "reg.pt", "regressor")
     inp = _save_ckpt(d / "inp.pt", "inpainter")
@@ -77,10 +97,22 @@ def exported(setup):
     """Each model exported once: the regressor through the API, the inpainter through the CLI."""
     d = setup["dir"]
     reg, inp, log = d / "reg.onnx", d / "inp.onnx", d / "export_inp.log"
-    report = export_checkpoint(str(setup["reg"][0]), str(reg), val_shards=str(setup["manifest"]),
-                               parity_events=40, parity_batch_size=16)
-    rc = cli_main(["export", "--checkpoint", str(setup["inp"][0]), "--out", str(inp),
-                   "--val-shards", str(setup["manifest"]), "--log", str(log)])
+    report = export_checkpoint(
+        str(setup["reg"][0]), str(reg), val_shards=str(setup["manifest"]), parity_events=40, parity_batch_size=16
+    )
+    rc = cli_main(
+        [
+            "export",
+            "--checkpoint",
+            str(setup["inp"][0]),
+            "--out",
+            str(inp),
+            "--val-shards",
+            str(setup["manifest"]),
+            "--log",
+            str(log),
+        ]
+    )
     assert rc == 0
     return {"reg": reg, "reg_report": report, "inp": inp, "inp_log": log}
 
@@ -171,8 +203,13 @@ def test_parity_failure_leaves_no_output(setup, tmp_path, monkeypatch):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"older model")
     with pytest.raises(XecError, match=r"reg\.pt: ONNX vs PyTorch parity failed.*max abs 0\.001"):
-        export_checkpoint(str(setup["reg"][0]), str(out), val_shards=None, parity_events=8,  # synthetic events
-                          parity_batch_size=4)
+        export_checkpoint(
+            str(setup["reg"][0]),
+            str(out),
+            val_shards=None,
+            parity_events=8,  # synthetic events
+            parity_batch_size=4,
+        )
     assert out.read_bytes() == b"older model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
@@ -204,12 +241,17 @@ def test_export_bad_inputs(setup, tmp_path):
     save_checkpoint(tmp_path / "mae.pt", {"stage": "mae", "model_state": {}})
     with pytest.raises(XecError, match=r"mae\.pt: checkpoint of stage 'mae'"):
         export_checkpoint(str(tmp_path / "mae.pt"), str(out))
-    legacy = write_shards([str(setup["root"])], tmp_path / "legacy", "val",
-                          ShardSettings(normalizer=get_normalizer("legacy"), tasks=TASKS))
+    legacy = write_shards(
+        [str(setup["root"])],
+        tmp_path / "legacy",
+        "val",
+        ShardSettings(normalizer=get_normalizer("legacy"), tasks=TASKS),
+    )
     assert legacy["events"] == 48
     with pytest.raises(XecError, match="normalization mismatch.*legacy"):
-        export_checkpoint(str(setup["reg"][0]), str(out), val_shards=str(tmp_path / "legacy" / "manifest.json"),
-                          parity_events=8)
+        export_checkpoint(
+            str(setup["reg"][0]), str(out), val_shards=str(tmp_path / "legacy" / "manifest.json"), parity_events=8
+        )
     assert not out.exists() and not parity_path(out).exists()
 
 

@@ -3,6 +3,7 @@
 The models here are small hand-written torch modules exported with the xec metadata, so the
 expected predictions can be computed exactly in numpy; the parity of the real exported
 networks is tested in test_deploy_export.py."""
+
 from __future__ import annotations
 
 import warnings
@@ -16,8 +17,7 @@ import uproot
 
 from xec.cli import main as cli_main
 from xec.deploy.infer import run_inference
-from xec.deploy.onnx_meta import (inpainter_metadata, read_metadata, regressor_metadata, set_metadata,
-                                  software_versions)
+from xec.deploy.onnx_meta import inpainter_metadata, read_metadata, regressor_metadata, set_metadata, software_versions
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
 from xec.metrics import opening_angle_deg
@@ -33,8 +33,12 @@ class _MeanRegressor(torch.nn.Module):
     def forward(self, x):
         m = x.mean(dim=1)  # (B, 2)
         a, b = m[:, :1], m[:, 1:]
-        return (torch.cat([60.0 + 10.0 * a, -170.0 + 5.0 * b], 1), 0.05 * a + 0.01, b - 2.0,
-                torch.cat([a, b, a * b], 1))
+        return (
+            torch.cat([60.0 + 10.0 * a, -170.0 + 5.0 * b], 1),
+            0.05 * a + 0.01,
+            b - 2.0,
+            torch.cat([a, b, a * b], 1),
+        )
 
 
 class _ConstantInpainter(torch.nn.Module):
@@ -46,20 +50,35 @@ class _ConstantInpainter(torch.nn.Module):
 def _reference_preds(x: np.ndarray) -> dict[str, np.ndarray]:
     m = x.astype(np.float64).mean(axis=1)
     a, b = m[:, :1], m[:, 1:]
-    return {"angle": np.concatenate([60 + 10 * a, -170 + 5 * b], 1), "energy": 0.05 * a + 0.01,
-            "timing": b - 2.0, "uvwFI": np.concatenate([a, b, a * b], 1)}
+    return {
+        "angle": np.concatenate([60 + 10 * a, -170 + 5 * b], 1),
+        "energy": 0.05 * a + 0.01,
+        "timing": b - 2.0,
+        "uvwFI": np.concatenate([a, b, a * b], 1),
+    }
 
 
 def _export(module: torch.nn.Module, path: Path, meta, with_meta: bool = True) -> Path:
     import onnx
 
-    inputs = (torch.zeros(2, N_SENSORS, 2),) if meta.stage == "regressor" else (
-        torch.zeros(2, N_SENSORS, 2), torch.zeros(2, N_SENSORS))
+    inputs = (
+        (torch.zeros(2, N_SENSORS, 2),)
+        if meta.stage == "regressor"
+        else (torch.zeros(2, N_SENSORS, 2), torch.zeros(2, N_SENSORS))
+    )
     axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, inputs, str(path), input_names=list(meta.inputs), output_names=list(meta.outputs),
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=list(meta.inputs),
+            output_names=list(meta.outputs),
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     if with_meta:
         model = onnx.load(str(path))
         set_metadata(model, meta)
@@ -77,10 +96,16 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "regressor": _export(_MeanRegressor(), d / "reg.onnx", reg_meta),
         "inpainter": _export(_ConstantInpainter(), d / "inp.onnx", inp_meta),
         "bare": _export(_MeanRegressor(), d / "bare.onnx", reg_meta, with_meta=False),
-        "legacy": _export(_MeanRegressor(), d / "legacy.onnx",
-                          regressor_metadata(get_normalizer("legacy"), TASKS, None, software_versions(17))),
-        "legacy_inp": _export(_ConstantInpainter(), d / "legacy_inp.onnx",
-                              inpainter_metadata(get_normalizer("legacy"), software_versions(17))),
+        "legacy": _export(
+            _MeanRegressor(),
+            d / "legacy.onnx",
+            regressor_metadata(get_normalizer("legacy"), TASKS, None, software_versions(17)),
+        ),
+        "legacy_inp": _export(
+            _ConstantInpainter(),
+            d / "legacy_inp.onnx",
+            inpainter_metadata(get_normalizer("legacy"), software_versions(17)),
+        ),
     }
 
 
@@ -93,10 +118,13 @@ def _events(n: int, seed: int, n_sensors: int = N_SENSORS, dead_fraction: float 
     npho[dead] = 1e10
     time[dead] = 1e10
     return {
-        "npho": npho, "relative_time": time,
-        "run": np.full(n, 7, np.int32), "event": np.arange(100, 100 + n, dtype=np.int32),
+        "npho": npho,
+        "relative_time": time,
+        "run": np.full(n, 7, np.int32),
+        "event": np.arange(100, 100 + n, dtype=np.int32),
         "emiAng": np.stack([rng.uniform(60, 120, n), rng.uniform(-240, -120, n)], 1).astype(np.float32),
-        "energyTruth": np.full(n, 0.0528, np.float32), "timeTruth": rng.normal(0, 1, n).astype(np.float32),
+        "energyTruth": np.full(n, 0.0528, np.float32),
+        "timeTruth": rng.normal(0, 1, n).astype(np.float32),
         "uvwTruth": rng.normal(0, 10, (n, 3)).astype(np.float32),
     }
 
@@ -134,8 +162,12 @@ def test_outputs_match_numpy_reference(models, root_file, tmp_path):
 
     x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
     ref = _reference_preds(x)
-    for task, cols in {"angle": ("theta", "phi"), "energy": ("energy",), "timing": ("time",),
-                       "uvwFI": ("u", "v", "w")}.items():
+    for task, cols in {
+        "angle": ("theta", "phi"),
+        "energy": ("energy",),
+        "timing": ("time",),
+        "uvwFI": ("u", "v", "w"),
+    }.items():
         for j, col in enumerate(cols):
             np.testing.assert_allclose(df[f"pred_{task}_{col}"], ref[task][:, j], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(df["true_angle_theta"], arrays["emiAng"][:, 0])
@@ -143,8 +175,9 @@ def test_outputs_match_numpy_reference(models, root_file, tmp_path):
     np.testing.assert_array_equal(df["true_energy_energy"], arrays["energyTruth"])
     assert not any(c.startswith("reco_") for c in df.columns)  # no reco branches in the file
     np.testing.assert_array_equal(df["n_dead"], (arrays["npho"] > 9e9).sum(1))
-    expected_angle = opening_angle_deg(df["pred_angle_theta"], df["pred_angle_phi"],
-                                       arrays["emiAng"][:, 0], arrays["emiAng"][:, 1])
+    expected_angle = opening_angle_deg(
+        df["pred_angle_theta"], df["pred_angle_phi"], arrays["emiAng"][:, 0], arrays["emiAng"][:, 1]
+    )
     np.testing.assert_allclose(df["opening_angle_deg"], expected_angle, rtol=1e-5)
     assert (df["opening_angle_deg"] > 0).all() and (df["opening_angle_deg"] <= 180).all()
 
@@ -152,8 +185,9 @@ def test_outputs_match_numpy_reference(models, root_file, tmp_path):
 def test_chunking_and_batching_do_not_change_results(models, root_file, tmp_path):
     path, _ = root_file
     a = run_inference(str(models["regressor"]), [str(path)], str(tmp_path / "a.root"), chunk_size=1000, batch_size=256)
-    b = run_inference(str(models["regressor"]), [str(path), str(path)], str(tmp_path / "b.root"),
-                      chunk_size=50, batch_size=1)
+    b = run_inference(
+        str(models["regressor"]), [str(path), str(path)], str(tmp_path / "b.root"), chunk_size=50, batch_size=1
+    )
     assert (a["events"], b["events"]) == (N_EVENTS, 2 * N_EVENTS)
     da, db = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
     pd.testing.assert_frame_equal(da, db.iloc[:N_EVENTS].reset_index(drop=True), rtol=1e-5, atol=1e-7)
@@ -162,8 +196,14 @@ def test_chunking_and_batching_do_not_change_results(models, root_file, tmp_path
 
 def test_inpainter_fills_dead_sensors_before_regressor(models, root_file, tmp_path):
     path, arrays = root_file
-    run_inference(str(models["regressor"]), [str(path)], str(tmp_path / "i.root"),
-                  inpainter=str(models["inpainter"]), chunk_size=40, batch_size=16)
+    run_inference(
+        str(models["regressor"]),
+        [str(path)],
+        str(tmp_path / "i.root"),
+        inpainter=str(models["inpainter"]),
+        chunk_size=40,
+        batch_size=16,
+    )
     df = pd.read_parquet(tmp_path / "i.parquet")
     x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
     dead = arrays["npho"] > 9e9
@@ -178,8 +218,25 @@ def test_inpainter_fills_dead_sensors_before_regressor(models, root_file, tmp_pa
 def test_cli_writes_outputs_and_custom_parquet(models, root_file, tmp_path, capsys):
     path, _ = root_file
     out, pq = tmp_path / "cli.root", tmp_path / "sub" / "table.parquet"
-    rc = cli_main(["infer", "--model", str(models["regressor"]), "--input", str(path), "--out", str(out),
-                   "--parquet", str(pq), "--batch-size", "32", "--preset", "meg2", "--log", str(tmp_path / "l.log")])
+    rc = cli_main(
+        [
+            "infer",
+            "--model",
+            str(models["regressor"]),
+            "--input",
+            str(path),
+            "--out",
+            str(out),
+            "--parquet",
+            str(pq),
+            "--batch-size",
+            "32",
+            "--preset",
+            "meg2",
+            "--log",
+            str(tmp_path / "l.log"),
+        ]
+    )
     assert rc == 0 and out.exists() and pq.exists()
     assert "events/s" in capsys.readouterr().out
     assert "events/s" in (tmp_path / "l.log").read_text()
@@ -202,12 +259,24 @@ def test_preset_conflicts_are_errors(models, root_file, tmp_path, capsys):
     with pytest.raises(XecError, match=r"reg\.onnx.*'meg2'.*--preset 'legacy'"):
         run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), preset="legacy")
     with pytest.raises(XecError, match="normalization mismatch.*legacy_inp.onnx"):
-        run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"),
-                      inpainter=str(models["legacy_inp"]))
+        run_inference(
+            str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), inpainter=str(models["legacy_inp"])
+        )
     with pytest.raises(XecError, match=r"inp\.onnx: is an exported inpainter, expected a regressor"):
         run_inference(str(models["inpainter"]), [str(root_file[0])], str(tmp_path / "o.root"))
-    rc = cli_main(["infer", "--model", str(models["legacy"]), "--input", str(root_file[0]),
-                   "--out", str(tmp_path / "o.root"), "--preset", "meg2"])
+    rc = cli_main(
+        [
+            "infer",
+            "--model",
+            str(models["legacy"]),
+            "--input",
+            str(root_file[0]),
+            "--out",
+            str(tmp_path / "o.root"),
+            "--preset",
+            "meg2",
+        ]
+    )
     assert rc == 2 and "legacy.onnx" in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
 

@@ -1,4 +1,5 @@
 """ONNX metadata contract (xec.deploy.onnx_meta): round trip and clear errors on bad metadata."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,26 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from xec.deploy.onnx_meta import (ModelMetadata, inpainter_metadata, read_metadata, regressor_metadata,
-                                  set_metadata, software_versions)
+from xec.deploy.onnx_meta import (
+    ModelMetadata,
+    inpainter_metadata,
+    read_metadata,
+    regressor_metadata,
+    set_metadata,
+    software_versions,
+)
 from xec.errors import XecError
 from xec.normalization import get_normalizer
 
 
 def _tiny_onnx(path, props: dict[str, str] | None = None):
     node = helper.make_node("Identity", ["input"], ["output_energy"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1])],
-                              [helper.make_tensor_value_info("output_energy", TensorProto.FLOAT, ["batch", 1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("output_energy", TensorProto.FLOAT, ["batch", 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     for k, v in (props or {}).items():
         e = model.metadata_props.add()
@@ -64,8 +75,10 @@ def test_bad_metadata_errors_name_the_file(tmp_path):
         "none.onnx": ({}, "no xec metadata"),
         "stage.onnx": ({**good, "stage": "mae"}, "unknown stage 'mae'"),
         "json.onnx": ({**good, "normalization": "{not json"}, "bad xec metadata"),
-        "param.onnx": ({**good, "normalization": json.dumps({**get_normalizer().to_dict(), "npho_scale": -1})},
-                       "npho_scale must be a positive"),
+        "param.onnx": (
+            {**good, "normalization": json.dumps({**get_normalizer().to_dict(), "npho_scale": -1})},
+            "npho_scale must be a positive",
+        ),
         "preset.onnx": ({**good, "normalization_preset": "legacy"}, "disagrees"),
         "task.onnx": ({**good, "tasks": '["mass"]'}, "unknown task 'mass'"),
         "outputs.onnx": ({**good, "outputs": '["output_angle"]'}, "expected \\['output_energy'\\]"),

@@ -1,4 +1,5 @@
 """Detector geometry: computed sensors vs the reference tables, index maps, grids, conversions."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,21 @@ import math
 import numpy as np
 import pytest
 
-from xec.geometry import (FACE_NAMES, INNER_RADIUS, N_SENSORS, OUTER_GRID_SHAPE, OUTER_RADIUS,
-                          angles_to_direction, direction_to_angles, faces_from_flat,
-                          flat_from_faces, get_geometry, hex_opposite, uvw_to_xyz, xyz_to_uvw)
+from xec.geometry import (
+    FACE_NAMES,
+    INNER_RADIUS,
+    N_SENSORS,
+    OUTER_GRID_SHAPE,
+    OUTER_RADIUS,
+    angles_to_direction,
+    direction_to_angles,
+    faces_from_flat,
+    flat_from_faces,
+    get_geometry,
+    hex_opposite,
+    uvw_to_xyz,
+    xyz_to_uvw,
+)
 
 G = get_geometry()
 
@@ -39,7 +52,7 @@ def test_face_counts_types_and_areas():
     assert np.array_equal(G.is_mppc, G.face == 0)
     assert G.is_mppc.sum() == 4092 and (~G.is_mppc).sum() == 668
     assert np.allclose(G.active_area[G.is_mppc], 1.44)
-    assert np.allclose(G.active_area[~G.is_mppc], math.pi * 2.25 ** 2)
+    assert np.allclose(G.active_area[~G.is_mppc], math.pi * 2.25**2)
     with pytest.raises(ValueError, match="unknown face"):
         G.face_ids("side")
 
@@ -77,8 +90,7 @@ def _in_xenon(p: np.ndarray) -> np.ndarray:
     and the slanted us/ds faces (|z| limit linear in r through the published rings)."""
     r = np.hypot(p[:, 0], p[:, 1])
     zmax = 35.15 + (r - 69.53) * (46.84 - 35.15) / (102.95 - 69.53)
-    return ((r > INNER_RADIUS) & (r < OUTER_RADIUS) & (np.abs(_phi(p)) < 62.76)
-            & (np.abs(p[:, 2]) < zmax))
+    return (r > INNER_RADIUS) & (r < OUTER_RADIUS) & (np.abs(_phi(p)) < 62.76) & (np.abs(p[:, 2]) < zmax)
 
 
 def test_normals_are_unit_and_point_into_the_xenon():
@@ -155,8 +167,9 @@ def test_outer_fine_grid_maps_every_outer_sensor():
     v, z = _cell_centres()
     sv = OUTER_RADIUS * np.radians(_phi(G.positions[outer]))
     d = np.hypot(v[:, None, None] - sv, z[None, :, None] - G.positions[outer, 2])
-    own = np.hypot(v[:, None] - OUTER_RADIUS * np.radians(_phi(G.positions[grid.index])),
-                   z[None, :] - G.positions[grid.index, 2])
+    own = np.hypot(
+        v[:, None] - OUTER_RADIUS * np.radians(_phi(G.positions[grid.index])), z[None, :] - G.positions[grid.index, 2]
+    )
     assert own.max() < 6.0
     assert np.mean(np.isclose(own, d.min(axis=-1))) > 0.99  # ties/edges of the centre block
 
@@ -178,11 +191,12 @@ def test_outer_grid_pooled_to_coarse_layout():
     assert np.array_equal(grid.index, np.arange(4092, 4308).reshape(24, 9))
     ncell = grid.index.size
     assert np.allclose(np.bincount(grid.entry_cell, grid.entry_area, ncell), 1.0)
-    assert np.allclose(np.bincount(grid.entry_sensor, grid.entry_share, N_SENSORS)[
-        G.face_ids("outer")], 1.0)
+    assert np.allclose(np.bincount(grid.entry_sensor, grid.entry_share, N_SENSORS)[G.face_ids("outer")], 1.0)
     patch_cells = np.unique(grid.entry_cell[grid.entry_sensor >= 4742])
-    assert np.array_equal(np.sort(grid.index.ravel()[patch_cells]),
-                          [4185, 4186, 4187, 4194, 4195, 4196, 4203, 4204, 4205, 4212, 4213, 4214])
+    assert np.array_equal(
+        np.sort(grid.index.ravel()[patch_cells]),
+        [4185, 4186, 4187, 4194, 4195, 4196, 4203, 4204, 4205, 4212, 4213, 4214],
+    )
     assert G.outer_grid(3).shape == (24, 15)
     with pytest.raises(ValueError, match="divide"):
         G.outer_grid(4)
@@ -203,8 +217,7 @@ def test_outer_grid_round_trip_and_conservation():
     t_img = fine.to_grid(time, "time")
     assert np.array_equal(fine.to_flat(t_img, "time")[:, outer], time[:, outer])
     pooled = G.outer_grid((3, 5))
-    assert np.allclose(pooled.to_grid(npho).sum(axis=(1, 2)), npho[:, outer].sum(axis=1),
-                       rtol=1e-5)
+    assert np.allclose(pooled.to_grid(npho).sum(axis=(1, 2)), npho[:, outer].sum(axis=1), rtol=1e-5)
     # a cell owned by one sensor copies its time; a merged cell averages by area
     t_pool = pooled.to_grid(time, "time")
     assert np.allclose(t_pool[:, 0, 0], time[:, 4092])
@@ -217,8 +230,14 @@ def test_faces_round_trip_every_sensor():
     npho = rng.gamma(2.0, 50.0, size=(2, 3, N_SENSORS))
     faces = faces_from_flat(npho, "npho")
     shapes = {k: v.shape for k, v in faces.items()}
-    assert shapes == {"inner": (2, 3, 93, 44), "outer": (2, 3, 72, 45), "us": (2, 3, 24, 6),
-                      "ds": (2, 3, 24, 6), "top": (2, 3, 73), "bottom": (2, 3, 73)}
+    assert shapes == {
+        "inner": (2, 3, 93, 44),
+        "outer": (2, 3, 72, 45),
+        "us": (2, 3, 24, 6),
+        "ds": (2, 3, 24, 6),
+        "top": (2, 3, 73),
+        "bottom": (2, 3, 73),
+    }
     assert np.allclose(flat_from_faces(faces, "npho"), npho, rtol=1e-12)
     time = rng.normal(size=(5, N_SENSORS)).astype(np.float32)
     back = flat_from_faces(faces_from_flat(time, "time"), "time")
@@ -289,8 +308,9 @@ def test_hex_opposite_and_bad_face():
 # ---- conversions --------------------------------------------------------------------------
 def test_uvw_round_trip_and_inner_surface():
     rng = np.random.default_rng(2)
-    uvw = np.stack([rng.uniform(-30, 30, 1000), rng.uniform(-70, 70, 1000),
-                    rng.uniform(0, 42, 1000)], axis=-1).reshape(10, 100, 3)
+    uvw = np.stack([rng.uniform(-30, 30, 1000), rng.uniform(-70, 70, 1000), rng.uniform(0, 42, 1000)], axis=-1).reshape(
+        10, 100, 3
+    )
     assert np.allclose(xyz_to_uvw(uvw_to_xyz(uvw)), uvw, atol=1e-10)
     s = xyz_to_uvw(G.positions[G.is_mppc])
     assert np.allclose(s[:, 2], 0, atol=1e-9)
@@ -312,5 +332,4 @@ def test_angle_conventions_and_round_trip():
     assert np.allclose(t2, theta) and np.allclose(p2, phi)
     # the direction of a sensor seen from the origin points at it
     t, p = direction_to_angles(G.positions)
-    assert np.allclose(angles_to_direction(t, p) * np.linalg.norm(G.positions, axis=1)[:, None],
-                       G.positions)
+    assert np.allclose(angles_to_direction(t, p) * np.linalg.norm(G.positions, axis=1)[:, None], G.positions)

@@ -3,6 +3,7 @@ the default config, val resolutions against predicting the train mean. The targe
 u, v, w and >= 3x for energy on the default samples (docs/performance.md records the pipeline's
 numbers); this 6,000-event, 6-epoch run reached u 34x, v 64x, w 5.6x, energy 8.7x (~40 s) and
 asserts a floor below that."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """xec.metrics: the shared resolution estimators, checked on samples with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ def test_width68_of_uniform_is_analytic():
 def test_core_sigma_ignores_tail():
     rng = np.random.default_rng(7)
     core = rng.normal(0.0, 1.0, 18000)
-    tail = -rng.exponential(6.0, 2000) - 1.0   # 10 % low tail, as an energy response has
+    tail = -rng.exponential(6.0, 2000) - 1.0  # 10 % low tail, as an energy response has
     x = np.concatenate([core, tail])
     assert metrics.gaussian_core_sigma(x) == pytest.approx(1.0, abs=0.05)
     # the robust width is pulled by the tail, the rms much more
@@ -80,14 +81,15 @@ def test_opening_angle():
     t1, p1 = np.array([80.0, 100.0]), np.array([170.0, 190.0])
     a = metrics.opening_angle_deg(t1, p1, t1 + 1e-6, p1)
     assert a.shape == (2,) and np.allclose(a, 1e-6, rtol=1e-3)
-    assert np.allclose(metrics.opening_angle_deg(t1, p1, t1[::-1], p1[::-1]),
-                       metrics.opening_angle_deg(t1[::-1], p1[::-1], t1, p1))
+    assert np.allclose(
+        metrics.opening_angle_deg(t1, p1, t1[::-1], p1[::-1]), metrics.opening_angle_deg(t1[::-1], p1[::-1], t1, p1)
+    )
 
 
 def test_binned_resolution_profile():
     rng = np.random.default_rng(5)
     w = rng.uniform(0, 20, 20000)
-    resid = rng.normal(0, 1, w.size) * (1 + 0.1 * w)     # resolution grows with depth
+    resid = rng.normal(0, 1, w.size) * (1 + 0.1 * w)  # resolution grows with depth
     prof = metrics.binned_resolution(w, resid, [0, 5, 10, 20], n_boot=10)
     assert [p["centre"] for p in prof] == [2.5, 7.5, 15.0]
     widths = [p["width68"] for p in prof]

@@ -1,13 +1,13 @@
 """Unit tests of xec.models.blocks: GRN, DropPath, masked ConvNeXt V2 / HexNeXt blocks and the
 hexagonal depthwise convolution."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from xec.models.blocks import (GRN, ConvNeXtV2Block, DropPath, HexDepthwiseConv, HexNeXtBlock,
-                               TransformerLayer)
+from xec.models.blocks import GRN, ConvNeXtV2Block, DropPath, HexDepthwiseConv, HexNeXtBlock, TransformerLayer
 
 
 def hex_patch(radius: int = 3, pitch: float = 6.2):
@@ -38,12 +38,12 @@ def test_grn_matches_reference_formula():
         grn.gamma.normal_()
         grn.beta.normal_()
     x = torch.randn(3, 5, 4, 8)
-    gx = torch.sqrt((x ** 2).sum(dim=(1, 2), keepdim=True))
+    gx = torch.sqrt((x**2).sum(dim=(1, 2), keepdim=True))
     nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(grn(x), grn.gamma * (x * nx) + grn.beta + x)
     # graph layout: norm over nodes
     xg = x.reshape(3, 20, 8)
-    gx = torch.sqrt((xg ** 2).sum(dim=1, keepdim=True))
+    gx = torch.sqrt((xg**2).sum(dim=1, keepdim=True))
     nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(grn(xg), grn.gamma * (xg * nx) + grn.beta + xg)
 

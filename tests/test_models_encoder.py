@@ -1,4 +1,5 @@
 """Face layout, XECEncoder and XECMAE: round trips, topology, leakage, masking and losses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_faces_follow_geometry_index_maps(encoder):
     assert present == set(g.face_ids("outer").tolist())
     # slot 0 of every outer cell is the PMT covering most of it
     grid = g.outer_grid(model_config({"preset": "tiny"}).outer_pool)
-    assert np.array_equal(outer[0, :grid.shape[0], :grid.shape[1]], grid.index)
+    assert np.array_equal(outer[0, : grid.shape[0], : grid.shape[1]], grid.index)
     hex_ids = encoder.hex_cells(cells)[0, :, 0].numpy().astype(int)
     assert np.array_equal(hex_ids, np.concatenate([g.hex_face("top").ids, g.hex_face("bottom").ids]))
 
@@ -79,7 +80,7 @@ def test_patch_order_gather_equals_pixel_shuffle(encoder):
     for f, st in zip(lay.rect, strides):
         hp, wp = f.shape
         pos = torch.as_tensor(patch_order(hp, wp, f.slots, st)) + f.offset
-        patched[:, pos] = cells[:, f.offset:f.offset + f.size]
+        patched[:, pos] = cells[:, f.offset : f.offset + f.size]
     a = FacesToFlat(lay, "mean", strides)(patched)
     b = FacesToFlat(lay, "mean")(cells)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -171,8 +172,9 @@ def test_random_mask_respects_invalid_sensors_and_ratio():
     noise = torch.rand(x.shape[:2], generator=torch.Generator().manual_seed(0))
     assert torch.equal(random_mask(x, 0.6, SENTINEL, noise=noise)[0], mask)  # same numbers, same mask
     # npho_valid candidates + time bias: low-light sensors allowed, valid-time ones favoured
-    m3, c3 = random_mask(x, 0.5, SENTINEL, "npho_valid", time_valid_bias=2.0,
-                         generator=torch.Generator().manual_seed(1))
+    m3, c3 = random_mask(
+        x, 0.5, SENTINEL, "npho_valid", time_valid_bias=2.0, generator=torch.Generator().manual_seed(1)
+    )
     assert not (m3 & (x[..., 0] == SENTINEL)).any()
     tv = x[..., 1] != SENTINEL
     frac_tv = (m3 & tv).sum() / (c3 & tv).sum()

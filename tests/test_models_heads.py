@@ -1,4 +1,5 @@
 """XECRegressor, XECInpainter, presets, encoder hand-over, ONNX export parity and model-info."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,15 @@ import torch
 
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
-from xec.models import (PRESETS, XECInpainter, XECMAE, XECRegressor, load_encoder_weights, model_config,
-                        model_config_from_dict)
+from xec.models import (
+    PRESETS,
+    XECMAE,
+    XECInpainter,
+    XECRegressor,
+    load_encoder_weights,
+    model_config,
+    model_config_from_dict,
+)
 from xec.normalization import get_normalizer
 from xec.targets import TargetStandardizer
 
@@ -24,8 +32,9 @@ def tiny():
 def standardizer(tasks=TASKS) -> TargetStandardizer:
     dims = {"angle": 2, "energy": 1, "timing": 1, "uvwFI": 3, "angleVec": 3}
     rng = np.random.default_rng(0)
-    return TargetStandardizer.from_dict({t: {"mean": rng.normal(size=dims[t]) * 10,
-                                             "std": rng.uniform(0.5, 5, dims[t])} for t in tasks})
+    return TargetStandardizer.from_dict(
+        {t: {"mean": rng.normal(size=dims[t]) * 10, "std": rng.uniform(0.5, 5, dims[t])} for t in tasks}
+    )
 
 
 def realistic_input(b: int, seed: int = 0) -> torch.Tensor:
@@ -246,8 +255,20 @@ def test_export_graph_rejects_old_opset(tmp_path):
 def test_model_info_cli(tmp_path, capsys):
     from xec.cli import main
 
-    assert main(["model-info", "--preset", "tiny", "--json", str(tmp_path / "info.json"),
-                 "--log", str(tmp_path / "info.log")]) == 0
+    assert (
+        main(
+            [
+                "model-info",
+                "--preset",
+                "tiny",
+                "--json",
+                str(tmp_path / "info.json"),
+                "--log",
+                str(tmp_path / "info.log"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "encoder" in out and "regressor" in out
     import json
@@ -268,8 +289,7 @@ def test_hot_path_traces_without_graph_breaks(tiny):
     takes minutes on 2 cores and gives no speed-up there, see docs/performance.md)."""
     x = realistic_input(2)
     mask = torch.rand(2, N_SENSORS) < 0.1
-    for model, args in ((XECRegressor(tiny, TASKS), (x,)), (XECMAE(tiny), (x,)),
-                        (XECInpainter(tiny), (x, mask))):
+    for model, args in ((XECRegressor(tiny, TASKS), (x,)), (XECMAE(tiny), (x,)), (XECInpainter(tiny), (x, mask))):
         explanation = torch._dynamo.explain(model)(*args)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         assert explanation.graph_count == 1

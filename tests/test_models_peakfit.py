@@ -1,4 +1,5 @@
 """PeakWindowFit: the regressor heads' learned local fit around the brightest inner MPPC."""
+
 from __future__ import annotations
 
 import numpy as np

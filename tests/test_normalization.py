@@ -17,7 +17,13 @@ def test_meg2_constants():
     n = get_normalizer()
     assert n.preset == "meg2"
     assert (n.npho_scale, n.npho_scale2, n.time_scale, n.time_shift, n.sentinel, n.npho_threshold) == (
-        1000.0, 4.08, 1.14e-7, -0.46, -1.0, 100.0)
+        1000.0,
+        4.08,
+        1.14e-7,
+        -0.46,
+        -1.0,
+        100.0,
+    )
     npho_n, time_n = n.normalize(np.array([1000.0]), np.array([1.14e-7]))
     assert npho_n[0] == pytest.approx(math.log(2) / 4.08, rel=1e-6)
     assert time_n[0] == pytest.approx(1.46, rel=1e-6)
@@ -44,8 +50,10 @@ def test_round_trip_on_valid_sensors(preset, transform, data, t):
 
 
 @settings(max_examples=100, deadline=None)
-@given(npho=st.one_of(st.just(1e10), st.just(np.nan), st.just(np.inf), st.floats(9.0000001e9, 1e30)),
-       t=st.one_of(valid_time, st.just(np.nan), st.just(1e10)))
+@given(
+    npho=st.one_of(st.just(1e10), st.just(np.nan), st.just(np.inf), st.floats(9.0000001e9, 1e30)),
+    t=st.one_of(valid_time, st.just(np.nan), st.just(1e10)),
+)
 def test_dead_sensor_rule(npho, t):
     n = get_normalizer()
     npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))
@@ -69,8 +77,17 @@ def test_below_threshold_has_no_time(npho, t):
 
 
 @settings(max_examples=100, deadline=None)
-@given(npho=st.floats(100, 1e6), t=st.one_of(st.just(np.nan), st.just(np.inf), st.just(-np.inf), st.just(1e10),
-                                               st.floats(9.0000001e9, 1e20), st.floats(-1e20, -9.0000001e9)))
+@given(
+    npho=st.floats(100, 1e6),
+    t=st.one_of(
+        st.just(np.nan),
+        st.just(np.inf),
+        st.just(-np.inf),
+        st.just(1e10),
+        st.floats(9.0000001e9, 1e20),
+        st.floats(-1e20, -9.0000001e9),
+    ),
+)
 def test_invalid_time_rule(npho, t):
     n = get_normalizer()
     npho_n, time_n = n.normalize(np.array([npho]), np.array([t]))

@@ -1,5 +1,6 @@
 """xec.plots: every plot function writes a non-empty PNG (and PDF) from small synthetic inputs;
 xec plots makes what the files of a run allow and skips the rest with a reason."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,22 @@ FMT = ("png",)
 def _frame(n: int = 400, scale: float = 1.0, seed: int = 0, energy_range: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({"run": np.zeros(n, np.int64), "event": np.arange(n, dtype=np.int64)})
-    truth = {"uvwFI_u": rng.uniform(-20, 20, n), "uvwFI_v": rng.uniform(-60, 60, n), "uvwFI_w": rng.exponential(4, n),
-             "timing_time": rng.normal(0, 1, n), "angle_theta": rng.uniform(70, 110, n),
-             "angle_phi": rng.uniform(150, 210, n),
-             "energy_energy": rng.uniform(0.015, 0.06, n) if energy_range else np.full(n, 0.0528)}
+    truth = {
+        "uvwFI_u": rng.uniform(-20, 20, n),
+        "uvwFI_v": rng.uniform(-60, 60, n),
+        "uvwFI_w": rng.exponential(4, n),
+        "timing_time": rng.normal(0, 1, n),
+        "angle_theta": rng.uniform(70, 110, n),
+        "angle_phi": rng.uniform(150, 210, n),
+        "energy_energy": rng.uniform(0.015, 0.06, n) if energy_range else np.full(n, 0.0528),
+    }
     for c, t in truth.items():
         df[f"true_{c}"] = t
         noise = 0.01 * t if c == "energy_energy" else 0.3
         df[f"pred_{c}"] = t + rng.normal(0, noise * scale, n)
-    df["opening_angle_deg"] = opening_angle_deg(df.pred_angle_theta, df.pred_angle_phi, df.true_angle_theta,
-                                                df.true_angle_phi)
+    df["opening_angle_deg"] = opening_angle_deg(
+        df.pred_angle_theta, df.pred_angle_phi, df.true_angle_theta, df.true_angle_phi
+    )
     return df
 
 
@@ -46,8 +53,11 @@ def test_physics_plots(methods, tmp_path):
     _check(P.residual_distributions(methods, tmp_path / "res", formats=("png", "pdf")))
     assert (tmp_path / "res.pdf").read_bytes()[:4] == b"%PDF"
     _check(P.resolution_profiles(methods, "w", tmp_path / "prof_w", n_bins=4, n_boot=5, formats=FMT))
-    _check(P.resolution_profiles({"ML": _frame(energy_range=True)}, "energy", tmp_path / "prof_e", n_bins=4,
-                                 n_boot=5, formats=FMT))
+    _check(
+        P.resolution_profiles(
+            {"ML": _frame(energy_range=True)}, "energy", tmp_path / "prof_e", n_bins=4, n_boot=5, formats=FMT
+        )
+    )
     with pytest.raises(ValueError, match="constant"):
         P.resolution_profiles(methods, "energy", tmp_path / "x", formats=FMT)
     _check(P.energy_response(methods, tmp_path / "eresp", formats=FMT))
@@ -64,7 +74,7 @@ def _event(seed: int = 0):
     g = get_geometry()
     rng = np.random.default_rng(seed)
     d = np.linalg.norm(g.positions - g.positions[2000] - 3 * g.normals[2000], axis=1)
-    npho = (2e5 / d ** 2).astype(np.float32)
+    npho = (2e5 / d**2).astype(np.float32)
     npho[rng.choice(N_SENSORS, 40, replace=False)] = 1e10  # dead
     time = (d / 8.5).astype(np.float32)
     time[npho < 50] = np.nan
@@ -85,8 +95,9 @@ def test_model_and_training_plots(tmp_path):
     _check(P.mae_reconstruction(npho, mask, npho * rng.normal(1, 0.1, N_SENSORS), tmp_path / "mae", formats=FMT))
     sensor = rng.choice(N_SENSORS, 600, replace=False)
     truth = rng.exponential(300, 600)
-    _check(P.inpainter_truth_vs_prediction(truth, truth * rng.normal(1, 0.1, 600), sensor, tmp_path / "inp",
-                                           formats=FMT))
+    _check(
+        P.inpainter_truth_vs_prediction(truth, truth * rng.normal(1, 0.1, 600), sensor, tmp_path / "inp", formats=FMT)
+    )
     hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_mae_npho": 2 / e} for e in range(1, 5)]
     metrics = {"mae": {"history": hist, "best": {"epoch": 4, "metric": "val_loss"}}, "regressor": {"history": hist}}
     _check(P.training_curves(metrics, tmp_path / "curves", formats=FMT))
@@ -113,11 +124,19 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
     hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e} for e in range(1, 4)]
     (res / "mae" / "metrics.json").write_text(json.dumps({"history": hist}))
     (tmp_path / "cfg.yaml").write_text("plots: {formats: [png], profile_bins: 4, n_boot: 3, worst_events: 1}\n")
-    assert main(["plots", "--results", str(res), "--config", str(tmp_path / "cfg.yaml"),
-                 "--log", str(tmp_path / "log")]) == 0
+    assert (
+        main(["plots", "--results", str(res), "--config", str(tmp_path / "cfg.yaml"), "--log", str(tmp_path / "log")])
+        == 0
+    )
     index = json.loads((res / "plots" / "index.json").read_text())
-    for name in ("residuals_bench", "profile_vs_w_bench", "energy_response_bench", "timing_residuals_bench",
-                 "opening_angle_bench", "training_curves"):
+    for name in (
+        "residuals_bench",
+        "profile_vs_w_bench",
+        "energy_response_bench",
+        "timing_residuals_bench",
+        "opening_angle_bench",
+        "training_curves",
+    ):
         assert name in index["made"], name
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
     # no bench ROOT file, no checkpoints, monochromatic energy: skipped with a reason

@@ -1,9 +1,9 @@
 """Fast detector simulation: physics invariants with numbers, schema/units, reproducibility and
 bad input. Budget ~60 s on 2 shared cores (a few hundred events per check)."""
+
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from xec import geometry as geo
 from xec.cli import main as xec_main
 from xec.config import load_config
 from xec.errors import XecError
-from xec.rootio import INT_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, iterate_events
+from xec.rootio import SENSOR_BRANCHES, TRUTH_BRANCHES, iterate_events
 from xec.simulation import BLOCK_SIZE, PhysicsParams, SampleSpec, iter_blocks, simulate_block
 from xec.simulation import generator as gen
 from xec.simulation import physics as ph
@@ -25,8 +25,9 @@ EFF = np.where(G.is_mppc, 0.12, 0.16)
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    chunks = [c for _, c in iterate_events([str(path)], sensor_branches=SENSOR_BRANCHES,
-                                            event_branches=tuple(TRUTH_BRANCHES))]
+    chunks = [
+        c for _, c in iterate_events([str(path)], sensor_branches=SENSOR_BRANCHES, event_branches=tuple(TRUTH_BRANCHES))
+    ]
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
@@ -37,8 +38,20 @@ def _simulate(tmp: Path, name: str, sample: dict, *extra: str, physics: dict | N
     cfg_path = tmp / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp / f"{name}.root"
-    rc = xec_main(["simulate", "--config", str(cfg_path), "--sample", name, "--out", str(out),
-                   "--log", str(tmp / f"{name}.log"), *extra])
+    rc = xec_main(
+        [
+            "simulate",
+            "--config",
+            str(cfg_path),
+            "--sample",
+            name,
+            "--out",
+            str(out),
+            "--log",
+            str(tmp / f"{name}.log"),
+            *extra,
+        ]
+    )
     assert rc == 0
     return out
 
@@ -53,8 +66,11 @@ def bench(tmp_path_factory) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def datalike(tmp_path_factory) -> dict[str, np.ndarray]:
     tmp = tmp_path_factory.mktemp("simdata")
-    return _read(_simulate(tmp, "dl", {"events": 200, "seed": 12, "energy_mev": 52.8, "dead_fraction": 0.02,
-                                       "gain_spread": 0.03}))
+    return _read(
+        _simulate(
+            tmp, "dl", {"events": 200, "seed": 12, "energy_mev": 52.8, "dead_fraction": 0.02, "gain_spread": 0.03}
+        )
+    )
 
 
 # ---- first interaction and shower ----------------------------------------------------------
@@ -95,7 +111,6 @@ def test_shower_profiles():
     lateral = np.hypot(offsets[..., 1], offsets[..., 2])
     inside = (lateral < params.moliere_radius_cm).mean()
     assert 0.87 < inside < 0.92, inside  # ~90 % within one Moliere radius
-
 
 
 def test_pair_track_spots_carry_the_ionisation_from_the_conversion_point():
@@ -165,7 +180,7 @@ def test_light_centroid_tracks_uv(bench):
     sel = (truth[:, 2] > 2) & (np.abs(truth[:, 0]) < 24) & (np.abs(truth[:, 1]) < 60)
     assert sel.sum() > 150
     vec = bench["emiVec"][sel].astype(np.float64)
-    parallax = vec[:, 2] / np.hypot(vec[:, 0], vec[:, 1])            # du per cm of radial depth
+    parallax = vec[:, 2] / np.hypot(vec[:, 0], vec[:, 1])  # du per cm of radial depth
     du = centroid[sel, 0] - truth[sel, 0]
     depth = (du @ parallax) / (parallax @ parallax)
     assert 1.0 < depth < 10.0, depth
@@ -210,7 +225,7 @@ def test_times_and_reference(bench):
     np.testing.assert_allclose(np.where(valid, rt, np.inf).min(axis=1)[~has_ref], 0.0, atol=1e-15)
     offset = np.where(valid, t - rt, np.nan)
     np.testing.assert_allclose(np.nanmax(offset, axis=1) - np.nanmin(offset, axis=1), 0, atol=1e-12)
-    assert np.nanmax(np.where(valid, t, np.nan)) < 1e-6        # seconds, not ns
+    assert np.nanmax(np.where(valid, t, np.nan)) < 1e-6  # seconds, not ns
     # timeTruth (ns) + flight + light path ~ relative time of the bright sensors
     tof = np.linalg.norm(bench["xyzTruth"] - bench["xyzVTX"], axis=1) / ph.C_CM_PER_NS
     d = np.linalg.norm(G.positions[None] - bench["xyzTruth"].astype(float)[:, None], axis=2)
@@ -228,13 +243,13 @@ def test_schema_and_units(bench):
     for b, shape in TRUTH_BRANCHES.items():
         assert bench[b].shape == (n, *shape), b
     assert np.array_equal(bench["event"], np.arange(n)) and (bench["run"] == 11).all()
-    np.testing.assert_allclose(bench["energyTruth"], 0.0528, rtol=1e-6)              # GeV
+    np.testing.assert_allclose(bench["energyTruth"], 0.0528, rtol=1e-6)  # GeV
     np.testing.assert_allclose(geo.xyz_to_uvw(bench["xyzTruth"]), bench["uvwTruth"], atol=2e-3)
     np.testing.assert_allclose(np.linalg.norm(bench["emiVec"], axis=1), 1.0, atol=1e-6)
     theta, phi = geo.direction_to_angles(bench["emiVec"])
-    np.testing.assert_allclose(np.stack([theta, phi], 1), bench["emiAng"], atol=1e-3)   # degrees
+    np.testing.assert_allclose(np.stack([theta, phi], 1), bench["emiAng"], atol=1e-3)  # degrees
     assert 55 < theta.min() and theta.max() < 125 and np.abs(phi).max() < 66
-    assert np.abs(bench["xyzVTX"]).max() < 5.0                                         # cm, near the target
+    assert np.abs(bench["xyzVTX"]).max() < 5.0  # cm, near the target
     # the first interaction lies on the gamma line, inside the active xenon
     to_conv = bench["xyzTruth"].astype(float) - bench["xyzVTX"]
     along = np.einsum("nc,nc->n", to_conv, bench["emiVec"])
@@ -255,7 +270,7 @@ def test_schema_and_units(bench):
 def test_dead_sensors_and_gain(datalike):
     npho = datalike["npho"]
     dead = npho >= SENTINEL
-    assert np.array_equal(dead, np.broadcast_to(dead[0], dead.shape))   # a fixed set per sample
+    assert np.array_equal(dead, np.broadcast_to(dead[0], dead.shape))  # a fixed set per sample
     assert dead[0].sum() == round(0.02 * geo.N_SENSORS)
     assert np.array_equal(npho[dead], np.full(dead.sum(), SENTINEL))
     for b in ("relative_npho", "time", "relative_time"):
@@ -279,7 +294,7 @@ def test_pileup_adds_light():
     with_pu = dataclasses.replace(base, pileup_probability=1.0)
     a = simulate_block(0, base, params, gen.detector_state(base))
     b = simulate_block(0, with_pu, params, gen.detector_state(with_pu))
-    np.testing.assert_array_equal(a["uvwTruth"], b["uvwTruth"])       # same main gamma
+    np.testing.assert_array_equal(a["uvwTruth"], b["uvwTruth"])  # same main gamma
     ratio = b["npho"].sum(axis=1) / a["npho"].sum(axis=1)
     # pile-up energy ~ U(10, 52.8) MeV: on average ~60 % more light, always more
     assert (ratio > 1.0).mean() > 0.95 and 1.35 < np.median(ratio) < 1.85, (np.median(ratio), (ratio > 1).mean())
@@ -335,10 +350,12 @@ def test_bad_input(tmp_path, capsys):
     assert rc == 2 and "cannot write the output file" in err
     rc, err = _run_cli(capsys, "--sample", "bench", "--events", "10", "--out", str(tmp_path))
     assert rc == 2 and "is a directory" in err
-    for bad in ({"simulation": {"samples": {"s": {"events": 10, "seed": 1, "energy_mev": -3}}}},
-                {"simulation": {"samples": {"s": {"events": 10, "seed": 1, "energy_mev": [60.0, 15.0]}}}},
-                {"simulation": {"samples": {"s": {"events": 10, "seed": 1}}, "physics": {"spots": 0}}},
-                {"simulation": {"samples": {"s": {"events": 10, "seed": 1, "dead_fraction": 1.5}}}}):
+    for bad in (
+        {"simulation": {"samples": {"s": {"events": 10, "seed": 1, "energy_mev": -3}}}},
+        {"simulation": {"samples": {"s": {"events": 10, "seed": 1, "energy_mev": [60.0, 15.0]}}}},
+        {"simulation": {"samples": {"s": {"events": 10, "seed": 1}}, "physics": {"spots": 0}}},
+        {"simulation": {"samples": {"s": {"events": 10, "seed": 1, "dead_fraction": 1.5}}}},
+    ):
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(yaml.safe_dump(bad))
         rc, err = _run_cli(capsys, "--config", str(cfg), "--sample", "s", "--out", str(out))

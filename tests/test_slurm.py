@@ -13,6 +13,7 @@ second run has nothing to do. The daemons are stopped at the end.
 Skipped only where the machine forbids it (not Linux, not root, no SLURM and no apt-get, or a
 real cluster's /etc/slurm/slurm.conf present): the start script exits 3 and says why.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,11 +47,15 @@ def slurm_cluster(tmp_path_factory):
     if sys.platform != "linux":
         pytest.skip("a test SLURM cluster needs Linux")
     state_dir = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, XEC_SLURM_DIR=str(state_dir), XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
-               XEC_SLURM_GPU_PARTITION=GPU_PARTITION, XEC_SLURM_GPU_MODEL=GPU_MODEL)
+    env = dict(
+        os.environ,
+        XEC_SLURM_DIR=str(state_dir),
+        XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
+        XEC_SLURM_GPU_PARTITION=GPU_PARTITION,
+        XEC_SLURM_GPU_MODEL=GPU_MODEL,
+    )
     env.pop("SLURM_CONF", None)
-    start = subprocess.run([str(SCRIPTS / "start_cluster.sh")], env=env, capture_output=True, text=True,
-                           timeout=600)
+    start = subprocess.run([str(SCRIPTS / "start_cluster.sh")], env=env, capture_output=True, text=True, timeout=600)
     if start.returncode == 3:
         pytest.skip(start.stderr.strip().splitlines()[-1])
     if start.returncode != 0:
@@ -75,9 +80,15 @@ def _jobcomp(state_dir: Path) -> dict[str, dict[str, str]]:
 
 def _squeue_gres() -> dict[str, str]:
     """Job id -> TRES per job (e.g. gres:gpu:gh200:1) of the jobs slurmctld still remembers."""
-    out = subprocess.run(["squeue", "--states=all", "--noheader", "-O", "jobid:20,tres-per-job:60"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    return {parts[0]: (parts[1] if len(parts) > 1 else "") for parts in (l.split() for l in out.splitlines()) if parts}
+    out = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "-O", "jobid:20,tres-per-job:60"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return {parts[0]: (parts[1] if len(parts) > 1 else "") for parts in rows if parts}
 
 
 def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
@@ -89,15 +100,23 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     (work / "envs").mkdir()
     (work / "envs" / "aarch64-cuda").symlink_to(Path(sys.prefix))
 
-    env = dict(os.environ, XEC_SLURM_ACCOUNT=ACCOUNT, XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
-               XEC_SLURM_GPU_PARTITION=GPU_PARTITION, XEC_SLURM_GPU_MODEL=GPU_MODEL)
+    env = dict(
+        os.environ,
+        XEC_SLURM_ACCOUNT=ACCOUNT,
+        XEC_SLURM_CPU_PARTITION=CPU_PARTITION,
+        XEC_SLURM_GPU_PARTITION=GPU_PARTITION,
+        XEC_SLURM_GPU_MODEL=GPU_MODEL,
+    )
     for var in ("XEC_ENV", "SLURM_CONF"):
         env.pop(var, None)
     snakemake = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
     run = subprocess.run(
-        snakemake + ["--profile", str(REPO / "profiles" / "slurm-gh"),
-                     "--slurm-init-seconds-before-status-checks", "3"],
-        env=env, capture_output=True, text=True, timeout=900,
+        snakemake
+        + ["--profile", str(REPO / "profiles" / "slurm-gh"), "--slurm-init-seconds-before-status-checks", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
@@ -133,7 +152,12 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     assert rules_seen == set(rule_counts) - {"all"}
 
     # Every output of the DAG exists: a second (local, dry) run has nothing to do.
-    dry = subprocess.run(snakemake + ["--profile", str(REPO / "profiles" / "local"), "--dry-run"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        snakemake + ["--profile", str(REPO / "profiles" / "local"), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr, (dry.stdout + dry.stderr)[-3000:]

@@ -1,5 +1,6 @@
 """xec summary: ML vs baseline tables from infer/baseline parquet files (synthetic inputs with
 known resolutions)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pandas as pd
 import pytest
 
 from xec.cli import main
-from xec.summary import read_results
 from xec.errors import XecError
+from xec.summary import read_results
 
 N = 3000
 
@@ -33,16 +34,23 @@ def _method(truth: pd.DataFrame, scale: float, seed: int, keep_truth: bool = Tru
 
     rng = np.random.default_rng(seed)
     df = truth[["run", "event"]].copy()
-    for c, s in (("uvwFI_u", 0.2), ("uvwFI_v", 0.2), ("uvwFI_w", 0.5), ("timing_time", 0.05),
-                 ("angle_theta", 0.5), ("angle_phi", 0.5)):
+    for c, s in (
+        ("uvwFI_u", 0.2),
+        ("uvwFI_v", 0.2),
+        ("uvwFI_w", 0.5),
+        ("timing_time", 0.05),
+        ("angle_theta", 0.5),
+        ("angle_phi", 0.5),
+    ):
         df[f"pred_{c}"] = truth[f"true_{c}"] + rng.normal(0, s * scale, N)
     # energy: Gaussian core of 1 % * scale and a 10 % low tail
     r = rng.normal(0, 0.01 * scale, N)
     tail = rng.random(N) < 0.10
     r[tail] -= rng.exponential(0.08, tail.sum())
     df["pred_energy_energy"] = truth["true_energy_energy"] * (1 + r)
-    df["opening_angle_deg"] = opening_angle_deg(df.pred_angle_theta, df.pred_angle_phi,
-                                                truth.true_angle_theta, truth.true_angle_phi)
+    df["opening_angle_deg"] = opening_angle_deg(
+        df.pred_angle_theta, df.pred_angle_phi, truth.true_angle_theta, truth.true_angle_phi
+    )
     if keep_truth:
         for c in truth.columns:
             if c.startswith("true_"):
@@ -69,16 +77,35 @@ def files(tmp_path):
 def test_summary_numbers(files):
     tmp, p = files
     out, md, html = tmp / "summary.json", tmp / "summary.md", tmp / "summary.html"
-    rc = main(["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"]),
-               "--realdata-predictions", str(p["inp"]), "--realdata-noinpaint-predictions", str(p["noinp"]),
-               "--realdata-baseline", str(p["rbase"]), "--out", str(out), "--markdown", str(md),
-               "--html", str(html), "--config", str(p["cfg"])])
+    rc = main(
+        [
+            "summary",
+            "--bench-predictions",
+            str(p["ml"]),
+            "--bench-baseline",
+            str(p["baseline"]),
+            "--realdata-predictions",
+            str(p["inp"]),
+            "--realdata-noinpaint-predictions",
+            str(p["noinp"]),
+            "--realdata-baseline",
+            str(p["rbase"]),
+            "--out",
+            str(out),
+            "--markdown",
+            str(md),
+            "--html",
+            str(html),
+            "--config",
+            str(p["cfg"]),
+        ]
+    )
     assert rc == 0
-    s = json.loads(out.read_text())      # strict JSON (no NaN)
+    s = json.loads(out.read_text())  # strict JSON (no NaN)
     b = s["bench"]
     assert b["events"] == N and b["reference"] == "truth"
     ml, base = b["methods"]["ml"], b["methods"]["baseline"]
-    assert ml["u_mm"]["all"]["width68"] == pytest.approx(2.0, rel=0.06)       # 0.2 cm
+    assert ml["u_mm"]["all"]["width68"] == pytest.approx(2.0, rel=0.06)  # 0.2 cm
     assert base["u_mm"]["all"]["width68"] == pytest.approx(4.0, rel=0.06)
     assert ml["w_mm"]["w<2"]["width68"] == pytest.approx(5.0, rel=0.1)
     assert ml["w_mm"]["w<2"]["n"] + ml["w_mm"]["w>2"]["n"] == N
@@ -96,16 +123,32 @@ def test_summary_numbers(files):
     r = s["realdata"]
     assert r["reference"] == "baseline" and set(r["methods"]) == {"ml_inpainted", "ml_no_inpainting"}
     # widths of ML - baseline: sqrt(1 + 4) and sqrt(2.25 + 4) times 0.2 cm
-    assert r["methods"]["ml_inpainted"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 5 ** 0.5, rel=0.06)
-    assert r["methods"]["ml_no_inpainting"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 6.25 ** 0.5, rel=0.06)
+    assert r["methods"]["ml_inpainted"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 5**0.5, rel=0.06)
+    assert r["methods"]["ml_no_inpainting"]["u_mm"]["all"]["width68"] == pytest.approx(2 * 6.25**0.5, rel=0.06)
     text = md.read_text()
     assert "| u (mm) [all] | 3000 |" in text and "## realdata" in text
     assert "<table>" in html.read_text()
     # same inputs, same numbers (seeded bootstrap)
     out2 = tmp / "summary2.json"
-    main(["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"]),
-          "--realdata-predictions", str(p["inp"]), "--realdata-noinpaint-predictions", str(p["noinp"]),
-          "--realdata-baseline", str(p["rbase"]), "--out", str(out2), "--config", str(p["cfg"])])
+    main(
+        [
+            "summary",
+            "--bench-predictions",
+            str(p["ml"]),
+            "--bench-baseline",
+            str(p["baseline"]),
+            "--realdata-predictions",
+            str(p["inp"]),
+            "--realdata-noinpaint-predictions",
+            str(p["noinp"]),
+            "--realdata-baseline",
+            str(p["rbase"]),
+            "--out",
+            str(out2),
+            "--config",
+            str(p["cfg"]),
+        ]
+    )
     assert json.loads(out2.read_text()) == s
 
 

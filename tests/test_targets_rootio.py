@@ -44,8 +44,11 @@ def test_write_read_round_trip_in_chunks(tmp_path):
         w.extend(a)
         w.extend(b)
     assert rootio.count_events([str(path)]) == 50
-    chunks = list(rootio.iterate_events([str(path)], event_branches=["energyTruth", "uvwTruth"],
-                                        optional_branches=["timeReco", "run"], step_size=16))
+    chunks = list(
+        rootio.iterate_events(
+            [str(path)], event_branches=["energyTruth", "uvwTruth"], optional_branches=["timeReco", "run"], step_size=16
+        )
+    )
     assert [len(c["npho"]) for _, c in chunks] == [16, 16, 16, 2]
     npho = np.concatenate([c["npho"] for _, c in chunks])
     np.testing.assert_array_equal(npho, np.concatenate([a["npho"], b["npho"]]))
@@ -99,6 +102,6 @@ def test_every_compression_round_trips(tmp_path, compression):
     arrays = _event_arrays(5, np.random.default_rng(4))
     with rootio.tree_writer(tmp_path / "c.root", compression=compression) as w:
         w.extend(arrays)
-    (_, back), = rootio.iterate_events([str(tmp_path / "c.root")], event_branches=("run",))
+    ((_, back),) = rootio.iterate_events([str(tmp_path / "c.root")], event_branches=("run",))
     for k in ("npho", "relative_time", "run"):
         np.testing.assert_array_equal(back[k], arrays[k], err_msg=f"{compression}: {k}")

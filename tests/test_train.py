@@ -1,4 +1,5 @@
 """Generic trainer: schedules, optimizer groups, EMA, checkpoints, resume, NaN skipping, DDP, MLflow."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_train import ToyLoader, ToyStage, run, toy_hp, toy_model
 from torch import nn
 
-from helpers_train import ToyLoader, ToyStage, run, toy_hp, toy_model
 from xec.errors import XecError
 from xec.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xec.train.ema import EMA
@@ -90,7 +91,9 @@ def test_rng_state_roundtrip_through_weights_only(tmp_path):
 
     import numpy as np
 
-    torch.manual_seed(3); np.random.seed(3); random.seed(3)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
     st = rng_state()
     save_checkpoint(tmp_path / "c.pt", {"stage": "mae", "model_state": {}, "rng": st})
     a = (torch.rand(3), np.random.rand(3), random.random())
@@ -103,8 +106,23 @@ def test_checkpoints_are_weights_only_loadable_and_complete(tmp_path):
     summary, trainer = run(tmp_path, epochs=2)
     for name in ("checkpoint.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
         ck = torch.load(tmp_path / name, weights_only=True)
-        for key in ("stage", "model_state", "ema_state", "optimizer", "scheduler", "epoch", "step", "config",
-                    "model", "normalization", "tasks", "target_standardization", "rng", "metrics", "xec_version"):
+        for key in (
+            "stage",
+            "model_state",
+            "ema_state",
+            "optimizer",
+            "scheduler",
+            "epoch",
+            "step",
+            "config",
+            "model",
+            "normalization",
+            "tasks",
+            "target_standardization",
+            "rng",
+            "metrics",
+            "xec_version",
+        ):
             assert key in ck, (name, key)
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["step"] == trainer.step == 2 * 8
@@ -138,11 +156,19 @@ def test_resume_in_process_is_bit_identical(tmp_path):
     # A run "killed" after epoch 2: do what fit() does for two epochs, without finishing; then resume.
     torch.manual_seed(123)  # the resumed process must not depend on the RNG state it starts with
 
-    trainer = Trainer(ToyStage(), toy_model(), ToyLoader(), ToyLoader(n=64, seed=1, shuffle=False),
-                      toy_hp(epochs=4, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5), part_dir,
-                      config={"toy": {"epochs": 4}})
+    trainer = Trainer(
+        ToyStage(),
+        toy_model(),
+        ToyLoader(),
+        ToyLoader(n=64, seed=1, shuffle=False),
+        toy_hp(epochs=4, lr=2e-2, warmup_epochs=0.5, ema_decay=0.9, seed=5),
+        part_dir,
+        config={"toy": {"epochs": 4}},
+    )
     for _ in range(2):
-        trainer.train_epoch(); trainer.validate(); trainer.epoch += 1
+        trainer.train_epoch()
+        trainer.validate()
+        trainer.epoch += 1
         trainer.history.append({"epoch": trainer.epoch})
         trainer._save("checkpoint_last.pt", {})
     torch.manual_seed(999)
@@ -170,12 +196,16 @@ def test_grad_accumulation_matches_big_batch(tmp_path):
     from xec.train.loop import Trainer
 
     def make(bs, accum, out):
-        tr = Trainer(ToyStage(), toy_model(), ToyLoader(batch_size=bs, shuffle=False),
-                     ToyLoader(n=64, seed=1, shuffle=False),
-                     toy_hp(epochs=1, lr=1e-2, ema_decay=0.0, grad_clip=0.0, grad_accum=accum, seed=5), out)
+        tr = Trainer(
+            ToyStage(),
+            toy_model(),
+            ToyLoader(batch_size=bs, shuffle=False),
+            ToyLoader(n=64, seed=1, shuffle=False),
+            toy_hp(epochs=1, lr=1e-2, ema_decay=0.0, grad_clip=0.0, grad_accum=accum, seed=5),
+            out,
+        )
         tr.model.eval()  # no dropout, so both see identical forward passes
         tr.train_model.eval()
-        orig = tr.train_model.train
         tr.train_model.train = lambda mode=True: tr.train_model  # keep eval mode
         tr.stage.training_step = lambda m, x, t, w, g: ((m(x) - t["y"]).pow(2).mean(), {})
         tr.train_epoch()
@@ -222,15 +252,33 @@ def _env():
 @pytest.mark.slow
 def test_ddp_two_ranks_gloo_disjoint_data_identical_weights(tmp_path):
     rec = tmp_path / "rec"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--standalone", str(HELPER), "--out", str(tmp_path / "out"), "--epochs", "2",
-                        "--record", str(rec)], env=_env(), capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(HELPER),
+            "--out",
+            str(tmp_path / "out"),
+            "--epochs",
+            "2",
+            "--record",
+            str(rec),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a = torch.load(f"{rec}.rank0", weights_only=True)
     b = torch.load(f"{rec}.rank1", weights_only=True)
     assert len(a["seen"]) == len(b["seen"]) == 2 * 128
     for ep in range(2):  # disjoint within each epoch, and together they cover the data
-        sa, sb = set(a["seen"][ep * 128:(ep + 1) * 128]), set(b["seen"][ep * 128:(ep + 1) * 128])
+        sa, sb = set(a["seen"][ep * 128 : (ep + 1) * 128]), set(b["seen"][ep * 128 : (ep + 1) * 128])
         assert not sa & sb and len(sa | sb) == 256
     for k, v in a["state"].items():
         assert torch.equal(v, b["state"][k]), k
@@ -256,11 +304,19 @@ print(t.run_id)
 @pytest.mark.slow
 def test_mlflow_two_processes_log_to_one_sqlite_at_once(tmp_path):
     uri = "sqlite:///results/mlflow.db"  # relative: resolves against the working directory
-    procs = [subprocess.Popen([sys.executable, "-c", MLFLOW_WRITER, uri, stage], cwd=tmp_path, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for stage in ("inpainter", "regressor")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MLFLOW_WRITER, uri, stage],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for stage in ("inpainter", "regressor")
+    ]
     outs = [p.communicate(timeout=170) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     from mlflow.tracking import MlflowClient
 

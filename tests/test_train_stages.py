@@ -1,5 +1,6 @@
 """The three training stages on tiny random shards: outputs, metrics, encoder hand-over from the
 MAE, checkpoint rebuild, resume after SIGKILL, and one clear error per kind of bad input."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from helpers_rootfiles import write_root_file
+
 from xec.config import load_config
 from xec.errors import XecError
 from xec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -41,9 +42,12 @@ def data(tmp_path_factory):
 
 def make_cfg(d: Path, **overrides) -> dict:
     over = {
-        "mae.epochs": 1, "mae.batch_size": 32,
-        "inpainter.epochs": 1, "inpainter.batch_size": 32,
-        "regressor.epochs": 1, "regressor.batch_size": 32,
+        "mae.epochs": 1,
+        "mae.batch_size": 32,
+        "inpainter.epochs": 1,
+        "inpainter.batch_size": 32,
+        "regressor.epochs": 1,
+        "regressor.batch_size": 32,
         "mlflow.tracking_uri": f"sqlite:///{d}/mlflow.db",
         **overrides,
     }
@@ -57,7 +61,7 @@ def mae_run(data):
 
 
 def _encoder_state(state: dict) -> dict:
-    return {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
 
 
 def test_mae_outputs_and_metrics(mae_run):
@@ -65,9 +69,19 @@ def test_mae_outputs_and_metrics(mae_run):
     for name in ("checkpoint.pt", "checkpoint_last.pt", "checkpoint_best.pt", "metrics.json", "config.yaml"):
         assert (out / name).exists(), name
     val = json.loads((out / "metrics.json").read_text())["val"]
-    for key in ("val_loss", "val_loss_npho", "val_loss_time", "val_loss_inner", "val_loss_top",
-                "val_mae_npho", "val_rmse_time", "val_mae_npho_phot", "val_rmse_time_ns", "val_mae_npho_inner",
-                "val_actual_mask_ratio"):
+    for key in (
+        "val_loss",
+        "val_loss_npho",
+        "val_loss_time",
+        "val_loss_inner",
+        "val_loss_top",
+        "val_mae_npho",
+        "val_rmse_time",
+        "val_mae_npho_phot",
+        "val_rmse_time_ns",
+        "val_mae_npho_inner",
+        "val_actual_mask_ratio",
+    ):
         assert np.isfinite(val[key]), key
     assert 0.5 < val["val_actual_mask_ratio"] < 0.7  # config mae.mask_ratio 0.6
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -120,8 +134,14 @@ def test_regressor_stage_outputs(mae_run, data):
     from xec.data.weights import HistogramWeights
 
     out, _ = mae_run
-    cfg = make_cfg(data, **{"regressor.channel_dropout": 0.05, "train.max_train_events": 96,
-                            "regressor.losses": {"energy": {"type": "gaussian_nll", "weight": 1.0, "beta": 0.5}}})
+    cfg = make_cfg(
+        data,
+        **{
+            "regressor.channel_dropout": 0.05,
+            "train.max_train_events": 96,
+            "regressor.losses": {"energy": {"type": "gaussian_nll", "weight": 1.0, "beta": 0.5}},
+        },
+    )
     from xec.data.loader import ShardLoader
 
     tl = ShardLoader(data / "shards" / "train", 64)
@@ -129,21 +149,55 @@ def test_regressor_stage_outputs(mae_run, data):
     for _, tg, _ in tl:
         for t in targets:
             targets[t].append(tg[t].numpy())
-    w = HistogramWeights.fit({t: np.concatenate(v) for t, v in targets.items()},
-                             {t: cfg["reweighting"]["bins"][t] for t in targets}, max_weight=10.0)
+    w = HistogramWeights.fit(
+        {t: np.concatenate(v) for t, v in targets.items()},
+        {t: cfg["reweighting"]["bins"][t] for t in targets},
+        max_weight=10.0,
+    )
     w.save(data / "weights.npz")
-    summary = run_stage("regressor", cfg, shards=data / "shards", out=data / "regressor",
-                        init=str(out / "checkpoint.pt"), weights=str(data / "weights.npz"))
+    summary = run_stage(
+        "regressor",
+        cfg,
+        shards=data / "shards",
+        out=data / "regressor",
+        init=str(out / "checkpoint.pt"),
+        weights=str(data / "weights.npz"),
+    )
     val = summary["val"]
-    for key in ("val_loss", "val_loss_angle", "val_loss_energy", "val_loss_timing", "val_loss_uvwFI",
-                "val_theta_deg_bias", "val_theta_deg_res", "val_phi_rms_deg", "val_theta_skewness",
-                "val_opening_angle_q68_deg", "val_energy_pct_bias", "val_energy_pct_res", "val_time_ps_res",
-                "val_u_mm_res", "val_v_mm_res", "val_w_mm_res", "val_u_mm_gain"):
+    for key in (
+        "val_loss",
+        "val_loss_angle",
+        "val_loss_energy",
+        "val_loss_timing",
+        "val_loss_uvwFI",
+        "val_theta_deg_bias",
+        "val_theta_deg_res",
+        "val_phi_rms_deg",
+        "val_theta_skewness",
+        "val_opening_angle_q68_deg",
+        "val_energy_pct_bias",
+        "val_energy_pct_res",
+        "val_time_ps_res",
+        "val_u_mm_res",
+        "val_v_mm_res",
+        "val_w_mm_res",
+        "val_u_mm_gain",
+    ):
         assert key in val and np.isfinite(val[key]), key
     pred = pd.read_parquet(data / "regressor" / "predictions.parquet")
     assert len(pred) == N_VAL
-    for col in ("run", "event", "true_theta", "pred_theta", "true_energy", "pred_energy", "true_time",
-                "pred_time", "true_u", "pred_w"):
+    for col in (
+        "run",
+        "event",
+        "true_theta",
+        "pred_theta",
+        "true_energy",
+        "pred_energy",
+        "true_time",
+        "pred_time",
+        "true_u",
+        "pred_w",
+    ):
         assert col in pred.columns, col
     ck = load_checkpoint(data / "regressor" / "checkpoint.pt", expected_stage="regressor")
     assert ck["tasks"] == ["angle", "energy", "timing", "uvwFI"]
@@ -190,7 +244,9 @@ def test_checkpoint_of_another_stage(mae_run, data, tmp_path):
     ck["stage"] = "inpainter"
     save_checkpoint(tmp_path / "inp.pt", ck)
     with pytest.raises(XecError, match="inp.pt: checkpoint of stage 'inpainter', expected 'mae'"):
-        run_stage("regressor", make_cfg(data), shards=data / "shards", out=tmp_path / "r", init=str(tmp_path / "inp.pt"))
+        run_stage(
+            "regressor", make_cfg(data), shards=data / "shards", out=tmp_path / "r", init=str(tmp_path / "inp.pt")
+        )
 
 
 def test_checkpoint_of_another_normalization_preset(mae_run, data):
@@ -213,20 +269,29 @@ def test_mae_checkpoint_of_another_model_preset(mae_run, data, tmp_path):
     ck["model"] = {**ck["model"], "preset": "base", "token_dim": 256}
     save_checkpoint(tmp_path / "base.pt", ck)
     with pytest.raises(XecError, match="model configuration differs.*'base' vs 'tiny'"):
-        run_stage("inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", init=str(tmp_path / "base.pt"))
+        run_stage(
+            "inpainter", make_cfg(data), shards=data / "shards", out=tmp_path / "i", init=str(tmp_path / "base.pt")
+        )
 
 
 def test_mae_initializes_a_regressor_with_other_heads(mae_run, data, tmp_path):
     """Only the encoder keys must agree with the MAE: another regressor head (peak window
     width) fine-tunes from it; another encoder width is an error naming the key."""
     out, _ = mae_run
-    cfg = make_cfg(data, **{"model.peak_hidden": 32, "train.max_train_events": 32, "train.max_val_events": 32,
-                            "mlflow.enabled": False})
+    cfg = make_cfg(
+        data,
+        **{"model.peak_hidden": 32, "train.max_train_events": 32, "train.max_val_events": 32, "mlflow.enabled": False},
+    )
     summary = run_stage("regressor", cfg, shards=data / "shards", out=tmp_path / "r", init=str(out / "checkpoint.pt"))
     assert summary["epochs"] == 1
     with pytest.raises(XecError, match="token_dim: checkpoint 48 vs config 64"):
-        run_stage("regressor", make_cfg(data, **{"model.token_dim": 64}), shards=data / "shards",
-                  out=tmp_path / "r2", init=str(out / "checkpoint.pt"))
+        run_stage(
+            "regressor",
+            make_cfg(data, **{"model.token_dim": 64}),
+            shards=data / "shards",
+            out=tmp_path / "r2",
+            init=str(out / "checkpoint.pt"),
+        )
 
 
 def test_resume_with_another_model_preset(mae_run, data, tmp_path):
@@ -241,8 +306,13 @@ def test_resume_with_another_model_preset(mae_run, data, tmp_path):
     with pytest.raises(XecError, match=r"checkpoint_last.pt \(--resume\): model configuration differs"):
         run_stage("mae", make_cfg(data), shards=data / "shards", out=d, resume=True)
     # --resume auto (the Snakemake rules) starts over instead
-    summary = run_stage("mae", make_cfg(data, **{"train.max_train_events": 32, "train.max_val_events": 32,
-                                                 "mlflow.enabled": False}), shards=data / "shards", out=d, resume="auto")
+    summary = run_stage(
+        "mae",
+        make_cfg(data, **{"train.max_train_events": 32, "train.max_val_events": 32, "mlflow.enabled": False}),
+        shards=data / "shards",
+        out=d,
+        resume="auto",
+    )
     assert summary["epochs"] == 1
     shutil.rmtree(d)
 
@@ -250,15 +320,28 @@ def test_resume_with_another_model_preset(mae_run, data, tmp_path):
 # ---------------------------------------------------------------- resume after SIGKILL (real stage)
 @pytest.mark.slow
 def test_mae_cli_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
-    cfg = make_cfg(data, **{"mae.epochs": 2, "mlflow.enabled": False, "train.max_train_events": 64,
-                            "train.max_val_events": 32})
+    cfg = make_cfg(
+        data, **{"mae.epochs": 2, "mlflow.enabled": False, "train.max_train_events": 64, "train.max_val_events": 32}
+    )
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, XEC_NO_PROGRESS="1")
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "xec.cli", "train", "mae", "--config", str(cfg_path), "--shards",
-                str(data / "shards"), "--out", str(out), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "xec.cli",
+            "train",
+            "mae",
+            "--config",
+            str(cfg_path),
+            "--shards",
+            str(data / "shards"),
+            "--out",
+            str(out),
+            *extra,
+        ]
 
     ref = subprocess.run(cmd(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]

@@ -5,6 +5,7 @@ One module-scoped run of the whole default DAG in a temporary working directory
 partial reruns (`--dry-run` job lists), target selection, lint, DAG, bad configs, a SIGKILLed
 job, two training stages logging to MLflow at once, and the HTML report.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,16 +32,18 @@ pytestmark = pytest.mark.slow
 CONCURRENT_STAGES = ("inpainter", "regressor")
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 900, check: bool = True,
-              profile: str | None = "local") -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, timeout: float = 900, check: bool = True, profile: str | None = "local"
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
     if profile:
         cmd += ["--profile", str(REPO / "profiles" / profile)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XEC_ENV", "SLURM_"))}
     proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed (rc {proc.returncode}):\n"
-                             f"{(proc.stdout + proc.stderr)[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}"
+        )
     return proc
 
 
@@ -88,6 +91,7 @@ def copy_run(tiny_run, dest: Path) -> Path:
 
 # ---- the complete run and reruns ----------------------------------------------------------------
 
+
 def test_default_dag_builds_every_stage_output(tiny_run):
     work = tiny_run["dir"]
     jobs = tiny_run["jobs"]
@@ -102,7 +106,7 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     expected += ["inference/realdata.root", "inference/realdata.parquet"]
     for rel in expected:
         path = work / "results" / rel
-        assert (any(path.iterdir()) if path.is_dir() else path.stat().st_size > 0), rel
+        assert any(path.iterdir()) if path.is_dir() else path.stat().st_size > 0, rel
     # every job left its log and its benchmark (time + memory) file
     benchmarks = list((work / "results" / "benchmarks").rglob("*.tsv"))
     assert len(benchmarks) == sum(n for rule, n in jobs.items() if rule != "all")
@@ -145,14 +149,17 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
 
 
-@pytest.mark.parametrize("key, value, must_rerun", [
-    # every key a command reads reaches its rule's params (xec/commands.py): the simulation writes
-    # the TTree name, so renaming it reruns the simulation and everything downstream
-    ("data.tree", "events", {"simulate", "shards", "baseline", "baseline_calibration", "inference"}),
-    # runtime-only keys (threads, chunking, compression) change no output and rerun nothing
-    ("simulation.chunk_size", 512, set()),
-    ("shards.workers", 2, set()),
-])
+@pytest.mark.parametrize(
+    "key, value, must_rerun",
+    [
+        # every key a command reads reaches its rule's params (xec/commands.py): the simulation writes
+        # the TTree name, so renaming it reruns the simulation and everything downstream
+        ("data.tree", "events", {"simulate", "shards", "baseline", "baseline_calibration", "inference"}),
+        # runtime-only keys (threads, chunking, compression) change no output and rerun nothing
+        ("simulation.chunk_size", 512, set()),
+        ("shards.workers", 2, set()),
+    ],
+)
 def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path, key, value, must_rerun):
     work = copy_run(tiny_run, tmp_path / "run")
     cfg = yaml.safe_load((work / "config.yaml").read_text())
@@ -171,8 +178,7 @@ def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path,
 def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     work = new_workdir(tmp_path / "fresh")
     jobs = planned_jobs(snakemake(work, "--dry-run", "results/regressor/model.onnx"))
-    assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1,
-                           export=1), jobs
+    assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
 
 
 def test_configured_input_files_drop_the_simulation(tmp_path):
@@ -188,6 +194,7 @@ def test_configured_input_files_drop_the_simulation(tmp_path):
 
 # ---- static checks -------------------------------------------------------------------------------
 
+
 def test_lint_is_clean(tmp_path):
     work = new_workdir(tmp_path / "lint")
     proc = snakemake(work, "--lint", profile=None, check=False)
@@ -200,10 +207,11 @@ def test_dag_renders(tmp_path):
     proc = snakemake(work, "--dag")
     assert proc.stdout.lstrip().startswith("digraph"), proc.stdout[:500]
     for rule in ("simulate", "shards", "mae"):
-        assert f"label = \"{rule}" in proc.stdout or f'label="{rule}' in proc.stdout or rule in proc.stdout
+        assert f'label = "{rule}' in proc.stdout or f'label="{rule}' in proc.stdout or rule in proc.stdout
 
 
 # ---- bad input ------------------------------------------------------------------------------------
+
 
 def test_missing_input_files_fail_at_dag_construction_naming_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "train_*.root"
@@ -215,12 +223,15 @@ def test_missing_input_files_fail_at_dag_construction_naming_the_path(tmp_path):
     assert not (work / "results" / "data").exists()
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"seed": "forty-two"}, "seed"),
-    ({"regressor.lr": "fast"}, "regressor.lr"),
-    ({"regresor": {"lr": 1e-3}}, "regresor"),
-    ({"simulation.chunk_sise": 10}, "chunk_sise"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"seed": "forty-two"}, "seed"),
+        ({"regressor.lr": "fast"}, "regressor.lr"),
+        ({"regresor": {"lr": 1e-3}}, "regresor"),
+        ({"simulation.chunk_sise": 10}, "chunk_sise"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, overrides, key):
     work = new_workdir(tmp_path / "bad", **overrides)
     proc = snakemake(work, "--dry-run", check=False)
@@ -231,6 +242,7 @@ def test_bad_config_names_the_key(tmp_path, overrides, key):
 
 
 # ---- faults ----------------------------------------------------------------------------------------
+
 
 def _descendants(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
@@ -253,10 +265,21 @@ def test_sigkilled_job_is_incomplete_and_rerun_alone(tiny_run, tmp_path, victim)
     incomplete, nothing else is touched, and the rerun redoes that job only."""
     work = copy_run(tiny_run, tmp_path / "run")
     target = "results/mae/checkpoint.pt"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work),
-           "--cores", "2", "--forcerun", "mae", target]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--forcerun",
+        "mae",
+        target,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = work / "results" / "logs" / "train" / "mae.log"
     log_size0 = log.stat().st_size if log.exists() else 0
     deadline = time.monotonic() + 240
@@ -265,8 +288,7 @@ def test_sigkilled_job_is_incomplete_and_rerun_alone(tiny_run, tmp_path, victim)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail("the mae job finished before it could be killed")
-            trainers = [p for p in _descendants(proc.pid)
-                        if " train mae " in _cmdline(p) and "python" in _cmdline(p)]
+            trainers = [p for p in _descendants(proc.pid) if " train mae " in _cmdline(p) and "python" in _cmdline(p)]
             if trainers and log.exists() and log.stat().st_size != log_size0:
                 break
             time.sleep(0.2)
@@ -317,21 +339,24 @@ def test_two_stages_log_to_mlflow_at_once(tiny_run):
     work = tiny_run["dir"]
     log = tiny_run["proc"].stdout + tiny_run["proc"].stderr
     # both jobs were running at the same time: each started before the other finished
-    start = {s: log.index(f"rule {s}:") if f"rule {s}:" in log else log.index(f"localrule {s}:")
-             for s in CONCURRENT_STAGES}
+    start = {
+        s: log.index(f"rule {s}:") if f"rule {s}:" in log else log.index(f"localrule {s}:") for s in CONCURRENT_STAGES
+    }
     done = {s: log.index(f"(Rule: {s})") for s in CONCURRENT_STAGES}
     a, b = CONCURRENT_STAGES
     assert start[a] < done[b] and start[b] < done[a], "the two stages did not overlap"
     db = work / "results" / "mlflow.db"
     with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT e.name, r.status FROM runs r JOIN experiments e "
-                           "ON r.experiment_id = e.experiment_id").fetchall()
+        rows = con.execute(
+            "SELECT e.name, r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id"
+        ).fetchall()
     finished = {name for name, status in rows if status == "FINISHED"}
     for stage in CONCURRENT_STAGES:
         assert any(stage in name for name in finished), rows
 
 
 # ---- report ----------------------------------------------------------------------------------------
+
 
 def test_html_report(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
@@ -351,14 +376,29 @@ def test_html_report(tiny_run, tmp_path):
 
 # ---- SLURM profiles (parsing and per-rule resources; the real cluster run is tests/test_slurm.py) --
 
-@pytest.mark.parametrize("profile, env_name, gpu_partition, gpu_model", [
-    ("slurm-a100", "x86_64-cuda", "a100", "a100"),
-    ("slurm-gh", "aarch64-cuda", "gh", "gh200"),
-])
+
+@pytest.mark.parametrize(
+    "profile, env_name, gpu_partition, gpu_model",
+    [
+        ("slurm-a100", "x86_64-cuda", "a100", "a100"),
+        ("slurm-gh", "aarch64-cuda", "gh", "gh200"),
+    ],
+)
 def test_slurm_profile_resources_and_environment(tmp_path, profile, env_name, gpu_partition, gpu_model):
     work = new_workdir(tmp_path / "prof")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work),
-           "--profile", str(REPO / "profiles" / profile), "--dry-run", "results/regressor/model.onnx"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(work),
+        "--profile",
+        str(REPO / "profiles" / profile),
+        "--dry-run",
+        "results/regressor/model.onnx",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XEC_", "SLURM_"))}
     # the profile's environment does not exist yet: stopped before any job, with the fix named
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -3,6 +3,7 @@ when that subcommand runs, so that `xec --help` stays fast.
 
 A subcommand module provides ``add_arguments(parser)`` and ``main(args) -> int``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -15,6 +15,7 @@ placeholder is filled per job (``simulation.samples.{sample}``).
 
 This module imports neither torch nor any command module (the CLI and the Snakefile read it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ DATA_BRANCHES = ("data.tree", "data.npho_branch", "data.time_branch")
 
 @dataclass(frozen=True)
 class Command:
-    module: str                  # module with add_arguments(parser) and main(args) -> int
+    module: str  # module with add_arguments(parser) and main(args) -> int
     help: str
     reads: tuple[str, ...] = ()
     runtime: tuple[str, ...] = ()
@@ -35,32 +36,47 @@ class Command:
 
 def _train(stage: str, help_text: str) -> Command:
     model_keys = tuple(f"model.{k}" for k in (*ENCODER_FIELDS, *STAGE_FIELDS[stage]))
-    return Command("xec.train.cli", help_text, reads=("seed", "train", "normalization", stage, *model_keys),
-                   runtime=("mlflow",))
+    return Command(
+        "xec.train.cli", help_text, reads=("seed", "train", "normalization", stage, *model_keys), runtime=("mlflow",)
+    )
 
 
 # Top-level names are the CLI's subcommands; "train <stage>" are the training subcommands.
 COMMANDS: dict[str, Command] = {
     "simulate": Command(
-        "xec.simulation.cli", "simulate events with the fast detector simulation into a MEG II ROOT file",
+        "xec.simulation.cli",
+        "simulate events with the fast detector simulation into a MEG II ROOT file",
         reads=("data.tree", "simulation.samples.{sample}", "simulation.physics"),
-        runtime=("simulation.samples", "simulation.chunk_size", "simulation.workers", "simulation.compression")),
+        runtime=("simulation.samples", "simulation.chunk_size", "simulation.workers", "simulation.compression"),
+    ),
     "shards": Command(
-        "xec.data.shards", "convert ROOT files into normalized WebDataset shards",
-        reads=(*DATA_BRANCHES, "normalization", "shards.events_per_shard", "shards.block_size", "shards.tasks",
-               "shards.truth_branches", "shards.fiducial"),
-        runtime=("shards.workers",)),
-    "reweight": Command("xec.data.reweight", "fit per-task reweighting histograms on a shard split",
-                        reads=("reweighting",)),
+        "xec.data.shards",
+        "convert ROOT files into normalized WebDataset shards",
+        reads=(
+            *DATA_BRANCHES,
+            "normalization",
+            "shards.events_per_shard",
+            "shards.block_size",
+            "shards.tasks",
+            "shards.truth_branches",
+            "shards.fiducial",
+        ),
+        runtime=("shards.workers",),
+    ),
+    "reweight": Command(
+        "xec.data.reweight", "fit per-task reweighting histograms on a shard split", reads=("reweighting",)
+    ),
     "train": Command("xec.train.cli", "train a stage: mae, inpainter or regressor"),
     "train mae": _train("mae", "masked-autoencoder pretraining of the encoder"),
     "train inpainter": _train("inpainter", "dead-channel inpainter (encoder from the MAE, frozen by default)"),
-    "train regressor": _train("regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from "
-                                           "the MAE"),
+    "train regressor": _train(
+        "regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE"
+    ),
     "export": Command("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX", reads=("export",)),
     "infer": Command("xec.deploy.infer", "run ONNX models on a ROOT file", reads=("inference", *DATA_BRANCHES)),
-    "baseline": Command("xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file",
-                        reads=("baseline", "data.tree")),
+    "baseline": Command(
+        "xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file", reads=("baseline", "data.tree")
+    ),
     "plots": Command("xec.plots.cli", "make the plots of a pipeline run", reads=("plots", "data.tree", "data.bench")),
     "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
     "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model",)),

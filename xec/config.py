@@ -11,13 +11,15 @@ A command reads its config through a :class:`ConfigView` restricted to the keys 
 ``params:`` from the same declarations, so a rule reruns exactly when a key its command reads
 changes.
 """
+
 from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -66,8 +68,9 @@ def validate_config(cfg: dict[str, Any] | None, source: str = "config") -> dict[
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                command: str | None = None, **fields: str) -> Any:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, command: str | None = None, **fields: str
+) -> Any:
     """Read a YAML config (default: the repository's config.yaml, else the schema defaults), apply
     dotted-key ``overrides`` ({"regressor.lr": 1e-3}) and validate. With ``command`` (a name of
     ``xec.commands.COMMANDS``) the result is that command's :class:`ConfigView`; ``fields``
@@ -101,8 +104,9 @@ def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
 
 def add_config_argument(parser) -> None:
     """The ``--config`` flag shared by every subcommand that reads the config."""
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="pipeline config (default: the repository's config.yaml)")
+    parser.add_argument(
+        "--config", default=None, metavar="YAML", help="pipeline config (default: the repository's config.yaml)"
+    )
 
 
 # ----------------------------------------------------------------------------- per-command views
@@ -134,8 +138,10 @@ class ConfigView(Mapping):
 
     def _check(self, key: str) -> Any:
         if key not in self._allowed:
-            raise XecError(f"xec {self._command} reads config key {self._prefix + key!r}, which it does not "
-                           f"declare (xec/commands.py)")
+            raise XecError(
+                f"xec {self._command} reads config key {self._prefix + key!r}, which it does not "
+                f"declare (xec/commands.py)"
+            )
         return self._allowed[key]
 
     def __getitem__(self, key: str) -> Any:

@@ -30,12 +30,14 @@ Normals are the nominal ones (radial on the inner/outer cylinders, perpendicular
 and hex planes). The reference table's inner-face normals carry a survey tilt of up to 1.09 deg
 per block of ~23 rows that no published constant describes; 98 % agree with ours within 1 deg.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -84,8 +86,7 @@ HEX_NEIGHBOR_RANGE = (6.1, 7.6)  # cm: nearest neighbours are 6.12 (in row) / 7.
 PMT_DIAMETER = 4.5  # cm, photocathode
 
 FACE_SIZES = {"inner": 4092, "outer": 234, "us": 144, "ds": 144, "top": 73, "bottom": 73}
-_FIRST_ID = {"inner": 0, "outer_coarse": 4092, "us": 4308, "ds": 4452, "top": 4596,
-             "bottom": 4669, "outer_patch": 4742}
+_FIRST_ID = {"inner": 0, "outer_coarse": 4092, "us": 4308, "ds": 4452, "top": 4596, "bottom": 4669, "outer_patch": 4742}
 
 # fine outer grid cells per coarse PMT (rows in phi', columns in z): 3 x 5 makes every centre
 # lattice PMT own exactly 2 x 3 cells
@@ -103,7 +104,8 @@ def _radial(phi_deg: np.ndarray) -> np.ndarray:
 
 def _cylinder(r: np.ndarray, phi_deg: np.ndarray, z: np.ndarray) -> np.ndarray:
     return _radial(phi_deg) * np.asarray(r, float)[..., None] + np.stack(
-        [np.zeros_like(z), np.zeros_like(z), z], axis=-1)
+        [np.zeros_like(z), np.zeros_like(z), z], axis=-1
+    )
 
 
 def _freeze(a: np.ndarray) -> np.ndarray:
@@ -121,8 +123,7 @@ def _bin(values: np.ndarray, start: float, pitch: float, n: int, what: str) -> n
     return i
 
 
-def _index_map(rows: np.ndarray, cols: np.ndarray, ids: np.ndarray, shape: tuple[int, int],
-               what: str) -> np.ndarray:
+def _index_map(rows: np.ndarray, cols: np.ndarray, ids: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
     index = np.full(shape, -1, np.int64)
     index[rows, cols] = ids
     if np.any(index < 0) or np.unique(index).size != index.size:
@@ -182,13 +183,11 @@ class RectGrid:
         if self.exact:  # pure gather: keeps NaN/sentinels of other sensors out of the cell
             out = values[..., self.index]
             # divide by the integer cell count (not the float32 weight) to keep full precision
-            return out / self.cells_per_sensor[self.index].astype(out.dtype) \
-                if k == "extensive" else out
+            return out / self.cells_per_sensor[self.index].astype(out.dtype) if k == "extensive" else out
         w = self.entry_share if k == "extensive" else self.entry_area
         contrib = values[..., self.entry_sensor] * w.astype(np.result_type(values, np.float32))
         # entries are sorted by cell and every cell has one: a segmented sum per cell
-        return np.add.reduceat(contrib, self._cell_starts, axis=-1).reshape(
-            values.shape[:-1] + self.shape)
+        return np.add.reduceat(contrib, self._cell_starts, axis=-1).reshape(values.shape[:-1] + self.shape)
 
     @functools.cached_property
     def _cell_starts(self) -> np.ndarray:
@@ -201,20 +200,20 @@ class RectGrid:
         order = np.argsort(owner, kind="stable")
         return order, np.flatnonzero(np.r_[True, np.diff(owner[order]) != 0])
 
-    def to_flat(self, grid: np.ndarray, kind: GridKind = "npho",
-                out: np.ndarray | None = None) -> np.ndarray:
+    def to_flat(self, grid: np.ndarray, kind: GridKind = "npho", out: np.ndarray | None = None) -> np.ndarray:
         """Inverse of ``to_grid`` for exact (pool=1) grids; fills this face's sensors of ``out``
         (zeros elsewhere when ``out`` is None).
 
         npho of a sensor = sum of its cells; time = the value of its first cell.
         """
         if not self.exact:
-            raise ValueError(f"outer_grid(pool={self.pool}) merges sensors in a cell; "
-                             "only the pool=1 grid can be mapped back to sensors")
+            raise ValueError(
+                f"outer_grid(pool={self.pool}) merges sensors in a cell; "
+                "only the pool=1 grid can be mapped back to sensors"
+            )
         grid = np.asarray(grid)
         if grid.shape[-2:] != self.shape:
-            raise ValueError(f"to_flat expects (..., {self.shape[0]}, {self.shape[1]}), "
-                             f"got {grid.shape}")
+            raise ValueError(f"to_flat expects (..., {self.shape[0]}, {self.shape[1]}), got {grid.shape}")
         k = _canonical_kind(kind)
         flat = grid.reshape(grid.shape[:-2] + (-1,))
         if out is None:
@@ -311,8 +310,12 @@ def _build() -> Geometry:
     face[sl] = 1
 
     # outer centre patch: the free lattice sites, row-major
-    free = [(r, c) for r in range(len(CENTRE_PHI)) for c in range(len(CENTRE_Z))
-            if not (r in CENTRE_COARSE_ROWS and c in CENTRE_COARSE_COLS)]
+    free = [
+        (r, c)
+        for r in range(len(CENTRE_PHI))
+        for c in range(len(CENTRE_Z))
+        if not (r in CENTRE_COARSE_ROWS and c in CENTRE_COARSE_COLS)
+    ]
     pp = np.array([CENTRE_PHI[r] for r, _ in free])
     pz = np.array([CENTRE_Z[c] for _, c in free])
     pos[4742:] = _cylinder(np.full(18, OUTER_RADIUS), pp, pz)
@@ -347,27 +350,43 @@ def _build() -> Geometry:
 
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
     is_mppc = face == 0
-    area = np.where(is_mppc, MPPC_SIDE ** 2, math.pi * (PMT_DIAMETER / 2) ** 2)
+    area = np.where(is_mppc, MPPC_SIDE**2, math.pi * (PMT_DIAMETER / 2) ** 2)
 
     # index maps from the positions
     phi = np.degrees(np.arctan2(pos[:, 1], -pos[:, 0]))
     rr = np.hypot(pos[:, 0], pos[:, 1])
     ids = np.flatnonzero(face == 0)
-    inner_index = _index_map(_bin(phi[ids], INNER_PHI0, INNER_DPHI, INNER_ROWS, "inner phi'"),
-                             _bin(pos[ids, 2], INNER_Z0, INNER_DZ, INNER_COLS, "inner z"),
-                             ids, (INNER_ROWS, INNER_COLS), "inner")
+    inner_index = _index_map(
+        _bin(phi[ids], INNER_PHI0, INNER_DPHI, INNER_ROWS, "inner phi'"),
+        _bin(pos[ids, 2], INNER_Z0, INNER_DZ, INNER_COLS, "inner z"),
+        ids,
+        (INNER_ROWS, INNER_COLS),
+        "inner",
+    )
     slant = []
     for code in (2, 3):
         ids = np.flatnonzero(face == code)
         ring_pitch = (SLANT_R[1] - SLANT_R[0]) / (SLANT_RINGS - 1)
-        slant.append(_index_map(
-            _bin(phi[ids], OUTER_PHI0, OUTER_DPHI, OUTER_STRIPS, f"{FACE_NAMES[code]} phi'"),
-            _bin(rr[ids], SLANT_R[0], ring_pitch, SLANT_RINGS, f"{FACE_NAMES[code]} r"),
-            ids, (OUTER_STRIPS, SLANT_RINGS), FACE_NAMES[code]))
+        slant.append(
+            _index_map(
+                _bin(phi[ids], OUTER_PHI0, OUTER_DPHI, OUTER_STRIPS, f"{FACE_NAMES[code]} phi'"),
+                _bin(rr[ids], SLANT_R[0], ring_pitch, SLANT_RINGS, f"{FACE_NAMES[code]} r"),
+                ids,
+                (OUTER_STRIPS, SLANT_RINGS),
+                FACE_NAMES[code],
+            )
+        )
 
-    return Geometry(positions=_freeze(pos), normals=_freeze(nrm), face=_freeze(face),
-                    is_mppc=_freeze(is_mppc), active_area=_freeze(area),
-                    inner_index=inner_index, us_index=slant[0], ds_index=slant[1])
+    return Geometry(
+        positions=_freeze(pos),
+        normals=_freeze(nrm),
+        face=_freeze(face),
+        is_mppc=_freeze(is_mppc),
+        active_area=_freeze(area),
+        inner_index=inner_index,
+        us_index=slant[0],
+        ds_index=slant[1],
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -385,7 +404,7 @@ def _pool_pair(pool: int | tuple[int, int]) -> tuple[int, int]:
     return int(pool), int(pool)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _outer_fine_owner() -> np.ndarray:
     """(72, 45) sensor id owning each fine cell of the outer face.
 
@@ -402,29 +421,38 @@ def _outer_fine_owner() -> np.ndarray:
     z_low = -OUTER_ZMAX + OUTER_DZ * (c0 - 0.5)
     cdphi = OUTER_DPHI * len(CENTRE_STRIPS) / len(CENTRE_PHI)
     cdz = OUTER_DZ * len(CENTRE_ZCOLS) / len(CENTRE_Z)
-    in_centre = ((phi - ph_top) / OUTER_DPHI < len(CENTRE_STRIPS)) & (phi < ph_top) \
-        & (z > z_low) & (z < z_low + OUTER_DZ * len(CENTRE_ZCOLS))
+    in_centre = (
+        ((phi - ph_top) / OUTER_DPHI < len(CENTRE_STRIPS))
+        & (phi < ph_top)
+        & (z > z_low)
+        & (z < z_low + OUTER_DZ * len(CENTRE_ZCOLS))
+    )
     coarse = np.full((OUTER_STRIPS, OUTER_NZ), -1, np.int64)
     cid = ids[~in_centre]
-    coarse[_bin(phi[~in_centre], OUTER_PHI0, OUTER_DPHI, OUTER_STRIPS, "outer phi'"),
-           _bin(z[~in_centre], -OUTER_ZMAX, OUTER_DZ, OUTER_NZ, "outer z")] = cid
+    coarse[
+        _bin(phi[~in_centre], OUTER_PHI0, OUTER_DPHI, OUTER_STRIPS, "outer phi'"),
+        _bin(z[~in_centre], -OUTER_ZMAX, OUTER_DZ, OUTER_NZ, "outer z"),
+    ] = cid
     centre = np.full((len(CENTRE_PHI), len(CENTRE_Z)), -1, np.int64)
-    centre[_bin(phi[in_centre], ph_top + cdphi / 2, cdphi, len(CENTRE_PHI), "centre phi'"),
-           _bin(z[in_centre], z_low + cdz / 2, cdz, len(CENTRE_Z), "centre z")] = ids[in_centre]
+    centre[
+        _bin(phi[in_centre], ph_top + cdphi / 2, cdphi, len(CENTRE_PHI), "centre phi'"),
+        _bin(z[in_centre], z_low + cdz / 2, cdz, len(CENTRE_Z), "centre z"),
+    ] = ids[in_centre]
     blocked = coarse[np.ix_(CENTRE_STRIPS, CENTRE_ZCOLS)]
     if np.any(blocked != -1) or np.any(centre < 0) or np.sum(coarse < 0) != blocked.size:
         raise AssertionError("geometry: outer face does not tile into coarse + centre lattice")
     fr, fc = OUTER_FINE
     owner = np.repeat(np.repeat(coarse, fr, axis=0), fc, axis=1)
     cr, cc = (len(CENTRE_STRIPS) * fr) // len(CENTRE_PHI), (len(CENTRE_ZCOLS) * fc) // len(CENTRE_Z)
-    owner[r0 * fr:(r0 + len(CENTRE_STRIPS)) * fr, c0 * fc:(c0 + len(CENTRE_ZCOLS)) * fc] = \
-        np.repeat(np.repeat(centre, cr, axis=0), cc, axis=1)
+    owner[r0 * fr : (r0 + len(CENTRE_STRIPS)) * fr, c0 * fc : (c0 + len(CENTRE_ZCOLS)) * fc] = np.repeat(
+        np.repeat(centre, cr, axis=0), cc, axis=1
+    )
     if np.unique(owner).size != ids.size or np.any(owner < 0):
         raise AssertionError("geometry: outer fine grid does not cover every outer sensor once")
     return _freeze(owner)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _outer_grid_cached(pool: tuple[int, int]) -> RectGrid:
     owner = _outer_fine_owner()
     H, W = owner.shape
@@ -447,15 +475,21 @@ def _outer_grid_cached(pool: tuple[int, int]) -> RectGrid:
     weight = np.empty(h * w, np.float32)
     index[cell[first]] = sensor[first]
     weight[cell[first]] = share[first]
-    return RectGrid(index=_freeze(index.reshape(h, w)), weight=_freeze(weight.reshape(h, w)),
-                    entry_cell=_freeze(cell), entry_sensor=_freeze(sensor),
-                    entry_share=_freeze(share), entry_area=_freeze(area),
-                    sensor_ids=_freeze(np.unique(owner)), cells_per_sensor=_freeze(ncell),
-                    pool=pool)
+    return RectGrid(
+        index=_freeze(index.reshape(h, w)),
+        weight=_freeze(weight.reshape(h, w)),
+        entry_cell=_freeze(cell),
+        entry_sensor=_freeze(sensor),
+        entry_share=_freeze(share),
+        entry_area=_freeze(area),
+        sensor_ids=_freeze(np.unique(owner)),
+        cells_per_sensor=_freeze(ncell),
+        pool=pool,
+    )
 
 
 # ---- hex faces ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hex_face(g: Geometry, name: str) -> HexFace:
     ids = g.face_ids(name)
     r = np.hypot(g.positions[ids, 0], g.positions[ids, 1])
@@ -478,27 +512,28 @@ def _hex_face(g: Geometry, name: str) -> HexFace:
 
 
 # ---- face tensors <-> flat ----------------------------------------------------------------
-def faces_from_flat(values: np.ndarray, kind: GridKind = "npho",
-                    outer_pool: int = 1) -> dict[str, np.ndarray]:
+def faces_from_flat(values: np.ndarray, kind: GridKind = "npho", outer_pool: int = 1) -> dict[str, np.ndarray]:
     """(..., 4760) -> {"inner": (..., 93, 44), "outer": (..., 72/p, 27/p), "us"/"ds": (..., 24, 6),
     "top"/"bottom": (..., 73)} (hex faces in ``hex_face(name).ids`` order)."""
     g = get_geometry()
     values = np.asarray(values)
     if values.shape[-1] != N_SENSORS:
         raise ValueError(f"faces_from_flat expects (..., {N_SENSORS}) values, got {values.shape}")
-    return {"inner": values[..., g.inner_index],
-            "outer": g.outer_grid(outer_pool).to_grid(values, kind),
-            "us": values[..., g.us_index], "ds": values[..., g.ds_index],
-            "top": values[..., g.hex_face("top").ids],
-            "bottom": values[..., g.hex_face("bottom").ids]}
+    return {
+        "inner": values[..., g.inner_index],
+        "outer": g.outer_grid(outer_pool).to_grid(values, kind),
+        "us": values[..., g.us_index],
+        "ds": values[..., g.ds_index],
+        "top": values[..., g.hex_face("top").ids],
+        "bottom": values[..., g.hex_face("bottom").ids],
+    }
 
 
 def flat_from_faces(faces: Mapping[str, np.ndarray], kind: GridKind = "npho") -> np.ndarray:
     """Inverse of ``faces_from_flat`` (outer grid with pool=1): (..., 4760)."""
     g = get_geometry()
     inner = np.asarray(faces["inner"])
-    out = np.zeros(inner.shape[:-2] + (N_SENSORS,),
-                   np.result_type(*[np.asarray(v) for v in faces.values()]))
+    out = np.zeros(inner.shape[:-2] + (N_SENSORS,), np.result_type(*[np.asarray(v) for v in faces.values()]))
     out[..., g.inner_index] = inner
     out[..., g.us_index] = faces["us"]
     out[..., g.ds_index] = faces["ds"]
@@ -513,8 +548,7 @@ def xyz_to_uvw(xyz: np.ndarray) -> np.ndarray:
     """(..., 3) MEG II xyz (cm) -> inner-face (u, v, w): u = z, v = R phi', w = r - R."""
     xyz = np.asarray(xyz, dtype=float)
     phi = np.arctan2(xyz[..., 1], -xyz[..., 0])
-    return np.stack([xyz[..., 2], INNER_RADIUS * phi,
-                     np.hypot(xyz[..., 0], xyz[..., 1]) - INNER_RADIUS], axis=-1)
+    return np.stack([xyz[..., 2], INNER_RADIUS * phi, np.hypot(xyz[..., 0], xyz[..., 1]) - INNER_RADIUS], axis=-1)
 
 
 def uvw_to_xyz(uvw: np.ndarray) -> np.ndarray:

@@ -13,10 +13,11 @@ that ML and classical reconstruction are always compared with the same estimator
 Non-finite values are dropped everywhere (``n`` counts what was used); too few values give NaN
 rather than an exception, so that an empty bin of a profile does not kill a whole plot.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
@@ -26,8 +27,8 @@ from scipy.special import erf
 _Q_LO, _Q_HI = 50.0 - 34.1345, 50.0 + 34.1345
 # Standard deviation of a unit Gaussian truncated to +-2 sigma: used to start the core fit.
 _TRUNC2_STD = float(np.sqrt(1.0 - 2.0 * 2.0 * np.exp(-2.0) / np.sqrt(2 * np.pi) / erf(2.0 / np.sqrt(2.0))))
-MIN_EVENTS = 10          # fewer finite values than this: every estimator returns NaN
-CORE_NSIGMA = 2.0        # core window of the Gaussian fit, in fitted sigmas
+MIN_EVENTS = 10  # fewer finite values than this: every estimator returns NaN
+CORE_NSIGMA = 2.0  # core window of the Gaussian fit, in fitted sigmas
 CORE_ITERATIONS = 5
 
 
@@ -64,7 +65,7 @@ def skewness(x: np.ndarray | Sequence[float]) -> float:
         return float("nan")
     d = x - x.mean()
     s2 = np.mean(d * d)
-    return float(np.mean(d ** 3) / s2 ** 1.5) if s2 > 0 else 0.0
+    return float(np.mean(d**3) / s2**1.5) if s2 > 0 else 0.0
 
 
 def _gauss(x: np.ndarray, a: float, mu: float, sigma: float) -> np.ndarray:
@@ -77,9 +78,12 @@ def _gauss_jac(x: np.ndarray, a: float, mu: float, sigma: float) -> np.ndarray:
     return np.stack([e, a * e * z / sigma, a * e * z * z / sigma], axis=-1)
 
 
-def gaussian_core_fit(x: np.ndarray | Sequence[float], nsigma: float = CORE_NSIGMA,
-                      iterations: int = CORE_ITERATIONS, start: tuple[float, float] | None = None
-                      ) -> tuple[float, float]:
+def gaussian_core_fit(
+    x: np.ndarray | Sequence[float],
+    nsigma: float = CORE_NSIGMA,
+    iterations: int = CORE_ITERATIONS,
+    start: tuple[float, float] | None = None,
+) -> tuple[float, float]:
     """(mu, sigma) of a Gaussian fitted (scipy ``curve_fit``, Poisson errors) to the histogram
     of ``x`` within mu +- nsigma*sigma, iterated: start from the median and width68 (or from
     ``start``), fit, re-centre the window on the fit, refit until the window moves by less than
@@ -98,8 +102,9 @@ def gaussian_core_fit(x: np.ndarray | Sequence[float], nsigma: float = CORE_NSIG
         # ~sqrt(n) bins, at least 10 and at most 60, over the window
         nbins = int(np.clip(np.sqrt(core.size), 10, 60))
         width = (hi - lo) / nbins
-        counts = np.bincount(np.minimum(((core - lo) / width).astype(np.int64), nbins - 1),
-                             minlength=nbins).astype(np.float64)
+        counts = np.bincount(np.minimum(((core - lo) / width).astype(np.int64), nbins - 1), minlength=nbins).astype(
+            np.float64
+        )
         centres = lo + width * (np.arange(nbins) + 0.5)
         # Poisson errors; empty bins get error 1 so they still pull the fit down
         err = np.sqrt(np.maximum(counts, 1.0))
@@ -107,8 +112,9 @@ def gaussian_core_fit(x: np.ndarray | Sequence[float], nsigma: float = CORE_NSIG
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
-                popt, _ = curve_fit(_gauss, centres, counts, p0=p0, sigma=err, absolute_sigma=True,
-                                    jac=_gauss_jac, maxfev=2000)
+                popt, _ = curve_fit(
+                    _gauss, centres, counts, p0=p0, sigma=err, absolute_sigma=True, jac=_gauss_jac, maxfev=2000
+                )
         except (RuntimeError, ValueError):
             return float("nan"), float("nan")
         new_mu, new_sigma = float(popt[1]), abs(float(popt[2]))
@@ -126,8 +132,9 @@ def gaussian_core_sigma(x: np.ndarray | Sequence[float]) -> float:
     return gaussian_core_fit(x)[1]
 
 
-def resolution(x: np.ndarray | Sequence[float], n_boot: int = 200, seed: int = 0,
-               n_boot_core: int | None = None) -> dict[str, float]:
+def resolution(
+    x: np.ndarray | Sequence[float], n_boot: int = 200, seed: int = 0, n_boot_core: int | None = None
+) -> dict[str, float]:
     """Resolution summary of residuals ``x``: width68 and sigma_core with bootstrap errors
     (standard deviation over ``n_boot`` resamples with a seeded generator: same input, same
     numbers), bias (median), mu_core, mean, rms, skewness and n (finite values used).
@@ -136,7 +143,11 @@ def resolution(x: np.ndarray | Sequence[float], n_boot: int = 200, seed: int = 0
     x = _finite(x)
     n = int(x.size)
     out: dict[str, float] = {
-        "n": n, "width68": width68(x), "bias": bias(x), "rms": rms(x), "skewness": skewness(x),
+        "n": n,
+        "width68": width68(x),
+        "bias": bias(x),
+        "rms": rms(x),
+        "skewness": skewness(x),
         "mean": float(x.mean()) if n >= MIN_EVENTS else float("nan"),
     }
     mu_core, sigma_core = gaussian_core_fit(x)
@@ -185,8 +196,9 @@ def opening_angle_deg(theta1, phi1, theta2, phi2) -> np.ndarray:
     return np.degrees(np.arctan2(cross, dot))
 
 
-def binned_resolution(values: np.ndarray, residuals: np.ndarray, edges: np.ndarray | Sequence[float],
-                      n_boot: int = 50, seed: int = 0) -> list[dict[str, float]]:
+def binned_resolution(
+    values: np.ndarray, residuals: np.ndarray, edges: np.ndarray | Sequence[float], n_boot: int = 50, seed: int = 0
+) -> list[dict[str, float]]:
     """:func:`resolution` of ``residuals`` in bins of ``values`` (for resolution profiles);
     each dict also carries the bin's ``lo``, ``hi`` and ``centre``."""
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -201,8 +213,7 @@ def binned_resolution(values: np.ndarray, residuals: np.ndarray, edges: np.ndarr
     return out
 
 
-def quantile(x: np.ndarray | Sequence[float], q: float = 68.27, n_boot: int = 200, seed: int = 0
-             ) -> dict[str, float]:
+def quantile(x: np.ndarray | Sequence[float], q: float = 68.27, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
     """``q``-th percentile of ``x`` (e.g. the 68 % containment of an opening angle) with a
     seeded bootstrap error: dict(value, err, n)."""
     x = _finite(x)

@@ -11,12 +11,14 @@ Invalid-sensor rules (docs/architecture.md, "Artifact contracts"):
 The preset travels with every artifact (``to_dict``/``from_dict``) and ``check_compatible``
 turns a mismatch into an error instead of a silently wrong answer.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +28,24 @@ NPHO_TRANSFORMS = ("log1p", "sqrt", "anscombe", "linear")
 INVALID_ABOVE = 9e9  # MEG II files mark dead/missing values with 1e10
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "meg2": dict(npho_scale=1000.0, npho_scale2=4.08, time_scale=1.14e-7, time_shift=-0.46,
-                 sentinel=-1.0, npho_threshold=100.0, npho_transform="log1p"),
-    "legacy": dict(npho_scale=0.58, npho_scale2=1.0, time_scale=6.5e-8, time_shift=0.5,
-                   sentinel=-5.0, npho_threshold=100.0, npho_transform="log1p"),
+    "meg2": dict(
+        npho_scale=1000.0,
+        npho_scale2=4.08,
+        time_scale=1.14e-7,
+        time_shift=-0.46,
+        sentinel=-1.0,
+        npho_threshold=100.0,
+        npho_transform="log1p",
+    ),
+    "legacy": dict(
+        npho_scale=0.58,
+        npho_scale2=1.0,
+        time_scale=6.5e-8,
+        time_shift=0.5,
+        sentinel=-5.0,
+        npho_threshold=100.0,
+        npho_transform="log1p",
+    ),
 }
 
 
@@ -124,19 +140,22 @@ class Normalizer:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Normalizer":
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
             raise XecError(f"unknown normalization parameters: {sorted(unknown)}")
         return cls(**d)
 
-    def check_compatible(self, other: "Normalizer | dict[str, Any]", where: str) -> None:
+    def check_compatible(self, other: Normalizer | dict[str, Any], where: str) -> None:
         """Raise XecError if ``other`` (e.g. read from a manifest or checkpoint) differs."""
         other_n = other if isinstance(other, Normalizer) else Normalizer.from_dict(dict(other))
         if other_n != self:
-            diffs = [f"{k}: {getattr(self, k)!r} != {getattr(other_n, k)!r}"
-                     for k in self.to_dict() if getattr(self, k) != getattr(other_n, k)]
+            diffs = [
+                f"{k}: {getattr(self, k)!r} != {getattr(other_n, k)!r}"
+                for k in self.to_dict()
+                if getattr(self, k) != getattr(other_n, k)
+            ]
             raise XecError(f"normalization mismatch with {where}: " + "; ".join(diffs))
 
 

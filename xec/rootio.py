@@ -1,13 +1,15 @@
 """ROOT I/O in the MEG II format: the schema, a validated chunked reader and an atomic chunked
 writer (uproot TTree, not RNTuple). Every ROOT read or write in xec goes through here so that a
 bad file always gets the same clear error naming the file and the problem."""
+
 from __future__ import annotations
 
 import contextlib
 import glob
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import uproot
@@ -20,11 +22,21 @@ from xec.utils import atomic_path
 SENSOR_BRANCHES = ("npho", "relative_npho", "time", "relative_time")
 # Per-event branches and their per-event shape; dtype float32 unless listed in INT_BRANCHES.
 TRUTH_BRANCHES: dict[str, tuple[int, ...]] = {
-    "energyTruth": (), "timeTruth": (), "uvwTruth": (3,), "xyzTruth": (3,), "emiAng": (2,),
-    "emiVec": (3,), "xyzVTX": (3,), "run": (), "event": (),
+    "energyTruth": (),
+    "timeTruth": (),
+    "uvwTruth": (3,),
+    "xyzTruth": (3,),
+    "emiAng": (2,),
+    "emiVec": (3,),
+    "xyzVTX": (3,),
+    "run": (),
+    "event": (),
 }
 RECO_BRANCHES: dict[str, tuple[int, ...]] = {
-    "energyReco": (), "timeReco": (), "uvwRecoFI": (3,), "xyzRecoFI": (3,),
+    "energyReco": (),
+    "timeReco": (),
+    "uvwRecoFI": (3,),
+    "xyzRecoFI": (3,),
 }
 INT_BRANCHES = ("run", "event")
 EVENT_BRANCHES = {**TRUTH_BRANCHES, **RECO_BRANCHES}
@@ -55,7 +67,7 @@ def open_tree(path: str | os.PathLike, tree: str = "tree"):
     try:
         obj = f[tree]
     except Exception as exc:
-        keys = ", ".join(sorted({k.split(';')[0] for k in f.keys()})) or "none"
+        keys = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
         raise XecError(f"{path}: no TTree {tree!r} (keys: {keys})") from exc
     if not isinstance(obj, uproot.behaviors.TTree.TTree):
         raise XecError(f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree")
@@ -91,10 +103,16 @@ def _as_event_array(values: Any, branch: str, path: str) -> np.ndarray:
     return arr
 
 
-def iterate_events(files: Sequence[str], tree: str = "tree", sensor_branches: Sequence[str] = ("npho", "relative_time"),
-                   event_branches: Sequence[str] = (), optional_branches: Sequence[str] = (),
-                   step_size: int = 1000, entry_start: int | None = None, entry_stop: int | None = None,
-                   ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+def iterate_events(
+    files: Sequence[str],
+    tree: str = "tree",
+    sensor_branches: Sequence[str] = ("npho", "relative_time"),
+    event_branches: Sequence[str] = (),
+    optional_branches: Sequence[str] = (),
+    step_size: int = 1000,
+    entry_start: int | None = None,
+    entry_stop: int | None = None,
+) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Stream (path, arrays) chunks of at most ``step_size`` events, file after file. Sensor
     branches come back as float32 (n, 4760); event branches as (n, *shape). Optional branches
     are read where present. Memory is bounded by the chunk, not by the file."""
@@ -104,15 +122,18 @@ def iterate_events(files: Sequence[str], tree: str = "tree", sensor_branches: Se
         present_optional = [b for b in optional_branches if b in t.keys() and b not in event_branches]
         names = [*sensor_branches, *event_branches, *present_optional]
         try:
-            for chunk in t.iterate(names, step_size=step_size, library="np",
-                                   entry_start=entry_start, entry_stop=entry_stop):
+            for chunk in t.iterate(
+                names, step_size=step_size, library="np", entry_start=entry_start, entry_stop=entry_stop
+            ):
                 out = {b: _as_sensor_array(chunk[b], b, path) for b in sensor_branches}
                 out.update({b: _as_event_array(chunk[b], b, path) for b in (*event_branches, *present_optional)})
                 yield path, out
         except XecError:
             raise
         except Exception as exc:
-            raise XecError(f"{path}: cannot read tree {tree!r} ({type(exc).__name__}: {exc}); is the file truncated?") from exc
+            raise XecError(
+                f"{path}: cannot read tree {tree!r} ({type(exc).__name__}: {exc}); is the file truncated?"
+            ) from exc
 
 
 def count_events(files: Sequence[str], tree: str = "tree") -> int:
@@ -125,15 +146,17 @@ COMPRESSIONS: dict[str, Any] = {"lz4": uproot.LZ4(1), "zstd": uproot.ZSTD(1), "z
 
 
 @contextlib.contextmanager
-def tree_writer(path: str | os.PathLike, tree: str = "tree", title: str = "",
-                compression: str | None = None) -> Iterator["TreeWriter"]:
+def tree_writer(
+    path: str | os.PathLike, tree: str = "tree", title: str = "", compression: str | None = None
+) -> Iterator[TreeWriter]:
     """Write a TTree chunk by chunk to a temporary file that replaces ``path`` only on success.
     ``compression``: a name of :data:`COMPRESSIONS`; None keeps uproot's default (zlib)."""
     if compression is not None and compression not in COMPRESSIONS:
         raise XecError(f"{path}: unknown compression {compression!r}; choose one of {sorted(COMPRESSIONS)}")
     with atomic_path(Path(path), suffix=".root") as tmp:
-        with (uproot.recreate(tmp) if compression is None
-              else uproot.recreate(tmp, compression=COMPRESSIONS[compression])) as f:
+        with (
+            uproot.recreate(tmp) if compression is None else uproot.recreate(tmp, compression=COMPRESSIONS[compression])
+        ) as f:
             writer = TreeWriter(f, tree, title)
             yield writer
         if writer.entries == 0:

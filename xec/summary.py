@@ -20,13 +20,15 @@ the 68 % quantile of the opening angle between reconstructed and true direction 
 A sample without truth (real data) is compared with the classical reconstruction instead: the
 "resolutions" are then widths of ML - baseline and ``reference`` says so.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,9 +49,15 @@ OBSERVABLES: dict[str, tuple[str, float, str]] = {
     "phi_deg": ("angle_phi", 1.0, "diff"),
 }
 LABELS = {
-    "u_mm": "u (mm)", "v_mm": "v (mm)", "w_mm": "w (mm)", "energy_pct": "sigma_E/E (%)",
-    "energy_low_tail": "E low-tail fraction (%)", "time_ps": "time (ps)", "theta_deg": "theta (deg)",
-    "phi_deg": "phi (deg)", "opening68_deg": "opening angle 68% (deg)",
+    "u_mm": "u (mm)",
+    "v_mm": "v (mm)",
+    "w_mm": "w (mm)",
+    "energy_pct": "sigma_E/E (%)",
+    "energy_low_tail": "E low-tail fraction (%)",
+    "time_ps": "time (ps)",
+    "theta_deg": "theta (deg)",
+    "phi_deg": "phi (deg)",
+    "opening68_deg": "opening angle 68% (deg)",
 }
 
 
@@ -57,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-predictions", default=None, help="xec infer parquet of the bench sample (ML)")
     parser.add_argument("--bench-baseline", default=None, help="xec baseline parquet of the bench sample")
     parser.add_argument("--realdata-predictions", default=None, help="xec infer parquet of realdata, with inpainting")
-    parser.add_argument("--realdata-noinpaint-predictions", default=None,
-                        help="xec infer parquet of realdata, without inpainting")
+    parser.add_argument(
+        "--realdata-noinpaint-predictions", default=None, help="xec infer parquet of realdata, without inpainting"
+    )
     parser.add_argument("--realdata-baseline", default=None, help="xec baseline parquet of realdata")
     parser.add_argument("--out", required=True, help="summary JSON")
     parser.add_argument("--markdown", default=None, help="also write the tables as markdown")
@@ -67,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="log file")
 
 
-def read_results(path: str) -> "pd.DataFrame":  # noqa: F821
+def read_results(path: str) -> pd.DataFrame:  # noqa: F821
     """Read an infer/baseline parquet; clear errors for a missing file or missing columns."""
     import pandas as pd
 
@@ -88,7 +97,7 @@ def read_results(path: str) -> "pd.DataFrame":  # noqa: F821
     return df
 
 
-def _match(frames: dict[str, "pd.DataFrame"], paths: dict[str, str]) -> dict[str, "pd.DataFrame"]:  # noqa: F821
+def _match(frames: dict[str, pd.DataFrame], paths: dict[str, str]) -> dict[str, pd.DataFrame]:  # noqa: F821
     """Restrict every method to the events all of them have (on run, event), same order."""
     keys = None
     for name, df in frames.items():
@@ -139,8 +148,16 @@ def _scaled(res: dict[str, float], scale: float) -> dict[str, float]:
     return out
 
 
-def method_summary(df, w_true: np.ndarray | None, ref=None, n_boot: int = 200, seed: int = 0,
-                   w_split: float = 2.0, tail_nsigma: float = 3.0, n_boot_core: int = 50) -> dict[str, Any]:
+def method_summary(
+    df,
+    w_true: np.ndarray | None,
+    ref=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    w_split: float = 2.0,
+    tail_nsigma: float = 3.0,
+    n_boot_core: int = 50,
+) -> dict[str, Any]:
     """All observables of one method (see module docstring). ``ref``: reference method frame
     instead of the truth (no truth available)."""
     from xec.metrics import opening_angle_deg, quantile, resolution, tail_fraction
@@ -154,16 +171,19 @@ def method_summary(df, w_true: np.ndarray | None, ref=None, n_boot: int = 200, s
         r = residual(df, col, kind, ref)
         if r is None:
             continue
-        out[name] = {c: _scaled(resolution(r[m], n_boot=n_boot, seed=seed, n_boot_core=n_boot_core), scale)
-                     for c, m in classes.items()}
+        out[name] = {
+            c: _scaled(resolution(r[m], n_boot=n_boot, seed=seed, n_boot_core=n_boot_core), scale)
+            for c, m in classes.items()
+        }
         if name == "energy_pct":
             out["energy_low_tail"] = {c: 100.0 * tail_fraction(r[m], tail_nsigma, "low") for c, m in classes.items()}
     # opening angle: against the truth (from the file's column) or against the reference
     if ref is None and "opening_angle_deg" in df.columns:
         ang = df["opening_angle_deg"].to_numpy(np.float64)
     elif ref is not None and all(f"pred_angle_{c}" in d.columns for c in ("theta", "phi") for d in (df, ref)):
-        ang = opening_angle_deg(df["pred_angle_theta"], df["pred_angle_phi"],
-                                ref["pred_angle_theta"], ref["pred_angle_phi"])
+        ang = opening_angle_deg(
+            df["pred_angle_theta"], df["pred_angle_phi"], ref["pred_angle_theta"], ref["pred_angle_phi"]
+        )
     else:
         ang = None
     if ang is not None:
@@ -171,8 +191,15 @@ def method_summary(df, w_true: np.ndarray | None, ref=None, n_boot: int = 200, s
     return out
 
 
-def sample_summary(inputs: dict[str, str], reference_method: str, n_boot: int, seed: int, w_split: float,
-                   tail_nsigma: float, n_boot_core: int = 50) -> dict[str, Any]:
+def sample_summary(
+    inputs: dict[str, str],
+    reference_method: str,
+    n_boot: int,
+    seed: int,
+    w_split: float,
+    tail_nsigma: float,
+    n_boot_core: int = 50,
+) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...}}."""
     frames = _match({m: read_results(p) for m, p in inputs.items()}, inputs)
     first = next(iter(frames.values()))
@@ -188,8 +215,12 @@ def sample_summary(inputs: dict[str, str], reference_method: str, n_boot: int, s
         if ref is not None and name == reference_method:
             continue
         methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core)
-    return {"events": int(len(first)), "reference": "truth" if ref is None else reference_method,
-            "inputs": dict(inputs), "methods": methods}
+    return {
+        "events": int(len(first)),
+        "reference": "truth" if ref is None else reference_method,
+        "inputs": dict(inputs),
+        "methods": methods,
+    }
 
 
 def _fmt(entry: Any, key: str) -> str:
@@ -225,9 +256,11 @@ def table_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-NOTE = ("Resolution = half-width of the central 68 % interval ± bootstrap error, (core) = sigma of "
-        "the iterative ±2σ Gaussian core fit (xec.metrics); energy as (E_reco/E_true - 1) in %; "
-        "w classes by the true depth.")
+NOTE = (
+    "Resolution = half-width of the central 68 % interval ± bootstrap error, (core) = sigma of "
+    "the iterative ±2σ Gaussian core fit (xec.metrics); energy as (E_reco/E_true - 1) in %; "
+    "w classes by the true depth."
+)
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -249,9 +282,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
 def to_html(summary: dict[str, Any]) -> str:
     import html
 
-    parts = ["<html><head><meta charset='utf-8'><style>table{border-collapse:collapse}"
-             "td,th{border:1px solid #999;padding:2px 6px;text-align:right}</style></head><body>",
-             "<h2>Physics summary: ML vs classical reconstruction</h2>", f"<p>{html.escape(NOTE)}</p>"]
+    parts = [
+        "<html><head><meta charset='utf-8'><style>table{border-collapse:collapse}"
+        "td,th{border:1px solid #999;padding:2px 6px;text-align:right}</style></head><body>",
+        "<h2>Physics summary: ML vs classical reconstruction</h2>",
+        f"<p>{html.escape(NOTE)}</p>",
+    ]
     for name in ("bench", "realdata"):
         if name not in summary:
             continue
@@ -274,12 +310,27 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     tail = float(sec["tail_nsigma"])
     n_core = int(sec["n_boot_core"])
     seed = int(cfg["seed"])
-    out: dict[str, Any] = {"meta": {"n_boot": n_boot, "n_boot_core": n_core, "w_split_cm": w_split, "tail_nsigma": tail, "seed": seed,
-                                    "xec_version": __version__, "note": NOTE}}
+    out: dict[str, Any] = {
+        "meta": {
+            "n_boot": n_boot,
+            "n_boot_core": n_core,
+            "w_split_cm": w_split,
+            "tail_nsigma": tail,
+            "seed": seed,
+            "xec_version": __version__,
+            "note": NOTE,
+        }
+    }
     bench = {k: v for k, v in (("ml", args.bench_predictions), ("baseline", args.bench_baseline)) if v}
-    real = {k: v for k, v in (("ml_inpainted", args.realdata_predictions),
-                              ("ml_no_inpainting", args.realdata_noinpaint_predictions),
-                              ("baseline", args.realdata_baseline)) if v}
+    real = {
+        k: v
+        for k, v in (
+            ("ml_inpainted", args.realdata_predictions),
+            ("ml_no_inpainting", args.realdata_noinpaint_predictions),
+            ("baseline", args.realdata_baseline),
+        )
+        if v
+    }
     if not bench and not real:
         raise XecError("nothing to summarize: give --bench-* and/or --realdata-* parquet files")
     if bench:

@@ -1,9 +1,11 @@
 """Regression targets: the one home for task names, truth/reco branches, units and the
 target standardization that travels with shard manifests, checkpoints and ONNX models."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +15,7 @@ from xec.errors import XecError
 @dataclass(frozen=True)
 class Task:
     name: str
-    truth_branch: str        # MC truth branch in the ROOT files
+    truth_branch: str  # MC truth branch in the ROOT files
     reco_branch: str | None  # classical reconstruction branch in real-data files
     columns: tuple[str, ...]  # one name per output component
     unit: str
@@ -42,8 +44,9 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def targets_from_branches(arrays: Mapping[str, np.ndarray], tasks=tuple(TASKS), reco: bool = False
-                          ) -> dict[str, np.ndarray]:
+def targets_from_branches(
+    arrays: Mapping[str, np.ndarray], tasks=tuple(TASKS), reco: bool = False
+) -> dict[str, np.ndarray]:
     """Per-task (N, dim) float32 target arrays from truth (or reco) branch arrays. Tasks whose
     branch is absent are left out."""
     out = {}
@@ -76,7 +79,7 @@ class TargetStandardizer:
         return {t: {"mean": self.mean[t].tolist(), "std": self.std[t].tolist()} for t in self.mean}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Mapping[str, Any]]) -> "TargetStandardizer":
+    def from_dict(cls, d: Mapping[str, Mapping[str, Any]]) -> TargetStandardizer:
         mean, std = {}, {}
         for task, stats in d.items():
             mean[task] = np.asarray(stats["mean"], dtype=np.float32).reshape(-1)
@@ -87,5 +90,5 @@ class TargetStandardizer:
         return cls(mean, std)
 
     @classmethod
-    def fit(cls, targets: Mapping[str, np.ndarray]) -> "TargetStandardizer":
+    def fit(cls, targets: Mapping[str, np.ndarray]) -> TargetStandardizer:
         return cls.from_dict({t: {"mean": np.mean(v, axis=0), "std": np.std(v, axis=0)} for t, v in targets.items()})

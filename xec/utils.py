@@ -1,4 +1,5 @@
 """Small shared helpers: atomic file writes, logging set-up, seeding."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,9 @@ import os
 import random
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +60,9 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        handlers=handlers, force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", handlers=handlers, force=True
+    )
     return logging.getLogger("xec")
 
 

@@ -84,8 +84,11 @@ def _job_env_prefix():
     spec = _Path(workflow.basedir) / "envs" / f"{name}.yaml"
     prefix = (_Path("envs") / name if spec.exists() else _Path(name)).expanduser().absolute()
     if not (prefix / "bin").is_dir():
-        hint = (f"create it once with `conda env create -p envs/{name} -f workflow/envs/{name}.yaml`"
-                if spec.exists() else "XEC_ENV must name workflow/envs/<name>.yaml or an environment prefix")
+        hint = (
+            f"create it once with `conda env create -p envs/{name} -f workflow/envs/{name}.yaml`"
+            if spec.exists()
+            else "XEC_ENV must name workflow/envs/<name>.yaml or an environment prefix"
+        )
         raise WorkflowError(
             f"job environment {prefix} (XEC_ENV={name!r}) not found: {hint}; "
             "or `export XEC_ENV=current` to run the jobs in the current environment (README, Environments)"

@@ -16,21 +16,21 @@ rule export:
     output:
         model=f"{RESULTS}/{{stage}}/model.onnx",
         parity=f"{RESULTS}/{{stage}}/model.parity.json",
-    params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("export"),
-    wildcard_constraints:
-        stage="regressor|inpainter",
     log:
         f"{RESULTS}/logs/export/{{stage}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/export/{{stage}}.tsv"
+    wildcard_constraints:
+        stage="regressor|inpainter",
+    conda:
+        SOFTWARE_ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        values=command_values("export"),
     shell:
         "xec export --config {params.cfg} --checkpoint {input.checkpoint} --val-shards {input.val}"
         " --out {output.model} --log {log}"
@@ -44,22 +44,22 @@ rule inference:
     output:
         root=f"{RESULTS}/inference/{{name}}.root",
         parquet=f"{RESULTS}/inference/{{name}}.parquet",
-    params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("infer"),
-        inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
-    wildcard_constraints:
-        name="|".join(INFERENCE_RUNS),
     log:
         f"{RESULTS}/logs/inference/{{name}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/inference/{{name}}.tsv"
+    wildcard_constraints:
+        name="|".join(INFERENCE_RUNS),
+    conda:
+        SOFTWARE_ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        values=command_values("infer"),
+        inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     shell:
         "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
         " --input {input.data} --out {output.root} --parquet {output.parquet} --log {log}"

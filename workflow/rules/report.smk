@@ -10,19 +10,19 @@ rule baseline_calibration:
         data=lambda w: input_files("train"),
     output:
         f"{RESULTS}/baseline/calibration.json",
-    params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("baseline"),
     log:
         f"{RESULTS}/logs/baseline/calibration.log",
     benchmark:
         f"{RESULTS}/benchmarks/baseline/calibration.tsv"
+    conda:
+        SOFTWARE_ENV
     threads: 2
     resources:
         mem_mb=3000,
         runtime=20,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        values=command_values("baseline"),
     shell:
         "xec baseline --config {params.cfg} --calibrate-on {input.data} --calibration {output} --log {log}"
 
@@ -33,21 +33,21 @@ rule baseline:
         calibration=f"{RESULTS}/baseline/calibration.json",
     output:
         parquet=f"{RESULTS}/baseline/{{sample}}.parquet",
-    params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("baseline"),
-    wildcard_constraints:
-        sample="|".join(BASELINE_SAMPLES),
     log:
         f"{RESULTS}/logs/baseline/{{sample}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/baseline/{{sample}}.tsv"
+    wildcard_constraints:
+        sample="|".join(BASELINE_SAMPLES),
+    conda:
+        SOFTWARE_ENV
     threads: 2
     resources:
         mem_mb=3000,
         runtime=20,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        values=command_values("baseline"),
     shell:
         "xec baseline --config {params.cfg} --input {input.data} --calibration {input.calibration}"
         " --out {output.parquet} --log {log}"
@@ -64,19 +64,19 @@ rule summary:
         json=f"{RESULTS}/summary.json",
         markdown=f"{RESULTS}/summary.md",
         html=report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Physics summary"),
-    params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("summary"),
     log:
         f"{RESULTS}/logs/summary.log",
     benchmark:
         f"{RESULTS}/benchmarks/summary.tsv"
+    conda:
+        SOFTWARE_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        values=command_values("summary"),
     shell:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
@@ -109,20 +109,20 @@ rule plots:
             caption="../report/plots.rst",
             category="Plots",
         ),
-    params:
-        cfg=RESOLVED_CONFIG,
-        results_dir=lambda w, output: str(Path(output.plots).parent),
-        values=command_values("plots"),
     log:
         f"{RESULTS}/logs/plots.log",
     benchmark:
         f"{RESULTS}/benchmarks/plots.tsv"
+    conda:
+        SOFTWARE_ENV
     threads: 2
     resources:
         mem_mb=4000,
         runtime=20,
-    conda:
-        SOFTWARE_ENV
+    params:
+        cfg=RESOLVED_CONFIG,
+        results_dir=lambda w, output: str(Path(output.plots).parent),
+        values=command_values("plots"),
     shell:
         "xec plots --config {params.cfg} --results {params.results_dir} --out {output.plots}"
         " --bench-root {input.bench_root} --log {log}"

@@ -26,14 +26,16 @@ opening_angle_deg      angle between the reconstructed and the true direction (n
 ``--root-out`` writes a copy of the input (all per-sensor and truth branches present) with the
 reco branches energyReco, timeReco, uvwRecoFI and xyzRecoFI filled by this reconstruction.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +52,16 @@ TASK_COLUMNS = {"angle": ("theta", "phi"), "energy": ("energy",), "timing": ("ti
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", default=None, help="ROOT files or globs to reconstruct")
     parser.add_argument("--out", default=None, help="output parquet (one row per event)")
-    parser.add_argument("--calibration", default=None,
-                        help="calibration JSON: read it (with --input) or write it (with --calibrate-on)")
-    parser.add_argument("--calibrate-on", nargs="+", default=None, metavar="ROOT",
-                        help="train ROOT files with truth: fit the energy/time calibration on them")
+    parser.add_argument(
+        "--calibration", default=None, help="calibration JSON: read it (with --input) or write it (with --calibrate-on)"
+    )
+    parser.add_argument(
+        "--calibrate-on",
+        nargs="+",
+        default=None,
+        metavar="ROOT",
+        help="train ROOT files with truth: fit the energy/time calibration on them",
+    )
     parser.add_argument("--root-out", default=None, help="also write a ROOT copy of the input with the reco branches")
     parser.add_argument("--max-events", type=int, default=None, help="reconstruct at most this many events")
     add_config_argument(parser)
@@ -70,9 +78,14 @@ def _settings(cfg: Mapping[str, Any]) -> tuple[BaselineConfig, dict[str, Any]]:
 def _event_ids(arrays: dict[str, np.ndarray], first: int) -> dict[str, np.ndarray]:
     n = len(next(iter(arrays.values())))
     run, event = arrays.get("run"), arrays.get("event")
-    return {"run": np.full(n, -1, np.int64) if run is None else np.asarray(run).astype(np.int64).reshape(n),
-            "event": (np.arange(first, first + n, dtype=np.int64) if event is None
-                      else np.asarray(event).astype(np.int64).reshape(n))}
+    return {
+        "run": np.full(n, -1, np.int64) if run is None else np.asarray(run).astype(np.int64).reshape(n),
+        "event": (
+            np.arange(first, first + n, dtype=np.int64)
+            if event is None
+            else np.asarray(event).astype(np.int64).reshape(n)
+        ),
+    }
 
 
 def reco_columns(reco: dict[str, np.ndarray], arrays: dict[str, np.ndarray], first: int) -> dict[str, np.ndarray]:
@@ -115,9 +128,16 @@ def _present_branches(files: list[str], tree: str, names: tuple[str, ...]) -> li
     return [b for b in names if b in keys]
 
 
-def iterate_reco(files: list[str], section: Mapping[str, Any], bcfg: BaselineConfig, calib: Calibration | None,
-                 tree: str, extra_sensor: tuple[str, ...] = (), max_events: int | None = None,
-                 desc: str = "baseline") -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def iterate_reco(
+    files: list[str],
+    section: Mapping[str, Any],
+    bcfg: BaselineConfig,
+    calib: Calibration | None,
+    tree: str,
+    extra_sensor: tuple[str, ...] = (),
+    max_events: int | None = None,
+    desc: str = "baseline",
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Yield (reco, arrays) per chunk; arrays holds the branches read (truth where present)."""
     from tqdm import tqdm
 
@@ -129,13 +149,15 @@ def iterate_reco(files: list[str], section: Mapping[str, Any], bcfg: BaselineCon
     if max_events is not None:
         total = min(total, max_events)
     if total == 0:
-        raise XecError(f"{files[0]}: no events in tree {tree!r}" if len(files) == 1
-                       else f"{', '.join(files)}: no events")
+        raise XecError(
+            f"{files[0]}: no events in tree {tree!r}" if len(files) == 1 else f"{', '.join(files)}: no events"
+        )
     seen = 0
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
     with tqdm(total=total, desc=desc, unit="ev", disable=not progress_enabled()) as bar:
-        for path, arrays in iterate_events(files, tree, sensor, optional_branches=optional,
-                                           step_size=int(section["chunk_size"])):
+        for _path, arrays in iterate_events(
+            files, tree, sensor, optional_branches=optional, step_size=int(section["chunk_size"])
+        ):
             if seen >= total:
                 break
             if seen + len(arrays[npho_b]) > total:
@@ -147,12 +169,13 @@ def iterate_reco(files: list[str], section: Mapping[str, Any], bcfg: BaselineCon
             yield reco, arrays
 
 
-def run_calibration(files: list[str], out: str, cfg: Mapping[str, Any], max_events: int | None = None
-                    ) -> Calibration:
+def run_calibration(files: list[str], out: str, cfg: Mapping[str, Any], max_events: int | None = None) -> Calibration:
     bcfg, section = _settings(cfg)
     tree = cfg["data"]["tree"]
     limit = max_events if max_events is not None else section["calibration_events"]
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("face_sums", "uvw_fit", "xyz_fit", "status", "time_raw", "energy_raw")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("face_sums", "uvw_fit", "xyz_fit", "status", "time_raw", "energy_raw")
+    }
     e_true, t_true, xyz_true = [], [], []
     for reco, arrays in iterate_reco(files, section, bcfg, None, tree, max_events=limit, desc="calibration"):
         if "energyTruth" not in arrays:
@@ -160,23 +183,35 @@ def run_calibration(files: list[str], out: str, cfg: Mapping[str, Any], max_even
         for k in parts:
             parts[k].append(reco[k])
         e_true.append(np.asarray(arrays["energyTruth"], np.float64).reshape(-1))
-        t_true.append(np.asarray(arrays["timeTruth"], np.float64).reshape(-1) if "timeTruth" in arrays
-                      else np.full(len(reco["uvw"]), np.nan))
-        xyz_true.append(np.asarray(arrays["xyzTruth"], np.float64) if "xyzTruth" in arrays
-                        else np.full((len(reco["uvw"]), 3), np.nan))
+        t_true.append(
+            np.asarray(arrays["timeTruth"], np.float64).reshape(-1)
+            if "timeTruth" in arrays
+            else np.full(len(reco["uvw"]), np.nan)
+        )
+        xyz_true.append(
+            np.asarray(arrays["xyzTruth"], np.float64)
+            if "xyzTruth" in arrays
+            else np.full((len(reco["uvw"]), 3), np.nan)
+        )
     reco_all = {k: np.concatenate(v) for k, v in parts.items()}
     tt, xt = np.concatenate(t_true), np.concatenate(xyz_true)
     try:
-        calib = calibrate(reco_all, np.concatenate(e_true), None if np.all(np.isnan(tt)) else tt,
-                          None if np.all(np.isnan(xt)) else xt, meta={"files": [str(f) for f in files], "baseline": section})
+        calib = calibrate(
+            reco_all,
+            np.concatenate(e_true),
+            None if np.all(np.isnan(tt)) else tt,
+            None if np.all(np.isnan(xt)) else xt,
+            meta={"files": [str(f) for f in files], "baseline": section},
+        )
     except ValueError as exc:
         raise XecError(f"{files[0]}: {exc}") from exc
     from xec import __version__
 
     calib.meta["xec_version"] = __version__
     write_json(out, calib.to_dict())
-    log.info("calibration from %d events -> %s (time offset %.3f ns)", calib.meta["n_events"], out,
-             calib.time_offset_ns)
+    log.info(
+        "calibration from %d events -> %s (time offset %.3f ns)", calib.meta["n_events"], out, calib.time_offset_ns
+    )
     return calib
 
 
@@ -190,8 +225,14 @@ def load_calibration(path: str) -> Calibration:
         raise XecError(f"{path}: not a baseline calibration ({exc})") from exc
 
 
-def run_baseline(files: list[str], out: str, cfg: Mapping[str, Any], calib: Calibration | None,
-                 root_out: str | None = None, max_events: int | None = None) -> dict[str, Any]:
+def run_baseline(
+    files: list[str],
+    out: str,
+    cfg: Mapping[str, Any],
+    calib: Calibration | None,
+    root_out: str | None = None,
+    max_events: int | None = None,
+) -> dict[str, Any]:
     """Reconstruct ``files`` into the parquet ``out`` (and the ROOT copy ``root_out``), both atomic."""
     import contextlib
 
@@ -218,8 +259,12 @@ def run_baseline(files: list[str], out: str, cfg: Mapping[str, Any], calib: Cali
             if rw is not None:
                 copy = {b: arrays[b] for b in extra}
                 copy.update({b: v for b, v in arrays.items() if b in TRUTH_BRANCHES})
-                copy.update(energyReco=reco["energy"].astype(np.float32), timeReco=reco["time"].astype(np.float32),
-                            uvwRecoFI=reco["uvw"].astype(np.float32), xyzRecoFI=reco["xyz"].astype(np.float32))
+                copy.update(
+                    energyReco=reco["energy"].astype(np.float32),
+                    timeReco=reco["time"].astype(np.float32),
+                    uvwRecoFI=reco["uvw"].astype(np.float32),
+                    xyzRecoFI=reco["xyz"].astype(np.float32),
+                )
                 rw.extend(copy)
             n += len(cols["run"])
         if writer is None:

@@ -19,24 +19,25 @@
   flight from the target centre to the first interaction, minus a calibrated offset.
 - Angle: direction from the target centre (origin) to the reconstructed first interaction.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from xec.config import validate_config
-from xec.geometry import (INNER_RADIUS, N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz,
-                          xyz_to_uvw)
+from xec.geometry import N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz, xyz_to_uvw
 
 log = logging.getLogger("xec.baseline")
 
-C_LIGHT = 29.9792458   # cm/ns
-DEAD_NPHO = 9e9        # npho above this (or NaN) marks a dead/missing sensor
-MPPC_SIDE = 1.2        # cm, active side of one MPPC (4 chips)
-PMT_RADIUS = 2.25      # cm, photocathode radius
+C_LIGHT = 29.9792458  # cm/ns
+DEAD_NPHO = 9e9  # npho above this (or NaN) marks a dead/missing sensor
+MPPC_SIDE = 1.2  # cm, active side of one MPPC (4 chips)
+PMT_RADIUS = 2.25  # cm, photocathode radius
 
 # fit status codes (parquet column fit_status)
 FIT_OK, FIT_MAXITER, FIT_NO_LIGHT = 0, 1, 2
@@ -51,12 +52,13 @@ _DEFAULT = validate_config({})["baseline"]
 class BaselineConfig:
     """Parameters of the classical reconstruction (config section ``baseline``, documented in the
     schema; defaults: the schema's)."""
-    window: int = _DEFAULT["window"]                    # MPPCs per side of the fit window around the brightest
+
+    window: int = _DEFAULT["window"]  # MPPCs per side of the fit window around the brightest
     mppc_efficiency: float = _DEFAULT["mppc_efficiency"]  # photon detection efficiency in sigma^2 = npho/eff
     pmt_efficiency: float = _DEFAULT["pmt_efficiency"]
-    sys_fraction: float = _DEFAULT["sys_fraction"]      # relative systematic added in quadrature to sigma_i
+    sys_fraction: float = _DEFAULT["sys_fraction"]  # relative systematic added in quadrature to sigma_i
     max_iterations: int = _DEFAULT["max_iterations"]
-    w_max: float = _DEFAULT["w_max"]                    # cm, upper bound of the depth in the fit
+    w_max: float = _DEFAULT["w_max"]  # cm, upper bound of the depth in the fit
     dead_radius_cm: float = _DEFAULT["dead_radius_cm"]
     light_velocity_cm_ns: float = _DEFAULT["light_velocity_cm_ns"]  # group velocity of the scintillation light
     decay_time_ns: float = _DEFAULT["decay_time_ns"]
@@ -71,7 +73,7 @@ class BaselineConfig:
     time_iterations: int = _DEFAULT["time_iterations"]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BaselineConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> BaselineConfig:
         """From a validated ``baseline`` section (every key filled in by the schema; its I/O keys
         npho_branch, time_branch, chunk_size and calibration_events are not reconstruction parameters)."""
         return cls(**{f.name: d[f.name] for f in fields(cls)})
@@ -80,11 +82,11 @@ class BaselineConfig:
 # ---------------------------------------------------------------- geometry helpers
 @dataclass(frozen=True)
 class _InnerFrames:
-    pos: np.ndarray    # (4092, 3)
-    n: np.ndarray      # normal (into the xenon)
-    ez: np.ndarray     # tangent along z (u)
-    et: np.ndarray     # tangent along phi' (v)
-    uv: np.ndarray     # (4092, 2) sensor (u, v)
+    pos: np.ndarray  # (4092, 3)
+    n: np.ndarray  # normal (into the xenon)
+    ez: np.ndarray  # tangent along z (u)
+    et: np.ndarray  # tangent along phi' (v)
+    uv: np.ndarray  # (4092, 2) sensor (u, v)
 
 
 _FRAMES: _InnerFrames | None = None
@@ -144,7 +146,7 @@ def sensor_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
         d = g.positions[ids] - xyz[:, None, :]
         dist2 = np.maximum(np.sum(d * d, axis=-1), 1e-4)
         cos = np.maximum(-np.sum(d * g.normals[ids], axis=-1) / np.sqrt(dist2), 0.0)
-        out = np.where(pmt, np.pi * PMT_RADIUS ** 2 * cos / dist2, out)
+        out = np.where(pmt, np.pi * PMT_RADIUS**2 * cos / dist2, out)
     return out
 
 
@@ -285,7 +287,7 @@ def _neighbour_table(radius: float) -> tuple[np.ndarray, np.ndarray]:
         m = max(len(s) for _, s in lists)
         table = np.full((N_SENSORS, m), -1, np.int64)
         for i, sel in lists:
-            table[i, :len(sel)] = sel
+            table[i, : len(sel)] = sel
         _NEIGHBOURS[radius] = (table, table >= 0)
     return _NEIGHBOURS[radius]
 
@@ -322,10 +324,10 @@ def estimate_dead(npho: np.ndarray, dead: np.ndarray, xyz: np.ndarray, radius: f
     pos = np.searchsorted(cols, sid)
     om = sensor_solid_angles(xyz[rows], np.broadcast_to(cols, (len(rows), len(cols))))
     dead_c = dead[np.ix_(rows, cols)]
-    live_n = np.where(dead_c, 0.0, out[np.ix_(rows, cols)])   # (R, C)
+    live_n = np.where(dead_c, 0.0, out[np.ix_(rows, cols)])  # (R, C)
     live_om = np.where(dead_c, 0.0, om)
-    sub_c = sub[:, cols]                                      # (U, C) sparse
-    s_n = np.asarray(sub_c @ live_n.T)                        # (U, R)
+    sub_c = sub[:, cols]  # (U, C) sparse
+    s_n = np.asarray(sub_c @ live_n.T)  # (U, R)
     s_om = np.asarray(sub_c @ live_om.T)
     sum_n, sum_om = s_n[uinv, inv], s_om[uinv, inv]
     om_dead = om[inv, pos]
@@ -334,8 +336,9 @@ def estimate_dead(npho: np.ndarray, dead: np.ndarray, xyz: np.ndarray, radius: f
 
 
 # ---------------------------------------------------------------- time
-def reconstruct_time(time_ns: np.ndarray, npho: np.ndarray, valid: np.ndarray, xyz: np.ndarray,
-                     cfg: BaselineConfig) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct_time(
+    time_ns: np.ndarray, npho: np.ndarray, valid: np.ndarray, xyz: np.ndarray, cfg: BaselineConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Gamma time at the target (ns, before the calibrated offset) and the number of sensors
     used, from per-sensor times (N, 4760) in ns."""
     g = get_geometry()
@@ -348,7 +351,7 @@ def reconstruct_time(time_ns: np.ndarray, npho: np.ndarray, valid: np.ndarray, x
     # earliest of npe photons from an exponential decay arrives tau/npe after the deposit
     first = cfg.decay_time_ns / np.maximum(npe, 1.0)
     t = np.where(use, time_ns - path / cfg.light_velocity_cm_ns - first, 0.0)
-    sig2 = first ** 2 + cfg.time_jitter_ns ** 2
+    sig2 = first**2 + cfg.time_jitter_ns**2
     w = np.where(use, 1.0 / sig2, 0.0)
     for _ in range(max(1, cfg.time_iterations)):
         tm = np.sum(w * t, axis=1) / np.maximum(w.sum(axis=1), 1e-300)
@@ -377,8 +380,9 @@ def face_sums(npho_filled: np.ndarray) -> np.ndarray:
 @dataclass
 class Calibration:
     """Energy and time calibration of the baseline, fitted on the train sample."""
+
     face_weights: list[float] = field(default_factory=lambda: [1.0] * 6)
-    scale: float = 1.0e-9                                # GeV per weighted photon
+    scale: float = 1.0e-9  # GeV per weighted photon
     w_centres: list[float] = field(default_factory=list)  # depth correction: E *= 1/interp
     w_factors: list[float] = field(default_factory=list)
     e_centres: list[float] = field(default_factory=list)  # raw energy correction (GeV)
@@ -397,7 +401,7 @@ class Calibration:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -420,8 +424,11 @@ class Calibration:
     def time_offset(self, energy: np.ndarray) -> np.ndarray:
         e = np.asarray(energy, dtype=np.float64)
         if self.time_e_centres:
-            return np.where(np.isfinite(e), np.interp(np.nan_to_num(e), self.time_e_centres, self.time_e_offsets),
-                            self.time_offset_ns)
+            return np.where(
+                np.isfinite(e),
+                np.interp(np.nan_to_num(e), self.time_e_centres, self.time_e_offsets),
+                self.time_offset_ns,
+            )
         return np.full(e.shape, self.time_offset_ns)
 
     def correct_energy(self, e_raw: np.ndarray, uvw: np.ndarray) -> np.ndarray:
@@ -436,8 +443,9 @@ class Calibration:
         return e
 
 
-def reconstruct_chunk(npho: np.ndarray, time_s: np.ndarray, cfg: BaselineConfig,
-                      calib: Calibration | None = None) -> dict[str, np.ndarray]:
+def reconstruct_chunk(
+    npho: np.ndarray, time_s: np.ndarray, cfg: BaselineConfig, calib: Calibration | None = None
+) -> dict[str, np.ndarray]:
     """Full reconstruction of one chunk. npho (N, 4760) photons, time_s (N, 4760) seconds
     (the file's relative_time; > 9e9 or NaN = no time). Returns per-event arrays: uvw, xyz,
     theta, phi, energy (GeV; NaN without calibration), energy_raw, face_sums, time (ns),
@@ -448,7 +456,7 @@ def reconstruct_chunk(npho: np.ndarray, time_s: np.ndarray, cfg: BaselineConfig,
     dead = ~np.isfinite(npho) | (npho > DEAD_NPHO)
     npho = np.where(dead, 0.0, np.maximum(npho, 0.0))
     fit = fit_position(npho, dead, cfg)
-    uvw_fit = fit["uvw"]             # light centroid of the shower
+    uvw_fit = fit["uvw"]  # light centroid of the shower
     xyz_fit = uvw_to_xyz(uvw_fit)
     # dead sensors, light paths and the energy corrections use the light centroid; the
     # reported position is the first interaction (calibrated shift back along the flight line)
@@ -464,16 +472,30 @@ def reconstruct_chunk(npho: np.ndarray, time_s: np.ndarray, cfg: BaselineConfig,
     time_ns, n_time = reconstruct_time(t_ns, filled, tvalid, xyz_fit, cfg)
     theta, phi = direction_to_angles(xyz)
     return {
-        "uvw": uvw, "xyz": xyz, "uvw_fit": uvw_fit, "xyz_fit": xyz_fit, "theta": theta, "phi": phi, "energy": energy, "energy_raw": e_raw,
-        "face_sums": sums, "time": time_ns - calib.time_offset(energy) if calibrated else time_ns, "time_raw": time_ns,
-        "chi2": fit["chi2"], "ndf": fit["ndf"], "status": fit["status"],
-        "n_dead": dead.sum(axis=1), "n_time": n_time, "peak": fit["peak"],
+        "uvw": uvw,
+        "xyz": xyz,
+        "uvw_fit": uvw_fit,
+        "xyz_fit": xyz_fit,
+        "theta": theta,
+        "phi": phi,
+        "energy": energy,
+        "energy_raw": e_raw,
+        "face_sums": sums,
+        "time": time_ns - calib.time_offset(energy) if calibrated else time_ns,
+        "time_raw": time_ns,
+        "chi2": fit["chi2"],
+        "ndf": fit["ndf"],
+        "status": fit["status"],
+        "n_dead": dead.sum(axis=1),
+        "n_time": n_time,
+        "peak": fit["peak"],
     }
 
 
 # ---------------------------------------------------------------- calibration
-def _binned_core_ratio(x: np.ndarray, ratio: np.ndarray, edges: np.ndarray, min_events: int = 30,
-                       positive: bool = True) -> tuple[list[float], list[float]]:
+def _binned_core_ratio(
+    x: np.ndarray, ratio: np.ndarray, edges: np.ndarray, min_events: int = 30, positive: bool = True
+) -> tuple[list[float], list[float]]:
     """Median ``x`` and Gaussian-core mean of ``ratio`` in each bin of ``x`` (bins with fewer
     than ``min_events`` events are dropped; ``positive``: keep only positive means)."""
     from xec.metrics import gaussian_core_fit
@@ -490,8 +512,13 @@ def _binned_core_ratio(x: np.ndarray, ratio: np.ndarray, edges: np.ndarray, min_
     return centres, factors
 
 
-def calibrate(reco: Mapping[str, np.ndarray], energy_true: np.ndarray, time_true: np.ndarray | None,
-              xyz_true: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> Calibration:
+def calibrate(
+    reco: Mapping[str, np.ndarray],
+    energy_true: np.ndarray,
+    time_true: np.ndarray | None,
+    xyz_true: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Calibration:
     """Fit the energy (face weights, scale, depth/|u|/|v|/energy corrections), the time offset
     and the shower-depth shift of the position (needs ``xyz_true``) from the uncalibrated
     reconstruction ``reco`` of train events and their truth."""

@@ -28,12 +28,14 @@ Shards are read with plain file I/O by xec.data.reader.ShardReader (tar members 
 ``weights`` is a weights.npz of `xec reweight`, loaded as xec.data.weights.HistogramWeights;
 without it every event has weight 1.
 """
+
 from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +64,16 @@ def batch_sizes(n_events: int, n_batches: int, batch_size: int) -> list[int]:
     return sizes
 
 
-def epoch_plan(units: Sequence[tuple[int, int, int]], shuffle: bool, seed: int, epoch: int, rank: int,
-               world_size: int, batch_size: int, drop_last: bool
-               ) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+def epoch_plan(
+    units: Sequence[tuple[int, int, int]],
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    drop_last: bool,
+) -> tuple[list[tuple[int, int, int, int]], list[int]]:
     """This rank's event segments [(shard, unit, start, stop)] in order, and its batch sizes.
 
     ``units`` are (shard, unit, n_events) in manifest order."""
@@ -78,8 +87,10 @@ def epoch_plan(units: Sequence[tuple[int, int, int]], shuffle: bool, seed: int, 
     else:
         n_batches = math.ceil(max(counts) / batch_size)
         if min(counts) < n_batches:
-            raise XecError(f"{total} events cannot give each of {world_size} ranks the same number of "
-                           f"non-empty batches of batch_size {batch_size}; use drop_last or fewer ranks")
+            raise XecError(
+                f"{total} events cannot give each of {world_size} ranks the same number of "
+                f"non-empty batches of batch_size {batch_size}; use drop_last or fewer ranks"
+            )
         n_use = counts[rank]
         sizes = batch_sizes(n_use, n_batches, batch_size)
     start = rank * total // world_size
@@ -96,8 +107,9 @@ def epoch_plan(units: Sequence[tuple[int, int, int]], shuffle: bool, seed: int, 
     return segments, sizes
 
 
-def _slice_segments(segments: Sequence[tuple[int, int, int, int]], first: int, count: int,
-                    starts: Sequence[int] | None = None) -> list[tuple[int, int, int, int]]:
+def _slice_segments(
+    segments: Sequence[tuple[int, int, int, int]], first: int, count: int, starts: Sequence[int] | None = None
+) -> list[tuple[int, int, int, int]]:
     """Events [first, first + count) of a segment list, as segments (``starts``: the cumulative
     event position of each segment, to find the first one by bisection)."""
     if starts is None:
@@ -133,9 +145,21 @@ class _WorkerError:
 class ShardDataset(IterableDataset):
     """Yields ready batches (batch_size=None in the DataLoader): see the module docstring."""
 
-    def __init__(self, manifest: dict[str, Any], batch_size: int, tasks: Sequence[str], shuffle: bool,
-                 seed: int, rank: int, world_size: int, drop_last: bool, max_events: int | None,
-                 shuffle_buffer: int, weights: HistogramWeights | None, with_ids: bool):
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        batch_size: int,
+        tasks: Sequence[str],
+        shuffle: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        max_events: int | None,
+        shuffle_buffer: int,
+        weights: HistogramWeights | None,
+        with_ids: bool,
+    ):
         self.manifest = manifest
         self.batch_size = batch_size
         self.tasks = tuple(tasks)
@@ -168,8 +192,16 @@ class ShardDataset(IterableDataset):
             self.shapes[b] = ((), np.int64)
 
     def plan(self, epoch: int | None = None):
-        return epoch_plan(self.units, self.shuffle, self.seed, self.epoch if epoch is None else epoch, self.rank,
-                          self.world_size, self.batch_size, self.drop_last)
+        return epoch_plan(
+            self.units,
+            self.shuffle,
+            self.seed,
+            self.epoch if epoch is None else epoch,
+            self.rank,
+            self.world_size,
+            self.batch_size,
+            self.drop_last,
+        )
 
     def __len__(self) -> int:
         return len(self.plan()[1])
@@ -196,8 +228,11 @@ class ShardDataset(IterableDataset):
         # so without shuffling the round-robin output is the manifest order for any K
         offsets = np.cumsum([0] + sizes).tolist()
         starts = np.cumsum([0] + [b - a for _, _, a, b in segments[:-1]]).tolist()
-        my_segments = [seg for i in range(worker, len(sizes), n_workers)
-                       for seg in _slice_segments(segments, offsets[i], sizes[i], starts)]
+        my_segments = [
+            seg
+            for i in range(worker, len(sizes), n_workers)
+            for seg in _slice_segments(segments, offsets[i], sizes[i], starts)
+        ]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 7])
         reader = ShardReader(self.manifest["_dir"], self.manifest["shards"], self.members)
         try:
@@ -217,9 +252,9 @@ class ShardDataset(IterableDataset):
                         buf, perm = next(window_iter)
                         pos = 0
                     take = min(size - filled, len(perm) - pos)
-                    idx = perm[pos:pos + take]
+                    idx = perm[pos : pos + take]
                     for m in self.members:  # gather straight into the (shared-memory) batch tensors
-                        np.take(buf[m], idx, axis=0, out=batch[m][filled:filled + take])
+                        np.take(buf[m], idx, axis=0, out=batch[m][filled : filled + take])
                     pos += take
                     filled += take
                 yield _RingBatch(worker, slot, size) if ring is not None else self._to_torch(batch)
@@ -260,11 +295,25 @@ class ShardLoader:
     """See the module docstring; iterating yields (x, targets, weights) torch tensors
     (plus an ids dict {"run", "event"} with ``with_ids=True``)."""
 
-    def __init__(self, manifest: str | Path, batch_size: int, tasks: Sequence[str] = DEFAULT_TASKS,
-                 shuffle: bool = True, seed: int = 0, num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                 weights: str | Path | None = None, expected_normalizer: Normalizer | None = None,
-                 drop_last: bool = False, max_events: int | None = None, shuffle_buffer: int = 1024,
-                 pin_memory: bool | None = None, with_ids: bool = False, prefetch_factor: int = 2):
+    def __init__(
+        self,
+        manifest: str | Path,
+        batch_size: int,
+        tasks: Sequence[str] = DEFAULT_TASKS,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        weights: str | Path | None = None,
+        expected_normalizer: Normalizer | None = None,
+        drop_last: bool = False,
+        max_events: int | None = None,
+        shuffle_buffer: int = 1024,
+        pin_memory: bool | None = None,
+        with_ids: bool = False,
+        prefetch_factor: int = 2,
+    ):
         self.manifest = read_manifest(manifest)
         path = self.manifest["_path"]
         if batch_size < 1:
@@ -290,8 +339,20 @@ class ShardLoader:
         self.weights = None
         if weights is not None:
             self.weights = HistogramWeights.load(weights)
-        self.dataset = ShardDataset(self.manifest, batch_size, self.tasks, shuffle, seed, rank, world_size, drop_last,
-                                    max_events, shuffle_buffer, self.weights, with_ids)
+        self.dataset = ShardDataset(
+            self.manifest,
+            batch_size,
+            self.tasks,
+            shuffle,
+            seed,
+            rank,
+            world_size,
+            drop_last,
+            max_events,
+            shuffle_buffer,
+            self.weights,
+            with_ids,
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -299,8 +360,9 @@ class ShardLoader:
         # (allocating fresh shared memory for each 10 MB batch measured ~20 ms, the refill ~2 ms);
         # the main process copies each batch out (into pinned memory on CUDA machines) and frees
         # the slot, so workers never overwrite a batch the caller still holds.
-        self._loader_kwargs: dict[str, Any] = dict(batch_size=None, num_workers=num_workers,
-                                                   pin_memory=self.pin_memory and num_workers == 0)
+        self._loader_kwargs: dict[str, Any] = dict(
+            batch_size=None, num_workers=num_workers, pin_memory=self.pin_memory and num_workers == 0
+        )
         if num_workers > 0:
             self._loader_kwargs["prefetch_factor"] = prefetch_factor
         self._ring_slots = prefetch_factor + 2
@@ -316,8 +378,9 @@ class ShardLoader:
         ds = self.dataset
         if self.num_workers > 0:
             if ds.ring is None:
-                ds.ring = [[ds.alloc_shared(self.batch_size) for _ in range(self._ring_slots)]
-                           for _ in range(self.num_workers)]
+                ds.ring = [
+                    [ds.alloc_shared(self.batch_size) for _ in range(self._ring_slots)] for _ in range(self.num_workers)
+                ]
             ctx = torch.multiprocessing.get_context(self._loader_kwargs.get("multiprocessing_context") or None)
             ds.ring_free = [ctx.Semaphore(self._ring_slots) for _ in range(self.num_workers)]
         for item in DataLoader(ds, **self._loader_kwargs):
@@ -327,7 +390,7 @@ class ShardLoader:
                 slot = ds.ring[item.worker][item.slot]
                 batch = {}
                 for m in ds.members:
-                    src = slot[m][:item.size]
+                    src = slot[m][: item.size]
                     dst = torch.empty(src.shape, dtype=src.dtype, pin_memory=self.pin_memory)
                     dst.copy_(src)
                     batch[m] = dst.numpy()

@@ -6,6 +6,7 @@ Keys (contract: docs/architecture.md, "Artifact contracts"): "split", "events", 
 "layout", plus "tasks" and "selection".
 ``units`` lists the events of each tar sample in the shard (a sample is one block of events).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,18 @@ from xec.targets import TargetStandardizer
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("split", "events", "shards", "normalization", "branches", "sources", "target_stats",
-                 "xec_version", "layout", "tasks")
+REQUIRED_KEYS = (
+    "split",
+    "events",
+    "shards",
+    "normalization",
+    "branches",
+    "sources",
+    "target_stats",
+    "xec_version",
+    "layout",
+    "tasks",
+)
 
 
 def manifest_path(path: str | Path) -> Path:
@@ -43,8 +54,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if missing:
         raise XecError(f"{path}: manifest lacks key(s) {missing}")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise XecError(f"{path}: manifest format_version {manifest.get('format_version')!r}, "
-                       f"this xec reads {FORMAT_VERSION}; re-run `xec shards`")
+        raise XecError(
+            f"{path}: manifest format_version {manifest.get('format_version')!r}, "
+            f"this xec reads {FORMAT_VERSION}; re-run `xec shards`"
+        )
     try:
         shards = manifest["shards"]
         if sum(s["events"] for s in shards) != manifest["events"]:

@@ -19,13 +19,15 @@ needed member's header must give the block's events in C order; any mismatch, a 
 wrong dtype/shape or a short read raises XecError naming the shard file. One reader per process or
 DataLoader worker: it holds open file descriptors, so it is made where it is used, not inherited.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,10 +126,12 @@ class ShardReader:
             for member in self.members:
                 data_offset, dtype, shape = self.entry(shard, unit, member)
                 row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-                dest = out[member][offset:offset + b - a]
+                dest = out[member][offset : offset + b - a]
                 if dest.dtype != dtype or dest.shape[1:] != shape[1:]:
-                    raise XecError(f"{self._path(shard)}: corrupt shard: {member}.npy is {dtype}{shape[1:]}, "
-                                   f"expected {dest.dtype}{dest.shape[1:]}")
+                    raise XecError(
+                        f"{self._path(shard)}: corrupt shard: {member}.npy is {dtype}{shape[1:]}, "
+                        f"expected {dest.dtype}{dest.shape[1:]}"
+                    )
                 got = os.preadv(self._fd(shard), [memoryview(dest).cast("B")], data_offset + a * row)
                 if got != dest.nbytes:
                     raise XecError(f"{self._path(shard)}: corrupt shard: truncated {member}.npy")

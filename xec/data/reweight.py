@@ -8,12 +8,14 @@ plots the before/after distributions, and writes weights.npz last (it exists onl
 worked). ShardLoader(weights=...) then looks up each event's bin. This module does not import
 torch (`xec reweight` stays light).
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +71,11 @@ def plot_weights(targets: Mapping[str, np.ndarray], weights: HistogramWeights, p
             ax.hist(values[:, col], bins=40, range=(lo, hi), weights=w, histtype="step", label="after (weighted)")
             ax.set_xlabel(f"{task}: {info.columns[col]} [{info.unit}]")
             ax.set_ylabel("events")
-        axs[row, 0].set_title(f"{task}: max weight {w.max():.2f}, ESS {(w.sum() ** 2 / (w ** 2).sum()) / len(w):.2f} N",
-                              fontsize=9, loc="left")
+        axs[row, 0].set_title(
+            f"{task}: max weight {w.max():.2f}, ESS {(w.sum() ** 2 / (w**2).sum()) / len(w):.2f} N",
+            fontsize=9,
+            loc="left",
+        )
     axs[0, 0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
@@ -92,13 +97,23 @@ def main(args: argparse.Namespace) -> int:
     sec = cfg["reweighting"]
     manifest = read_manifest(args.manifest)
     targets = read_targets(manifest, sec["tasks"])
-    meta = {"manifest": str(args.manifest), "events": manifest["events"], "bins": sec["bins"],
-            "max_weight": sec["max_weight"], "range_percentiles": sec["range_percentiles"]}
+    meta = {
+        "manifest": str(args.manifest),
+        "events": manifest["events"],
+        "bins": sec["bins"],
+        "max_weight": sec["max_weight"],
+        "range_percentiles": sec["range_percentiles"],
+    }
     weights = HistogramWeights.fit(targets, sec["bins"], sec["max_weight"], sec["range_percentiles"], meta)
     for task in weights.tasks:
         w = weights.event_weights(task, targets[task])
-        log.info("%s: mean weight %.4f, max %.3f, effective sample size %.1f%%", task, w.mean(), w.max(),
-                 100 * w.sum() ** 2 / (w ** 2).sum() / len(w))
+        log.info(
+            "%s: mean weight %.4f, max %.3f, effective sample size %.1f%%",
+            task,
+            w.mean(),
+            w.max(),
+            100 * w.sum() ** 2 / (w**2).sum() / len(w),
+        )
     if args.plot:
         plot_weights(targets, weights, args.plot)
     weights.save(args.out)  # last: the rule's main output exists only when everything worked

@@ -15,6 +15,7 @@ are renamed shard-NNNNNN.tar in task order. Everything is written into a tempora
 that replaces ``--out`` only after manifest.json is written: a failed or killed run leaves no
 manifest and never touches a previous good output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,10 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import webdataset as wds
@@ -109,8 +111,10 @@ def _check_finite_truth(arrays: dict[str, np.ndarray], path: str, first_entry: i
         bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         if bad.any():
             entries = (np.flatnonzero(bad)[:5] + first_entry).tolist()
-            raise XecError(f"{path}: truth branch {name} has non-finite values at entries {entries}"
-                           f" ({int(bad.sum())} events in this chunk)")
+            raise XecError(
+                f"{path}: truth branch {name} has non-finite values at entries {entries}"
+                f" ({int(bad.sum())} events in this chunk)"
+            )
 
 
 def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict[str, Any]:
@@ -142,9 +146,16 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
             pending = [rest] if len(rest["x"]) else []
             n_pending -= n
 
-        for _, arrays in iterate_events([task.path], s.tree, (s.npho_branch, s.time_branch), s.event_branches,
-                                        optional_branches=ID_BRANCHES, step_size=s.block_size,
-                                        entry_start=task.entry_start, entry_stop=task.entry_stop):
+        for _, arrays in iterate_events(
+            [task.path],
+            s.tree,
+            (s.npho_branch, s.time_branch),
+            s.event_branches,
+            optional_branches=ID_BRANCHES,
+            step_size=s.block_size,
+            entry_start=task.entry_start,
+            entry_stop=task.entry_stop,
+        ):
             n = len(arrays[s.npho_branch])
             truth = {b: arrays[b] for b in s.event_branches}
             _check_finite_truth(truth, task.path, entry)
@@ -154,8 +165,7 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
             keep = np.ones(n, dtype=bool)
             if s.fiducial:
                 keep = _fiducial_mask(arrays[uvw_branch], s.fiducial)
-            ids = {b: (arrays[b].astype(np.int64) if b in arrays else np.full(n, -1, np.int64))
-                   for b in ID_BRANCHES}
+            ids = {b: (arrays[b].astype(np.int64) if b in arrays else np.full(n, -1, np.int64)) for b in ID_BRANCHES}
             if "event" not in arrays:  # no event numbers in the file: the entry number identifies it
                 ids["event"] = np.arange(entry, entry + n, dtype=np.int64)
             entry += n
@@ -180,9 +190,15 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
             flush(n_pending)
         writer.close()
 
-    result: dict[str, Any] = {"index": task.index, "events": int(sum(units)), "units": units, "stats": stats,
-                              "targets": {t: (np.concatenate(v) if v else np.zeros((0, get_task(t).dim), np.float32))
-                                          for t, v in collected.items()}}
+    result: dict[str, Any] = {
+        "index": task.index,
+        "events": int(sum(units)),
+        "units": units,
+        "stats": stats,
+        "targets": {
+            t: (np.concatenate(v) if v else np.zeros((0, get_task(t).dim), np.float32)) for t, v in collected.items()
+        },
+    }
     if not units:
         target_path.unlink()
         result["part"] = None
@@ -206,16 +222,26 @@ def target_stats(targets: dict[str, np.ndarray]) -> dict[str, dict[str, list[flo
     out = {}
     for task, values in targets.items():
         v = np.asarray(values, dtype=np.float64)
-        stats = {"mean": v.mean(axis=0).tolist(), "std": v.std(axis=0).tolist(),
-                 "min": v.min(axis=0).tolist(), "max": v.max(axis=0).tolist(), "count": int(len(v))}
+        stats = {
+            "mean": v.mean(axis=0).tolist(),
+            "std": v.std(axis=0).tolist(),
+            "min": v.min(axis=0).tolist(),
+            "max": v.max(axis=0).tolist(),
+            "count": int(len(v)),
+        }
         for q in PERCENTILES:
             stats[f"p{q:02d}"] = np.percentile(v, q, axis=0).tolist()
         out[task] = stats
     return out
 
 
-def plan_tasks(files: Sequence[str], tree: str, events_per_shard: int, sensor_branches: Sequence[str] = (),
-               event_branches: Sequence[str] = ()) -> tuple[list[ShardTask], list[int]]:
+def plan_tasks(
+    files: Sequence[str],
+    tree: str,
+    events_per_shard: int,
+    sensor_branches: Sequence[str] = (),
+    event_branches: Sequence[str] = (),
+) -> tuple[list[ShardTask], list[int]]:
     """Cut every file into entry ranges of ``events_per_shard``; opens each file and checks its
     branches first, so a bad file fails the run before anything is converted."""
     tasks: list[ShardTask] = []
@@ -238,17 +264,24 @@ def _pool(workers: int):
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
-def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings,
-                 workers: int = 1) -> dict[str, Any]:
+def write_shards(
+    inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings, workers: int = 1
+) -> dict[str, Any]:
     """Convert ``inputs`` (paths or globs) into shards + manifest in ``out``; returns the manifest."""
     if settings.events_per_shard < 1 or settings.block_size < 1:
-        raise XecError(f"events_per_shard ({settings.events_per_shard}) and block_size "
-                       f"({settings.block_size}) must be >= 1")
+        raise XecError(
+            f"events_per_shard ({settings.events_per_shard}) and block_size ({settings.block_size}) must be >= 1"
+        )
     for t in settings.tasks:
         get_task(t)
     files = expand_inputs(inputs)
-    tasks, entries = plan_tasks(files, settings.tree, settings.events_per_shard,
-                                (settings.npho_branch, settings.time_branch), settings.event_branches)
+    tasks, entries = plan_tasks(
+        files,
+        settings.tree,
+        settings.events_per_shard,
+        (settings.npho_branch, settings.time_branch),
+        settings.event_branches,
+    )
     if not tasks:
         raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
     out = Path(out)
@@ -256,8 +289,13 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
     _remove_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        log.info("converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
-                 len(files), sum(entries), settings.events_per_shard, workers)
+        log.info(
+            "converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
+            len(files),
+            sum(entries),
+            settings.events_per_shard,
+            workers,
+        )
         bar = tqdm(total=sum(entries), unit="ev", desc=f"shards {split}", disable=not progress_enabled())
         results = []
         if workers <= 1 or len(tasks) == 1:
@@ -289,15 +327,26 @@ def write_shards(inputs: Sequence[str], out: str | Path, split: str, settings: S
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %d events in %d shards to %s (%.1f KB/event on disk)", manifest["events"],
-             len(manifest["shards"]), out, manifest["bytes"] / max(manifest["events"], 1) / 1e3)
+    log.info(
+        "wrote %d events in %d shards to %s (%.1f KB/event on disk)",
+        manifest["events"],
+        len(manifest["shards"]),
+        out,
+        manifest["bytes"] / max(manifest["events"], 1) / 1e3,
+    )
     return manifest
 
 
-def _assemble(results: list[dict[str, Any]], files: Sequence[str], entries: Sequence[int],
-              checksums: Sequence[str], tmp: Path, split: str, settings: ShardSettings) -> dict[str, Any]:
+def _assemble(
+    results: list[dict[str, Any]],
+    files: Sequence[str],
+    entries: Sequence[int],
+    checksums: Sequence[str],
+    tmp: Path,
+    split: str,
+    settings: ShardSettings,
+) -> dict[str, Any]:
     shards = []
-    kept_per_file = [0] * len(files)
     stats_total: dict[str, int] = {}
     for r in results:
         for k, v in r["stats"].items():
@@ -308,8 +357,9 @@ def _assemble(results: list[dict[str, Any]], files: Sequence[str], entries: Sequ
             continue
         name = f"shard-{len(shards):06d}.tar"
         os.replace(r["part"], tmp / name)
-        shards.append({"file": name, "events": r["events"], "units": r["units"], "bytes": r["bytes"],
-                       "sha256": r["sha256"]})
+        shards.append(
+            {"file": name, "events": r["events"], "units": r["units"], "bytes": r["bytes"], "sha256": r["sha256"]}
+        )
         task_files[r["index"]] = name
     total = sum(s["events"] for s in shards)
     if total == 0:
@@ -323,23 +373,37 @@ def _assemble(results: list[dict[str, Any]], files: Sequence[str], entries: Sequ
         "bytes": int(sum(sh["bytes"] for sh in shards)),
         "shards": shards,
         "normalization": s.normalizer.to_dict(),
-        "branches": {"tree": s.tree, "npho": s.npho_branch, "time": s.time_branch,
-                     "truth": {t: s.branch_of(t) for t in s.tasks}},
+        "branches": {
+            "tree": s.tree,
+            "npho": s.npho_branch,
+            "time": s.time_branch,
+            "truth": {t: s.branch_of(t) for t in s.tasks},
+        },
         "tasks": list(s.tasks),
         "units": {t: get_task(t).unit for t in s.tasks},
-        "sources": [{"path": str(p), "size": os.path.getsize(p), "sha256": c, "entries": n}
-                    for p, c, n in zip(files, checksums, entries)],
-        "selection": {"fiducial": s.fiducial, "events_read": stats_total.get("read", 0),
-                      "events_kept": total},
-        "invalid_values": {"dead_npho": stats_total.get("dead_npho", 0),
-                           "nonfinite_sensor": stats_total.get("nonfinite_sensor", 0)},
+        "sources": [
+            {"path": str(p), "size": os.path.getsize(p), "sha256": c, "entries": n}
+            for p, c, n in zip(files, checksums, entries)
+        ],
+        "selection": {"fiducial": s.fiducial, "events_read": stats_total.get("read", 0), "events_kept": total},
+        "invalid_values": {
+            "dead_npho": stats_total.get("dead_npho", 0),
+            "nonfinite_sensor": stats_total.get("nonfinite_sensor", 0),
+        },
         "target_stats": target_stats(targets),
-        "layout": {"kind": "blocks", "block_size": s.block_size, "events_per_shard": s.events_per_shard,
-                   "x": {"member": "x.npy", "dtype": "float32", "shape": [N_SENSORS, 2],
-                         "channels": ["npho_norm", "time_norm"]},
-                   "targets": {t: {"member": f"{t}.npy", "dtype": "float32", "dim": get_task(t).dim}
-                               for t in s.tasks},
-                   "ids": {b: {"member": f"{b}.npy", "dtype": "int64"} for b in ID_BRANCHES}},
+        "layout": {
+            "kind": "blocks",
+            "block_size": s.block_size,
+            "events_per_shard": s.events_per_shard,
+            "x": {
+                "member": "x.npy",
+                "dtype": "float32",
+                "shape": [N_SENSORS, 2],
+                "channels": ["npho_norm", "time_norm"],
+            },
+            "targets": {t: {"member": f"{t}.npy", "dtype": "float32", "dim": get_task(t).dim} for t in s.tasks},
+            "ids": {b: {"member": f"{b}.npy", "dtype": "int64"} for b in ID_BRANCHES},
+        },
         "xec_version": xec.__version__,
     }
 
@@ -363,17 +427,27 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def settings_from_config(cfg: Mapping[str, Any], preset: str | None = None, events_per_shard: int | None = None,
-                         block_size: int | None = None) -> ShardSettings:
+def settings_from_config(
+    cfg: Mapping[str, Any],
+    preset: str | None = None,
+    events_per_shard: int | None = None,
+    block_size: int | None = None,
+) -> ShardSettings:
     data, sec = cfg["data"], cfg["shards"]
     normalizer = get_normalizer(preset) if preset else normalizer_from_config(cfg)
     fid = sec["fiducial"]
     fiducial = {k: list(fid[k]) for k in "uvw"} if fid["enabled"] else None
     return ShardSettings(
-        normalizer=normalizer, tree=data["tree"], npho_branch=data["npho_branch"], time_branch=data["time_branch"],
-        tasks=tuple(sec["tasks"]), truth_branches=dict(sec["truth_branches"]),
-        events_per_shard=events_per_shard or sec["events_per_shard"], block_size=block_size or sec["block_size"],
-        fiducial=fiducial)
+        normalizer=normalizer,
+        tree=data["tree"],
+        npho_branch=data["npho_branch"],
+        time_branch=data["time_branch"],
+        tasks=tuple(sec["tasks"]),
+        truth_branches=dict(sec["truth_branches"]),
+        events_per_shard=events_per_shard or sec["events_per_shard"],
+        block_size=block_size or sec["block_size"],
+        fiducial=fiducial,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

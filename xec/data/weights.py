@@ -16,11 +16,13 @@ one dimension per kept axis; shape (1,) when none is kept); and ``meta``: a JSON
 least ``tasks`` (the table order) and ``xec_version``, plus what the caller passed (`xec reweight`:
 manifest, events, binning).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,9 +64,14 @@ class HistogramWeights:
         return table["weights"].reshape(-1)[self._flat_bins(table, values)].astype(np.float32)
 
     @classmethod
-    def fit(cls, targets: Mapping[str, np.ndarray], bins: Mapping[str, Sequence[int]],
-            max_weight: float = 10.0, range_percentiles: Sequence[float] = (0.5, 99.5),
-            meta: dict[str, Any] | None = None) -> "HistogramWeights":
+    def fit(
+        cls,
+        targets: Mapping[str, np.ndarray],
+        bins: Mapping[str, Sequence[int]],
+        max_weight: float = 10.0,
+        range_percentiles: Sequence[float] = (0.5, 99.5),
+        meta: dict[str, Any] | None = None,
+    ) -> HistogramWeights:
         if max_weight <= 1:
             raise XecError(f"reweighting max_weight must be > 1, got {max_weight}")
         tables = {}
@@ -74,8 +81,10 @@ class HistogramWeights:
                 raise XecError(f"reweighting task {task}: no events")
             nbins = list(bins.get(task, [10] * values.shape[1]))
             if len(nbins) != values.shape[1]:
-                raise XecError(f"reweighting.bins.{task} has {len(nbins)} entries, task {task} has "
-                               f"{values.shape[1]} components {get_task(task).columns}")
+                raise XecError(
+                    f"reweighting.bins.{task} has {len(nbins)} entries, task {task} has "
+                    f"{values.shape[1]} components {get_task(task).columns}"
+                )
             axes = [i for i, n in enumerate(nbins) if n > 1]
             edges = []
             for i in axes:
@@ -113,7 +122,7 @@ class HistogramWeights:
                 np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "HistogramWeights":
+    def load(cls, path: str | Path) -> HistogramWeights:
         path = Path(path)
         if not path.exists():
             raise XecError(f"{path}: no such reweighting file (run `xec reweight` first)")
@@ -123,8 +132,11 @@ class HistogramWeights:
                 tables = {}
                 for task in meta["tasks"]:
                     axes = z[f"{task}/axes"].tolist()
-                    tables[task] = {"axes": axes, "weights": z[f"{task}/weights"],
-                                    "edges": [z[f"{task}/edges{k}"] for k in range(len(axes))]}
+                    tables[task] = {
+                        "axes": axes,
+                        "weights": z[f"{task}/weights"],
+                        "edges": [z[f"{task}/edges{k}"] for k in range(len(axes))],
+                    }
         except XecError:
             raise
         except Exception as exc:

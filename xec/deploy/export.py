@@ -20,22 +20,23 @@
   where the relative tolerance binds) go to the log and to the sidecar
   ``<out stem>.parity.json`` (e.g. results/regressor/model.parity.json).
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from xec.config import add_config_argument, load_config
-from xec.deploy.onnx_meta import (ModelMetadata, inpainter_metadata, regressor_metadata, set_metadata,
-                                  software_versions)
+from xec.deploy.onnx_meta import ModelMetadata, inpainter_metadata, regressor_metadata, set_metadata, software_versions
 from xec.errors import XecError
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer
@@ -77,10 +78,18 @@ class InpainterGraph(nn.Module):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="regressor or inpainter checkpoint.pt")
     parser.add_argument("--out", required=True, help="output ONNX file")
-    parser.add_argument("--val-shards", default=None, help="val shard manifest.json: events for the parity check "
-                        "(without it: seeded synthetic inputs, with a warning)")
-    parser.add_argument("--rtol", type=float, default=None, help="parity relative tolerance (default: config export.rtol)")
-    parser.add_argument("--atol", type=float, default=None, help="parity absolute tolerance (default: config export.atol)")
+    parser.add_argument(
+        "--val-shards",
+        default=None,
+        help="val shard manifest.json: events for the parity check "
+        "(without it: seeded synthetic inputs, with a warning)",
+    )
+    parser.add_argument(
+        "--rtol", type=float, default=None, help="parity relative tolerance (default: config export.rtol)"
+    )
+    parser.add_argument(
+        "--atol", type=float, default=None, help="parity absolute tolerance (default: config export.atol)"
+    )
     parser.add_argument("--log", default=None, help="log file")
     add_config_argument(parser)
 
@@ -89,12 +98,20 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command="export")["export"]  # validated: the schema fills in every default
     report = export_checkpoint(
-        args.checkpoint, args.out, val_shards=args.val_shards, opset=cfg["opset"],
-        parity_events=cfg["parity_events"], parity_batch_size=cfg["parity_batch_size"], exporter=cfg["exporter"],
+        args.checkpoint,
+        args.out,
+        val_shards=args.val_shards,
+        opset=cfg["opset"],
+        parity_events=cfg["parity_events"],
+        parity_batch_size=cfg["parity_batch_size"],
+        exporter=cfg["exporter"],
         rtol=cfg["rtol"] if args.rtol is None else args.rtol,
-        atol=cfg["atol"] if args.atol is None else args.atol)
-    print(f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
-          f"max rel {report['max_rel']:.3g} on {report['events']} events")
+        atol=cfg["atol"] if args.atol is None else args.atol,
+    )
+    print(
+        f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
+        f"max rel {report['max_rel']:.3g} on {report['events']} events"
+    )
     return 0
 
 
@@ -103,8 +120,9 @@ def parity_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".parity.json")
 
 
-def _regressor_graph(ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer,
-                     versions: dict[str, str]) -> tuple[nn.Module, ModelMetadata]:
+def _regressor_graph(
+    ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer, versions: dict[str, str]
+) -> tuple[nn.Module, ModelMetadata]:
     tasks = list(ckpt.get("tasks") or [])
     if not tasks:
         raise XecError("regressor checkpoint lists no tasks")
@@ -115,8 +133,9 @@ def _regressor_graph(ckpt: dict[str, Any], model: nn.Module, normalizer: Normali
     return RegressorGraph(model, tasks).eval(), regressor_metadata(normalizer, tasks, ts, versions)
 
 
-def _inpainter_graph(ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer,
-                     versions: dict[str, str]) -> tuple[nn.Module, ModelMetadata]:
+def _inpainter_graph(
+    ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer, versions: dict[str, str]
+) -> tuple[nn.Module, ModelMetadata]:
     return InpainterGraph(model).eval(), inpainter_metadata(normalizer, versions)
 
 
@@ -153,10 +172,14 @@ def _check_standardization(model: nn.Module, expected: TargetStandardizer, tasks
     for t in tasks:
         if t not in expected.mean:
             raise XecError(f"regressor checkpoint has no target standardization for task {t!r}")
-        if not (np.allclose(have.mean[t], expected.mean[t], rtol=1e-6, atol=0)
-                and np.allclose(have.std[t], expected.std[t], rtol=1e-6, atol=0)):
-            raise XecError(f"task {t!r}: the model's target mean/std {have.mean[t]}/{have.std[t]} differ from "
-                           f"the checkpoint's target_standardization {expected.mean[t]}/{expected.std[t]}")
+        if not (
+            np.allclose(have.mean[t], expected.mean[t], rtol=1e-6, atol=0)
+            and np.allclose(have.std[t], expected.std[t], rtol=1e-6, atol=0)
+        ):
+            raise XecError(
+                f"task {t!r}: the model's target mean/std {have.mean[t]}/{have.std[t]} differ from "
+                f"the checkpoint's target_standardization {expected.mean[t]}/{expected.std[t]}"
+            )
 
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -169,8 +192,14 @@ def _check_options(opset: int, exporter: str) -> None:
         raise XecError(f"unknown ONNX exporter {exporter!r}; choose one of {EXPORTERS}")
 
 
-def export_graph(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Tensor, ...], path: str | Path,
-                 opset: int = 17, exporter: str = "torchscript") -> None:
+def export_graph(
+    graph: nn.Module,
+    meta: ModelMetadata,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    opset: int = 17,
+    exporter: str = "torchscript",
+) -> None:
     """torch.onnx.export of ``graph`` to ``path`` with the input/output names of ``meta`` and a
     dynamic batch axis (axis 0 of every input and output). ``exporter``: "torchscript" (the
     default, fast for these models) or "dynamo" (torch.export based, opset >= 18). Writes
@@ -181,25 +210,50 @@ def export_graph(graph: nn.Module, meta: ModelMetadata, example: tuple[torch.Ten
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             axes = {name: {0: "batch"} for name in (*meta.inputs, *meta.outputs)}
-            torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
-                              output_names=list(meta.outputs), dynamic_axes=axes, opset_version=opset,
-                              dynamo=False, do_constant_folding=True)
+            torch.onnx.export(
+                graph,
+                example,
+                str(path),
+                input_names=list(meta.inputs),
+                output_names=list(meta.outputs),
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
         else:
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(graph, example, str(path), input_names=list(meta.inputs),
-                              output_names=list(meta.outputs), dynamic_shapes=tuple({0: batch} for _ in example),
-                              opset_version=max(opset, 18), dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                graph,
+                example,
+                str(path),
+                input_names=list(meta.inputs),
+                output_names=list(meta.outputs),
+                dynamic_shapes=tuple({0: batch} for _ in example),
+                opset_version=max(opset, 18),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
 
 
-def parity_batches(val_shards: str | None, normalizer: Normalizer, n_events: int, batch_size: int,
-                   seed: int = 0) -> Iterator[np.ndarray]:
+def parity_batches(
+    val_shards: str | None, normalizer: Normalizer, n_events: int, batch_size: int, seed: int = 0
+) -> Iterator[np.ndarray]:
     """Normalized (B, 4760, 2) float32 inputs for the parity check: real val-shard events, or
     (without shards) seeded synthetic events in the normalized domain with dead sensors."""
     if val_shards:
         from xec.data.loader import ShardLoader
 
-        loader = ShardLoader(val_shards, batch_size=batch_size, tasks=(), shuffle=False, seed=seed,
-                             expected_normalizer=normalizer, max_events=n_events)
+        loader = ShardLoader(
+            val_shards,
+            batch_size=batch_size,
+            tasks=(),
+            shuffle=False,
+            seed=seed,
+            expected_normalizer=normalizer,
+            max_events=n_events,
+        )
         for x, _targets, _weights in loader:
             yield x.numpy().astype(np.float32, copy=False)
         return
@@ -221,8 +275,13 @@ def _inpaint_mask(x: np.ndarray, sentinel: float, rng: np.random.Generator) -> n
 class _Errors:
     """Running max abs / max rel / worst tolerance ratio per output."""
 
-    def __init__(self, names: Sequence[str], rtol: float, atol: float,
-                 standardization: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+    def __init__(
+        self,
+        names: Sequence[str],
+        rtol: float,
+        atol: float,
+        standardization: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ):
         """``standardization``: output name -> (mean, std); those outputs are compared as
         (y - mean) / std."""
         self.rtol, self.atol = rtol, atol
@@ -233,8 +292,10 @@ class _Errors:
         if onnx_out.shape != ref.shape:
             raise XecError(f"output {name}: ONNX shape {onnx_out.shape} != PyTorch shape {ref.shape}")
         if not np.isfinite(onnx_out).all() or not np.isfinite(ref).all():
-            raise XecError(f"output {name}: non-finite values (ONNX finite: {np.isfinite(onnx_out).all()}, "
-                           f"PyTorch finite: {np.isfinite(ref).all()})")
+            raise XecError(
+                f"output {name}: non-finite values (ONNX finite: {np.isfinite(onnx_out).all()}, "
+                f"PyTorch finite: {np.isfinite(ref).all()})"
+            )
         ref64 = ref.astype(np.float64)
         diff = np.abs(onnx_out.astype(np.float64) - ref64)
         s = self.stats[name]
@@ -252,8 +313,15 @@ class _Errors:
         return all(s["worst_ratio"] <= 1.0 for s in self.stats.values())
 
 
-def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches: Iterator[np.ndarray],
-                 rtol: float, atol: float, seed: int = 0) -> dict[str, Any]:
+def check_parity(
+    onnx_path: Path,
+    graph: nn.Module,
+    meta: ModelMetadata,
+    batches: Iterator[np.ndarray],
+    rtol: float,
+    atol: float,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Compare ONNX Runtime (CPU) with PyTorch on every batch, and on the first two events one
     at a time (a second batch size exercises the dynamic batch axis)."""
     from xec.deploy.runtime import make_session
@@ -262,8 +330,10 @@ def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches
     std = {}
     if meta.stage == "regressor" and meta.target_standardization:
         for task, stats in meta.target_standardization.items():
-            std[f"output_{task}"] = (np.asarray(stats["mean"], dtype=np.float64),
-                                     np.asarray(stats["std"], dtype=np.float64))
+            std[f"output_{task}"] = (
+                np.asarray(stats["mean"], dtype=np.float64),
+                np.asarray(stats["std"], dtype=np.float64),
+            )
     errors = _Errors(meta.outputs, rtol, atol, std)
     rng = np.random.default_rng(seed)
     n_events, batch_sizes = 0, set()
@@ -271,7 +341,9 @@ def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches
         feeds = {"input": x}
         if meta.stage == "inpainter":
             feeds["mask"] = _inpaint_mask(x, meta.normalizer.sentinel, rng)
-        splits = [feeds] + ([{k: v[j:j + 1] for k, v in feeds.items()} for j in range(min(2, len(x)))] if i == 0 else [])
+        splits = [feeds] + (
+            [{k: v[j : j + 1] for k, v in feeds.items()} for j in range(min(2, len(x)))] if i == 0 else []
+        )
         for f in splits:
             with torch.no_grad():
                 ref = graph(*(torch.from_numpy(f[name]) for name in meta.inputs))
@@ -283,15 +355,30 @@ def check_parity(onnx_path: Path, graph: nn.Module, meta: ModelMetadata, batches
         n_events += len(x)
     if n_events == 0:
         raise XecError("parity check: no events to compare (empty val shards?)")
-    return {"events": n_events, "batch_sizes": sorted(batch_sizes), "rtol": rtol, "atol": atol,
-            "outputs": errors.stats, "passed": errors.ok,
-            "max_abs": max(s["max_abs"] for s in errors.stats.values()),
-            "max_rel": max(s["max_rel"] for s in errors.stats.values())}
+    return {
+        "events": n_events,
+        "batch_sizes": sorted(batch_sizes),
+        "rtol": rtol,
+        "atol": atol,
+        "outputs": errors.stats,
+        "passed": errors.ok,
+        "max_abs": max(s["max_abs"] for s in errors.stats.values()),
+        "max_rel": max(s["max_rel"] for s in errors.stats.values()),
+    }
 
 
-def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, opset: int = 17,
-                      parity_events: int = 256, parity_batch_size: int = 64, rtol: float = 1e-4,
-                      atol: float = 1e-5, seed: int = 0, exporter: str = "torchscript") -> dict[str, Any]:
+def export_checkpoint(
+    checkpoint: str,
+    out: str,
+    val_shards: str | None = None,
+    opset: int = 17,
+    parity_events: int = 256,
+    parity_batch_size: int = 64,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    seed: int = 0,
+    exporter: str = "torchscript",
+) -> dict[str, Any]:
     """Export, check parity, and only then write ``out`` and its parity sidecar (atomically)."""
     import onnx
 
@@ -304,7 +391,9 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
         raise XecError(f"{checkpoint}: {exc}") from exc
     if not val_shards:
         log.warning("no --val-shards given: parity is checked on seeded synthetic events only")
-    example = (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
+    example = (
+        (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
+    )
     out_path = Path(out)
     with atomic_path(out_path, suffix=".onnx") as tmp:
         export_graph(graph, meta, example, tmp, opset, exporter)
@@ -317,17 +406,40 @@ def export_checkpoint(checkpoint: str, out: str, val_shards: str | None = None, 
         batches = parity_batches(val_shards, meta.normalizer, parity_events, parity_batch_size, seed)
         report = check_parity(tmp, graph, meta, batches, rtol, atol, seed)
         for name, s in report["outputs"].items():
-            log.info("parity %s: max abs %.3g, max rel %.3g, worst |diff|/(atol+rtol|ref|) %.3g",
-                     name, s["max_abs"], s["max_rel"], s["worst_ratio"])
-        report.update(checkpoint=str(checkpoint), model=str(out_path), stage=meta.stage,
-                      val_shards=val_shards, opset=actual_opset, exporter=exporter, seconds=time.perf_counter() - t0,
-                      versions=meta.versions, normalization_preset=meta.normalizer.preset)
+            log.info(
+                "parity %s: max abs %.3g, max rel %.3g, worst |diff|/(atol+rtol|ref|) %.3g",
+                name,
+                s["max_abs"],
+                s["max_rel"],
+                s["worst_ratio"],
+            )
+        report.update(
+            checkpoint=str(checkpoint),
+            model=str(out_path),
+            stage=meta.stage,
+            val_shards=val_shards,
+            opset=actual_opset,
+            exporter=exporter,
+            seconds=time.perf_counter() - t0,
+            versions=meta.versions,
+            normalization_preset=meta.normalizer.preset,
+        )
         if not report["passed"]:
             bad = {n: s for n, s in report["outputs"].items() if s["worst_ratio"] > 1.0}
-            raise XecError(f"{checkpoint}: ONNX vs PyTorch parity failed (rtol {rtol}, atol {atol}) for "
-                           + "; ".join(f"{n}: max abs {s['max_abs']:.3g}, max rel {s['max_rel']:.3g}"
-                                       for n, s in bad.items()) + f"; {out} not written")
+            raise XecError(
+                f"{checkpoint}: ONNX vs PyTorch parity failed (rtol {rtol}, atol {atol}) for "
+                + "; ".join(f"{n}: max abs {s['max_abs']:.3g}, max rel {s['max_rel']:.3g}" for n, s in bad.items())
+                + f"; {out} not written"
+            )
         write_json(parity_path(out_path), report)
-    log.info("%s: %s exported (opset %d, %.1f s); parity max abs %.3g, max rel %.3g on %d events",
-             out, meta.stage, actual_opset, report["seconds"], report["max_abs"], report["max_rel"], report["events"])
+    log.info(
+        "%s: %s exported (opset %d, %.1f s); parity max abs %.3g, max rel %.3g on %d events",
+        out,
+        meta.stage,
+        actual_opset,
+        report["seconds"],
+        report["max_abs"],
+        report["max_rel"],
+        report["events"],
+    )
     return report

@@ -29,14 +29,16 @@ opening_angle_deg     angle (deg) between the predicted and the true emission di
                       (needs the angle task and ``emiAng``), via xec.metrics.opening_angle_deg
 ====================  =======================================================================
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -56,11 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, nargs="+", help="ROOT files or globs")
     parser.add_argument("--out", required=True, help="output ROOT file (TTree 'tree')")
     parser.add_argument("--parquet", default=None, help="output parquet (default: --out with suffix .parquet)")
-    parser.add_argument("--batch-size", type=int, default=None, help="events per ONNX Runtime call "
-                        "(default: config inference.batch_size)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="events per ONNX Runtime call (default: config inference.batch_size)",
+    )
     parser.add_argument("--preset", default=None, help="expected normalization preset; must match the model's")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                        help="ONNX Runtime device (default: config inference.device)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="ONNX Runtime device (default: config inference.device)",
+    )
     parser.add_argument("--log", default=None, help="log file")
     add_config_argument(parser)
 
@@ -71,27 +81,45 @@ def main(args: argparse.Namespace) -> int:
     icfg = cfg["inference"]
     data = cfg["data"]
     stats = run_inference(
-        model=args.model, inputs=args.input, out=args.out, parquet=args.parquet,
-        inpainter=args.inpainter, preset=args.preset,
+        model=args.model,
+        inputs=args.input,
+        out=args.out,
+        parquet=args.parquet,
+        inpainter=args.inpainter,
+        preset=args.preset,
         batch_size=args.batch_size or icfg["batch_size"],
-        chunk_size=icfg["chunk_size"], device=args.device or icfg["device"],
-        intra_op_threads=icfg["intra_op_threads"], optimization=icfg["graph_optimization"],
+        chunk_size=icfg["chunk_size"],
+        device=args.device or icfg["device"],
+        intra_op_threads=icfg["intra_op_threads"],
+        optimization=icfg["graph_optimization"],
         allow_spinning=icfg["allow_spinning"],
-        tree=data["tree"], npho_branch=data["npho_branch"], time_branch=data["time_branch"])
-    log.info("wrote %d events to %s and %s in %.1f s: %.0f events/s", stats["events"], args.out,
-             stats["parquet"], stats["seconds"], stats["events_per_s"])
+        tree=data["tree"],
+        npho_branch=data["npho_branch"],
+        time_branch=data["time_branch"],
+    )
+    log.info(
+        "wrote %d events to %s and %s in %.1f s: %.0f events/s",
+        stats["events"],
+        args.out,
+        stats["parquet"],
+        stats["seconds"],
+        stats["events_per_s"],
+    )
     print(f"{stats['events']} events, {stats['events_per_s']:.0f} events/s")
     return 0
 
 
-def load_models(model: str, inpainter: str | None, preset: str | None
-                ) -> tuple[ModelMetadata, ModelMetadata | None, Normalizer]:
+def load_models(
+    model: str, inpainter: str | None, preset: str | None
+) -> tuple[ModelMetadata, ModelMetadata | None, Normalizer]:
     """Read and cross-check the metadata of the regressor (and inpainter)."""
     meta = read_metadata(model, expected_stage="regressor")
     normalizer = meta.normalizer
     if preset is not None and preset != normalizer.preset:
-        raise XecError(f"{model}: model was trained with normalization preset {normalizer.preset!r}, "
-                       f"but --preset {preset!r} was given (the model's preset cannot be overridden)")
+        raise XecError(
+            f"{model}: model was trained with normalization preset {normalizer.preset!r}, "
+            f"but --preset {preset!r} was given (the model's preset cannot be overridden)"
+        )
     inp_meta = None
     if inpainter is not None:
         inp_meta = read_metadata(inpainter, expected_stage="inpainter")
@@ -120,13 +148,17 @@ def _event_columns(arrays: dict[str, np.ndarray], first_index: int) -> dict[str,
     event = arrays.get("event")
     return {
         "run": np.full(n, -1, np.int64) if run is None else np.asarray(run).astype(np.int64).reshape(n),
-        "event": (np.arange(first_index, first_index + n, dtype=np.int64) if event is None
-                  else np.asarray(event).astype(np.int64).reshape(n)),
+        "event": (
+            np.arange(first_index, first_index + n, dtype=np.int64)
+            if event is None
+            else np.asarray(event).astype(np.int64).reshape(n)
+        ),
     }
 
 
-def prediction_columns(meta: ModelMetadata, preds: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
-                       ) -> dict[str, np.ndarray]:
+def prediction_columns(
+    meta: ModelMetadata, preds: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """pred_/true_/reco_ columns and the opening angle for one chunk (names: module docstring)."""
     from xec.metrics import opening_angle_deg
     from xec.targets import get_task, targets_from_branches
@@ -147,15 +179,24 @@ def prediction_columns(meta: ModelMetadata, preds: dict[str, np.ndarray], arrays
     return cols
 
 
-def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = None, preset: str | None = None,
-                        batch_size: int = 256, chunk_size: int = 2000, device: str = "auto",
-                        intra_op_threads: int = 0, optimization: str = "all", allow_spinning: bool = False,
-                        tree: str = "tree",
-                        npho_branch: str = "npho", time_branch: str = "relative_time",
-                        ) -> Iterator[dict[str, np.ndarray]]:
+def iterate_predictions(
+    model: str,
+    inputs: list[str],
+    inpainter: str | None = None,
+    preset: str | None = None,
+    batch_size: int = 256,
+    chunk_size: int = 2000,
+    device: str = "auto",
+    intra_op_threads: int = 0,
+    optimization: str = "all",
+    allow_spinning: bool = False,
+    tree: str = "tree",
+    npho_branch: str = "npho",
+    time_branch: str = "relative_time",
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of output columns per chunk. Validates the models and every input file
     before the first chunk."""
-    from xec.rootio import TRUTH_BRANCHES, RECO_BRANCHES, expand_inputs, iterate_events
+    from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, expand_inputs, iterate_events
 
     if batch_size < 1 or chunk_size < 1:
         raise XecError(f"batch size and chunk size must be >= 1 (got {batch_size}, {chunk_size})")
@@ -164,16 +205,21 @@ def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = N
     _validate_inputs(files, tree, (npho_branch, time_branch))
     reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
     inp = make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
-    log.info("ONNX Runtime providers: %s; normalization preset %s; inpainter: %s",
-             reg.get_providers(), normalizer.preset, inpainter or "none")
+    log.info(
+        "ONNX Runtime providers: %s; normalization preset %s; inpainter: %s",
+        reg.get_providers(),
+        normalizer.preset,
+        inpainter or "none",
+    )
     out_names = [o.name for o in reg.get_outputs()]
     if sorted(out_names) != sorted(meta.outputs):
         raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(meta.outputs)}")
     sentinel = np.float32(normalizer.sentinel)
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
     seen = 0
-    for _path, arrays in iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional,
-                                        step_size=chunk_size):
+    for _path, arrays in iterate_events(
+        files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size
+    ):
         x = normalizer.normalize_events(arrays[npho_branch], arrays[time_branch])
         dead = x[..., 0] == sentinel
         n_dead = dead.sum(axis=1).astype(np.int32)
@@ -183,7 +229,7 @@ def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = N
                 (filled,) = run_batched(inp, {"input": x[rows], "mask": dead[rows].astype(np.float32)}, batch_size)
                 x[rows] = filled
         outputs = run_batched(reg, {"input": x}, batch_size)
-        preds = {name[len("output_"):]: val for name, val in zip(out_names, outputs)}
+        preds = {name[len("output_") :]: val for name, val in zip(out_names, outputs)}
         cols = _event_columns(arrays, seen)
         cols["n_dead"] = n_dead
         cols.update(prediction_columns(meta, preds, arrays))
@@ -191,8 +237,7 @@ def iterate_predictions(model: str, inputs: list[str], inpainter: str | None = N
         yield cols
 
 
-def run_inference(model: str, inputs: list[str], out: str, parquet: str | None = None, **kwargs: Any
-                  ) -> dict[str, Any]:
+def run_inference(model: str, inputs: list[str], out: str, parquet: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Stream predictions into a ROOT TTree and a parquet file, both written atomically: on
     any error neither output exists (and an older one is left untouched)."""
     import pyarrow as pa

@@ -21,13 +21,15 @@ target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied
 xec_version, torch_version, onnx_version, opset     versions of the exporting software
 =====================  ==========================================================================
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from xec.errors import XecError
 from xec.normalization import Normalizer
@@ -72,12 +74,11 @@ class ModelMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], where: str) -> "ModelMetadata":
+    def from_props(cls, props: Mapping[str, str], where: str) -> ModelMetadata:
         """Parse ``metadata_props``; ``where`` (the file) names the culprit in every error."""
         missing = [k for k in REQUIRED_KEYS if k not in props]
         if missing:
-            raise XecError(f"{where}: ONNX model has no xec metadata (missing {missing}); "
-                           "export it with `xec export`")
+            raise XecError(f"{where}: ONNX model has no xec metadata (missing {missing}); export it with `xec export`")
         try:
             stage = props["stage"]
             if stage not in STAGES:
@@ -92,11 +93,17 @@ class ModelMetadata:
             units = dict(json.loads(props.get("units", "{}")))
             columns = {k: tuple(v) for k, v in json.loads(props.get("columns", "{}")).items()}
             ts = json.loads(props.get("target_standardization", "null"))
-            meta = cls(stage=stage, normalizer=normalizer,
-                       inputs=tuple(json.loads(props["inputs"])), outputs=tuple(json.loads(props["outputs"])),
-                       tasks=tasks, units=units, columns=columns, target_standardization=ts,
-                       versions={k: props[k] for k in ("xec_version", "torch_version", "onnx_version", "opset")
-                                 if k in props})
+            meta = cls(
+                stage=stage,
+                normalizer=normalizer,
+                inputs=tuple(json.loads(props["inputs"])),
+                outputs=tuple(json.loads(props["outputs"])),
+                tasks=tasks,
+                units=units,
+                columns=columns,
+                target_standardization=ts,
+                versions={k: props[k] for k in ("xec_version", "torch_version", "onnx_version", "opset") if k in props},
+            )
         except XecError as exc:
             raise XecError(f"{where}: bad xec metadata: {exc}") from exc
         except (ValueError, TypeError, KeyError) as exc:
@@ -104,25 +111,35 @@ class ModelMetadata:
         if stage == "regressor":
             expected = tuple(f"output_{t}" for t in tasks)
             if not tasks or meta.outputs != expected:
-                raise XecError(f"{where}: regressor metadata lists outputs {list(meta.outputs)} for tasks "
-                               f"{list(tasks)}; expected {list(expected)}")
+                raise XecError(
+                    f"{where}: regressor metadata lists outputs {list(meta.outputs)} for tasks "
+                    f"{list(tasks)}; expected {list(expected)}"
+                )
         return meta
 
 
-def regressor_metadata(normalizer: Normalizer, tasks: Sequence[str], target_standardization: dict | None,
-                       versions: Mapping[str, str]) -> ModelMetadata:
+def regressor_metadata(
+    normalizer: Normalizer, tasks: Sequence[str], target_standardization: dict | None, versions: Mapping[str, str]
+) -> ModelMetadata:
     """Metadata of an exported regressor (units and columns come from xec.targets)."""
     task_objs = [get_task(t) for t in tasks]
     return ModelMetadata(
-        stage="regressor", normalizer=normalizer, inputs=("input",),
-        outputs=tuple(f"output_{t.name}" for t in task_objs), tasks=tuple(t.name for t in task_objs),
-        units={t.name: t.unit for t in task_objs}, columns={t.name: t.columns for t in task_objs},
-        target_standardization=target_standardization, versions=dict(versions))
+        stage="regressor",
+        normalizer=normalizer,
+        inputs=("input",),
+        outputs=tuple(f"output_{t.name}" for t in task_objs),
+        tasks=tuple(t.name for t in task_objs),
+        units={t.name: t.unit for t in task_objs},
+        columns={t.name: t.columns for t in task_objs},
+        target_standardization=target_standardization,
+        versions=dict(versions),
+    )
 
 
 def inpainter_metadata(normalizer: Normalizer, versions: Mapping[str, str]) -> ModelMetadata:
-    return ModelMetadata(stage="inpainter", normalizer=normalizer, inputs=("input", "mask"),
-                         outputs=("output",), versions=dict(versions))
+    return ModelMetadata(
+        stage="inpainter", normalizer=normalizer, inputs=("input", "mask"), outputs=("output",), versions=dict(versions)
+    )
 
 
 def software_versions(opset: int) -> dict[str, str]:
@@ -131,8 +148,12 @@ def software_versions(opset: int) -> dict[str, str]:
 
     from xec import __version__
 
-    return {"xec_version": __version__, "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__, "opset": str(opset)}
+    return {
+        "xec_version": __version__,
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "opset": str(opset),
+    }
 
 
 def set_metadata(model, meta: ModelMetadata) -> None:

@@ -1,6 +1,7 @@
 """ONNX Runtime sessions: provider choice (CUDA where onnxruntime-gpu and a GPU are present,
 else CPU), thread count and graph optimization level, shared by `xec export` (parity check),
 `xec infer` and benchmarks/inference.py."""
+
 from __future__ import annotations
 
 import logging
@@ -26,13 +27,20 @@ def providers_for(device: str = "auto") -> list[str]:
     if "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        raise XecError(f"device 'cuda' asked for but ONNX Runtime offers only {available} "
-                       "(install onnxruntime-gpu on a machine with a GPU)")
+        raise XecError(
+            f"device 'cuda' asked for but ONNX Runtime offers only {available} "
+            "(install onnxruntime-gpu on a machine with a GPU)"
+        )
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: str | os.PathLike, device: str = "auto", intra_op_threads: int = 0,
-                 optimization: str = "all", allow_spinning: bool = False):
+def make_session(
+    path: str | os.PathLike,
+    device: str = "auto",
+    intra_op_threads: int = 0,
+    optimization: str = "all",
+    allow_spinning: bool = False,
+):
     """An ``onnxruntime.InferenceSession`` for ``path``; XecError naming the file on failure.
     ``intra_op_threads`` 0 lets ONNX Runtime choose (one per core). Spin-waiting worker threads
     are off by default: on a shared or oversubscribed CPU they burn the cores the other thread
@@ -69,7 +77,7 @@ def run_batched(session, feeds: dict[str, np.ndarray], batch_size: int) -> list[
     n = len(next(iter(feeds.values())))
     parts: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
-        parts.append(session.run(None, {k: v[start:start + batch_size] for k, v in feeds.items()}))
+        parts.append(session.run(None, {k: v[start : start + batch_size] for k, v in feeds.items()}))
     if not parts:
         return [np.zeros((0,), np.float32) for _ in session.get_outputs()]
     return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]

@@ -6,15 +6,24 @@
 The names are loaded on first use, so that ``xec.models.presets`` (model sizes, read by the
 config declarations of every command) imports without torch.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 _HOME = {
-    "XECEncoder": "encoder", "XECInpainter": "inpainter", "XECMAE": "mae", "npho_threshold_normalized": "mae",
-    "random_mask": "mae", "PRESETS": "presets", "ModelConfig": "presets", "get_preset": "presets",
-    "model_config": "presets", "model_config_from_dict": "presets", "XECRegressor": "regressor",
+    "XECEncoder": "encoder",
+    "XECInpainter": "inpainter",
+    "XECMAE": "mae",
+    "npho_threshold_normalized": "mae",
+    "random_mask": "mae",
+    "PRESETS": "presets",
+    "ModelConfig": "presets",
+    "get_preset": "presets",
+    "model_config": "presets",
+    "model_config_from_dict": "presets",
+    "XECRegressor": "regressor",
     "load_encoder_weights": "regressor",
 }
 __all__ = sorted(_HOME)

@@ -12,11 +12,11 @@ equivalent of the sparse convolutions of ConvNeXt V2's FCMAE.
 Everything here is plain tensor algebra (no Python loops over sensors, edges or batch items),
 so it exports to ONNX (opset 17) and traces under ``torch.compile``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -145,7 +145,7 @@ class HexDepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.num_dirs, dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         # Like a depthwise conv's default init: fan_in = number of taps.
-        nn.init.uniform_(self.weight, -1.0 / self.num_dirs ** 0.5, 1.0 / self.num_dirs ** 0.5)
+        nn.init.uniform_(self.weight, -1.0 / self.num_dirs**0.5, 1.0 / self.num_dirs**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -163,8 +163,14 @@ class HexNeXtBlock(nn.Module):
     Input/output ``(B, N, C)``; ``keep`` ``(B, N, 1)`` float turns on FCMAE masking.
     """
 
-    def __init__(self, dim: int, neighbors: np.ndarray | torch.Tensor, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, segments: int = 1):
+    def __init__(
+        self,
+        dim: int,
+        neighbors: np.ndarray | torch.Tensor,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        segments: int = 1,
+    ):
         super().__init__()
         hidden = int(round(dim * mlp_ratio))
         self.dwconv = HexDepthwiseConv(dim, neighbors)

@@ -13,6 +13,7 @@ order and ``FacesToFlat`` brings them back to the flat (B, 4760, 2) sensor order
 
 Heads never apply FCMAE masks: their job is to fill the hidden positions.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,18 @@ def unshuffle_cells(cells: torch.Tensor, stride: tuple[int, int]) -> torch.Tenso
 
 
 class RectHead(nn.Module):
-    def __init__(self, in_ch: int, token_dim: int, dim: int, depth: int, stride: tuple[int, int],
-                 out_ch: int = 2, skip_ch: int = 0, kernel_size: int = 7, mlp_ratio: float = 4.0):
+    def __init__(
+        self,
+        in_ch: int,
+        token_dim: int,
+        dim: int,
+        depth: int,
+        stride: tuple[int, int],
+        out_ch: int = 2,
+        skip_ch: int = 0,
+        kernel_size: int = 7,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         self.stride = stride
         self.out_ch = out_ch
@@ -62,8 +73,18 @@ class RectHead(nn.Module):
 
 
 class HexHead(nn.Module):
-    def __init__(self, in_ch: int, token_dim: int, dim: int, depth: int, neighbors, n_faces: int,
-                 out_ch: int = 2, skip_ch: int = 0, mlp_ratio: float = 4.0):
+    def __init__(
+        self,
+        in_ch: int,
+        token_dim: int,
+        dim: int,
+        depth: int,
+        neighbors,
+        n_faces: int,
+        out_ch: int = 2,
+        skip_ch: int = 0,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         self.n_faces = n_faces
         self.proj = nn.Linear(in_ch, dim)
@@ -97,8 +118,7 @@ class FaceDecoder(nn.Module):
     stride stem*2), 1 = stage 1 (inpainter, stride stem) with the raw face input as a skip.
     """
 
-    def __init__(self, encoder, dim: int, depth: int, level: int = 2, use_skip: bool = False,
-                 out_ch: int = 2):
+    def __init__(self, encoder, dim: int, depth: int, level: int = 2, use_skip: bool = False, out_ch: int = 2):
         super().__init__()
         cfg = encoder.cfg
         layout = encoder.layout
@@ -109,6 +129,7 @@ class FaceDecoder(nn.Module):
         self.face_index = {name: i for i, name in enumerate(encoder.face_names)}
         in_ch = cfg.rect_dims[1] if level == 2 else cfg.rect_dims[0]
         from xec.models.encoder import IN_CHANNELS
+
         self.rect = nn.ModuleDict()
         self.out_ch = out_ch
         strides = []
@@ -117,32 +138,41 @@ class FaceDecoder(nn.Module):
             stride = (sh * 2, sw * 2) if level == 2 else (sh, sw)
             strides.append(stride)
             skip_ch = stride[0] * stride[1] * IN_CHANNELS * face.slots if use_skip else 0
-            self.rect[face.name] = RectHead(in_ch, cfg.token_dim, dim, depth, stride, out_ch * face.slots,
-                                            skip_ch, cfg.kernel_size, cfg.mlp_ratio)
+            self.rect[face.name] = RectHead(
+                in_ch, cfg.token_dim, dim, depth, stride, out_ch * face.slots, skip_ch, cfg.kernel_size, cfg.mlp_ratio
+            )
         self.hex_faces = encoder.n_hex_faces
         # The hex heads keep the hex stack's width and use depth - 1 HexNeXt blocks after their
         # graph convolution (their 7x gathers dominate the cost of a 146-node head).
-        self.hex = HexHead(cfg.hex_dim, cfg.token_dim, min(dim, cfg.hex_dim), max(depth - 1, 0),
-                           layout.hex.neighbors, self.hex_faces,
-                           out_ch, IN_CHANNELS if use_skip else 0, cfg.mlp_ratio)
+        self.hex = HexHead(
+            cfg.hex_dim,
+            cfg.token_dim,
+            min(dim, cfg.hex_dim),
+            max(depth - 1, 0),
+            layout.hex.neighbors,
+            self.hex_faces,
+            out_ch,
+            IN_CHANNELS if use_skip else 0,
+            cfg.mlp_ratio,
+        )
         self.to_flat = FacesToFlat(layout, "mean", strides)
 
     def forward(self, feats: dict) -> torch.Tensor:
         tokens = feats["tokens"]
         outs = []
-        for i, face in enumerate(self.rect_faces):
+        for face in self.rect_faces:
             f1, f2, _, _ = feats["rect"][face.name]
             feat = f2 if self.level == 2 else f1
             skip = None
             if self.use_skip:
                 b, _, c = feats["cells"].shape
                 hp, wp = face.shape
-                raw = feats["cells"][:, face.offset:face.offset + face.size].reshape(b, hp, wp, face.slots * c)
+                raw = feats["cells"][:, face.offset : face.offset + face.size].reshape(b, hp, wp, face.slots * c)
                 skip = unshuffle_cells(raw.permute(0, 3, 1, 2), face.stem_stride)
             y = self.rect[face.name](feat, tokens[:, self.face_index[face.name]], skip)  # (B, Hp*Wp, K*out)
             outs.append(y.reshape(y.shape[0], -1, self.out_ch))
         nodes, _ = feats["hex"]
         n_rect = len(self.rect_faces)
-        skip = feats["cells"][:, self.rect_faces[-1].offset + self.rect_faces[-1].size:] if self.use_skip else None
-        outs.append(self.hex(nodes, tokens[:, n_rect:n_rect + self.hex_faces], skip))
+        skip = feats["cells"][:, self.rect_faces[-1].offset + self.rect_faces[-1].size :] if self.use_skip else None
+        outs.append(self.hex(nodes, tokens[:, n_rect : n_rect + self.hex_faces], skip))
         return self.to_flat(torch.cat(outs, dim=1))

@@ -30,6 +30,7 @@ FCMAE masking: a stem cell is visible when at least one of its sensors has a val
 is not hidden; invisible cells are zeroed after every spatial operation (blocks in
 xec.models.blocks), so hidden sensors cannot leak into the tokens.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +70,7 @@ class RectStages(nn.Module):
         self.down = nn.Sequential(LayerNorm2d(c1), nn.Conv2d(c1, c2, kernel_size=2, stride=2))
         self.stage2 = nn.ModuleList(ConvNeXtV2Block(c2, cfg.kernel_size, cfg.mlp_ratio, dpr[d1 + i]) for i in range(d2))
 
-    def forward(self, x: torch.Tensor, keep1: torch.Tensor, keep2: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, keep1: torch.Tensor, keep2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for blk in self.stage1:
             x = blk(x, keep1)
         f1 = x
@@ -85,11 +85,13 @@ class XECEncoder(nn.Module):
         super().__init__()
         if geometry is None:
             from xec.geometry import get_geometry
+
             geometry = get_geometry()
         self.cfg = cfg
         self.sentinel = float(sentinel)
-        self.layout: FaceLayout = build_face_layout(geometry, cfg.stem_stride, cfg.outer_stem_stride,
-                                                    cfg.small_stem_stride, cfg.outer_pool)
+        self.layout: FaceLayout = build_face_layout(
+            geometry, cfg.stem_stride, cfg.outer_stem_stride, cfg.small_stem_stride, cfg.outer_pool
+        )
         self.n_sensors = self.layout.n_sensors
         self.register_buffer("gather_idx", flat_gather_index(self.layout.gather_idx, IN_CHANNELS), persistent=False)
         c1, c2 = cfg.rect_dims
@@ -100,13 +102,16 @@ class XECEncoder(nn.Module):
         self.stems = nn.ModuleDict()
         for face in self.layout.rect:
             self.stems[face.name] = nn.Sequential(
-                nn.Conv2d(IN_CHANNELS * face.slots, c1, kernel_size=face.stem_stride, stride=face.stem_stride), LayerNorm2d(c1))
+                nn.Conv2d(IN_CHANNELS * face.slots, c1, kernel_size=face.stem_stride, stride=face.stem_stride),
+                LayerNorm2d(c1),
+            )
         if cfg.share_rect_backbone:
             self.stages = RectStages(cfg, dpr)
         else:
             self.stages = nn.ModuleDict({f.name: RectStages(cfg, dpr) for f in self.layout.rect})
-        self.rect_token = nn.ModuleDict({f.name: nn.Sequential(nn.LayerNorm(c2), nn.Linear(c2, d))
-                                         for f in self.layout.rect})
+        self.rect_token = nn.ModuleDict(
+            {f.name: nn.Sequential(nn.LayerNorm(c2), nn.Linear(c2, d)) for f in self.layout.rect}
+        )
 
         hexf = self.layout.hex
         self.n_hex_faces = len(hexf.names)
@@ -115,15 +120,19 @@ class XECEncoder(nn.Module):
         # invariant (where the light falls IS the signal for u, v, w and the angles), so the
         # masked mean of the conv features should not have to rely on border effects to know
         # it.
-        self.rect_pos = nn.ParameterDict({
-            f.name: nn.Parameter(torch.zeros(1, f.shape[0] // f.stem_stride[0], f.shape[1] // f.stem_stride[1], c1))
-            for f in self.layout.rect})
+        self.rect_pos = nn.ParameterDict(
+            {
+                f.name: nn.Parameter(torch.zeros(1, f.shape[0] // f.stem_stride[0], f.shape[1] // f.stem_stride[1], c1))
+                for f in self.layout.rect
+            }
+        )
         self.hex_stem = nn.Linear(IN_CHANNELS, cfg.hex_dim)
         self.hex_pos = nn.Parameter(torch.zeros(1, hexf.ids.size, cfg.hex_dim))
         hdpr = [cfg.drop_path * i / max(cfg.hex_depth - 1, 1) for i in range(cfg.hex_depth)]
         self.hex_blocks = nn.ModuleList(
             HexNeXtBlock(cfg.hex_dim, hexf.neighbors, cfg.mlp_ratio, hdpr[i], segments=self.n_hex_faces)
-            for i in range(cfg.hex_depth))
+            for i in range(cfg.hex_depth)
+        )
         self.hex_token = nn.Sequential(nn.LayerNorm(cfg.hex_dim), nn.Linear(cfg.hex_dim, d))
 
         self.num_tokens = len(self.layout.rect) + self.n_hex_faces
@@ -131,8 +140,9 @@ class XECEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, d))
         self.type_embed = nn.Embedding(3, d)
         self.register_buffer("type_ids", torch.tensor([FACE_TYPES[n] for n in self.face_names]), persistent=False)
-        self.fusion = nn.ModuleList(TransformerLayer(d, cfg.heads, cfg.mlp_ratio, cfg.drop_path)
-                                    for _ in range(cfg.fusion_depth))
+        self.fusion = nn.ModuleList(
+            TransformerLayer(d, cfg.heads, cfg.mlp_ratio, cfg.drop_path) for _ in range(cfg.fusion_depth)
+        )
         self.norm = nn.LayerNorm(d)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for p in self.rect_pos.values():
@@ -161,7 +171,7 @@ class XECEncoder(nn.Module):
         channel = slot * C + c)."""
         b, _, c = cells.shape
         hp, wp = face.shape
-        return cells[:, face.offset:face.offset + face.size].reshape(b, hp, wp, face.slots * c).permute(0, 3, 1, 2)
+        return cells[:, face.offset : face.offset + face.size].reshape(b, hp, wp, face.slots * c).permute(0, 3, 1, 2)
 
     def rect_input(self, cells: torch.Tensor, face) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Face input (B, K*2, Hp, Wp) and its FCMAE keep maps at the stem resolution and after
@@ -203,7 +213,7 @@ class XECEncoder(nn.Module):
         return self.norm(t)
 
     def hex_cells(self, cells: torch.Tensor) -> torch.Tensor:
-        return cells[:, self.layout.hex.offset:]
+        return cells[:, self.layout.hex.offset :]
 
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:

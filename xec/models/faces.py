@@ -21,6 +21,7 @@ stacked as input channels, so nothing is averaged away and faces -> flat is exac
 ``outer_pool=1`` gives the exact 72 x 45 fine grid (one slot per cell, coarse PMTs copied
 into 3 x 5 cells).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,11 +37,11 @@ HEX_FACES = ("top", "bottom")
 @dataclass
 class RectFace:
     name: str
-    index: np.ndarray      # (Hp, Wp, K) int64 sensor id per slot, -1 = empty / padding
-    height: int            # unpadded size
+    index: np.ndarray  # (Hp, Wp, K) int64 sensor id per slot, -1 = empty / padding
+    height: int  # unpadded size
     width: int
     stem_stride: tuple[int, int]
-    offset: int = 0        # start of this face in the concatenated slot axis
+    offset: int = 0  # start of this face in the concatenated slot axis
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -58,7 +59,7 @@ class RectFace:
 @dataclass
 class HexFaces:
     names: tuple[str, ...]
-    ids: np.ndarray        # (F*N,) sensor ids, faces concatenated
+    ids: np.ndarray  # (F*N,) sensor ids, faces concatenated
     neighbors: np.ndarray  # (F*N, 7) into the concatenated node list, -1 = none
     nodes_per_face: int
     offset: int = 0
@@ -69,14 +70,14 @@ class FaceLayout:
     rect: list[RectFace]
     hex: HexFaces
     n_sensors: int
-    gather_idx: np.ndarray = field(init=False)        # (L,)
-    direct_sensors: np.ndarray = field(init=False)    # sensor ids with exactly one cell
-    direct_cells: np.ndarray = field(init=False)      # their cell
-    multi_sensors: np.ndarray = field(init=False)     # sensor ids spread over several cells
-    multi_cells: np.ndarray = field(init=False)       # (M, K) cells, padded with cell 0
-    multi_weights: np.ndarray = field(init=False)     # (M, K) float32, rows sum to 1
-    multi_first: np.ndarray = field(init=False)       # (M,) first cell of each
-    inverse_perm: np.ndarray = field(init=False)      # flat order from [direct, multi]
+    gather_idx: np.ndarray = field(init=False)  # (L,)
+    direct_sensors: np.ndarray = field(init=False)  # sensor ids with exactly one cell
+    direct_cells: np.ndarray = field(init=False)  # their cell
+    multi_sensors: np.ndarray = field(init=False)  # sensor ids spread over several cells
+    multi_cells: np.ndarray = field(init=False)  # (M, K) cells, padded with cell 0
+    multi_weights: np.ndarray = field(init=False)  # (M, K) float32, rows sum to 1
+    multi_first: np.ndarray = field(init=False)  # (M,) first cell of each
+    inverse_perm: np.ndarray = field(init=False)  # flat order from [direct, multi]
 
     def __post_init__(self) -> None:
         parts, off = [], 0
@@ -116,12 +117,12 @@ class FaceLayout:
         mc = np.zeros((multi.size, k), dtype=np.int64)
         mw = np.zeros((multi.size, k), dtype=np.float64)
         for row, sid in enumerate(multi):  # build time only
-            cs = c_sorted[starts[sid]:starts[sid] + counts[sid]]
+            cs = c_sorted[starts[sid] : starts[sid] + counts[sid]]
             w = cell_weight[cs].astype(np.float64)
             if not np.all(w > 0):
                 w = np.ones_like(w)
-            mc[row, :cs.size] = cs
-            mw[row, :cs.size] = w / w.sum()
+            mc[row, : cs.size] = cs
+            mw[row, : cs.size] = w / w.sum()
         self.multi_sensors = multi
         self.multi_cells = mc
         self.multi_weights = mw.astype(np.float32)
@@ -169,8 +170,9 @@ def outer_slots(grid) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(h, w, k), shares.reshape(h, w, k)
 
 
-def build_face_layout(geometry, stem_stride, outer_stem_stride, small_stem_stride, outer_pool=(3, 5),
-                      stage_downsample: int = 2) -> FaceLayout:
+def build_face_layout(
+    geometry, stem_stride, outer_stem_stride, small_stem_stride, outer_pool=(3, 5), stage_downsample: int = 2
+) -> FaceLayout:
     """Face layout from a geometry object (``xec.geometry.get_geometry()`` API).
 
     Patchify strides (int or (rows, cols)): ``stem_stride`` for the inner face (93 x 44),
@@ -196,7 +198,7 @@ def build_face_layout(geometry, stem_stride, outer_stem_stride, small_stem_strid
         padded = _pad_index(index, mult)
         faces.append(RectFace(name, padded, index.shape[0], index.shape[1], (sh, sw)))
         wpad = np.zeros(padded.shape, dtype=np.float64)
-        wpad[:index.shape[0], :index.shape[1]] = 1.0 if share is None else share
+        wpad[: index.shape[0], : index.shape[1]] = 1.0 if share is None else share
         weights.append(wpad.reshape(-1))
     ids, nbrs, n_per = [], [], None
     for k, name in enumerate(HEX_FACES):
@@ -240,8 +242,7 @@ class FacesToFlat(torch.nn.Module):
     PMTs with the default outer grid) are then corrected to their mean by a small index_add.
     """
 
-    def __init__(self, layout: FaceLayout, reduce: str = "mean",
-                 strides: list[tuple[int, int]] | None = None):
+    def __init__(self, layout: FaceLayout, reduce: str = "mean", strides: list[tuple[int, int]] | None = None):
         super().__init__()
         if reduce not in ("mean", "first"):
             raise ValueError(f"reduce must be 'mean' or 'first', got {reduce!r}")
@@ -250,7 +251,7 @@ class FacesToFlat(torch.nn.Module):
         if strides is not None:
             for face, st in zip(layout.rect, strides):
                 hp, wp = face.shape
-                remap[face.offset:face.offset + face.size] = face.offset + patch_order(hp, wp, face.slots, st)
+                remap[face.offset : face.offset + face.size] = face.offset + patch_order(hp, wp, face.slots, st)
         first = np.empty(layout.n_sensors, dtype=np.int64)
         first[layout.direct_sensors] = layout.direct_cells
         first[layout.multi_sensors] = layout.multi_first
@@ -263,10 +264,10 @@ class FacesToFlat(torch.nn.Module):
         self.register_buffer("multi_weights", torch.as_tensor(layout.multi_weights).unsqueeze(-1), persistent=False)
 
     def forward(self, cells: torch.Tensor) -> torch.Tensor:
-        b, l, c = cells.shape
+        b, n_cells, c = cells.shape
         # gather single floats of the flattened rows (faster on CPU than C-float rows)
         idx = (self.first_cell[:, None] * c + torch.arange(c, device=cells.device)).reshape(-1)
-        flat = cells.reshape(b, l * c).index_select(1, idx).reshape(b, -1, c)
+        flat = cells.reshape(b, n_cells * c).index_select(1, idx).reshape(b, -1, c)
         if not self.has_multi:
             return flat
         multi = cells.index_select(1, self.multi_cells).reshape(b, -1, self.k, c)

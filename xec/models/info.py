@@ -1,14 +1,15 @@
 """``xec model-info``: parameter counts of a model preset, per component and per model.
 
-    xec model-info --preset tiny
-    xec model-info --config config.yaml          # the config's `model` section (with overrides)
+xec model-info --preset tiny
+xec model-info --config config.yaml          # the config's `model` section (with overrides)
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ def _count(module: nn.Module | None) -> int:
 def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
     """Parameter counts of every model built from a config ``model`` section (shapes only:
     built on the meta device, so even `large` costs no memory)."""
-    from xec.models import XECInpainter, XECMAE, XECRegressor, model_config
+    from xec.models import XECMAE, XECInpainter, XECRegressor, model_config
     from xec.targets import DEFAULT_TASKS
 
     cfg = model_config(section)
@@ -47,13 +48,15 @@ def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> di
     return {
         "preset": section["preset"],
         "config": cfg.to_dict(),
-        "faces": {f.name: {"grid": list(f.shape), "slots": f.slots, "stem_stride": list(f.stem_stride)}
-                  for f in enc.layout.rect} | {"hex": {"nodes": int(enc.layout.hex.ids.size)}},
+        "faces": {
+            f.name: {"grid": list(f.shape), "slots": f.slots, "stem_stride": list(f.stem_stride)}
+            for f in enc.layout.rect
+        }
+        | {"hex": {"nodes": int(enc.layout.hex.ids.size)}},
         "encoder": {"total": _count(enc), **comp},
         "mae": {"total": _count(mae), "decoders": _count(mae.decoder)},
         "inpainter": {"total": _count(inp), "heads": _count(inp.heads)},
-        "regressor": {"total": _count(reg), "tasks": tasks,
-                      "heads": {t: _count(reg.heads[t]) for t in tasks}},
+        "regressor": {"total": _count(reg), "tasks": tasks, "heads": {t: _count(reg.heads[t]) for t in tasks}},
     }
 
 
@@ -62,26 +65,37 @@ def format_info(info: dict[str, Any]) -> str:
         return f"{v:,}"
 
     e = info["encoder"]
-    lines = [f"model preset {info['preset']!r}",
-             "faces: " + ", ".join(f"{k} {v.get('grid', v.get('nodes'))}" + (f" x{v['slots']} slots" if v.get("slots", 1) > 1 else "")
-                                   for k, v in info["faces"].items()),
-             f"{'component':<28}{'parameters':>14}",
-             f"{'encoder':<28}{n(e['total']):>14}"]
+    lines = [
+        f"model preset {info['preset']!r}",
+        "faces: "
+        + ", ".join(
+            f"{k} {v.get('grid', v.get('nodes'))}" + (f" x{v['slots']} slots" if v.get("slots", 1) > 1 else "")
+            for k, v in info["faces"].items()
+        ),
+        f"{'component':<28}{'parameters':>14}",
+        f"{'encoder':<28}{n(e['total']):>14}",
+    ]
     for key in ("rect_stems", "rect_stages", "rect_tokens", "hex", "fusion"):
         lines.append(f"{'  ' + key:<28}{n(e[key]):>14}")
-    lines += [f"{'mae (encoder + decoders)':<28}{n(info['mae']['total']):>14}",
-              f"{'  decoders':<28}{n(info['mae']['decoders']):>14}",
-              f"{'inpainter (encoder + heads)':<28}{n(info['inpainter']['total']):>14}",
-              f"{'  heads':<28}{n(info['inpainter']['heads']):>14}",
-              f"{'regressor (encoder + heads)':<28}{n(info['regressor']['total']):>14}"]
+    lines += [
+        f"{'mae (encoder + decoders)':<28}{n(info['mae']['total']):>14}",
+        f"{'  decoders':<28}{n(info['mae']['decoders']):>14}",
+        f"{'inpainter (encoder + heads)':<28}{n(info['inpainter']['total']):>14}",
+        f"{'  heads':<28}{n(info['inpainter']['heads']):>14}",
+        f"{'regressor (encoder + heads)':<28}{n(info['regressor']['total']):>14}",
+    ]
     for t, v in info["regressor"]["heads"].items():
         lines.append(f"{'  head ' + t:<28}{n(v):>14}")
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=("tiny", "base", "large"), default=None,
-                        help="preset to describe (default: the config's model section)")
+    parser.add_argument(
+        "--preset",
+        choices=("tiny", "base", "large"),
+        default=None,
+        help="preset to describe (default: the config's model section)",
+    )
     parser.add_argument("--tasks", nargs="+", default=None, help="regressor tasks (default: angle energy timing uvwFI)")
     parser.add_argument("--json", default=None, help="also write the counts to this JSON file")
     parser.add_argument("--log", default=None, help="log file")

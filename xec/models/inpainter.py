@@ -12,6 +12,7 @@ neighbours are present) and its face's fused token (global context), runs
   ones (npho == sentinel). A filled npho below the time threshold gets the sentinel as its
   time, like the normalizer does for real readings.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,15 @@ from xec.models.presets import ModelConfig
 
 
 class XECInpainter(nn.Module):
-    def __init__(self, cfg: ModelConfig, sentinel: float = -1.0, time_npho_threshold: float = 0.0,
-                 freeze_encoder: bool = False, geometry=None, normalizer=None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        sentinel: float = -1.0,
+        time_npho_threshold: float = 0.0,
+        freeze_encoder: bool = False,
+        geometry=None,
+        normalizer=None,
+    ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel`` and
         ``time_npho_threshold`` (its npho_threshold in normalized units)."""
         super().__init__()

@@ -18,6 +18,7 @@
   over the selected sensors: no inverse normalization inside the model), and
   ``learn_log_vars`` (loss = sum_c exp(-s_c) L_c + s_c with learned s_c).
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,9 +54,15 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> tor
     raise XecError(f"unknown loss {kind!r}; choose one of {LOSSES}")
 
 
-def random_mask(x: torch.Tensor, ratio: float, sentinel: float, maskable: str = "time_valid",
-                time_valid_bias: float = 0.0, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_mask(
+    x: torch.Tensor,
+    ratio: float,
+    sentinel: float,
+    maskable: str = "time_valid",
+    time_valid_bias: float = 0.0,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N, 2) normalized input -> (mask (B, N) bool, candidates (B, N) bool).
 
     Each candidate is hidden independently with probability ``ratio`` (O(N), no sort; the
@@ -82,11 +89,22 @@ def random_mask(x: torch.Tensor, ratio: float, sentinel: float, maskable: str = 
 
 
 class XECMAE(nn.Module):
-    def __init__(self, cfg: ModelConfig, sentinel: float = -1.0, time_npho_threshold: float = 0.0,
-                 mask_ratio: float = 0.6, loss: str = "smooth_l1", maskable: str = "time_valid",
-                 time_valid_bias: float = 0.0, time_weight_sqrt_npho: bool = False,
-                 learn_log_vars: bool = False, npho_loss_weight: float = 1.0, time_loss_weight: float = 1.0,
-                 face_losses: bool = False, geometry=None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        sentinel: float = -1.0,
+        time_npho_threshold: float = 0.0,
+        mask_ratio: float = 0.6,
+        loss: str = "smooth_l1",
+        maskable: str = "time_valid",
+        time_valid_bias: float = 0.0,
+        time_weight_sqrt_npho: bool = False,
+        learn_log_vars: bool = False,
+        npho_loss_weight: float = 1.0,
+        time_loss_weight: float = 1.0,
+        face_losses: bool = False,
+        geometry=None,
+    ):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise XecError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -113,12 +131,16 @@ class XECMAE(nn.Module):
             face_of_sensor[i, torch.as_tensor(ids)] = 1.0
         for k in range(self.encoder.n_hex_faces):
             n = lay.hex.nodes_per_face
-            face_of_sensor[len(lay.rect) + k, torch.as_tensor(lay.hex.ids[k * n:(k + 1) * n])] = 1.0
+            face_of_sensor[len(lay.rect) + k, torch.as_tensor(lay.hex.ids[k * n : (k + 1) * n])] = 1.0
         self.register_buffer("face_onehot", face_of_sensor, persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized. ``mask`` (optional, bool (B, 4760)) overrides the random
         masking (evaluation with fixed masks); ``noise`` (B, N) uniform [0, 1) draws the random
         mask from given numbers (a ``generator`` inside a torch.compile'd forward costs two
@@ -126,8 +148,9 @@ class XECMAE(nn.Module):
         actual_mask_ratio, pred (B, 4760, 2), mask (B, 4760), and loss_face (F,) in eval mode
         (or always with ``face_losses=True``)."""
         if mask is None:
-            mask, cand = random_mask(x, self.mask_ratio, self.sentinel, self.maskable,
-                                     self.time_valid_bias, generator, noise)
+            mask, cand = random_mask(
+                x, self.mask_ratio, self.sentinel, self.maskable, self.time_valid_bias, generator, noise
+            )
         else:
             mask = mask.bool()
             cand = x[..., 0] != self.sentinel

@@ -14,6 +14,7 @@ these features, xec.models.regressor.TaskHead).
 Cost: one argmax, one gather and an MLP per event (~0.47M MACs at 11 x 11 and width 512),
 small next to the encoder; everything is plain tensor algebra, so it exports to ONNX.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,13 +41,19 @@ class PeakWindowFit(nn.Module):
         self.register_buffer("offsets", torch.arange(window), persistent=False)
         # soft-argmax centroids of the patch at a few sharpnesses: exp(tau * npho) with a log-like
         # npho transform is a power-law npho weighting, the classical centroid estimators
-        rel = (torch.arange(window, dtype=torch.float32) - (window - 1) / 2)
-        self.register_buffer("cell_rc", torch.stack(torch.meshgrid(rel, rel, indexing="ij"), -1).reshape(-1, 2),
-                             persistent=False)
+        rel = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+        self.register_buffer(
+            "cell_rc", torch.stack(torch.meshgrid(rel, rel, indexing="ij"), -1).reshape(-1, 2), persistent=False
+        )
         self.log_tau = nn.Parameter(torch.log(torch.tensor([2.0, 4.0, 8.0, 16.0])))
         n_cent = 4 * self.log_tau.numel()
-        self.mlp = nn.Sequential(nn.Linear(3 * window * window + 2 + n_cent, hidden), nn.GELU(),
-                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * window * window + 2 + n_cent, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, out_dim),
+        )
         self.out_dim = out_dim + n_cent + 2  # MLP features + centroids + the anchor (u, v)
 
     def local_patch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,12 +61,13 @@ class PeakWindowFit(nn.Module):
         (B, 2) (u, v) of the patch centre (in COORD_SCALE_CM units)."""
         b = x.shape[0]
         k, half = self.window, self.window // 2
-        inner = x.index_select(1, self.index)                    # (B, H*W, 2)
-        peak = torch.argmax(inner[..., 0], dim=1)                # sentinel < every valid npho
+        inner = x.index_select(1, self.index)  # (B, H*W, 2)
+        peak = torch.argmax(inner[..., 0], dim=1)  # sentinel < every valid npho
         r0 = torch.clamp(torch.div(peak, self.cols, rounding_mode="floor") - half, 0, self.rows - k)
         c0 = torch.clamp(peak % self.cols - half, 0, self.cols - k)
-        cells = ((r0[:, None] + self.offsets)[:, :, None] * self.cols
-                 + (c0[:, None] + self.offsets)[:, None, :]).reshape(b, k * k)
+        cells = (
+            (r0[:, None] + self.offsets)[:, :, None] * self.cols + (c0[:, None] + self.offsets)[:, None, :]
+        ).reshape(b, k * k)
         patch = torch.gather(inner, 1, cells.unsqueeze(-1).expand(b, k * k, 2))
         anchor = self.coords.index_select(0, (r0 + half) * self.cols + c0 + half)
         return patch, anchor
@@ -74,8 +82,8 @@ class PeakWindowFit(nn.Module):
         rel = npho - npho.amax(dim=1, keepdim=True)
         logits = torch.exp(self.log_tau)[None, :, None] * rel.masked_fill(~valid, -1e4).unsqueeze(1)
         rel = rel.masked_fill(~valid, self.sentinel)
-        p = torch.softmax(logits, dim=-1)                       # (B, K, window^2)
-        mean = p @ self.cell_rc                                 # (B, K, 2) rows, cols from the centre
+        p = torch.softmax(logits, dim=-1)  # (B, K, window^2)
+        mean = p @ self.cell_rc  # (B, K, 2) rows, cols from the centre
         spread = torch.sqrt((p @ (self.cell_rc * self.cell_rc) - mean * mean).clamp_min(0.0) + 1e-6)
         cent = torch.cat([mean.flatten(1), spread.flatten(1)], dim=1)
         feats = torch.cat([patch.flatten(1), rel, anchor, cent], dim=1)

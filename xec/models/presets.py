@@ -10,22 +10,41 @@
 
 ``xec model-info --preset NAME`` prints the counts per component.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from xec.errors import XecError
 
-
 # the keys that shape XECEncoder (an MAE checkpoint initializes any stage that agrees on these)
-ENCODER_FIELDS = ("preset", "rect_dims", "rect_depths", "kernel_size", "stem_stride", "outer_pool", "outer_stem_stride",
-                  "small_stem_stride", "share_rect_backbone", "hex_dim", "hex_depth", "token_dim",
-                  "fusion_depth", "heads", "mlp_ratio", "drop_path")
+ENCODER_FIELDS = (
+    "preset",
+    "rect_dims",
+    "rect_depths",
+    "kernel_size",
+    "stem_stride",
+    "outer_pool",
+    "outer_stem_stride",
+    "small_stem_stride",
+    "share_rect_backbone",
+    "hex_dim",
+    "hex_depth",
+    "token_dim",
+    "fusion_depth",
+    "heads",
+    "mlp_ratio",
+    "drop_path",
+)
 # the keys each stage adds on top of the encoder (decoders, inpainting heads, regression heads)
-STAGE_FIELDS = {"mae": ("decoder_dim", "decoder_depth"), "inpainter": ("inpaint_dim", "inpaint_depth"),
-                "regressor": ("head_hidden", "peak_window", "peak_hidden")}
+STAGE_FIELDS = {
+    "mae": ("decoder_dim", "decoder_depth"),
+    "inpainter": ("inpaint_dim", "inpaint_depth"),
+    "regressor": ("head_hidden", "peak_window", "peak_hidden"),
+}
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
 
@@ -40,14 +59,14 @@ def _pair(v) -> tuple[int, int]:
 @dataclass(frozen=True)
 class ModelConfig:
     # rectangular faces (ConvNeXt V2)
-    rect_dims: tuple[int, int] = (16, 32)    # stage widths
-    rect_depths: tuple[int, int] = (0, 2)    # blocks per stage (tiny: none at the stem resolution)
-    kernel_size: int = 5                     # depthwise kernel
-    stem_stride: tuple[int, int] = (4, 4)        # patchify stride on the inner face (93 x 44)
-    outer_pool: tuple[int, int] = (3, 5)         # geometry.outer_grid(pool): (3, 5) = 24 x 9, one cell per coarse PMT
+    rect_dims: tuple[int, int] = (16, 32)  # stage widths
+    rect_depths: tuple[int, int] = (0, 2)  # blocks per stage (tiny: none at the stem resolution)
+    kernel_size: int = 5  # depthwise kernel
+    stem_stride: tuple[int, int] = (4, 4)  # patchify stride on the inner face (93 x 44)
+    outer_pool: tuple[int, int] = (3, 5)  # geometry.outer_grid(pool): (3, 5) = 24 x 9, one cell per coarse PMT
     outer_stem_stride: tuple[int, int] = (2, 1)  # patchify stride on that outer grid
     small_stem_stride: tuple[int, int] = (2, 2)  # on US / DS (24 x 6)
-    share_rect_backbone: bool = False        # one set of stage weights for all rect faces
+    share_rect_backbone: bool = False  # one set of stage weights for all rect faces
     # hexagonal faces (HexNeXt)
     hex_dim: int = 12
     hex_depth: int = 1
@@ -65,8 +84,8 @@ class ModelConfig:
     inpaint_depth: int = 1
     # regressor heads
     head_hidden: int = 64
-    peak_window: int = 11     # MPPC window around the brightest one read by the heads' local fit (0 = off)
-    peak_hidden: int = 512    # width of that local-fit MLP (0.47M parameters at window 11)
+    peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
+    peak_hidden: int = 512  # width of that local-fit MLP (0.47M parameters at window 11)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,14 +96,46 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
-    "base": ModelConfig(rect_dims=(128, 256), rect_depths=(3, 9), stem_stride=(2, 2), outer_stem_stride=(1, 1),
-                        small_stem_stride=(1, 1), kernel_size=7, mlp_ratio=4.0, hex_dim=128, hex_depth=4, token_dim=256, fusion_depth=4, heads=8,
-                        drop_path=0.1, decoder_dim=128, decoder_depth=1, inpaint_dim=64,
-                        inpaint_depth=2, head_hidden=256),
-    "large": ModelConfig(rect_dims=(192, 384), rect_depths=(3, 12), stem_stride=(2, 2), outer_stem_stride=(1, 1),
-                         small_stem_stride=(1, 1), kernel_size=7, mlp_ratio=4.0, hex_dim=192, hex_depth=6, token_dim=512, fusion_depth=6, heads=8,
-                         drop_path=0.2, decoder_dim=192, decoder_depth=2, inpaint_dim=96,
-                         inpaint_depth=2, head_hidden=512),
+    "base": ModelConfig(
+        rect_dims=(128, 256),
+        rect_depths=(3, 9),
+        stem_stride=(2, 2),
+        outer_stem_stride=(1, 1),
+        small_stem_stride=(1, 1),
+        kernel_size=7,
+        mlp_ratio=4.0,
+        hex_dim=128,
+        hex_depth=4,
+        token_dim=256,
+        fusion_depth=4,
+        heads=8,
+        drop_path=0.1,
+        decoder_dim=128,
+        decoder_depth=1,
+        inpaint_dim=64,
+        inpaint_depth=2,
+        head_hidden=256,
+    ),
+    "large": ModelConfig(
+        rect_dims=(192, 384),
+        rect_depths=(3, 12),
+        stem_stride=(2, 2),
+        outer_stem_stride=(1, 1),
+        small_stem_stride=(1, 1),
+        kernel_size=7,
+        mlp_ratio=4.0,
+        hex_dim=192,
+        hex_depth=6,
+        token_dim=512,
+        fusion_depth=6,
+        heads=8,
+        drop_path=0.2,
+        decoder_dim=192,
+        decoder_depth=2,
+        inpaint_dim=96,
+        inpaint_depth=2,
+        head_hidden=512,
+    ),
 }
 
 

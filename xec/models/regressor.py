@@ -6,9 +6,10 @@ Heads read the concatenated fused face tokens and predict STANDARDIZED targets
 GeV, timing ns, uvwFI cm, angleVec unit-less) and an exported model needs nothing else. Only
 the heads of the active tasks are built.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +41,15 @@ class TaskHead(nn.Module):
 
 
 class XECRegressor(nn.Module):
-    def __init__(self, cfg: ModelConfig, tasks: Sequence[str], standardizer: TargetStandardizer | None = None,
-                 sentinel: float = -1.0, geometry=None, normalizer=None):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tasks: Sequence[str],
+        standardizer: TargetStandardizer | None = None,
+        sentinel: float = -1.0,
+        geometry=None,
+        normalizer=None,
+    ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``."""
         super().__init__()
         if normalizer is not None:
@@ -59,6 +67,7 @@ class XECRegressor(nn.Module):
         if cfg.peak_window > 0:
             if geometry is None:
                 from xec.geometry import get_geometry
+
                 geometry = get_geometry()
             self.peak = PeakWindowFit(geometry, cfg.peak_window, cfg.peak_hidden, sentinel=self.encoder.sentinel)
         else:
@@ -77,8 +86,9 @@ class XECRegressor(nn.Module):
             standardizer = TargetStandardizer.from_dict(standardizer)
         for t in self.tasks:
             if t not in standardizer.mean:
-                raise XecError(f"target standardization has no entry for task {t!r} "
-                               f"(it has {sorted(standardizer.mean)})")
+                raise XecError(
+                    f"target standardization has no entry for task {t!r} (it has {sorted(standardizer.mean)})"
+                )
             mean = np.asarray(standardizer.mean[t], dtype=np.float32).reshape(-1)
             std = np.asarray(standardizer.std[t], dtype=np.float32).reshape(-1)
             if mean.size != TASKS[t].dim or std.size != TASKS[t].dim:
@@ -89,7 +99,8 @@ class XECRegressor(nn.Module):
     def standardization(self) -> TargetStandardizer:
         return TargetStandardizer(
             mean={t: getattr(self, f"target_mean_{t}").cpu().numpy().copy() for t in self.tasks},
-            std={t: getattr(self, f"target_std_{t}").cpu().numpy().copy() for t in self.tasks})
+            std={t: getattr(self, f"target_std_{t}").cpu().numpy().copy() for t in self.tasks},
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction}."""
@@ -102,8 +113,7 @@ class XECRegressor(nn.Module):
         return {t: self.heads[t](z, loc) for t in self.tasks}
 
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}")
-                for t in self.tasks}
+        return {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}") for t in self.tasks}
 
     def forward_physical(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized -> {task: (B, dim) in physical units}."""
@@ -118,9 +128,9 @@ def encoder_state_from(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
         k = key
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         if k.startswith("encoder."):
-            out[k[len("encoder."):]] = value
+            out[k[len("encoder.") :]] = value
     return out
 
 
@@ -134,8 +144,11 @@ def load_encoder_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor
     try:
         missing, unexpected = model.encoder.load_state_dict(enc, strict=False)
     except RuntimeError as exc:
-        raise XecError(f"{source}: encoder weights do not fit this model (different preset?): "
-                       f"{str(exc).splitlines()[0]}") from None
+        raise XecError(
+            f"{source}: encoder weights do not fit this model (different preset?): {str(exc).splitlines()[0]}"
+        ) from None
     if missing or unexpected:
-        raise XecError(f"{source}: encoder weights do not fit this model (different preset?): "
-                       f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        raise XecError(
+            f"{source}: encoder weights do not fit this model (different preset?): "
+            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )

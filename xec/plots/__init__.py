@@ -4,15 +4,32 @@ Every function takes plain inputs (data frames of ``xec infer`` / ``xec baseline
 numpy arrays), an output path without suffix and ``formats``/``dpi``, and returns the files it
 wrote. ``xec plots`` (xec.plots.cli) makes every plot that the files of a run allow.
 """
+
 from xec.plots.common import save_figure, standard_columns
 from xec.plots.display import draw_face, event_display
 from xec.plots.models import inpainter_truth_vs_prediction, mae_reconstruction
-from xec.plots.physics import (energy_response, opening_angle_distribution, realdata_distributions,
-                               residual_distributions, resolution_profiles, timing_residuals)
+from xec.plots.physics import (
+    energy_response,
+    opening_angle_distribution,
+    realdata_distributions,
+    residual_distributions,
+    resolution_profiles,
+    timing_residuals,
+)
 from xec.plots.training import training_curves
 
 __all__ = [
-    "save_figure", "standard_columns", "draw_face", "event_display", "inpainter_truth_vs_prediction",
-    "mae_reconstruction", "energy_response", "opening_angle_distribution", "realdata_distributions",
-    "residual_distributions", "resolution_profiles", "timing_residuals", "training_curves",
+    "save_figure",
+    "standard_columns",
+    "draw_face",
+    "event_display",
+    "inpainter_truth_vs_prediction",
+    "mae_reconstruction",
+    "energy_response",
+    "opening_angle_distribution",
+    "realdata_distributions",
+    "residual_distributions",
+    "resolution_profiles",
+    "timing_residuals",
+    "training_curves",
 ]

@@ -17,13 +17,15 @@ Reads (each optional; a plot whose inputs are missing is skipped with a log line
   the bench ROOT file                                   event displays of the worst events
 Writes OUT/<name>.png and .pdf per plot and OUT/index.json (made and skipped plots).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +39,12 @@ log = logging.getLogger("xec.plots")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="results directory of the run")
     parser.add_argument("--out", default=None, help="plot directory (default: RESULTS/plots)")
-    parser.add_argument("--bench-root", nargs="*", default=None,
-                        help="bench ROOT file(s) for the event displays (default: config data.bench or RESULTS/data/bench.root)")
+    parser.add_argument(
+        "--bench-root",
+        nargs="*",
+        default=None,
+        help="bench ROOT file(s) for the event displays (default: config data.bench or RESULTS/data/bench.root)",
+    )
     add_config_argument(parser)
     parser.add_argument("--log", default=None, help="log file")
 
@@ -91,7 +97,7 @@ def _bench_files(args: argparse.Namespace, cfg: Mapping[str, Any], results: Path
     return sorted(f for p in patterns for f in glob.glob(p))
 
 
-def worst_events(df, n: int) -> "pd.DataFrame":  # noqa: F821
+def worst_events(df, n: int) -> pd.DataFrame:  # noqa: F821
     """The ``n`` events with the largest position error |uvw_reco - uvw_true| (else the largest
     opening angle)."""
     cols = [f"uvwFI_{c}" for c in "uvw"]
@@ -116,8 +122,9 @@ def fetch_events(files: list[str], keys: list[tuple[int, int]], tree: str = "tre
     want = set(keys)
     found: dict[tuple[int, int], dict] = {}
     seen = 0
-    for _path, a in iterate_events(files, tree, ("npho", "relative_time"), optional_branches=("run", "event"),
-                                   step_size=1000):
+    for _path, a in iterate_events(
+        files, tree, ("npho", "relative_time"), optional_branches=("run", "event"), step_size=1000
+    ):
         n = len(a["npho"])
         run = a["run"].astype(np.int64).reshape(n) if "run" in a else np.full(n, -1)
         ev = a["event"].astype(np.int64).reshape(n) if "event" in a else np.arange(seen, seen + n)
@@ -140,9 +147,14 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
     n_bins, n_boot = int(sec["profile_bins"]), int(sec["n_boot"])
 
-    bench = {k: v for k, v in (("ML", _read(results / "inference" / "bench.parquet", "bench ML")),
-                               ("baseline", _read(results / "baseline" / "bench.parquet", "bench baseline")))
-             if v is not None}
+    bench = {
+        k: v
+        for k, v in (
+            ("ML", _read(results / "inference" / "bench.parquet", "bench ML")),
+            ("baseline", _read(results / "baseline" / "bench.parquet", "bench baseline")),
+        )
+        if v is not None
+    }
     if bench:
         run("residuals_bench", P.residual_distributions, bench, title="bench (52.8 MeV): residuals")
         for var in ("theta", "phi", "u", "v", "w", "energy"):
@@ -153,18 +165,31 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     else:
         run.skip("bench", "no bench predictions (inference/bench.parquet, baseline/bench.parquet)")
 
-    val = {k: v for k, v in (("ML", _read(results / "regressor" / "predictions.parquet", "regressor val predictions")),
-                             ("baseline", _read(results / "baseline" / "val.parquet", "val baseline")))
-           if v is not None}
+    val = {
+        k: v
+        for k, v in (
+            ("ML", _read(results / "regressor" / "predictions.parquet", "regressor val predictions")),
+            ("baseline", _read(results / "baseline" / "val.parquet", "val baseline")),
+        )
+        if v is not None
+    }
     if val:
         run("residuals_val", P.residual_distributions, val, title="val (15-60 MeV): residuals")
         run("profile_vs_energy_val", P.resolution_profiles, val, "energy", n_bins=n_bins, n_boot=n_boot)
         run("energy_response_val", P.energy_response, val)
 
-    real = {k: v for k, v in (
-        ("ML (inpainted)", _read(results / "inference" / "realdata.parquet", "realdata ML")),
-        ("ML (no inpainting)", _read(results / "inference" / "realdata_noinpaint.parquet", "realdata ML no inpainting")),
-        ("baseline", _read(results / "baseline" / "realdata.parquet", "realdata baseline"))) if v is not None}
+    real = {
+        k: v
+        for k, v in (
+            ("ML (inpainted)", _read(results / "inference" / "realdata.parquet", "realdata ML")),
+            (
+                "ML (no inpainting)",
+                _read(results / "inference" / "realdata_noinpaint.parquet", "realdata ML no inpainting"),
+            ),
+            ("baseline", _read(results / "baseline" / "realdata.parquet", "realdata baseline")),
+        )
+        if v is not None
+    }
     if real:
         run("realdata_distributions", P.realdata_distributions, real)
         if any(c.startswith("true_") for d in real.values() for c in d.columns):
@@ -195,8 +220,10 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
                 if k not in events:
                     run.skip(f"event_display_worst_{i}", f"event {k} not found in {bench_files}")
                     continue
-                title = (f"bench run {k[0]} event {k[1]}: {worst.attrs['label']} {err:.2f} "
-                         f"({'ML' if 'ML' in bench else 'baseline'})")
+                title = (
+                    f"bench run {k[0]} event {k[1]}: {worst.attrs['label']} {err:.2f} "
+                    f"({'ML' if 'ML' in bench else 'baseline'})"
+                )
                 run(f"event_display_worst_{i}", P.event_display, events[k]["npho"], events[k]["time_ns"], title=title)
         except (ValueError, FileNotFoundError, XecError) as exc:
             run.skip("event_display_worst", f"{type(exc).__name__}: {exc}")
@@ -222,8 +249,14 @@ def _mae_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:
     from xec.plots.models import mae_reconstruction, run_mae_examples
 
     for i, ex in enumerate(run_mae_examples(ckpt, manifest, n)):
-        run(f"mae_reconstruction_{i}", mae_reconstruction, ex["npho"], ex["mask"], ex["reco_npho"],
-            title=f"MAE: val event {i}")
+        run(
+            f"mae_reconstruction_{i}",
+            mae_reconstruction,
+            ex["npho"],
+            ex["mask"],
+            ex["reco_npho"],
+            title=f"MAE: val event {i}",
+        )
 
 
 def _inpainter_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:

@@ -1,9 +1,10 @@
 """Shared plotting helpers: Agg backend, atomic multi-format saving, column names."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
@@ -18,8 +19,9 @@ DEFAULT_FORMATS = ("png", "pdf")
 METHOD_COLORS = {"ML": "C0", "baseline": "C1", "ML (inpainted)": "C0", "ML (no inpainting)": "C2"}
 
 
-def save_figure(fig: "plt.Figure", out: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS,
-                dpi: int = 110) -> list[Path]:
+def save_figure(
+    fig: plt.Figure, out: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110
+) -> list[Path]:
     """Write ``fig`` as ``out.<fmt>`` for every format (atomically) and close it."""
     out = Path(out)
     written = []

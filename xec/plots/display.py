@@ -6,17 +6,28 @@ US/DS: 24 phi' strips x 6 rings; top/bottom: the hexagonal PMT planes at their p
 (z, r) positions (``g.hex_face(name).xy``). Dead sensors (npho > 9e9 or NaN) and sensors
 without time are grey.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 
-from xec.geometry import (INNER_DPHI, INNER_DZ, INNER_PHI0, INNER_Z0, OUTER_DPHI, OUTER_PHI0, OUTER_ZMAX,
-                          SLANT_R, FACE_NAMES, get_geometry)
+from xec.geometry import (
+    FACE_NAMES,
+    INNER_DPHI,
+    INNER_DZ,
+    INNER_PHI0,
+    INNER_Z0,
+    OUTER_DPHI,
+    OUTER_PHI0,
+    OUTER_ZMAX,
+    SLANT_R,
+    get_geometry,
+)
 from xec.plots.common import DEFAULT_FORMATS, plt, save_figure
 
 INVALID = 9e9
@@ -43,8 +54,15 @@ def draw_face(ax, face: str, values: np.ndarray, norm, cmap: str = "viridis", qu
         z0, z1 = INNER_Z0 - INNER_DZ / 2, INNER_Z0 + INNER_DZ * (g.inner_index.shape[1] - 0.5)
         p0 = INNER_PHI0 - INNER_DPHI / 2
         p1 = INNER_PHI0 + INNER_DPHI * (g.inner_index.shape[0] - 0.5)
-        art = ax.imshow(np.ma.masked_invalid(img), origin="upper", aspect="auto", extent=(z0, z1, p1, p0),
-                        norm=norm, cmap=cm, interpolation="nearest")
+        art = ax.imshow(
+            np.ma.masked_invalid(img),
+            origin="upper",
+            aspect="auto",
+            extent=(z0, z1, p1, p0),
+            norm=norm,
+            cmap=cm,
+            interpolation="nearest",
+        )
         ax.set_xlabel("z (cm)", fontsize=8)
         ax.set_ylabel("phi' (deg)", fontsize=8)
     elif face == "outer":
@@ -55,9 +73,15 @@ def draw_face(ax, face: str, values: np.ndarray, norm, cmap: str = "viridis", qu
         # the fine grid tiles the coarse 24 x 9 PMT layout: same physical extent
         pz = 2 * OUTER_ZMAX / 8
         p0, p1 = OUTER_PHI0 - OUTER_DPHI / 2, OUTER_PHI0 + OUTER_DPHI * 23.5
-        art = ax.imshow(np.ma.masked_invalid(img), origin="upper", aspect="auto",
-                        extent=(-OUTER_ZMAX - pz / 2, OUTER_ZMAX + pz / 2, p1, p0), norm=norm, cmap=cm,
-                        interpolation="nearest")
+        art = ax.imshow(
+            np.ma.masked_invalid(img),
+            origin="upper",
+            aspect="auto",
+            extent=(-OUTER_ZMAX - pz / 2, OUTER_ZMAX + pz / 2, p1, p0),
+            norm=norm,
+            cmap=cm,
+            interpolation="nearest",
+        )
         ax.set_xlabel("z (cm)", fontsize=8)
     elif face in ("us", "ds"):
         index = g.us_index if face == "us" else g.ds_index
@@ -65,16 +89,22 @@ def draw_face(ax, face: str, values: np.ndarray, norm, cmap: str = "viridis", qu
         dr = (SLANT_R[1] - SLANT_R[0]) / 5
         r0, r1 = SLANT_R[0] - dr / 2, SLANT_R[1] + dr / 2
         p0, p1 = OUTER_PHI0 - OUTER_DPHI / 2, OUTER_PHI0 + OUTER_DPHI * 23.5
-        art = ax.imshow(np.ma.masked_invalid(img), origin="upper", aspect="auto", extent=(r0, r1, p1, p0),
-                        norm=norm, cmap=cm, interpolation="nearest")
+        art = ax.imshow(
+            np.ma.masked_invalid(img),
+            origin="upper",
+            aspect="auto",
+            extent=(r0, r1, p1, p0),
+            norm=norm,
+            cmap=cm,
+            interpolation="nearest",
+        )
         ax.set_xlabel("r (cm)", fontsize=8)
     elif face in ("top", "bottom"):
         hf = g.hex_face(face)
         v = values[hf.ids]
         ok = np.isfinite(v)
         ax.scatter(hf.xy[~ok, 0], hf.xy[~ok, 1], marker="h", s=120, c="0.8", edgecolors="none")
-        art = ax.scatter(hf.xy[ok, 0], hf.xy[ok, 1], c=v[ok], marker="h", s=120, norm=norm, cmap=cm,
-                         edgecolors="none")
+        art = ax.scatter(hf.xy[ok, 0], hf.xy[ok, 1], c=v[ok], marker="h", s=120, norm=norm, cmap=cm, edgecolors="none")
         ax.set_xlabel("z (cm)", fontsize=8)
         ax.set_ylabel("r (cm)", fontsize=8)
         ax.set_aspect("equal")
@@ -113,8 +143,14 @@ def face_row(fig, gs_row, values: np.ndarray, quantity: str, label: str):
     return axes
 
 
-def event_display(npho: np.ndarray, time_ns: np.ndarray | None, out: str | os.PathLike, title: str = "",
-                  formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def event_display(
+    npho: np.ndarray,
+    time_ns: np.ndarray | None,
+    out: str | os.PathLike,
+    title: str = "",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Display of one event: npho (log colour scale) and, if given, the time (ns) of every
     sensor on all six faces at their real layout."""
     npho = _clean(npho, "npho")

@@ -4,11 +4,13 @@ The training stages save no per-sensor reconstructions by default, so these func
 arrays; :func:`run_mae_examples` / :func:`run_inpainter_examples` produce them by running the
 checkpoints on a few val events (xec plots does that when the checkpoints and val shards exist).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +19,15 @@ from xec.plots.common import DEFAULT_FORMATS, plt, save_figure
 from xec.plots.display import _norm, draw_face
 
 
-def mae_reconstruction(npho: np.ndarray, mask: np.ndarray, reco_npho: np.ndarray, out: str | os.PathLike,
-                       title: str = "", formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def mae_reconstruction(
+    npho: np.ndarray,
+    mask: np.ndarray,
+    reco_npho: np.ndarray,
+    out: str | os.PathLike,
+    title: str = "",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """One event: input npho, the input with the masked sensors hidden, and the MAE
     reconstruction (visible sensors from the input, masked ones from the model), all faces,
     one colour scale. Arrays (4760,) in photons; ``mask`` bool (4760,) = hidden."""
@@ -46,8 +55,14 @@ def mae_reconstruction(npho: np.ndarray, mask: np.ndarray, reco_npho: np.ndarray
     return save_figure(fig, out, formats, dpi)
 
 
-def inpainter_truth_vs_prediction(truth: np.ndarray, pred: np.ndarray, sensor: np.ndarray, out: str | os.PathLike,
-                                  formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def inpainter_truth_vs_prediction(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    sensor: np.ndarray,
+    out: str | os.PathLike,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Truth vs inpainter prediction of the npho of hidden sensors, one panel per face
     (log-log, with the median relative error and its 68 % width)."""
     truth, pred, sensor = (np.asarray(a).ravel() for a in (truth, pred, sensor))
@@ -67,8 +82,14 @@ def inpainter_truth_vs_prediction(truth: np.ndarray, pred: np.ndarray, sensor: n
         if bright.any():
             rel = p[bright] / t[bright] - 1
             q16, q50, q84 = np.percentile(rel, [16, 50, 84])
-            ax.text(0.03, 0.95, f"npho>50: median {100 * q50:+.1f} %\n68% width {50 * (q84 - q16):.1f} %",
-                    transform=ax.transAxes, va="top", fontsize=8)
+            ax.text(
+                0.03,
+                0.95,
+                f"npho>50: median {100 * q50:+.1f} %\n68% width {50 * (q84 - q16):.1f} %",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=8,
+            )
         ax.set_xlabel("true npho")
         ax.set_ylabel("predicted npho")
     fig.tight_layout()
@@ -104,13 +125,19 @@ def run_mae_examples(checkpoint_path: str, val_manifest: str, n: int = 2, seed: 
     for i in range(len(xs)):
         npho = norm.denormalize_npho(xs[i, :, 0])
         dead = xs[i, :, 0] == norm.sentinel
-        res.append({"npho": np.where(dead, 1e10, npho), "mask": out["mask"][i].numpy().astype(bool),
-                    "reco_npho": norm.denormalize_npho(pred[i, :, 0])})
+        res.append(
+            {
+                "npho": np.where(dead, 1e10, npho),
+                "mask": out["mask"][i].numpy().astype(bool),
+                "reco_npho": norm.denormalize_npho(pred[i, :, 0]),
+            }
+        )
     return res
 
 
-def run_inpainter_examples(checkpoint_path: str, val_manifest: str, n: int = 64, mask_ratio: float = 0.05,
-                           seed: int = 0) -> dict[str, np.ndarray]:
+def run_inpainter_examples(
+    checkpoint_path: str, val_manifest: str, n: int = 64, mask_ratio: float = 0.05, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Hide ``mask_ratio`` of the valid sensors of ``n`` val events (seeded), fill them with the
     inpainter checkpoint: {truth, pred, sensor} npho of the hidden sensors."""
     import torch
@@ -127,5 +154,8 @@ def run_inpainter_examples(checkpoint_path: str, val_manifest: str, n: int = 64,
     with torch.no_grad():
         filled = model(x, torch.from_numpy(mask)).float().numpy()
     ev, sensor = np.nonzero(mask)
-    return {"truth": norm.denormalize_npho(x.numpy()[ev, sensor, 0]),
-            "pred": norm.denormalize_npho(filled[ev, sensor, 0]), "sensor": sensor}
+    return {
+        "truth": norm.denormalize_npho(x.numpy()[ev, sensor, 0]),
+        "pred": norm.denormalize_npho(filled[ev, sensor, 0]),
+        "sensor": sensor,
+    }

@@ -1,11 +1,13 @@
 """Physics plots: residuals, resolution profiles, energy response, timing, opening angle and
 real-data distributions. ``methods`` maps a label ("ML", "baseline", ...) to a data frame with
 the pred_<task>_<col> (and true_<task>_<col>) columns of xec infer / xec baseline."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,15 +15,29 @@ from xec.metrics import binned_resolution, gaussian_core_fit, quantile, resoluti
 from xec.plots.common import DEFAULT_FORMATS, color, finite, plt, robust_range, save_figure
 from xec.summary import OBSERVABLES, residual
 
-LABEL = {"u_mm": "u residual (mm)", "v_mm": "v residual (mm)", "w_mm": "w residual (mm)",
-         "energy_pct": "E_reco/E_true - 1 (%)", "time_ps": "time residual (ps)",
-         "theta_deg": "theta residual (deg)", "phi_deg": "phi residual (deg)"}
-PROFILE_VARIABLES = {"theta": ("true_angle_theta", "true theta (deg)"), "phi": ("true_angle_phi", "true phi (deg)"),
-                     "u": ("true_uvwFI_u", "true u (cm)"), "v": ("true_uvwFI_v", "true v (cm)"),
-                     "w": ("true_uvwFI_w", "true w (cm)"), "energy": ("true_energy_energy", "true energy (GeV)")}
+if TYPE_CHECKING:
+    import pandas as pd
+
+LABEL = {
+    "u_mm": "u residual (mm)",
+    "v_mm": "v residual (mm)",
+    "w_mm": "w residual (mm)",
+    "energy_pct": "E_reco/E_true - 1 (%)",
+    "time_ps": "time residual (ps)",
+    "theta_deg": "theta residual (deg)",
+    "phi_deg": "phi residual (deg)",
+}
+PROFILE_VARIABLES = {
+    "theta": ("true_angle_theta", "true theta (deg)"),
+    "phi": ("true_angle_phi", "true phi (deg)"),
+    "u": ("true_uvwFI_u", "true u (cm)"),
+    "v": ("true_uvwFI_v", "true v (cm)"),
+    "w": ("true_uvwFI_w", "true w (cm)"),
+    "energy": ("true_energy_energy", "true energy (GeV)"),
+}
 
 
-def _residuals(methods: Mapping[str, "pd.DataFrame"], key: str) -> dict[str, np.ndarray]:  # noqa: F821
+def _residuals(methods: Mapping[str, pd.DataFrame], key: str) -> dict[str, np.ndarray]:  # noqa: F821
     col, scale, kind = OBSERVABLES[key]
     out = {}
     for name, df in methods.items():
@@ -40,8 +56,13 @@ def _grid(n: int, size: tuple[float, float] = (4.0, 3.2)):
     return fig, axes.ravel()
 
 
-def residual_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
-                           formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110, title: str = "") -> list[Path]:
+def residual_distributions(
+    methods: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,  # noqa: F821
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+    title: str = "",
+) -> list[Path]:
     """Histogram of each residual (u, v, w, energy, time, theta, phi) per method, with the 68 %
     width and the fitted Gaussian core (curve) in the legend."""
     keys = [k for k in OBSERVABLES if _residuals(methods, k)]
@@ -55,8 +76,13 @@ def residual_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.
         for i, (name, r) in enumerate(res.items()):
             st = resolution(r, n_boot=0)
             c = color(name, i)
-            counts, _, _ = ax.hist(finite(r), bins=bins, histtype="step", color=c,
-                                   label=f"{name}: w68 {st['width68']:.3g}, core {st['sigma_core']:.3g}")
+            counts, _, _ = ax.hist(
+                finite(r),
+                bins=bins,
+                histtype="step",
+                color=c,
+                label=f"{name}: w68 {st['width68']:.3g}, core {st['sigma_core']:.3g}",
+            )
             mu, sig = st["mu_core"], st["sigma_core"]
             if np.isfinite(sig) and sig > 0:
                 xs = np.linspace(mu - 2 * sig, mu + 2 * sig, 100)
@@ -74,9 +100,15 @@ def residual_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.
     return save_figure(fig, out, formats, dpi)
 
 
-def resolution_profiles(methods: Mapping[str, "pd.DataFrame"], variable: str, out: str | os.PathLike,  # noqa: F821
-                        n_bins: int = 8, n_boot: int = 30, formats: Sequence[str] = DEFAULT_FORMATS,
-                        dpi: int = 110) -> list[Path]:
+def resolution_profiles(
+    methods: Mapping[str, pd.DataFrame],
+    variable: str,
+    out: str | os.PathLike,  # noqa: F821
+    n_bins: int = 8,
+    n_boot: int = 30,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """68 % width (bootstrap error bars) of every residual in bins of the true ``variable``
     (theta, phi, u, v, w or energy), one panel per residual, one line per method."""
     col, xlabel = PROFILE_VARIABLES[variable]
@@ -99,8 +131,9 @@ def resolution_profiles(methods: Mapping[str, "pd.DataFrame"], variable: str, ou
             x = np.array([p["centre"] for p in prof])
             y = np.array([p["width68"] for p in prof])
             e = np.array([p["width68_err"] for p in prof])
-            ax.errorbar(x, y, yerr=np.nan_to_num(e), xerr=np.diff(edges) / 2, fmt="o", ms=3, color=color(name, i),
-                        label=name)
+            ax.errorbar(
+                x, y, yerr=np.nan_to_num(e), xerr=np.diff(edges) / 2, fmt="o", ms=3, color=color(name, i), label=name
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LABEL[key].replace("residual", "68% width").replace("E_reco/E_true - 1", "sigma_E/E"))
         ax.set_ylim(bottom=0)
@@ -110,8 +143,12 @@ def resolution_profiles(methods: Mapping[str, "pd.DataFrame"], variable: str, ou
     return save_figure(fig, out, formats, dpi)
 
 
-def energy_response(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
-                    formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def energy_response(
+    methods: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,  # noqa: F821
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Energy response: reconstructed energy (MeV) of each method overlaid, and
     E_reco/E_true with its core fit and low tail (log scale) when the truth is known."""
     frames = {n: d for n, d in methods.items() if "pred_energy_energy" in d.columns}
@@ -133,13 +170,20 @@ def energy_response(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLik
     ax.legend(fontsize=8)
     if has_truth:
         ax = axes[0, 1]
-        ratios = {n: d["pred_energy_energy"].to_numpy(np.float64) / d["true_energy_energy"].to_numpy(np.float64)
-                  for n, d in frames.items()}
+        ratios = {
+            n: d["pred_energy_energy"].to_numpy(np.float64) / d["true_energy_energy"].to_numpy(np.float64)
+            for n, d in frames.items()
+        }
         bins = np.linspace(0.7, 1.1, 121)
         for i, (name, r) in enumerate(ratios.items()):
             mu, sig = gaussian_core_fit(r)
-            ax.hist(np.clip(finite(r), bins[0], bins[-1]), bins=bins, histtype="step", color=color(name, i),
-                    label=f"{name}: core mu {mu:.4f}, sigma {100 * sig:.2f} %")
+            ax.hist(
+                np.clip(finite(r), bins[0], bins[-1]),
+                bins=bins,
+                histtype="step",
+                color=color(name, i),
+                label=f"{name}: core mu {mu:.4f}, sigma {100 * sig:.2f} %",
+            )
         ax.axvline(1.0, color="k", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("E_reco / E_true (under/overflow in the edge bins)")
@@ -149,8 +193,12 @@ def energy_response(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLik
     return save_figure(fig, out, formats, dpi)
 
 
-def timing_residuals(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
-                     formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def timing_residuals(
+    methods: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,  # noqa: F821
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Time residual (ps) per method (linear and log scale) with the core fit."""
     res = _residuals(methods, "time_ps")
     if not res:
@@ -161,8 +209,13 @@ def timing_residuals(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLi
     for ax, log in zip(axes, (False, True)):
         for i, (name, r) in enumerate(res.items()):
             st = resolution(r, n_boot=0)
-            ax.hist(finite(r), bins=bins, histtype="step", color=color(name, i),
-                    label=f"{name}: w68 {st['width68']:.0f} ps, core {st['sigma_core']:.0f} ps, bias {st['bias']:.0f} ps")
+            ax.hist(
+                finite(r),
+                bins=bins,
+                histtype="step",
+                color=color(name, i),
+                label=f"{name}: w68 {st['width68']:.0f} ps, core {st['sigma_core']:.0f} ps, bias {st['bias']:.0f} ps",
+            )
         ax.set_xlabel("t_reco - t_true (ps)")
         ax.set_ylabel("events")
         if log:
@@ -172,10 +225,16 @@ def timing_residuals(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLi
     return save_figure(fig, out, formats, dpi)
 
 
-def opening_angle_distribution(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
-                               formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def opening_angle_distribution(
+    methods: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,  # noqa: F821
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Opening angle between reconstructed and true direction, with the 68 % quantile."""
-    ang = {n: d["opening_angle_deg"].to_numpy(np.float64) for n, d in methods.items() if "opening_angle_deg" in d.columns}
+    ang = {
+        n: d["opening_angle_deg"].to_numpy(np.float64) for n, d in methods.items() if "opening_angle_deg" in d.columns
+    }
     if not ang:
         raise ValueError("no frame has opening_angle_deg")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -192,13 +251,23 @@ def opening_angle_distribution(methods: Mapping[str, "pd.DataFrame"], out: str |
     return save_figure(fig, out, formats, dpi)
 
 
-def realdata_distributions(methods: Mapping[str, "pd.DataFrame"], out: str | os.PathLike,  # noqa: F821
-                           formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def realdata_distributions(
+    methods: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,  # noqa: F821
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """Distributions of the reconstructed quantities on real data (no truth needed): ML with and
     without inpainting against the classical reconstruction."""
-    cols = [("pred_energy_energy", "energy (MeV)", 1000.0), ("pred_timing_time", "time (ns)", 1.0),
-            ("pred_uvwFI_u", "u (cm)", 1.0), ("pred_uvwFI_v", "v (cm)", 1.0), ("pred_uvwFI_w", "w (cm)", 1.0),
-            ("pred_angle_theta", "theta (deg)", 1.0), ("pred_angle_phi", "phi (deg)", 1.0)]
+    cols = [
+        ("pred_energy_energy", "energy (MeV)", 1000.0),
+        ("pred_timing_time", "time (ns)", 1.0),
+        ("pred_uvwFI_u", "u (cm)", 1.0),
+        ("pred_uvwFI_v", "v (cm)", 1.0),
+        ("pred_uvwFI_w", "w (cm)", 1.0),
+        ("pred_angle_theta", "theta (deg)", 1.0),
+        ("pred_angle_phi", "phi (deg)", 1.0),
+    ]
     cols = [c for c in cols if any(c[0] in d.columns for d in methods.values())]
     if not cols:
         raise ValueError("no pred_ columns to plot")

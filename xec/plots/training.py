@@ -1,17 +1,23 @@
 """Training curves from the stages' metrics.json (``history``: one row per epoch)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from xec.plots.common import DEFAULT_FORMATS, plt, save_figure
 
 
-def training_curves(metrics: Mapping[str, Mapping[str, Any]], out: str | os.PathLike,
-                    formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> list[Path]:
+def training_curves(
+    metrics: Mapping[str, Mapping[str, Any]],
+    out: str | os.PathLike,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
     """One panel per stage (mae, inpainter, regressor): train and val losses per epoch (log y),
     the best epoch marked; a second row with the stage's other val metrics (normalized to their
     first epoch, so that they share an axis)."""
@@ -37,8 +43,9 @@ def training_curves(metrics: Mapping[str, Mapping[str, Any]], out: str | os.Path
         ax.set_ylabel("loss")
         ax.legend(fontsize=7)
         ax = axes[1, j]
-        keys = sorted({k for h in hist for k in h if k.startswith("val_") and k != "val_loss"
-                       and isinstance(h[k], (int, float))})
+        keys = sorted(
+            {k for h in hist for k in h if k.startswith("val_") and k != "val_loss" and isinstance(h[k], (int, float))}
+        )
         for key in keys[:10]:
             y = np.array([h.get(key, np.nan) for h in hist], dtype=float)
             if np.isfinite(y).sum() and np.isfinite(y[0]) and y[0] != 0:

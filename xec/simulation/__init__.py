@@ -4,6 +4,7 @@
 - :mod:`xec.simulation.generator`: reproducible block/chunk event loop and the ROOT writing;
 - :mod:`xec.simulation.cli`: ``xec simulate``.
 """
+
 from xec.simulation.generator import BLOCK_SIZE, SampleSpec, iter_blocks, simulate_block, write_sample
 from xec.simulation.physics import PhysicsParams
 

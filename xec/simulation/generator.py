@@ -8,6 +8,7 @@ whole numbers of blocks and the last block is simulated in full and truncated, s
 content depends only on (seed, N, sample settings), never on the chunk size or the number of
 worker threads; and a run with N events is the first N events of a longer run.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,10 +17,11 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -39,8 +41,9 @@ RESPONSE_SUB = 32  # events per sensor-response sub-block (fixed, for the same r
 
 # The schema's defaults of a sample (validation fills them in around the two required keys): the
 # field defaults below come from there, so the schema stays the one source of config defaults.
-_SAMPLE_DEFAULT = validate_config({"simulation": {"samples": {"_": {"events": 1, "seed": 0}}}}
-                                  )["simulation"]["samples"]["_"]
+_SAMPLE_DEFAULT = validate_config({"simulation": {"samples": {"_": {"events": 1, "seed": 0}}}})["simulation"][
+    "samples"
+]["_"]
 
 
 @dataclass(frozen=True)
@@ -50,22 +53,27 @@ class SampleSpec:
     name: str
     events: int
     seed: int
-    energy_mev: tuple[float, float]   # (lo, hi); lo == hi for a monochromatic sample
+    energy_mev: tuple[float, float]  # (lo, hi); lo == hi for a monochromatic sample
     dead_fraction: float = _SAMPLE_DEFAULT["dead_fraction"]
     gain_spread: float = _SAMPLE_DEFAULT["gain_spread"]
     pileup_probability: float = _SAMPLE_DEFAULT["pileup_probability"]
 
     @classmethod
-    def from_config(cls, name: str, cfg: Mapping[str, Any], events: int | None = None,
-                    seed: int | None = None) -> "SampleSpec":
+    def from_config(
+        cls, name: str, cfg: Mapping[str, Any], events: int | None = None, seed: int | None = None
+    ) -> SampleSpec:
         """From a validated ``simulation.samples[NAME]`` (every key filled in by the schema)."""
         e = cfg["energy_mev"]
         lo, hi = (float(e), float(e)) if np.isscalar(e) else (float(e[0]), float(e[1]))
-        spec = cls(name=name, events=int(cfg["events"] if events is None else events),
-                   seed=int(cfg["seed"] if seed is None else seed), energy_mev=(lo, hi),
-                   dead_fraction=float(cfg["dead_fraction"]),
-                   gain_spread=float(cfg["gain_spread"]),
-                   pileup_probability=float(cfg["pileup_probability"]))
+        spec = cls(
+            name=name,
+            events=int(cfg["events"] if events is None else events),
+            seed=int(cfg["seed"] if seed is None else seed),
+            energy_mev=(lo, hi),
+            dead_fraction=float(cfg["dead_fraction"]),
+            gain_spread=float(cfg["gain_spread"]),
+            pileup_probability=float(cfg["pileup_probability"]),
+        )
         spec.check()
         return spec
 
@@ -90,8 +98,8 @@ class SampleSpec:
 class DetectorState:
     """Per-sample fixed detector conditions: dead sensors and gain miscalibration."""
 
-    dead: np.ndarray   # (S,) bool
-    gain: np.ndarray   # (S,) float64, multiplies npho (1 = perfectly calibrated)
+    dead: np.ndarray  # (S,) bool
+    gain: np.ndarray  # (S,) float64, multiplies npho (1 = perfectly calibrated)
 
     @property
     def gain32(self) -> np.ndarray:
@@ -116,13 +124,18 @@ class _Group:
     mean_pe: np.ndarray
     time_ns: np.ndarray
 
-    def slice(self, lo: int, hi: int) -> "_Group":
+    def slice(self, lo: int, hi: int) -> _Group:
         return _Group(self.mean_pe[lo:hi], self.time_ns[lo:hi])
 
 
-def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarray, t0_ns: np.ndarray,
-                  params: ph.PhysicsParams, sensors: ph.SensorArrays
-                  ) -> tuple[dict[str, np.ndarray], list[_Group]]:
+def _shower_light(
+    rng: np.random.Generator,
+    vertex: np.ndarray,
+    energy: np.ndarray,
+    t0_ns: np.ndarray,
+    params: ph.PhysicsParams,
+    sensors: ph.SensorArrays,
+) -> tuple[dict[str, np.ndarray], list[_Group]]:
     """One gamma per event: kinematics, shower, light. Returns its truth and light groups."""
     direction, entry, conv = ph.sample_gammas(rng, vertex, params, sensors)
     offsets, share = ph.sample_shower(rng, energy, direction, params)
@@ -145,15 +158,20 @@ def _shower_light(rng: np.random.Generator, vertex: np.ndarray, energy: np.ndarr
     total = photons.sum(axis=1)
     t_shower = (photons * spot_t).sum(axis=1) / np.maximum(total, 1e-30)
     diffuse_share = (sensors.area_share * sensors.efficiency).astype(np.float32)
-    groups = [_Group(direct * eff, np.where(direct > 0, t_direct, np.float32(np.inf))),
-              _Group(scattered.astype(np.float32)[:, None] * diffuse_share[None, :],
-                     np.broadcast_to((t_shower + params.diffuse_delay_ns).astype(np.float32)[:, None], direct.shape))]
+    groups = [
+        _Group(direct * eff, np.where(direct > 0, t_direct, np.float32(np.inf))),
+        _Group(
+            scattered.astype(np.float32)[:, None] * diffuse_share[None, :],
+            np.broadcast_to((t_shower + params.diffuse_delay_ns).astype(np.float32)[:, None], direct.shape),
+        ),
+    ]
     truth = {"direction": direction, "entry": entry, "conv": conv, "visible": total}
     return truth, groups
 
 
-def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state: DetectorState,
-                   n_events: int = BLOCK_SIZE) -> dict[str, np.ndarray]:
+def simulate_block(
+    block: int, spec: SampleSpec, params: ph.PhysicsParams, state: DetectorState, n_events: int = BLOCK_SIZE
+) -> dict[str, np.ndarray]:
     """Simulate block ``block`` of ``spec`` (all BLOCK_SIZE events; the caller truncates) and
     return the ROOT branches. The draw order below is part of the file format: keep it."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0, block]))
@@ -184,26 +202,42 @@ def simulate_block(block: int, spec: SampleSpec, params: ph.PhysicsParams, state
     t_ref = np.empty(n)
     for lo in range(0, n, RESPONSE_SUB):
         hi = min(lo + RESPONSE_SUB, n)
-        t_ref[lo:hi] = _response(rng, [g.slice(lo, hi) for g in groups], t0[lo:hi], state, params, sensors,
-                                 {b: v[lo:hi] for b, v in out.items()})
+        t_ref[lo:hi] = _response(
+            rng,
+            [g.slice(lo, hi) for g in groups],
+            t0[lo:hi],
+            state,
+            params,
+            sensors,
+            {b: v[lo:hi] for b, v in out.items()},
+        )
 
     theta, phi = geo.direction_to_angles(truth["direction"])
-    out.update({
-        "energyTruth": (energy * 1e-3).astype(np.float32),
-        "timeTruth": (t0 - t_ref).astype(np.float32),
-        "uvwTruth": geo.xyz_to_uvw(truth["conv"]).astype(np.float32),
-        "xyzTruth": truth["conv"].astype(np.float32),
-        "emiAng": np.stack([theta, phi], axis=1).astype(np.float32),
-        "emiVec": truth["direction"].astype(np.float32),
-        "xyzVTX": vertex.astype(np.float32),
-        "run": np.full(n, spec.seed, np.int32),
-        "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
-    })
+    out.update(
+        {
+            "energyTruth": (energy * 1e-3).astype(np.float32),
+            "timeTruth": (t0 - t_ref).astype(np.float32),
+            "uvwTruth": geo.xyz_to_uvw(truth["conv"]).astype(np.float32),
+            "xyzTruth": truth["conv"].astype(np.float32),
+            "emiAng": np.stack([theta, phi], axis=1).astype(np.float32),
+            "emiVec": truth["direction"].astype(np.float32),
+            "xyzVTX": vertex.astype(np.float32),
+            "run": np.full(n, spec.seed, np.int32),
+            "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
+        }
+    )
     return out
 
 
-def _response(rng: np.random.Generator, groups: list[_Group], t0: np.ndarray, state: DetectorState,
-              params: ph.PhysicsParams, sensors: ph.SensorArrays, out: dict[str, np.ndarray]) -> np.ndarray:
+def _response(
+    rng: np.random.Generator,
+    groups: list[_Group],
+    t0: np.ndarray,
+    state: DetectorState,
+    params: ph.PhysicsParams,
+    sensors: ph.SensorArrays,
+    out: dict[str, np.ndarray],
+) -> np.ndarray:
     """Photoelectrons, times and the sensor branches of a few events (written into ``out``);
     returns the relative_time reference (ns) of each event."""
     n = len(t0)
@@ -219,7 +253,7 @@ def _response(rng: np.random.Generator, groups: list[_Group], t0: np.ndarray, st
         pe_per_mean = pe / mean_pe
         for g in groups:
             delay = rng.standard_exponential((n, geo.N_SENSORS), dtype=np.float32)
-            delay *= tau / (g.mean_pe * pe_per_mean)   # inf where the group gave no photoelectron
+            delay *= tau / (g.mean_pe * pe_per_mean)  # inf where the group gave no photoelectron
             delay += g.time_ns
             np.fmin(first, delay, out=first)
     first += rng.standard_normal((n, geo.N_SENSORS), dtype=np.float32) * sensors.jitter32
@@ -256,8 +290,9 @@ def _check_schema(arrays: Mapping[str, np.ndarray]) -> None:
         assert arrays[b].dtype == (np.int32 if b in INT_BRANCHES else np.float32), b
 
 
-def iter_blocks(spec: SampleSpec, params: ph.PhysicsParams, chunk_size: int = 2048,
-                workers: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def iter_blocks(
+    spec: SampleSpec, params: ph.PhysicsParams, chunk_size: int = 2048, workers: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield the branches of each block of events in order (the last block truncated to
     ``spec.events``). Blocks are simulated on ``workers`` threads (numpy releases the GIL in the
     heavy kernels) with at most a chunk (``chunk_size`` events, rounded up to whole blocks, at
@@ -304,8 +339,15 @@ def _single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def write_sample(path: str | os.PathLike, spec: SampleSpec, params: ph.PhysicsParams, chunk_size: int = 2048,
-                 workers: int = 1, tree: str = "tree", compression: str = "lz4") -> int:
+def write_sample(
+    path: str | os.PathLike,
+    spec: SampleSpec,
+    params: ph.PhysicsParams,
+    chunk_size: int = 2048,
+    workers: int = 1,
+    tree: str = "tree",
+    compression: str = "lz4",
+) -> int:
     """Simulate ``spec`` into the ROOT file ``path`` (atomically: no partial file on failure).
 
     Every block is one ``extend`` (one basket per branch), so the file layout, not only the
@@ -316,10 +358,11 @@ def write_sample(path: str | os.PathLike, spec: SampleSpec, params: ph.PhysicsPa
     path = Path(path)
     check_writable(path)
     written = 0
-    with tree_writer(path, tree, title=f"xec fast simulation: sample {spec.name}",
-                     compression=compression) as writer, \
-            ThreadPoolExecutor(max_workers=1) as io_pool, \
-            tqdm(total=spec.events, unit="ev", desc=f"simulate {spec.name}", disable=not progress_enabled()) as bar:
+    with (
+        tree_writer(path, tree, title=f"xec fast simulation: sample {spec.name}", compression=compression) as writer,
+        ThreadPoolExecutor(max_workers=1) as io_pool,
+        tqdm(total=spec.events, unit="ev", desc=f"simulate {spec.name}", disable=not progress_enabled()) as bar,
+    ):
         pending = None
         for arrays in iter_blocks(spec, params, chunk_size, workers):
             _check_schema(arrays)

@@ -30,11 +30,13 @@ event; the Gamma profile (b = 0.5) puts only ~19 % of the energy in the first X0
 conversion, fewer than the e+e- pair's ionization really leaves there at 50 MeV, so the light
 is less peaked than a point source (numbers: docs/performance.md, "Simulation").
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -67,18 +69,18 @@ class PhysicsParams:
     moliere_radius_cm: float = _default("moliere_radius_cm")
     critical_energy_mev: float = _default("critical_energy_mev")
     profile_b: float = _default("profile_b")
-    profile_a_spread: float = _default("profile_a_spread")        # relative (log-normal) event-by-event spread of a
-    spots: int = _default("spots")                                # deposit spots per shower
-    spot_share_shape: float = _default("spot_share_shape")        # Gamma shape of the Dirichlet energy shares
+    profile_a_spread: float = _default("profile_a_spread")  # relative (log-normal) event-by-event spread of a
+    spots: int = _default("spots")  # deposit spots per shower
+    spot_share_shape: float = _default("spot_share_shape")  # Gamma shape of the Dirichlet energy shares
     track_dedx_mev_per_cm: float = _default("track_dedx_mev_per_cm")  # ionisation of the e+e- pair (2 x 3.7)
-    track_length_cm: float = _default("track_length_cm")          # ... on this first stretch, before it showers
-    track_spots: int = _default("track_spots")                    # spots along that stretch (0: no track part)
-    track_max_fraction: float = _default("track_max_fraction")    # at most this share (keeps npho linear in E)
+    track_length_cm: float = _default("track_length_cm")  # ... on this first stretch, before it showers
+    track_spots: int = _default("track_spots")  # spots along that stretch (0: no track part)
+    track_max_fraction: float = _default("track_max_fraction")  # at most this share (keeps npho linear in E)
     lateral_core_fraction: float = _default("lateral_core_fraction")
     lateral_core_radius: float = _default("lateral_core_radius")  # in Moliere radii (r^2/(r^2+R^2) CDF)
     lateral_tail_radius: float = _default("lateral_tail_radius")  # in Moliere radii
     photons_per_mev: float = _default("photons_per_mev")
-    yield_spread: float = _default("yield_spread")                # relative event-by-event spread of the yield
+    yield_spread: float = _default("yield_spread")  # relative event-by-event spread of the yield
     absorption_length_cm: float = _default("absorption_length_cm")
     rayleigh_length_cm: float = _default("rayleigh_length_cm")
     group_velocity_cm_per_ns: float = _default("group_velocity_cm_per_ns")
@@ -87,17 +89,17 @@ class PhysicsParams:
     efficiency_pmt: float = _default("efficiency_pmt")
     jitter_mppc_ns: float = _default("jitter_mppc_ns")
     jitter_pmt_ns: float = _default("jitter_pmt_ns")
-    time_threshold_pe: float = _default("time_threshold_pe")      # fewer photoelectrons: no time (1e10)
+    time_threshold_pe: float = _default("time_threshold_pe")  # fewer photoelectrons: no time (1e10)
     reference_threshold_pe: float = _default("reference_threshold_pe")  # relative_time reference threshold
-    diffuse_delay_ns: float = _default("diffuse_delay_ns")        # extra delay of the scattered light
+    diffuse_delay_ns: float = _default("diffuse_delay_ns")  # extra delay of the scattered light
     vertex_sigma_cm: tuple[float, float, float] = _default("vertex_sigma_cm")
     acceptance_margin_cm: float = _default("acceptance_margin_cm")
-    trigger_window_ns: float = _default("trigger_window_ns")      # absolute gamma emission time ~ U(0, window)
+    trigger_window_ns: float = _default("trigger_window_ns")  # absolute gamma emission time ~ U(0, window)
     pileup_energy_mev: tuple[float, float] = _default("pileup_energy_mev")
     pileup_window_ns: tuple[float, float] = _default("pileup_window_ns")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "PhysicsParams":
+    def from_config(cls, cfg: Mapping[str, Any]) -> PhysicsParams:
         """From a validated ``simulation.physics`` section (every key filled in by the schema)."""
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(cfg) - set(names))  # the schema and this class must list the same keys
@@ -111,19 +113,38 @@ class PhysicsParams:
         return p
 
     def check(self) -> None:
-        positive = ("conversion_length_cm", "radiation_length_cm", "moliere_radius_cm", "critical_energy_mev",
-                    "profile_b", "spot_share_shape", "lateral_core_radius", "lateral_tail_radius",
-                    "photons_per_mev", "absorption_length_cm", "rayleigh_length_cm",
-                    "group_velocity_cm_per_ns", "decay_time_ns", "efficiency_mppc", "efficiency_pmt")
+        positive = (
+            "conversion_length_cm",
+            "radiation_length_cm",
+            "moliere_radius_cm",
+            "critical_energy_mev",
+            "profile_b",
+            "spot_share_shape",
+            "lateral_core_radius",
+            "lateral_tail_radius",
+            "photons_per_mev",
+            "absorption_length_cm",
+            "rayleigh_length_cm",
+            "group_velocity_cm_per_ns",
+            "decay_time_ns",
+            "efficiency_mppc",
+            "efficiency_pmt",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise XecError(f"simulation.physics.{name}: must be > 0, got {getattr(self, name)}")
         if not 1 <= self.spots <= 256:
             raise XecError(f"simulation.physics.spots: must be in 1..256, got {self.spots}")
-        if (not 0 <= self.track_spots <= 16 or self.track_length_cm < 0 or self.track_dedx_mev_per_cm < 0
-                or not 0 <= self.track_max_fraction <= 1):
-            raise XecError("simulation.physics: track_spots must be in 0..16, track_length_cm and "
-                           "track_dedx_mev_per_cm >= 0, track_max_fraction in [0, 1]")
+        if (
+            not 0 <= self.track_spots <= 16
+            or self.track_length_cm < 0
+            or self.track_dedx_mev_per_cm < 0
+            or not 0 <= self.track_max_fraction <= 1
+        ):
+            raise XecError(
+                "simulation.physics: track_spots must be in 0..16, track_length_cm and "
+                "track_dedx_mev_per_cm >= 0, track_max_fraction in [0, 1]"
+            )
         if not 0 <= self.lateral_core_fraction <= 1:
             raise XecError("simulation.physics.lateral_core_fraction: must be in [0, 1]")
         if self.efficiency_mppc > 1 or self.efficiency_pmt > 1:
@@ -140,15 +161,15 @@ class PhysicsParams:
 class SensorArrays:
     """Per-sensor constants precomputed once (float32 where it feeds the big tensors)."""
 
-    pos: np.ndarray          # (S, 3) float64 cm
-    normals32: np.ndarray    # (S, 3) float32
+    pos: np.ndarray  # (S, 3) float64 cm
+    normals32: np.ndarray  # (S, 3) float32
     area_over_pi: np.ndarray  # (S,) float32, A / pi
-    area_share: np.ndarray   # (S,) float64, A / sum(A): share of the diffuse light
-    efficiency: np.ndarray   # (S,) float64
+    area_share: np.ndarray  # (S,) float64, A / sum(A): share of the diffuse light
+    efficiency: np.ndarray  # (S,) float64
     efficiency32: np.ndarray
     jitter32: np.ndarray
-    u_max: float             # |u| edge of the inner face (cm)
-    phi_max_deg: float       # |phi'| edge of the inner face
+    u_max: float  # |u| edge of the inner face (cm)
+    phi_max_deg: float  # |phi'| edge of the inner face
 
 
 @functools.lru_cache(maxsize=8)
@@ -168,7 +189,8 @@ def sensor_arrays(params: PhysicsParams) -> SensorArrays:
         efficiency=np.where(mppc, params.efficiency_mppc, params.efficiency_pmt),
         efficiency32=np.where(mppc, params.efficiency_mppc, params.efficiency_pmt).astype(np.float32),
         jitter32=np.where(mppc, params.jitter_mppc_ns, params.jitter_pmt_ns).astype(np.float32),
-        u_max=u_max, phi_max_deg=phi_max,
+        u_max=u_max,
+        phi_max_deg=phi_max,
     )
 
 
@@ -185,10 +207,16 @@ def face_coverage() -> np.ndarray:
     slant_pitch = np.hypot(geo.SLANT_R[1] - geo.SLANT_R[0], geo.SLANT_Z[1] - geo.SLANT_Z[0]) / (geo.SLANT_RINGS - 1)
     slant = geo.SLANT_RINGS * slant_pitch * dphi_out * 0.5 * (geo.SLANT_R[0] + geo.SLANT_R[1])
     hexa = len(geo.HEX_ROW_COUNTS) * geo.HEX_DR * geo.HEX_DZ * np.mean(geo.HEX_ROW_COUNTS)
-    wall = np.array([
-        geo.INNER_COLS * abs(geo.INNER_DZ) * dphi_in * geo.INNER_RADIUS,
-        geo.OUTER_NZ * geo.OUTER_DZ * dphi_out * geo.OUTER_RADIUS,
-        slant, slant, hexa, hexa])
+    wall = np.array(
+        [
+            geo.INNER_COLS * abs(geo.INNER_DZ) * dphi_in * geo.INNER_RADIUS,
+            geo.OUTER_NZ * geo.OUTER_DZ * dphi_out * geo.OUTER_RADIUS,
+            slant,
+            slant,
+            hexa,
+            hexa,
+        ]
+    )
     return active / wall
 
 
@@ -217,12 +245,13 @@ def entry_distance(vertex: np.ndarray, direction: np.ndarray, radius: float = ge
     """Path length from ``vertex`` (inside the cylinder) to the cylinder of ``radius``."""
     a = direction[:, 0] ** 2 + direction[:, 1] ** 2
     b = vertex[:, 0] * direction[:, 0] + vertex[:, 1] * direction[:, 1]
-    c = vertex[:, 0] ** 2 + vertex[:, 1] ** 2 - radius ** 2
+    c = vertex[:, 0] ** 2 + vertex[:, 1] ** 2 - radius**2
     return (-b + np.sqrt(b * b - a * c)) / a
 
 
-def sample_gammas(rng: np.random.Generator, vertex: np.ndarray, params: PhysicsParams,
-                  sensors: SensorArrays, max_rounds: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_gammas(
+    rng: np.random.Generator, vertex: np.ndarray, params: PhysicsParams, sensors: SensorArrays, max_rounds: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Directions (uniform in solid angle over the acceptance + margin) and conversion points
     for gammas from ``vertex`` (n, 3). Returns (direction (n,3), entry point (n,3), conversion
     point (n,3)). Events not converting inside the active xenon are redrawn (direction and
@@ -250,8 +279,10 @@ def sample_gammas(rng: np.random.Generator, vertex: np.ndarray, params: PhysicsP
         todo = todo[~ok]
         if len(todo) == 0:
             return direction, entry, conv
-    raise XecError("simulation: could not place conversion points inside the xenon "
-                   f"({len(todo)} events left after {max_rounds} rounds); check acceptance_margin_cm")
+    raise XecError(
+        "simulation: could not place conversion points inside the xenon "
+        f"({len(todo)} events left after {max_rounds} rounds); check acceptance_margin_cm"
+    )
 
 
 def orthonormal_frame(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +294,9 @@ def orthonormal_frame(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return e1, e2
 
 
-def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: np.ndarray,
-                  params: PhysicsParams) -> tuple[np.ndarray, np.ndarray]:
+def sample_shower(
+    rng: np.random.Generator, energy_mev: np.ndarray, direction: np.ndarray, params: PhysicsParams
+) -> tuple[np.ndarray, np.ndarray]:
     """Deposit spots of a shower starting at the conversion point: returns (offsets (n, K, 3)
     from the conversion point in cm, energy shares (n, K) summing to 1), K = spots + track_spots.
 
@@ -287,8 +319,11 @@ def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: n
     share = rng.gamma(params.spot_share_shape, 1.0, (n, k))
     share /= share.sum(axis=1, keepdims=True)
     e1, e2 = orthonormal_frame(direction)
-    offsets = (t * params.radiation_length_cm)[..., None] * direction[:, None, :] \
-        + (r * np.cos(az))[..., None] * e1[:, None, :] + (r * np.sin(az))[..., None] * e2[:, None, :]
+    offsets = (
+        (t * params.radiation_length_cm)[..., None] * direction[:, None, :]
+        + (r * np.cos(az))[..., None] * e1[:, None, :]
+        + (r * np.sin(az))[..., None] * e2[:, None, :]
+    )
     if params.track_spots > 0:
         m = params.track_spots
         frac = np.minimum(params.track_dedx_mev_per_cm * params.track_length_cm / energy_mev, params.track_max_fraction)
@@ -303,13 +338,13 @@ def sample_shower(rng: np.random.Generator, energy_mev: np.ndarray, direction: n
 class _SensorMatrices:
     """Event-independent parts of the light tensor's augmented matmuls (see light_tensor)."""
 
-    pos_t: np.ndarray        # (3, S) float64 sensor positions, transposed (contiguous)
-    pos2: np.ndarray         # (S,) |pos|^2
-    normals_t: np.ndarray    # (3, S) float64 normals, transposed (contiguous)
-    pos_n: np.ndarray        # (S,) pos.n
-    area: np.ndarray         # (S,) A/pi
-    cols_d: np.ndarray       # (4, S) float32: [pos; 1]
-    cols_h: np.ndarray       # (3, S) float32: (A/pi) n
+    pos_t: np.ndarray  # (3, S) float64 sensor positions, transposed (contiguous)
+    pos2: np.ndarray  # (S,) |pos|^2
+    normals_t: np.ndarray  # (3, S) float64 normals, transposed (contiguous)
+    pos_n: np.ndarray  # (S,) pos.n
+    area: np.ndarray  # (S,) A/pi
+    cols_d: np.ndarray  # (4, S) float32: [pos; 1]
+    cols_h: np.ndarray  # (3, S) float32: (A/pi) n
 
 
 @functools.lru_cache(maxsize=8)
@@ -321,14 +356,24 @@ def _sensor_matrices(params: PhysicsParams) -> _SensorMatrices:
     cols_d = np.ones((4, len(pos)), np.float32)
     cols_d[:3] = pos_t
     return _SensorMatrices(
-        pos_t=pos_t, pos2=np.einsum("sc,sc->s", pos, pos), normals_t=np.ascontiguousarray(normals.T),
-        pos_n=np.einsum("sc,sc->s", pos, normals), area=area,
-        cols_d=cols_d, cols_h=(normals * area[:, None]).T.astype(np.float32))
+        pos_t=pos_t,
+        pos2=np.einsum("sc,sc->s", pos, pos),
+        normals_t=np.ascontiguousarray(normals.T),
+        pos_n=np.einsum("sc,sc->s", pos, normals),
+        area=area,
+        cols_d=cols_d,
+        cols_h=(normals * area[:, None]).T.astype(np.float32),
+    )
 
 
-def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, spot_time_ns: np.ndarray,
-                 params: PhysicsParams, sub_block: int = 2
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def light_tensor(
+    anchor: np.ndarray,
+    offsets: np.ndarray,
+    photons: np.ndarray,
+    spot_time_ns: np.ndarray,
+    params: PhysicsParams,
+    sub_block: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Expected photons reaching each sensor's active area directly, their summed arrival
     times and the Rayleigh-scattered photons.
 
@@ -364,13 +409,15 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
     rows_h[..., :3] = offsets
     rows_h[..., 3] = 1.0
     # the event-dependent last rows of the augmented columns, (n, S)
-    last_d = (m.pos2[None, :] - 2.0 * anchor @ m.pos_t + np.einsum("nc,nc->n", anchor, anchor)[:, None]).astype(np.float32)
+    last_d = (m.pos2[None, :] - 2.0 * anchor @ m.pos_t + np.einsum("nc,nc->n", anchor, anchor)[:, None]).astype(
+        np.float32
+    )
     last_h = (m.area[None, :] * (anchor @ m.normals_t - m.pos_n[None, :])).astype(np.float32)
     cols_d = np.empty((min(sub_block, n), 5, s), np.float32)
     cols_d[:, :4] = m.cols_d
     cols_h = np.empty((min(sub_block, n), 4, s), np.float32)
     cols_h[:, :3] = m.cols_h
-    w_all = (0.5 * photons).astype(np.float32)[:, None, :]           # 0.5: Omega/4pi = x / (2 q (1+q))
+    w_all = (0.5 * photons).astype(np.float32)[:, None, :]  # 0.5: Omega/4pi = x / (2 q (1+q))
     wt_all = (0.5 * photons * spot_time_ns).astype(np.float32)[:, None, :]
     # four work tensors for all sub-blocks (no allocation per pass)
     work = np.empty((4, min(sub_block, n), k, s), np.float32)
@@ -381,29 +428,29 @@ def light_tensor(anchor: np.ndarray, offsets: np.ndarray, photons: np.ndarray, s
         d2, x, d, qq = work[:, :e]
         cols_d[:e, 4] = last_d[lo:hi]
         cols_h[:e, 3] = last_h[lo:hi]
-        np.matmul(rows_d[lo:hi], cols_d[:e], out=d2)                  # (e, K, S)
+        np.matmul(rows_d[lo:hi], cols_d[:e], out=d2)  # (e, K, S)
         np.maximum(d2, np.float32(0.01), out=d2)
-        np.matmul(rows_h[lo:hi], cols_h[:e], out=x)                   # (A/pi) x height
-        np.maximum(x, 0.0, out=x)                                     # behind the sensor: no light
+        np.matmul(rows_h[lo:hi], cols_h[:e], out=x)  # (A/pi) x height
+        np.maximum(x, 0.0, out=x)  # behind the sensor: no light
         np.sqrt(d2, out=d)
-        d2 *= d                                                       # d^3
-        x /= d2                                                       # x = A cos / (pi d^2)
+        d2 *= d  # d^3
+        x /= d2  # x = A cos / (pi d^2)
         q = np.add(x, 1.0, out=d2)
         np.sqrt(q, out=q)
         np.add(q, 1.0, out=qq)
         qq *= q
-        omega = np.divide(x, qq, out=x)                               # 2 Omega / 4pi
+        omega = np.divide(x, qq, out=x)  # 2 Omega / 4pi
         ta = np.multiply(d, -inv_abs, out=qq)
         np.exp(ta, out=ta)
-        omega *= ta                                                   # absorption
+        omega *= ta  # absorption
         no_ray = np.matmul(w, omega)[:, 0, :]
         tr = np.multiply(d, -inv_ray, out=q)
         np.exp(tr, out=tr)
-        omega *= tr                                                   # Rayleigh scattering out of the direct light
+        omega *= tr  # Rayleigh scattering out of the direct light
         direct_e = np.matmul(w, omega)[:, 0, :]
         direct[lo:hi] = direct_e
         scattered[lo:hi] = (no_ray - direct_e).sum(axis=1, dtype=np.float64)
-        d *= omega                                                    # optical path, light-weighted
+        d *= omega  # optical path, light-weighted
         time_sum[lo:hi] = np.matmul(wt_all[lo:hi], omega)[:, 0, :] + inv_v * np.matmul(w, d)[:, 0, :]
     return direct, time_sum, scattered
 

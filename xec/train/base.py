@@ -6,10 +6,12 @@ A stage (``xec.train.mae``, ``xec.train.inpainter``, ``xec.train.regressor``) su
 stages by name is ``xec.train.stages.STAGES``. This module imports no stage (it is the leaf the
 stages build on).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,8 +25,20 @@ from xec.normalization import Normalizer
 from xec.train.checkpoint import check_model_compatible, load_checkpoint
 
 # Keys of the `train` section a stage section may override (schema: opt_* definitions).
-OVERRIDABLE = ("weight_decay", "betas", "schedule", "warmup_epochs", "min_lr_ratio", "grad_accum", "grad_clip",
-               "ema_decay", "max_nonfinite_steps", "precision", "compile", "log_every")
+OVERRIDABLE = (
+    "weight_decay",
+    "betas",
+    "schedule",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "grad_accum",
+    "grad_clip",
+    "ema_decay",
+    "max_nonfinite_steps",
+    "precision",
+    "compile",
+    "log_every",
+)
 # Every hyperparameter the Trainer reads: OVERRIDABLE plus the stage's own epochs/lr, the seed and
 # the stage's DDP setting.
 HPARAM_KEYS = (*OVERRIDABLE, "epochs", "lr", "seed", "find_unused_parameters")
@@ -46,10 +60,10 @@ class Stage:
 
     name: ClassVar[str]
     help: ClassVar[str]
-    seed_offset: ClassVar[int]            # stage seed = 10 * config seed + seed_offset
-    best_metric: ClassVar[str] = "loss"   # val metric (lower is better) that selects checkpoint_best.pt
+    seed_offset: ClassVar[int]  # stage seed = 10 * config seed + seed_offset
+    best_metric: ClassVar[str] = "loss"  # val metric (lower is better) that selects checkpoint_best.pt
     headline: ClassVar[tuple[str, ...]] = ()  # val metrics logged after each epoch
-    takes_init: ClassVar[bool] = False    # accepts --init: start from an MAE checkpoint's encoder
+    takes_init: ClassVar[bool] = False  # accepts --init: start from an MAE checkpoint's encoder
     takes_weights: ClassVar[bool] = False  # accepts --weights: per-event reweighting weights
     find_unused_parameters: ClassVar[bool] = False  # DDP setting
 
@@ -78,9 +92,15 @@ class Stage:
         return {}
 
     def payload(self) -> dict[str, Any]:
-        return {"stage": self.name, "model": self.meta, "normalization": self.normalizer.to_dict(), "tasks": [],
-                "target_standardization": None, "model_args": self.model_args(),
-                "init_checkpoint": self.init_checkpoint}
+        return {
+            "stage": self.name,
+            "model": self.meta,
+            "normalization": self.normalizer.to_dict(),
+            "tasks": [],
+            "target_standardization": None,
+            "model_args": self.model_args(),
+            "init_checkpoint": self.init_checkpoint,
+        }
 
     def build_model(self) -> nn.Module:
         return self.build(self.payload())
@@ -98,8 +118,12 @@ class Stage:
         train, sec = cfg["train"], cfg[cls.name]
         hp = {k: train[k] for k in OVERRIDABLE}
         hp.update({k: sec[k] for k in OVERRIDABLE if k in sec and sec[k] is not None})
-        hp.update(epochs=int(sec["epochs"]), lr=float(sec["lr"]), seed=int(cfg["seed"]) * 10 + cls.seed_offset,
-                  find_unused_parameters=cls.find_unused_parameters)
+        hp.update(
+            epochs=int(sec["epochs"]),
+            lr=float(sec["lr"]),
+            seed=int(cfg["seed"]) * 10 + cls.seed_offset,
+            find_unused_parameters=cls.find_unused_parameters,
+        )
         return hp
 
     def attach_data(self, train_loader: Any, val_loader: Any) -> None:
@@ -111,9 +135,14 @@ class Stage:
     def lr_scales(self) -> list[tuple[str, float]]:
         return []
 
-    def training_step(self, model: nn.Module, x: torch.Tensor, targets: Mapping[str, torch.Tensor],
-                      weights: Mapping[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def training_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        targets: Mapping[str, torch.Tensor],
+        weights: Mapping[str, torch.Tensor],
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, loader: Any, ctx: Any, generator: torch.Generator) -> dict[str, float]:

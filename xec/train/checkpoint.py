@@ -6,13 +6,15 @@ A checkpoint is a plain dict (docs/architecture.md, "Checkpoints") saved with ``
 tensors/lists, config as plain dicts, normalization/standardization as ``to_dict()``).
 Writes are atomic (temporary file, then rename), so a kill mid-save never leaves a half file.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +26,23 @@ from xec.utils import atomic_path
 
 log = logging.getLogger("xec.train")
 
-PAYLOAD_KEYS = ("stage", "model_state", "ema_state", "optimizer", "scheduler", "epoch", "step", "config",
-                "model", "normalization", "tasks", "target_standardization", "rng", "metrics", "xec_version")
+PAYLOAD_KEYS = (
+    "stage",
+    "model_state",
+    "ema_state",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "step",
+    "config",
+    "model",
+    "normalization",
+    "tasks",
+    "target_standardization",
+    "rng",
+    "metrics",
+    "xec_version",
+)
 
 
 def _plain(obj: Any) -> Any:
@@ -47,14 +64,20 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None
     """Atomically write ``payload`` (plain types + tensors) to ``path``."""
     if not isinstance(payload.get("stage"), str) or not payload["stage"]:
         raise ValueError(f"checkpoint payload needs a stage name, got {payload.get('stage')!r}")
-    clean = {k: (v if isinstance(v, torch.Tensor) or k in ("model_state", "ema_state", "optimizer") else _plain(v))
-             for k, v in payload.items()}
+    clean = {
+        k: (v if isinstance(v, torch.Tensor) or k in ("model_state", "ema_state", "optimizer") else _plain(v))
+        for k, v in payload.items()
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(clean, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, expected_stage: str | tuple[str, ...] | None = None,
-                    expected_normalizer=None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    expected_stage: str | tuple[str, ...] | None = None,
+    expected_normalizer=None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``. One clear XecError for a missing or corrupt
     file, a checkpoint of another stage, or one made with another normalization preset."""
     path = Path(path)
@@ -77,8 +100,9 @@ def load_checkpoint(path: str | os.PathLike, expected_stage: str | tuple[str, ..
     return ckpt
 
 
-def check_model_compatible(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any], where: str,
-                           encoder_only: bool = False) -> None:
+def check_model_compatible(
+    ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any], where: str, encoder_only: bool = False
+) -> None:
     """XecError if the checkpoint's model config (preset and sizes) differs from ``model_cfg``.
     ``encoder_only``: compare only the keys that shape the encoder (initializing a fine-tuning
     stage from the MAE: the heads and decoders are the stage's own business)."""
@@ -90,8 +114,10 @@ def check_model_compatible(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any]
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
         detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {want.get(k)!r}" for k in diff[:5])
-        raise XecError(f"{where}: model configuration differs from the checkpoint's (preset "
-                       f"{saved.get('preset')!r} vs {want.get('preset')!r}; {detail})")
+        raise XecError(
+            f"{where}: model configuration differs from the checkpoint's (preset "
+            f"{saved.get('preset')!r} vs {want.get('preset')!r}; {detail})"
+        )
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -100,8 +126,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": _plain_python_state(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -117,8 +147,9 @@ def _plain_python_state(st: tuple) -> list:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
     npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():

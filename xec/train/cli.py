@@ -3,19 +3,22 @@ one Trainer for all.
 
     xec train mae --config CFG [--shards results/shards] [--out results/mae] [--resume] [--log LOG]
     xec train inpainter --config CFG [--init results/mae/checkpoint.pt|none] [...]
-    xec train regressor --config CFG [--init results/mae/checkpoint.pt|none] [--weights results/reweighting/weights.npz] [...]
+    xec train regressor --config CFG [--init results/mae/checkpoint.pt|none]
+                        [--weights results/reweighting/weights.npz] [...]
 
 ``--init`` starts the stage from an MAE checkpoint's encoder. Launch under torchrun
 (``train.gpus > 1`` in the Snakemake rules) for DDP: rank 0 writes.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from xec.config import add_config_argument, command_config, load_config, plain
 from xec.data.loader import ShardLoader
@@ -36,16 +39,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, stage in STAGES.items():
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         add_config_argument(p)
-        p.add_argument("--shards", default="results/shards",
-                       help="shard root with train/ and val/ manifests (default: results/shards)")
+        p.add_argument(
+            "--shards",
+            default="results/shards",
+            help="shard root with train/ and val/ manifests (default: results/shards)",
+        )
         p.add_argument("--out", default=f"results/{name}", help=f"output directory (default: results/{name})")
-        p.add_argument("--resume", nargs="?", const="strict", default=False, choices=("strict", "auto"),
-                       help="continue from OUT/checkpoint_last.pt if it exists (strict, the default: a checkpoint "
-                            "of another model preset / config / data is an error; auto: it is ignored)")
+        p.add_argument(
+            "--resume",
+            nargs="?",
+            const="strict",
+            default=False,
+            choices=("strict", "auto"),
+            help="continue from OUT/checkpoint_last.pt if it exists (strict, the default: a checkpoint "
+            "of another model preset / config / data is an error; auto: it is ignored)",
+        )
         p.add_argument("--log", default=None, help="log file")
         if stage.takes_init:
-            p.add_argument("--init", default="none", metavar="CKPT|none",
-                           help="MAE checkpoint whose encoder the stage starts from (default: none, a random encoder)")
+            p.add_argument(
+                "--init",
+                default="none",
+                metavar="CKPT|none",
+                help="MAE checkpoint whose encoder the stage starts from (default: none, a random encoder)",
+            )
         if stage.takes_weights:
             p.add_argument("--weights", default=None, help="reweighting weights .npz (results/reweighting/weights.npz)")
 
@@ -53,8 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command=f"train {args.stage}")
-    run_stage(args.stage, cfg, shards=args.shards, out=args.out, resume=args.resume,
-              init=getattr(args, "init", None), weights=getattr(args, "weights", None))
+    run_stage(
+        args.stage,
+        cfg,
+        shards=args.shards,
+        out=args.out,
+        resume=args.resume,
+        init=getattr(args, "init", None),
+        weights=getattr(args, "weights", None),
+    )
     return 0
 
 
@@ -73,8 +96,12 @@ def fingerprint(cfg: Mapping[str, Any], stage: str, train_manifest: str, inputs)
             st = Path(f).stat()
             files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
     return {
-        "config": _digest({k: plain(cfg[k]) if isinstance(cfg[k], Mapping) else cfg[k]
-                           for k in ("seed", "train", "normalization", stage)}),
+        "config": _digest(
+            {
+                k: plain(cfg[k]) if isinstance(cfg[k], Mapping) else cfg[k]
+                for k in ("seed", "train", "normalization", stage)
+            }
+        ),
         "train_manifest": _digest(Path(train_manifest).read_text()),
         "inputs": _digest(files),
     }
@@ -84,9 +111,15 @@ def _ckpt_arg(value: str | None) -> str | None:
     return None if value is None or str(value).lower() == "none" else str(value)
 
 
-def run_stage(stage: str, cfg: Mapping[str, Any], shards: str | Path = "results/shards",
-              out: str | Path | None = None, resume: bool | str = False, init: str | None = None,
-              weights: str | None = None) -> dict[str, Any]:
+def run_stage(
+    stage: str,
+    cfg: Mapping[str, Any],
+    shards: str | Path = "results/shards",
+    out: str | Path | None = None,
+    resume: bool | str = False,
+    init: str | None = None,
+    weights: str | None = None,
+) -> dict[str, Any]:
     """Train one stage end to end; returns the metrics summary (also written to OUT/metrics.json).
     ``cfg``: the validated config (only the keys `train <stage>` declares are read); ``init``: MAE
     checkpoint whose encoder the stage starts from (None or 'none': random)."""
@@ -104,13 +137,30 @@ def run_stage(stage: str, cfg: Mapping[str, Any], shards: str | Path = "results/
         use_weights = weights if (stage_cls.takes_weights and sec["weights"]) else None
         if use_weights and not Path(use_weights).exists():
             raise XecError(f"{use_weights}: reweighting weights not found")
-        common = dict(tasks=st.tasks, num_workers=int(tcfg["num_workers"]), rank=ctx.rank,
-                      world_size=ctx.world_size, expected_normalizer=normalizer)
-        train_loader = ShardLoader(shards / "train" / "manifest.json", int(sec["batch_size"]), shuffle=True,
-                                   seed=hp["seed"], weights=use_weights, max_events=tcfg["max_train_events"],
-                                   **common)
-        val_loader = ShardLoader(shards / "val" / "manifest.json", int(sec["batch_size"]), shuffle=False,
-                                 seed=hp["seed"], max_events=tcfg["max_val_events"], **common)
+        common = dict(
+            tasks=st.tasks,
+            num_workers=int(tcfg["num_workers"]),
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            expected_normalizer=normalizer,
+        )
+        train_loader = ShardLoader(
+            shards / "train" / "manifest.json",
+            int(sec["batch_size"]),
+            shuffle=True,
+            seed=hp["seed"],
+            weights=use_weights,
+            max_events=tcfg["max_train_events"],
+            **common,
+        )
+        val_loader = ShardLoader(
+            shards / "val" / "manifest.json",
+            int(sec["batch_size"]),
+            shuffle=False,
+            seed=hp["seed"],
+            max_events=tcfg["max_val_events"],
+            **common,
+        )
         st.attach_data(train_loader, val_loader)
         seed_everything(hp["seed"])
         model = st.build_model()
@@ -118,16 +168,36 @@ def run_stage(stage: str, cfg: Mapping[str, Any], shards: str | Path = "results/
         run_id = None
         if resume and (out / "checkpoint_last.pt").exists() and ctx.is_main:
             run_id = (load_checkpoint(out / "checkpoint_last.pt").get("tracking") or {}).get("run_id")
-        tracker = make_tracker(cfg["mlflow"], stage, run_name=f"{stage}-{out.name}", is_main=ctx.is_main,
-                               run_id=run_id)
+        tracker = make_tracker(cfg["mlflow"], stage, run_name=f"{stage}-{out.name}", is_main=ctx.is_main, run_id=run_id)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("%s: model preset %s, %d parameters (%d trainable); %d train / %d val events; %d batches/epoch; "
-                 "device %s, world size %d", stage, st.meta["preset"], n_params, n_train,
-                 train_loader.events, val_loader.events, len(train_loader), ctx.device, ctx.world_size)
+        log.info(
+            "%s: model preset %s, %d parameters (%d trainable); %d train / %d val events; %d batches/epoch; "
+            "device %s, world size %d",
+            stage,
+            st.meta["preset"],
+            n_params,
+            n_train,
+            train_loader.events,
+            val_loader.events,
+            len(train_loader),
+            ctx.device,
+            ctx.world_size,
+        )
         fp = fingerprint(cfg, stage, train_loader.manifest["_path"], [init, use_weights])
-        trainer = Trainer(st, model, train_loader, val_loader, hp, out, config=plain(cfg), ctx=ctx, tracker=tracker,
-                          resume=resume, fingerprint=fp)
+        trainer = Trainer(
+            st,
+            model,
+            train_loader,
+            val_loader,
+            hp,
+            out,
+            config=plain(cfg),
+            ctx=ctx,
+            tracker=tracker,
+            resume=resume,
+            fingerprint=fp,
+        )
         try:
             summary = trainer.fit()
         except BaseException:

@@ -1,4 +1,5 @@
 """DDP plumbing: torchrun environment, process group (NCCL on GPU, gloo on CPU), reductions."""
+
 from __future__ import annotations
 
 import datetime

@@ -1,4 +1,5 @@
 """Exponential moving average of model weights; validation and export use the EMA copy."""
+
 from __future__ import annotations
 
 import copy

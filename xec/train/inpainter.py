@@ -13,11 +13,13 @@ every hidden sensor are streamed batch by batch to OUT/predictions.root (tree ``
 run, event, sensor, face, truth/prediction/error of npho (photons) and time (ns)) — never
 accumulated in memory.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,8 +68,9 @@ class InpainterStage(Stage):
     @classmethod
     def build(cls, spec: Mapping[str, Any]) -> nn.Module:
         norm = Normalizer.from_dict(dict(spec["normalization"]))
-        return XECInpainter(model_config_of(spec["model"]), normalizer=norm,
-                            freeze_encoder=bool(spec["model_args"]["freeze_encoder"]))
+        return XECInpainter(
+            model_config_of(spec["model"]), normalizer=norm, freeze_encoder=bool(spec["model_args"]["freeze_encoder"])
+        )
 
     def model_args(self) -> dict[str, Any]:
         return {"mask_ratio": self.mask_ratio, "freeze_encoder": self.freeze}
@@ -159,13 +162,19 @@ def write_root_predictions(model, stage: InpainterStage, path: Path, device, see
             pred_npho = norm.denormalize_npho(p_n)
             truth_time = norm.denormalize_time(t_t) * 1e9  # sentinel (no time) -> NaN
             pred_time = norm.denormalize_time(p_t) * 1e9
-            w.extend({
-                "run": ids["run"].numpy()[ev].astype(np.int64), "event": ids["event"].numpy()[ev].astype(np.int64),
-                "sensor": sensor.astype(np.int32), "face": faces[sensor].astype(np.int32),
-                "truth_npho": truth_npho.astype(np.float32), "pred_npho": pred_npho.astype(np.float32),
-                "error_npho": (pred_npho - truth_npho).astype(np.float32),
-                "truth_time_ns": truth_time.astype(np.float32), "pred_time_ns": pred_time.astype(np.float32),
-                "error_time_ns": (pred_time - truth_time).astype(np.float32),
-            })
+            w.extend(
+                {
+                    "run": ids["run"].numpy()[ev].astype(np.int64),
+                    "event": ids["event"].numpy()[ev].astype(np.int64),
+                    "sensor": sensor.astype(np.int32),
+                    "face": faces[sensor].astype(np.int32),
+                    "truth_npho": truth_npho.astype(np.float32),
+                    "pred_npho": pred_npho.astype(np.float32),
+                    "error_npho": (pred_npho - truth_npho).astype(np.float32),
+                    "truth_time_ns": truth_time.astype(np.float32),
+                    "pred_time_ns": pred_time.astype(np.float32),
+                    "error_time_ns": (pred_time - truth_time).astype(np.float32),
+                }
+            )
             rows += len(ev)
     return rows

@@ -14,14 +14,16 @@ channel dropout) is reseeded from (seed, epoch, rank), and the global RNG states
 from the checkpoint. On CPU with the same thread count a resumed run is bit-identical to an
 uninterrupted one (tests compare with atol 1e-6).
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -41,16 +43,27 @@ from xec.utils import atomic_path, progress_enabled, write_json
 
 log = logging.getLogger("xec.train")
 
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the stage's generator for one epoch and rank (independent of resume)."""
     return (int(seed) * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
 
 
 class Trainer:
-    def __init__(self, stage: Stage, model: nn.Module, train_loader: Any, val_loader: Any, hp: Mapping[str, Any],
-                 out_dir: str | Path, config: Mapping[str, Any] | None = None, ctx: DistContext | None = None,
-                 tracker: NullTracker | None = None, resume: bool | str = False,
-                 fingerprint: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        stage: Stage,
+        model: nn.Module,
+        train_loader: Any,
+        val_loader: Any,
+        hp: Mapping[str, Any],
+        out_dir: str | Path,
+        config: Mapping[str, Any] | None = None,
+        ctx: DistContext | None = None,
+        tracker: NullTracker | None = None,
+        resume: bool | str = False,
+        fingerprint: Mapping[str, Any] | None = None,
+    ):
         self.stage = stage
         missing = [k for k in HPARAM_KEYS if k not in hp]
         if missing:
@@ -68,13 +81,19 @@ class Trainer:
         if int(hp["grad_accum"]) < 1:
             raise XecError(f"grad_accum must be >= 1, got {hp['grad_accum']}")
         self.amp_dtype = self._amp_dtype(hp["precision"])
-        self.optimizer = build_optimizer(self.model, float(hp["lr"]), float(hp["weight_decay"]), hp["betas"],
-                                         stage.lr_scales())
+        self.optimizer = build_optimizer(
+            self.model, float(hp["lr"]), float(hp["weight_decay"]), hp["betas"], stage.lr_scales()
+        )
         self.steps_per_epoch = max(1, math.ceil(len(train_loader) / int(hp["grad_accum"])))
         total = self.steps_per_epoch * int(hp["epochs"])
-        self.scheduler = LRSchedule(self.optimizer, float(hp["lr"]), total,
-                                    int(round(float(hp["warmup_epochs"]) * self.steps_per_epoch)),
-                                    hp["schedule"], float(hp["min_lr_ratio"]))
+        self.scheduler = LRSchedule(
+            self.optimizer,
+            float(hp["lr"]),
+            total,
+            int(round(float(hp["warmup_epochs"]) * self.steps_per_epoch)),
+            hp["schedule"],
+            float(hp["min_lr_ratio"]),
+        )
         self.ema = EMA(self.model, float(hp["ema_decay"])) if float(hp["ema_decay"]) > 0 else None
         # A stage may train through a view of the model (e.g. the inpainter's raw predict()):
         # DDP must wrap the module whose forward the loss calls, or gradients are not synced.
@@ -82,12 +101,15 @@ class Trainer:
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                   find_unused_parameters=bool(hp["find_unused_parameters"]))
+            self.train_model = DDP(
+                self.train_model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(hp["find_unused_parameters"]),
+            )
         if hp["compile"]:
             self.train_model = torch.compile(self.train_model)
         self.epoch = 0  # epochs completed
-        self.step = 0   # optimizer steps taken
+        self.step = 0  # optimizer steps taken
         self.history: list[dict[str, Any]] = []
         self.best_value = math.inf
         self.best_epoch = -1
@@ -142,16 +164,24 @@ class Trainer:
             "tasks": list(extra.get("tasks", [])),
             "target_standardization": extra.get("target_standardization"),
             "rng": ckpt_mod.rng_state(),
-            "metrics": {"history": self.history, "best_value": self.best_value, "best_epoch": self.best_epoch,
-                        "best_metric": self.stage.best_metric, "nonfinite_steps": self.nonfinite_total,
-                        **(metrics or {})},
+            "metrics": {
+                "history": self.history,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "best_metric": self.stage.best_metric,
+                "nonfinite_steps": self.nonfinite_total,
+                **(metrics or {}),
+            },
             "hp": dict(self.hp),
             "tracking": {"run_id": self.run_id},
             "fingerprint": self.fingerprint,
             "xec_version": __version__,
             # stage extras (model_args: constructor options build_model_from_checkpoint needs; init_checkpoint)
-            **{k: v for k, v in extra.items() if k not in ("stage", "model", "normalization", "tasks",
-                                                          "target_standardization")},
+            **{
+                k: v
+                for k, v in extra.items()
+                if k not in ("stage", "model", "normalization", "tasks", "target_standardization")
+            },
         }
 
     def _resume(self, mode: str = "strict") -> None:
@@ -167,23 +197,28 @@ class Trainer:
             old = dict(ck.get("fingerprint") or {})
             changed = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
             if changed:
-                raise XecError(f"{path} (--resume): made with a different {', '.join(changed)}; "
-                               f"delete it (or use --resume auto) to start over")
+                raise XecError(
+                    f"{path} (--resume): made with a different {', '.join(changed)}; "
+                    f"delete it (or use --resume auto) to start over"
+                )
         except XecError as exc:
             if mode != "auto":
                 raise
             log.warning("not resuming: %s; starting from scratch", exc)
             return
         if self.stage.payload().get("normalization") and ck.get("normalization"):
-            Normalizer.from_dict(ck["normalization"]).check_compatible(self.stage.payload()["normalization"],
-                                                                       where=f"{path} (--resume)")
+            Normalizer.from_dict(ck["normalization"]).check_compatible(
+                self.stage.payload()["normalization"], where=f"{path} (--resume)"
+            )
         self.model.load_state_dict(ck["model_state"])
         if self.ema is not None and ck.get("ema_state") is not None:
             self.ema.load_state_dict(ck["ema_state"], ck.get("ema_updates", 0))
         try:
             self.optimizer.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError) as exc:
-            raise XecError(f"{path}: optimizer state does not fit the model (--resume with another config?): {exc}")
+            raise XecError(
+                f"{path}: optimizer state does not fit the model (--resume with another config?): {exc}"
+            ) from exc
         self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch = int(ck["epoch"])
         self.step = int(ck["step"])
@@ -215,8 +250,13 @@ class Trainer:
         consecutive_bad = 0
         skipped = 0
         t0 = time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"{self.stage.name} epoch {self.epoch + 1}/{hp['epochs']}",
-                   disable=not (progress_enabled() and self.ctx.is_main), leave=False, unit="batch")
+        bar = tqdm(
+            total=n_batches,
+            desc=f"{self.stage.name} epoch {self.epoch + 1}/{hp['epochs']}",
+            disable=not (progress_enabled() and self.ctx.is_main),
+            leave=False,
+            unit="batch",
+        )
         self.optimizer.zero_grad(set_to_none=True)
         it = iter(self.train_loader)
         micro = 0
@@ -234,7 +274,7 @@ class Trainer:
             micro += 1
             last_micro = micro == accum or i == n_batches - 1
             sync = self.ctx.enabled and not last_micro
-            with (self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else nullcontext()):
+            with self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else nullcontext():
                 with self._autocast():
                     loss, logs = self.stage.training_step(self.train_model, x, targets, weights, gen)
                 bad = any_flag(not bool(torch.isfinite(loss.detach()).item()), self.ctx)
@@ -245,12 +285,18 @@ class Trainer:
                 skipped += 1
                 consecutive_bad += 1
                 self.nonfinite_total += 1
-                log.warning("non-finite loss at epoch %d batch %d: step skipped (%d in a row)",
-                            self.epoch + 1, i, consecutive_bad)
+                log.warning(
+                    "non-finite loss at epoch %d batch %d: step skipped (%d in a row)",
+                    self.epoch + 1,
+                    i,
+                    consecutive_bad,
+                )
                 if consecutive_bad > int(hp["max_nonfinite_steps"]):
-                    raise XecError(f"{self.stage.name}: {consecutive_bad} consecutive training steps with a "
-                                   f"non-finite loss (epoch {self.epoch + 1}, batch {i}); stopping. Lower the "
-                                   f"learning rate ({self.stage.name}.lr) or check the input shards for NaN/Inf.")
+                    raise XecError(
+                        f"{self.stage.name}: {consecutive_bad} consecutive training steps with a "
+                        f"non-finite loss (epoch {self.epoch + 1}, batch {i}); stopping. Lower the "
+                        f"learning rate ({self.stage.name}.lr) or check the input shards for NaN/Inf."
+                    )
             else:
                 consecutive_bad = 0
                 b = float(x.shape[0])
@@ -268,18 +314,28 @@ class Trainer:
             every = int(hp["log_every"] or 0)
             if every and self.ctx.is_main and (i + 1) % every == 0:
                 el = time.perf_counter() - t0
-                log.info("%s epoch %d batch %d/%d: loss %.5g, %.0f events/s, data wait %.1f%%", self.stage.name,
-                         self.epoch + 1, i + 1, n_batches, sums.get("loss", float("nan")) / max(n_events, 1),
-                         n_events * self.ctx.world_size / max(el, 1e-9), 100 * wait / max(el, 1e-9))
+                log.info(
+                    "%s epoch %d batch %d/%d: loss %.5g, %.0f events/s, data wait %.1f%%",
+                    self.stage.name,
+                    self.epoch + 1,
+                    i + 1,
+                    n_batches,
+                    sums.get("loss", float("nan")) / max(n_events, 1),
+                    n_events * self.ctx.world_size / max(el, 1e-9),
+                    100 * wait / max(el, 1e-9),
+                )
             if self.ctx.is_main and not bar.disable:
                 el = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{sums.get('loss', float('nan')) / max(n_events, 1):.4g}",
-                                ev_s=f"{n_events * self.ctx.world_size / max(el, 1e-9):.0f}")
+                bar.set_postfix(
+                    loss=f"{sums.get('loss', float('nan')) / max(n_events, 1):.4g}",
+                    ev_s=f"{n_events * self.ctx.world_size / max(el, 1e-9):.0f}",
+                )
                 bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - t0
-        red = all_reduce_sum({**sums, "_n": n_events, "_wait": wait, "_elapsed": elapsed, "_skipped": skipped},
-                             self.ctx)
+        red = all_reduce_sum(
+            {**sums, "_n": n_events, "_wait": wait, "_elapsed": elapsed, "_skipped": skipped}, self.ctx
+        )
         n = max(red["_n"], 1.0)
         out = {f"train_{k}": v / n for k, v in red.items() if not k.startswith("_")}
         world = self.ctx.world_size
@@ -322,8 +378,9 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not self.history:
                 self.tracker.log_params(flatten(self.config))
-                self.tracker.set_tags({"stage": self.stage.name, "xec_version": __version__,
-                                       "world_size": str(self.ctx.world_size)})
+                self.tracker.set_tags(
+                    {"stage": self.stage.name, "xec_version": __version__, "world_size": str(self.ctx.world_size)}
+                )
         best_key = f"val_{self.stage.best_metric}"
         while self.epoch < epochs:
             tr = self.train_epoch()
@@ -341,31 +398,61 @@ class Trainer:
                 if improved:
                     self._save("checkpoint_best.pt", {"val": va})
                 self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=self.epoch)
-                log.info("%s epoch %d/%d: train_loss %.5g %s %.5g%s | %.0f events/s, data wait %.1f%%, lr %.3g, "
-                         "%d non-finite, %.1fs", self.stage.name, self.epoch, epochs, tr.get("train_loss", math.nan),
-                         best_key, value, " (best)" if improved else "", tr["events_per_s"],
-                         100 * tr["data_wait_fraction"], tr["lr"], tr["nonfinite_steps"], tr["epoch_time_s"])
+                log.info(
+                    "%s epoch %d/%d: train_loss %.5g %s %.5g%s | %.0f events/s, data wait %.1f%%, lr %.3g, "
+                    "%d non-finite, %.1fs",
+                    self.stage.name,
+                    self.epoch,
+                    epochs,
+                    tr.get("train_loss", math.nan),
+                    best_key,
+                    value,
+                    " (best)" if improved else "",
+                    tr["events_per_s"],
+                    100 * tr["data_wait_fraction"],
+                    tr["lr"],
+                    tr["nonfinite_steps"],
+                    tr["epoch_time_s"],
+                )
                 head = [k for k in self.stage.headline if k in va]
                 if head:
-                    log.info("%s epoch %d/%d: %s", self.stage.name, self.epoch, epochs,
-                             ", ".join(f"{k[4:]} {va[k]:.4g}" for k in head))
+                    log.info(
+                        "%s epoch %d/%d: %s",
+                        self.stage.name,
+                        self.epoch,
+                        epochs,
+                        ", ".join(f"{k[4:]} {va[k]:.4g}" for k in head),
+                    )
             barrier(self.ctx)
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        final_val = self.validate() if not self.history else {k: v for k, v in self.history[-1].items()
-                                                                 if k.startswith("val_")}
+        final_val = (
+            self.validate() if not self.history else {k: v for k, v in self.history[-1].items() if k.startswith("val_")}
+        )
         self.eval_model.eval()
         with torch.no_grad(), self._autocast():
             extra = self.stage.finalize(self.eval_model, self.val_loader, self.out_dir, self.ctx)
         last = self.history[-1] if self.history else {}
         summary = {
-            "stage": self.stage.name, "epochs": self.epoch, "steps": self.step,
+            "stage": self.stage.name,
+            "epochs": self.epoch,
+            "steps": self.step,
             "val": {**final_val, **extra},
             "best": {"metric": f"val_{self.stage.best_metric}", "value": self.best_value, "epoch": self.best_epoch},
             "train": {k: v for k, v in last.items() if k.startswith("train_")},
-            "system": {k: last[k] for k in ("events_per_s", "data_wait_fraction", "rss_mb", "gpu_mem_alloc_mb",
-                                             "gpu_mem_peak_mb", "epoch_time_s") if k in last},
+            "system": {
+                k: last[k]
+                for k in (
+                    "events_per_s",
+                    "data_wait_fraction",
+                    "rss_mb",
+                    "gpu_mem_alloc_mb",
+                    "gpu_mem_peak_mb",
+                    "epoch_time_s",
+                )
+                if k in last
+            },
             "nonfinite_steps": self.nonfinite_total,
             "world_size": self.ctx.world_size,
             "history": self.history,

@@ -5,9 +5,11 @@ loss, loss_npho, loss_time, loss_<face>, MAE/RMSE on the hidden sensors in norma
 (mae_npho, rmse_time, ...) and physical units (mae_npho_phot, rmse_time_ns, via the
 normalizer's denormalize_*), per face, and actual_mask_ratio.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,18 +29,28 @@ class MAEStage(Stage):
     @classmethod
     def build(cls, spec: Mapping[str, Any]) -> nn.Module:
         norm = Normalizer.from_dict(dict(spec["normalization"]))
-        return XECMAE(model_config_of(spec["model"]), sentinel=norm.sentinel,
-                      time_npho_threshold=npho_threshold_normalized(norm), **spec["model_args"])
+        return XECMAE(
+            model_config_of(spec["model"]),
+            sentinel=norm.sentinel,
+            time_npho_threshold=npho_threshold_normalized(norm),
+            **spec["model_args"],
+        )
 
     def model_args(self) -> dict[str, Any]:
-        return {"mask_ratio": float(self.sec["mask_ratio"]), "loss": self.sec["loss"],
-                "npho_loss_weight": float(self.sec["npho_loss_weight"]),
-                "time_loss_weight": float(self.sec["time_loss_weight"])}
+        return {
+            "mask_ratio": float(self.sec["mask_ratio"]),
+            "loss": self.sec["loss"],
+            "npho_loss_weight": float(self.sec["npho_loss_weight"]),
+            "time_loss_weight": float(self.sec["time_loss_weight"]),
+        }
 
     def training_step(self, model, x, targets, weights, generator):
         out = model(x, generator=generator)
-        return out["loss"], {"loss_npho": out["loss_npho"], "loss_time": out["loss_time"],
-                             "actual_mask_ratio": out["actual_mask_ratio"].detach()}
+        return out["loss"], {
+            "loss_npho": out["loss_npho"],
+            "loss_time": out["loss_time"],
+            "actual_mask_ratio": out["actual_mask_ratio"].detach(),
+        }
 
     @torch.no_grad()
     def evaluate(self, model, loader, ctx: DistContext, generator) -> dict[str, float]:

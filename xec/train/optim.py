@@ -3,10 +3,12 @@
 The schedule is a tiny class of our own rather than ``LambdaLR``: its state is one integer, so
 it round-trips through ``torch.load(weights_only=True)`` and resumes exactly.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,8 +20,9 @@ _NO_DECAY_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, n
 _NO_DECAY_WORDS = ("norm", "bias", "embed", "pos_", "token", "gamma", "beta", "grn")
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 lr_scales: Iterable[tuple[str, float]] = ()) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float, lr_scales: Iterable[tuple[str, float]] = ()
+) -> list[dict[str, Any]]:
     """Split trainable parameters into decay / no-decay groups.
 
     No decay on: biases, any parameter of a norm or embedding module, 1-d parameters (norm
@@ -36,14 +39,23 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
         if not p.requires_grad:
             continue
         leaf = name.lower()
-        no_decay = (id(p) in no_decay_ids or p.ndim <= 1 or name.endswith(".bias")
-                    or any(w in leaf.rsplit(".", 1)[-1] for w in _NO_DECAY_WORDS)
-                    or "embed" in leaf)
+        no_decay = (
+            id(p) in no_decay_ids
+            or p.ndim <= 1
+            or name.endswith(".bias")
+            or any(w in leaf.rsplit(".", 1)[-1] for w in _NO_DECAY_WORDS)
+            or "embed" in leaf
+        )
         scale = next((f for prefix, f in lr_scales if name.startswith(prefix)), 1.0)
         key = (no_decay, scale)
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr": lr * scale, "lr_scale": scale}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr": lr * scale,
+                "lr_scale": scale,
+            }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     if not groups:
@@ -52,8 +64,14 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], -k[1]))]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                    lr_scales: Iterable[tuple[str, float]] = (), fused: bool | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas=(0.9, 0.999),
+    lr_scales: Iterable[tuple[str, float]] = (),
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
     groups = param_groups(model, weight_decay, lr, lr_scales)
     for g in groups:
         g.pop("names")
@@ -86,8 +104,15 @@ class LRSchedule:
     """Sets each group's lr = base lr * lr_scale * lr_factor(step). Call ``step()`` after each
     optimizer step; ``state_dict`` is plain ints/floats."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int, warmup_steps: int,
-                 schedule: str = "cosine", min_lr_ratio: float = 0.0):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        total_steps: int,
+        warmup_steps: int,
+        schedule: str = "cosine",
+        min_lr_ratio: float = 0.0,
+    ):
         lr_factor(0, total_steps, warmup_steps, schedule)  # validates the name
         self.optimizer = optimizer
         self.base_lr = float(base_lr)
@@ -111,8 +136,14 @@ class LRSchedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "schedule": self.schedule, "base_lr": self.base_lr, "min_lr_ratio": self.min_lr_ratio}
+        return {
+            "last_step": self.last_step,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
+            "base_lr": self.base_lr,
+            "min_lr_ratio": self.min_lr_ratio,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_step = int(state["last_step"])

@@ -14,11 +14,13 @@ of (pred-true)/true, %); timing bias and resolution (ps); u, v, w bias and resol
 val loss per task; and for each resolution the same quantity for "predict the train mean" and
 the ratio (``*_gain`` = mean-predictor width / model width).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,13 +53,16 @@ def task_losses(sec: Mapping[str, Any], tasks) -> dict[str, dict[str, Any]]:
     for t in tasks:
         spec = {**DEFAULT_TASK_LOSS, **dict(given.get(t) or {})}
         if spec["type"] not in LOSS_TYPES:
-            raise XecError(f"config regressor.losses.{t}.type: unknown loss {spec['type']!r}; choose one of {LOSS_TYPES}")
+            raise XecError(
+                f"config regressor.losses.{t}.type: unknown loss {spec['type']!r}; choose one of {LOSS_TYPES}"
+            )
         out[t] = spec
     return out
 
 
-def elementwise(kind: str, pred: torch.Tensor, target: torch.Tensor, beta: float,
-                logvar: torch.Tensor | None = None) -> torch.Tensor:
+def elementwise(
+    kind: str, pred: torch.Tensor, target: torch.Tensor, beta: float, logvar: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, dim) per-component loss."""
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
@@ -90,9 +95,20 @@ class RegressorStage(Stage):
     seed_offset = 3
     takes_init = True
     takes_weights = True
-    headline = ("val_theta_deg_res", "val_phi_deg_res", "val_opening_angle_q68_deg", "val_energy_pct_res",
-                "val_energy_pct_gain", "val_time_ps_res", "val_u_mm_res", "val_u_mm_gain", "val_v_mm_res",
-                "val_v_mm_gain", "val_w_mm_res", "val_w_mm_gain")
+    headline = (
+        "val_theta_deg_res",
+        "val_phi_deg_res",
+        "val_opening_angle_q68_deg",
+        "val_energy_pct_res",
+        "val_energy_pct_gain",
+        "val_time_ps_res",
+        "val_u_mm_res",
+        "val_u_mm_gain",
+        "val_v_mm_res",
+        "val_v_mm_gain",
+        "val_w_mm_res",
+        "val_w_mm_gain",
+    )
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
         super().__init__(cfg, normalizer, init_checkpoint)
@@ -116,18 +132,25 @@ class RegressorStage(Stage):
         return model
 
     def model_args(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks),
-                "nll_tasks": [t for t, s in self.losses.items() if s["type"] == "gaussian_nll"]}
+        return {
+            "tasks": list(self.tasks),
+            "nll_tasks": [t for t, s in self.losses.items() if s["type"] == "gaussian_nll"],
+        }
 
     def attach_data(self, train_loader, val_loader) -> None:
         std = train_loader.standardizer  # from the train manifest's target_stats
-        self.standardizer = TargetStandardizer({t: std.mean[t] for t in self.tasks}, {t: std.std[t] for t in self.tasks})
+        self.standardizer = TargetStandardizer(
+            {t: std.mean[t] for t in self.tasks}, {t: std.std[t] for t in self.tasks}
+        )
         self.val_manifest = val_loader.manifest["_path"]
         self.val_batch = val_loader.batch_size
 
     def payload(self) -> dict[str, Any]:
-        return {**super().payload(), "tasks": list(self.tasks),
-                "target_standardization": self.standardizer.to_dict() if self.standardizer else None}
+        return {
+            **super().payload(),
+            "tasks": list(self.tasks),
+            "target_standardization": self.standardizer.to_dict() if self.standardizer else None,
+        }
 
     def build_model(self) -> nn.Module:
         if self.standardizer is None:
@@ -196,8 +219,11 @@ class RegressorStage(Stage):
         arrays = {f"p_{t}": np.concatenate(preds[t]) for t in self.tasks}
         arrays.update({f"t_{t}": np.concatenate(trues[t]) for t in self.tasks})
         arrays = gather_arrays(arrays, ctx)
-        metrics.update(physics_metrics({t: arrays[f"p_{t}"] for t in self.tasks},
-                                       {t: arrays[f"t_{t}"] for t in self.tasks}, self.standardizer))
+        metrics.update(
+            physics_metrics(
+                {t: arrays[f"p_{t}"] for t in self.tasks}, {t: arrays[f"t_{t}"] for t in self.tasks}, self.standardizer
+            )
+        )
         return metrics
 
     def finalize(self, model, val_loader, out_dir: Path, ctx: DistContext) -> dict[str, float]:
@@ -208,8 +234,9 @@ class RegressorStage(Stage):
         return {}
 
 
-def physics_metrics(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarray],
-                    std: TargetStandardizer | None = None) -> dict[str, float]:
+def physics_metrics(
+    pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarray], std: TargetStandardizer | None = None
+) -> dict[str, float]:
     """Resolutions in physical units (see the module docstring); with ``std`` also the
     "predict the train mean" reference and the gain over it."""
     out: dict[str, float] = {}
@@ -234,7 +261,9 @@ def physics_metrics(pred: Mapping[str, np.ndarray], true: Mapping[str, np.ndarra
             out[f"{col}_rms_deg"] = M.rms(d)
             out[f"{col}_skewness"] = M.skewness(d)
         oa = M.opening_angle_deg(p[:, 0], p[:, 1], y[:, 0], y[:, 1])
-        out["opening_angle_q68_deg"] = float(np.quantile(oa[np.isfinite(oa)], 0.68)) if np.isfinite(oa).any() else float("nan")
+        out["opening_angle_q68_deg"] = (
+            float(np.quantile(oa[np.isfinite(oa)], 0.68)) if np.isfinite(oa).any() else float("nan")
+        )
         if m is not None:
             oa0 = M.opening_angle_deg(m[:, 0], m[:, 1], y[:, 0], y[:, 1])
             out["opening_angle_q68_deg_mean_predictor"] = float(np.quantile(oa0, 0.68))

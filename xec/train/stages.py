@@ -3,9 +3,11 @@
 ``STAGES`` is the one name -> stage lookup: the `xec train` subcommands, checkpoint rebuilding
 and the ONNX export all go through it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -41,6 +43,8 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True) -
     state = ckpt.get("ema_state") if use_ema and ckpt.get("ema_state") else ckpt["model_state"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise XecError(f"checkpoint of stage {ckpt['stage']!r} does not match its model: missing "
-                       f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+        raise XecError(
+            f"checkpoint of stage {ckpt['stage']!r} does not match its model: missing "
+            f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
     return model.eval()

@@ -10,6 +10,7 @@
   retried with exponential backoff on "database is locked".
 - If MLflow cannot be used at all, a warning is logged and training goes on untracked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 log = logging.getLogger("xec.train")
 
@@ -31,12 +33,12 @@ def resolve_tracking_uri(uri: str, base: str | os.PathLike | None = None) -> str
     (default: the working directory). ``sqlite:////abs.db`` and server URIs pass through."""
     base = Path(base or os.getcwd())
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if path and not path.startswith("/") and path != ":memory:":
             return "sqlite:///" + str((base / path).resolve())
         return uri
     if uri.startswith("file:"):
-        path = uri[len("file:"):].lstrip()
+        path = uri[len("file:") :].lstrip()
         if path.startswith("//"):
             return uri
         return "file://" + str((base / path).resolve()) if not path.startswith("/") else "file://" + path
@@ -99,8 +101,14 @@ class NullTracker:
 class MlflowTracker(NullTracker):
     active = True
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
-                 artifact_root: str | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        artifact_root: str | None = None,
+        run_id: str | None = None,
+    ):
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
@@ -140,16 +148,19 @@ class MlflowTracker(NullTracker):
 
         items = [Param(k, str(v)[:500]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            self._call(self.client.log_batch, self.run_id, params=items[i:i + 100])
+            self._call(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, int(step or 0)) for k, v in sorted(metrics.items())
-                 if v is not None and isinstance(v, (int, float))]
+        items = [
+            Metric(_metric_key(k), float(v), ts, int(step or 0))
+            for k, v in sorted(metrics.items())
+            if v is not None and isinstance(v, (int, float))
+        ]
         for i in range(0, len(items), 500):
-            self._call(self.client.log_batch, self.run_id, metrics=items[i:i + 500])
+            self._call(self.client.log_batch, self.run_id, metrics=items[i : i + 500])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         if Path(path).exists():
@@ -170,24 +181,29 @@ def _metric_key(key: str) -> str:
 
 def _lock_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):] + ".lock")
+        return Path(uri[len("sqlite:///") :] + ".lock")
     if uri.startswith("file://"):
-        return Path(uri[len("file://"):]) / ".xec.lock"
+        return Path(uri[len("file://") :]) / ".xec.lock"
     return None
 
 
-def make_tracker(mlflow_cfg: Mapping[str, Any], stage: str, run_name: str | None = None,
-                 is_main: bool = True, run_id: str | None = None) -> NullTracker:
+def make_tracker(
+    mlflow_cfg: Mapping[str, Any],
+    stage: str,
+    run_name: str | None = None,
+    is_main: bool = True,
+    run_id: str | None = None,
+) -> NullTracker:
     """An MlflowTracker for rank 0 when enabled, else a NullTracker (with a warning on failure).
     ``mlflow_cfg``: the validated ``mlflow`` section (every key filled in by the schema)."""
     if not is_main or not mlflow_cfg["enabled"]:
         return NullTracker()
     uri = resolve_tracking_uri(mlflow_cfg["tracking_uri"])
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     artifact_root = mlflow_cfg["artifact_root"]
     if artifact_root is None and uri.startswith("sqlite:///"):
-        artifact_root = str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
+        artifact_root = str(Path(uri[len("sqlite:///") :]).parent / "mlartifacts")
     elif artifact_root:
         artifact_root = str(Path(artifact_root).resolve())
     experiment = f"{mlflow_cfg['experiment_prefix']}-{stage}"
