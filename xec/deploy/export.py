@@ -375,7 +375,7 @@ def export_checkpoint(
     parity_events: int = 256,
     parity_batch_size: int = 64,
     rtol: float = 1e-4,
-    atol: float = 1e-5,
+    atol: float = 1e-4,
     seed: int = 0,
     exporter: str = "torchscript",
 ) -> dict[str, Any]:
