@@ -241,6 +241,92 @@ def test_bad_config_names_the_key(tmp_path, overrides, key):
     assert "Traceback" not in out, out[-3000:]
 
 
+def test_bad_scan_fails_before_any_job_naming_scan_and_key(tmp_path):
+    work = new_workdir(tmp_path / "bad", scans={"lr": {"rank_by": "uvw_68_mm", "grid": {"regressor.lrr": [1e-3]}}})
+    proc = snakemake(work, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "lr" in out and "regressor.lrr" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+# ---- scans -----------------------------------------------------------------------------------------
+# Two regressor learning rates, neither the main run's: both points retrain the regressor and
+# everything after it, and reuse the main run's simulation, shards, reweighting, MAE, inpainter
+# and baseline.
+SCAN = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
+SCAN_TARGET = "results/scans/lr/summary.json"
+PER_POINT = Counter(regressor=1, export=1, inference=3, summary=1)
+
+
+def _with_scan(work: Path, scan: dict) -> None:
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["scans"] = {"lr": scan}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.fixture(scope="module")
+def scan_run(tiny_run, tmp_path_factory):
+    work = copy_run(tiny_run, tmp_path_factory.mktemp("scan") / "run")
+    _with_scan(work, SCAN)
+    planned = planned_jobs(snakemake(work, "--dry-run", SCAN_TARGET))
+    proc = snakemake(work, "--cores", "2", SCAN_TARGET)
+    return {"dir": work, "planned": planned, "proc": proc}
+
+
+def test_scan_trains_each_point_and_reuses_the_main_run(scan_run):
+    expected = Counter({rule: 2 * n for rule, n in PER_POINT.items()}) + Counter(scan_summary=1)
+    assert scan_run["planned"] == expected, scan_run["planned"]
+    scans = scan_run["dir"] / "results" / "scans" / "lr"
+    points = sorted(p for p in scans.iterdir() if p.is_dir())
+    assert len(points) == 2, points
+    for point in points:
+        for rel in (
+            "regressor/checkpoint.pt",
+            "regressor/metrics.json",
+            "regressor/model.onnx",
+            "inference/bench.parquet",
+            "inference/realdata.parquet",
+            "summary.json",
+            "config.yaml",
+        ):
+            assert (point / rel).stat().st_size > 0, (point, rel)
+        assert not (point / "mae").exists() and not (point / "shards").exists(), point  # reused
+        lr = yaml.safe_load((point / "config.yaml").read_text())["regressor"]["lr"]
+        assert lr in (1.0e-3, 1.0e-2) and str(lr) in point.name, (point.name, lr)
+
+
+def test_scan_table_is_ranked_by_its_metric(scan_run):
+    import json
+
+    scans = scan_run["dir"] / "results" / "scans" / "lr"
+    table = json.loads((scans / "summary.json").read_text())
+    rows = table["rows"]
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["best"] and not rows[1]["best"]
+    assert rows[0]["uvw_68_mm"] <= rows[1]["uvw_68_mm"]
+    assert {r["overrides"]["regressor.lr"] for r in rows} == {1.0e-3, 1.0e-2}
+    for name in ("summary.md", "summary.html", "metric.png"):
+        assert (scans / name).stat().st_size > 0, name
+
+
+def test_scan_runs_are_tagged_in_mlflow(scan_run):
+    db = scan_run["dir"] / "results" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        tags = con.execute("SELECT key, value FROM tags WHERE key IN ('scan', 'point')").fetchall()
+    assert ("scan", "lr") in tags and sum(k == "point" for k, _ in tags) == 2, tags
+
+
+def test_adding_a_scan_point_schedules_only_that_point(scan_run, tmp_path):
+    work = copy_run(scan_run, tmp_path / "run")
+    _with_scan(work, {**SCAN, "grid": {"regressor.lr": [1.0e-3, 1.0e-2, 5.0e-3]}})
+    jobs = planned_jobs(snakemake(work, "--dry-run", SCAN_TARGET))
+    assert jobs == PER_POINT + Counter(scan_summary=1), jobs
+    # another ranking metric reruns the ranking only
+    _with_scan(work, {**SCAN, "rank_by": "energy_68_pct"})
+    jobs = planned_jobs(snakemake(work, "--dry-run", SCAN_TARGET))
+    assert jobs == Counter(scan_summary=1), jobs
+
+
 # ---- faults ----------------------------------------------------------------------------------------
 
 

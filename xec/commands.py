@@ -80,6 +80,9 @@ COMMANDS: dict[str, Command] = {
     "plots": Command("xec.plots.cli", "make the plots of a pipeline run", reads=("plots", "data.tree", "data.bench")),
     "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
     "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model",)),
+    "scan-summary": Command(
+        "xec.scan_cli", "rank the points of a hyperparameter/architecture scan (config scans:)", reads=("scans.{scan}",)
+    ),
 }
 
 

@@ -1,6 +1,9 @@
-# Helpers shared by the stage files (input files, resolved config, job environment). Functions
-# live here and nowhere else, as `snakemake --lint` wants them apart from the rules.
+# Helpers shared by the stage files (run directories, input files, resolved configs, job
+# environment). Functions live here and nowhere else, as `snakemake --lint` wants them apart from
+# the rules.
+import functools as _functools
 import glob as _glob
+import json as _json
 import os as _os
 import platform as _platform
 import sys as _sys
@@ -9,17 +12,112 @@ from pathlib import Path as _Path
 from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
 from xec.config import command_params as _command_params
+from xec.scans import expand_scans as _expand_scans
 
 SAMPLES = ["train", "val", "bench", "realdata"]
 
+# ---- run directories: the main run and the points of the configured scans ------------------------
+# The stage rules write under a run directory `{rundir}`, which is `results` (the main run) or
+# `results/scans/<scan>/<point>` (one point of a scan: the main config plus the point's overrides).
+# A point reuses any output whose command, and every command upstream of it, reads the same config
+# values as in an earlier run directory (the main run first): NODES below is the DAG at the level
+# of those values, and `at()` resolves where a node's outputs live. So a scan over `regressor.*`
+# keys reuses the main run's shards, reweighting and MAE, and a scan over an encoder width retrains
+# the MAE per point, from the same per-command declarations (xec/commands.py) as the rules' params.
+RUNDIR_PATTERN = rf"{RESULTS}(?:/scans/[A-Za-z0-9_][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+)?"
 
-def input_files(sample):
+
+def run_configs():
+    """(scan -> [ScanPoint], run directory -> validated config), the main run first."""
+    try:
+        scans = _expand_scans(config)
+    except XecError as exc:
+        raise WorkflowError(str(exc))
+    runs = {RESULTS: config}
+    for scan, points in scans.items():
+        for point in points:
+            cfg = dict(point.config)
+            canonicalize_config(cfg)
+            runs[scan_rundir(scan, point.name)] = cfg
+    return scans, runs
+
+
+def scan_rundir(scan, point):
+    return f"{RESULTS}/scans/{scan}/{point}"
+
+
+def resolved_config(rundir):
+    """The config file every command of a run directory reads (written when the DAG is built)."""
+    return f"{rundir}/config.yaml"
+
+
+# node -> (xec command whose declared config values the node's outputs depend on, its placeholder
+# values, upstream nodes); "data:<sample>" is a sample's ROOT files (configured, or simulated).
+def _node(rundir, node):
+    kind, _, arg = node.partition(":")
+    if kind == "data":
+        files = RUN_CONFIGS[rundir]["data"][arg]
+        return (None, {"files": files}, []) if files else ("simulate", {"sample": arg}, [])
+    if kind == "shards":
+        return "shards", {}, [f"data:{arg}"]
+    if kind == "export":
+        return "export", {}, [arg, "shards:val"]
+    if kind == "baseline":
+        return "baseline", {}, [f"data:{arg}", "baseline_calibration"]
+    if kind == "inference":
+        run = INFERENCE_RUNS[arg]
+        models = ["export:regressor"] + (["export:inpainter"] if run["inpainter"] else [])
+        return "infer", {}, [*models, f"data:{run['sample']}"]
+    return NODES[node]
+
+
+NODES = {
+    "reweighting": ("reweight", {}, ["shards:train"]),
+    "mae": ("train mae", {}, ["shards:train", "shards:val"]),
+    "inpainter": ("train inpainter", {}, ["mae", "shards:train", "shards:val"]),
+    "regressor": ("train regressor", {}, ["mae", "reweighting", "shards:train", "shards:val"]),
+    "baseline_calibration": ("baseline", {}, ["data:train"]),
+    "summary": (
+        "summary",
+        {},
+        [
+            "inference:bench",
+            "inference:realdata",
+            "inference:realdata_noinpaint",
+            "baseline:bench",
+            "baseline:realdata",
+        ],
+    ),
+}
+
+
+@_functools.lru_cache(maxsize=None)
+def node_key(rundir, node):
+    """What a node's outputs depend on in `rundir`: its command's config values and its inputs'."""
+    command, fields, upstream = _node(rundir, node)
+    values = _command_params(RUN_CONFIGS[rundir], command, **fields) if command else fields
+    return _json.dumps([node, values, [node_key(rundir, u) for u in upstream]], sort_keys=True)
+
+
+@_functools.lru_cache(maxsize=None)
+def owner(rundir, node):
+    """The first run directory (main run first) whose outputs of `node` serve `rundir`."""
+    key = node_key(rundir, node)
+    return next(r for r in RUN_CONFIGS if node_key(r, node) == key)
+
+
+def at(rundir, node, path):
+    """`path` (relative to a run directory) of `node`'s output, where `rundir` finds it."""
+    return f"{owner(rundir, node)}/{path}"
+
+
+def input_files(sample, rundir=RESULTS):
     """ROOT files of a sample: the configured paths/globs, or the simulated file.
 
     A configured pattern that matches nothing stops the DAG construction with the pattern named."""
-    patterns = config["data"][sample]
+    patterns = RUN_CONFIGS[rundir]["data"][sample]
     if not patterns:
-        return [f"{RESULTS}/data/{sample}.root"]
+        return [at(rundir, f"data:{sample}", f"data/{sample}.root")]
     files = []
     for pattern in patterns:
         matched = sorted(_glob.glob(pattern))
@@ -49,14 +147,15 @@ def canonicalize_config(cfg):
     cfg.update(items)
 
 
-def write_resolved_config(path):
-    """Write the validated config (defaults filled in) that every `xec` command reads; rewritten
-    only when its content changes. It is deliberately no input of any job: what a job depends on
-    reaches it through `params:`, so editing one section reruns only the rules that use it."""
+def write_resolved_config(path, cfg):
+    """Write the validated config (defaults filled in) that every `xec` command of a run directory
+    reads; rewritten only when its content changes. It is deliberately no input of any job: what a
+    job depends on reaches it through `params:`, so editing one section reruns only the rules that
+    use it."""
     import yaml
     from xec.utils import atomic_path
 
-    text = yaml.safe_dump(config, sort_keys=True)
+    text = yaml.safe_dump(cfg, sort_keys=True)
     path = _Path(path)
     if not path.exists() or path.read_text() != text:
         with atomic_path(path) as tmp:
@@ -119,8 +218,32 @@ if not _USE_CONDA:
         shell.prefix(f'set -euo pipefail; export PATH="{_Path(_sys.executable).parent}:$PATH"; ')
 
 
-def command_values(command, **fields):
-    """The config values a rule's `xec` command depends on, from the command's declaration in
-    xec/commands.py: the rule's `params:` entry, so that the rule reruns exactly when one changes
-    (and the command itself cannot read a key that is not declared there)."""
-    return _command_params(config, command, **fields)
+def command_values(command, rundir=RESULTS, **fields):
+    """The config values a rule's `xec` command depends on in a run directory, from the command's
+    declaration in xec/commands.py: the rule's `params:` entry, so that the rule reruns exactly
+    when one changes (and the command itself cannot read a key that is not declared there)."""
+    return _command_params(RUN_CONFIGS[rundir], command, **fields)
+
+
+def scan_inputs(scan):
+    """Per point of a scan (in its order): its physics summary and its regressor's metrics, from
+    the run directory that holds them."""
+    inputs = {}
+    for i, point in enumerate(SCANS[scan]):
+        rundir = scan_rundir(scan, point.name)
+        inputs[f"summary_{i}"] = at(rundir, "summary", "summary.json")
+        inputs[f"metrics_{i}"] = at(rundir, "regressor", "regressor/metrics.json")
+    return inputs
+
+
+def scan_point_args(scan, input):
+    """`--point NAME SUMMARY METRICS` for each point of a scan."""
+    return " ".join(
+        f"--point {p.name} {input[f'summary_{i}']} {input[f'metrics_{i}']}" for i, p in enumerate(SCANS[scan])
+    )
+
+
+def mlflow_tags(rundir):
+    """`--tag` options naming the scan and point of a scan run directory (none for the main run)."""
+    parts = rundir.split("/")
+    return f"--tag scan={parts[2]} --tag point={parts[3]}" if len(parts) == 4 else ""

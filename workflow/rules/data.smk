@@ -3,13 +3,13 @@
 
 rule simulate:
     output:
-        f"{RESULTS}/data/{{sample}}.root",
+        f"{{rundir}}/data/{{sample}}.root",
     log:
-        f"{RESULTS}/logs/simulate/{{sample}}.log",
+        f"{{rundir}}/logs/simulate/{{sample}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/simulate/{{sample}}.tsv"
+        f"{{rundir}}/benchmarks/simulate/{{sample}}.tsv"
     wildcard_constraints:
-        sample="|".join(SIMULATED_SAMPLES) or "NO_SIMULATED_SAMPLE",
+        sample="|".join(SAMPLES),
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -17,21 +17,21 @@ rule simulate:
         mem_mb=2000,
         runtime=30,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=lambda w: command_values("simulate", sample=w.sample),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("simulate", w.rundir, sample=w.sample),
     shell:
         "xec simulate --config {params.cfg} --sample {wildcards.sample} --out {output} --log {log}"
 
 
 rule shards:
     input:
-        lambda w: input_files(w.split),
+        lambda w: input_files(w.split, w.rundir),
     output:
-        f"{RESULTS}/shards/{{split}}/manifest.json",
+        f"{{rundir}}/shards/{{split}}/manifest.json",
     log:
-        f"{RESULTS}/logs/shards/{{split}}.log",
+        f"{{rundir}}/logs/shards/{{split}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/shards/{{split}}.tsv"
+        f"{{rundir}}/benchmarks/shards/{{split}}.tsv"
     wildcard_constraints:
         split="train|val|bench",
     conda:
@@ -41,9 +41,9 @@ rule shards:
         mem_mb=1000 + 600 * config["shards"]["workers"],
         runtime=30,
     params:
-        cfg=RESOLVED_CONFIG,
+        cfg=lambda w: resolved_config(w.rundir),
         out_dir=lambda w, output: str(Path(output[0]).parent),
-        values=command_values("shards"),
+        values=lambda w: command_values("shards", w.rundir),
     shell:
         "xec shards --config {params.cfg} --input {input} --split {wildcards.split}"
         " --out {params.out_dir} --workers {threads} --log {log}"
@@ -51,14 +51,14 @@ rule shards:
 
 rule reweighting:
     input:
-        f"{RESULTS}/shards/train/manifest.json",
+        lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
     output:
-        weights=f"{RESULTS}/reweighting/weights.npz",
-        plot=report(f"{RESULTS}/reweighting/weights.png", caption="../report/reweighting.rst", category="Data"),
+        weights=f"{{rundir}}/reweighting/weights.npz",
+        plot=report(f"{{rundir}}/reweighting/weights.png", caption="../report/reweighting.rst", category="Data"),
     log:
-        f"{RESULTS}/logs/reweighting.log",
+        f"{{rundir}}/logs/reweighting.log",
     benchmark:
-        f"{RESULTS}/benchmarks/reweighting.tsv"
+        f"{{rundir}}/benchmarks/reweighting.tsv"
     conda:
         SOFTWARE_ENV
     threads: 1
@@ -66,8 +66,8 @@ rule reweighting:
         mem_mb=1000,
         runtime=10,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("reweight"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("reweight", w.rundir),
     shell:
         "xec reweight --config {params.cfg} --manifest {input} --out {output.weights}"
         " --plot {output.plot} --log {log}"

@@ -11,15 +11,15 @@ INFERENCE_RUNS = {
 
 rule export:
     input:
-        checkpoint=f"{RESULTS}/{{stage}}/checkpoint.pt",
-        val=f"{RESULTS}/shards/val/manifest.json",
+        checkpoint=lambda w: at(w.rundir, w.stage, f"{w.stage}/checkpoint.pt"),
+        val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
     output:
-        model=f"{RESULTS}/{{stage}}/model.onnx",
-        parity=f"{RESULTS}/{{stage}}/model.parity.json",
+        model=f"{{rundir}}/{{stage}}/model.onnx",
+        parity=f"{{rundir}}/{{stage}}/model.parity.json",
     log:
-        f"{RESULTS}/logs/export/{{stage}}.log",
+        f"{{rundir}}/logs/export/{{stage}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/export/{{stage}}.tsv"
+        f"{{rundir}}/benchmarks/export/{{stage}}.tsv"
     wildcard_constraints:
         stage="regressor|inpainter",
     conda:
@@ -29,8 +29,8 @@ rule export:
         mem_mb=4000,
         runtime=15,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("export"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("export", w.rundir),
     shell:
         "xec export --config {params.cfg} --checkpoint {input.checkpoint} --val-shards {input.val}"
         " --out {output.model} --log {log}"
@@ -38,16 +38,18 @@ rule export:
 
 rule inference:
     input:
-        model=f"{RESULTS}/regressor/model.onnx",
-        inpainter=lambda w: [f"{RESULTS}/inpainter/model.onnx"] if INFERENCE_RUNS[w.name]["inpainter"] else [],
-        data=lambda w: input_files(INFERENCE_RUNS[w.name]["sample"]),
+        model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
+        inpainter=lambda w: (
+            [at(w.rundir, "export:inpainter", "inpainter/model.onnx")] if INFERENCE_RUNS[w.name]["inpainter"] else []
+        ),
+        data=lambda w: input_files(INFERENCE_RUNS[w.name]["sample"], w.rundir),
     output:
-        root=f"{RESULTS}/inference/{{name}}.root",
-        parquet=f"{RESULTS}/inference/{{name}}.parquet",
+        root=f"{{rundir}}/inference/{{name}}.root",
+        parquet=f"{{rundir}}/inference/{{name}}.parquet",
     log:
-        f"{RESULTS}/logs/inference/{{name}}.log",
+        f"{{rundir}}/logs/inference/{{name}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/inference/{{name}}.tsv"
+        f"{{rundir}}/benchmarks/inference/{{name}}.tsv"
     wildcard_constraints:
         name="|".join(INFERENCE_RUNS),
     conda:
@@ -57,8 +59,8 @@ rule inference:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("infer"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("infer", w.rundir),
         inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     shell:
         "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"

@@ -7,13 +7,13 @@ BASELINE_SAMPLES = ["bench", "realdata", "val"]
 
 rule baseline_calibration:
     input:
-        data=lambda w: input_files("train"),
+        data=lambda w: input_files("train", w.rundir),
     output:
-        f"{RESULTS}/baseline/calibration.json",
+        f"{{rundir}}/baseline/calibration.json",
     log:
-        f"{RESULTS}/logs/baseline/calibration.log",
+        f"{{rundir}}/logs/baseline/calibration.log",
     benchmark:
-        f"{RESULTS}/benchmarks/baseline/calibration.tsv"
+        f"{{rundir}}/benchmarks/baseline/calibration.tsv"
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -21,22 +21,22 @@ rule baseline_calibration:
         mem_mb=3000,
         runtime=20,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("baseline"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("baseline", w.rundir),
     shell:
         "xec baseline --config {params.cfg} --calibrate-on {input.data} --calibration {output} --log {log}"
 
 
 rule baseline:
     input:
-        data=lambda w: input_files(w.sample),
-        calibration=f"{RESULTS}/baseline/calibration.json",
+        data=lambda w: input_files(w.sample, w.rundir),
+        calibration=lambda w: at(w.rundir, "baseline_calibration", "baseline/calibration.json"),
     output:
-        parquet=f"{RESULTS}/baseline/{{sample}}.parquet",
+        parquet=f"{{rundir}}/baseline/{{sample}}.parquet",
     log:
-        f"{RESULTS}/logs/baseline/{{sample}}.log",
+        f"{{rundir}}/logs/baseline/{{sample}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/baseline/{{sample}}.tsv"
+        f"{{rundir}}/benchmarks/baseline/{{sample}}.tsv"
     wildcard_constraints:
         sample="|".join(BASELINE_SAMPLES),
     conda:
@@ -46,8 +46,8 @@ rule baseline:
         mem_mb=3000,
         runtime=20,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("baseline"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("baseline", w.rundir),
     shell:
         "xec baseline --config {params.cfg} --input {input.data} --calibration {input.calibration}"
         " --out {output.parquet} --log {log}"
@@ -55,19 +55,19 @@ rule baseline:
 
 rule summary:
     input:
-        bench_ml=f"{RESULTS}/inference/bench.parquet",
-        bench_baseline=f"{RESULTS}/baseline/bench.parquet",
-        real_ml=f"{RESULTS}/inference/realdata.parquet",
-        real_noinpaint=f"{RESULTS}/inference/realdata_noinpaint.parquet",
-        real_baseline=f"{RESULTS}/baseline/realdata.parquet",
+        bench_ml=lambda w: at(w.rundir, "inference:bench", "inference/bench.parquet"),
+        bench_baseline=lambda w: at(w.rundir, "baseline:bench", "baseline/bench.parquet"),
+        real_ml=lambda w: at(w.rundir, "inference:realdata", "inference/realdata.parquet"),
+        real_noinpaint=lambda w: at(w.rundir, "inference:realdata_noinpaint", "inference/realdata_noinpaint.parquet"),
+        real_baseline=lambda w: at(w.rundir, "baseline:realdata", "baseline/realdata.parquet"),
     output:
-        json=f"{RESULTS}/summary.json",
-        markdown=f"{RESULTS}/summary.md",
-        html=report(f"{RESULTS}/summary.html", caption="../report/summary.rst", category="Physics summary"),
+        json=f"{{rundir}}/summary.json",
+        markdown=f"{{rundir}}/summary.md",
+        html=report(f"{{rundir}}/summary.html", caption="../report/summary.rst", category="Physics summary"),
     log:
-        f"{RESULTS}/logs/summary.log",
+        f"{{rundir}}/logs/summary.log",
     benchmark:
-        f"{RESULTS}/benchmarks/summary.tsv"
+        f"{{rundir}}/benchmarks/summary.tsv"
     conda:
         SOFTWARE_ENV
     threads: 1
@@ -75,8 +75,8 @@ rule summary:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=RESOLVED_CONFIG,
-        values=command_values("summary"),
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("summary", w.rundir),
     shell:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"

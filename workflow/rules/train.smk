@@ -7,15 +7,15 @@ TRAIN_LAUNCH = f"torchrun --standalone --nproc_per_node {TRAIN_GPUS} -m xec.cli"
 
 rule mae:
     input:
-        train=f"{RESULTS}/shards/train/manifest.json",
-        val=f"{RESULTS}/shards/val/manifest.json",
+        train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
+        val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
     output:
-        checkpoint=f"{RESULTS}/mae/checkpoint.pt",
-        metrics=report(f"{RESULTS}/mae/metrics.json", caption="../report/train_mae.rst", category="Training"),
+        checkpoint=f"{{rundir}}/mae/checkpoint.pt",
+        metrics=report(f"{{rundir}}/mae/metrics.json", caption="../report/train_mae.rst", category="Training"),
     log:
-        f"{RESULTS}/logs/train/mae.log",
+        f"{{rundir}}/logs/train/mae.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/mae.tsv"
+        f"{{rundir}}/benchmarks/train/mae.tsv"
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -24,30 +24,30 @@ rule mae:
         runtime=60,
         gpu=TRAIN_GPUS,
     params:
-        cfg=RESOLVED_CONFIG,
+        cfg=lambda w: resolved_config(w.rundir),
         launch=TRAIN_LAUNCH,
-        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        values=command_values("train mae"),
+        values=lambda w: command_values("train mae", w.rundir),
+        tags=lambda w: mlflow_tags(w.rundir),
     shell:
-        "{params.launch} train mae --config {params.cfg} --shards {params.shard_dir}"
-        " --out {params.out_dir} --resume auto --log {log}"
+        "{params.launch} train mae --config {params.cfg} --train {input.train} --val {input.val}"
+        " --out {params.out_dir} --resume auto {params.tags} --log {log}"
 
 
 rule inpainter:
     input:
-        mae=f"{RESULTS}/mae/checkpoint.pt",
-        train=f"{RESULTS}/shards/train/manifest.json",
-        val=f"{RESULTS}/shards/val/manifest.json",
+        mae=lambda w: at(w.rundir, "mae", "mae/checkpoint.pt"),
+        train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
+        val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
     output:
-        checkpoint=f"{RESULTS}/inpainter/checkpoint.pt",
+        checkpoint=f"{{rundir}}/inpainter/checkpoint.pt",
         metrics=report(
-            f"{RESULTS}/inpainter/metrics.json", caption="../report/train_inpainter.rst", category="Training"
+            f"{{rundir}}/inpainter/metrics.json", caption="../report/train_inpainter.rst", category="Training"
         ),
     log:
-        f"{RESULTS}/logs/train/inpainter.log",
+        f"{{rundir}}/logs/train/inpainter.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/inpainter.tsv"
+        f"{{rundir}}/benchmarks/train/inpainter.tsv"
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -56,32 +56,32 @@ rule inpainter:
         runtime=60,
         gpu=TRAIN_GPUS,
     params:
-        cfg=RESOLVED_CONFIG,
+        cfg=lambda w: resolved_config(w.rundir),
         launch=TRAIN_LAUNCH,
-        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        values=command_values("train inpainter"),
+        values=lambda w: command_values("train inpainter", w.rundir),
+        tags=lambda w: mlflow_tags(w.rundir),
     shell:
-        "{params.launch} train inpainter --config {params.cfg} --init {input.mae} --shards {params.shard_dir}"
-        " --out {params.out_dir} --resume auto --log {log}"
+        "{params.launch} train inpainter --config {params.cfg} --init {input.mae} --train {input.train} --val {input.val}"
+        " --out {params.out_dir} --resume auto {params.tags} --log {log}"
 
 
 rule regressor:
     input:
-        mae=f"{RESULTS}/mae/checkpoint.pt",
-        weights=f"{RESULTS}/reweighting/weights.npz",
-        train=f"{RESULTS}/shards/train/manifest.json",
-        val=f"{RESULTS}/shards/val/manifest.json",
+        mae=lambda w: at(w.rundir, "mae", "mae/checkpoint.pt"),
+        weights=lambda w: at(w.rundir, "reweighting", "reweighting/weights.npz"),
+        train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
+        val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
     output:
-        checkpoint=f"{RESULTS}/regressor/checkpoint.pt",
+        checkpoint=f"{{rundir}}/regressor/checkpoint.pt",
         metrics=report(
-            f"{RESULTS}/regressor/metrics.json", caption="../report/train_regressor.rst", category="Training"
+            f"{{rundir}}/regressor/metrics.json", caption="../report/train_regressor.rst", category="Training"
         ),
-        predictions=f"{RESULTS}/regressor/predictions.parquet",
+        predictions=f"{{rundir}}/regressor/predictions.parquet",
     log:
-        f"{RESULTS}/logs/train/regressor.log",
+        f"{{rundir}}/logs/train/regressor.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/regressor.tsv"
+        f"{{rundir}}/benchmarks/train/regressor.tsv"
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -90,11 +90,11 @@ rule regressor:
         runtime=90,
         gpu=TRAIN_GPUS,
     params:
-        cfg=RESOLVED_CONFIG,
+        cfg=lambda w: resolved_config(w.rundir),
         launch=TRAIN_LAUNCH,
-        shard_dir=lambda w, input: str(Path(input.train).parent.parent),
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        values=command_values("train regressor"),
+        values=lambda w: command_values("train regressor", w.rundir),
+        tags=lambda w: mlflow_tags(w.rundir),
     shell:
         "{params.launch} train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
-        " --shards {params.shard_dir} --out {params.out_dir} --resume auto --log {log}"
+        " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags} --log {log}"

@@ -44,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default="results/shards",
             help="shard root with train/ and val/ manifests (default: results/shards)",
         )
+        p.add_argument("--train", default=None, metavar="MANIFEST", help="train manifest (default: SHARDS/train)")
+        p.add_argument("--val", default=None, metavar="MANIFEST", help="val manifest (default: SHARDS/val)")
+        p.add_argument(
+            "--tag",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="MLflow tag of the run (repeatable; the scan rules tag scan and point)",
+        )
         p.add_argument("--out", default=f"results/{name}", help=f"output directory (default: results/{name})")
         p.add_argument(
             "--resume",
@@ -73,12 +82,25 @@ def main(args: argparse.Namespace) -> int:
         args.stage,
         cfg,
         shards=args.shards,
+        train_manifest=args.train,
+        val_manifest=args.val,
+        tags=_parse_tags(args.tag),
         out=args.out,
         resume=args.resume,
         init=getattr(args, "init", None),
         weights=getattr(args, "weights", None),
     )
     return 0
+
+
+def _parse_tags(items: list[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise XecError(f"--tag {item!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags
 
 
 def _digest(obj: Any) -> str:
@@ -119,10 +141,14 @@ def run_stage(
     resume: bool | str = False,
     init: str | None = None,
     weights: str | None = None,
+    train_manifest: str | Path | None = None,
+    val_manifest: str | Path | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one stage end to end; returns the metrics summary (also written to OUT/metrics.json).
     ``cfg``: the validated config (only the keys `train <stage>` declares are read); ``init``: MAE
-    checkpoint whose encoder the stage starts from (None or 'none': random)."""
+    checkpoint whose encoder the stage starts from (None or 'none': random); the train/val
+    manifests default to ``shards``/train and ``shards``/val; ``tags``: extra MLflow tags."""
     stage_cls = get_stage(stage)
     cfg = command_config(cfg, f"train {stage}")
     out = Path(out or f"results/{stage}")
@@ -145,7 +171,7 @@ def run_stage(
             expected_normalizer=normalizer,
         )
         train_loader = ShardLoader(
-            shards / "train" / "manifest.json",
+            train_manifest or shards / "train" / "manifest.json",
             int(sec["batch_size"]),
             shuffle=True,
             seed=hp["seed"],
@@ -154,7 +180,7 @@ def run_stage(
             **common,
         )
         val_loader = ShardLoader(
-            shards / "val" / "manifest.json",
+            val_manifest or shards / "val" / "manifest.json",
             int(sec["batch_size"]),
             shuffle=False,
             seed=hp["seed"],
@@ -168,7 +194,11 @@ def run_stage(
         run_id = None
         if resume and (out / "checkpoint_last.pt").exists() and ctx.is_main:
             run_id = (load_checkpoint(out / "checkpoint_last.pt").get("tracking") or {}).get("run_id")
-        tracker = make_tracker(cfg["mlflow"], stage, run_name=f"{stage}-{out.name}", is_main=ctx.is_main, run_id=run_id)
+        tags = dict(tags or {})
+        run_name = f"{stage}-{tags['point']}" if "point" in tags else f"{stage}-{out.name}"
+        tracker = make_tracker(cfg["mlflow"], stage, run_name=run_name, is_main=ctx.is_main, run_id=run_id)
+        if tags:
+            tracker.set_tags(tags)
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(
