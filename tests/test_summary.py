@@ -164,3 +164,39 @@ def test_summary_bad_inputs(files, tmp_path):
     with pytest.raises(XecError, match="junk.parquet: not a readable parquet"):
         read_results(str(tmp / "junk.parquet"))
     assert main(["summary", "--out", str(tmp / "s.json")]) == 2
+
+
+def test_fiducial_volume_is_the_headline(files):
+    """Resolutions inside the fiducial volume (by the true position; on a sample without truth by
+    the baseline's reconstructed one) come first, next to those of all events."""
+    tmp, p = files
+    cfg = tmp / "fid.yaml"
+    cfg.write_text("summary: {n_boot: 0, n_boot_core: 0, fiducial: {u: [-10.0, 10.0]}}\n")
+    out, md = tmp / "fid.json", tmp / "fid.md"
+    args = ["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"])]
+    args += ["--realdata-predictions", str(p["inp"]), "--realdata-baseline", str(p["rbase"])]
+    assert main([*args, "--out", str(out), "--markdown", str(md), "--config", str(cfg)]) == 0
+    s = json.loads(out.read_text())
+    truth = read_results(str(p["ml"]))
+    inside = int((truth["true_uvwFI_u"].abs() < 10.0).sum())
+    b = s["bench"]
+    assert b["fiducial"] == {
+        "limits_cm": {"u": [-10.0, 10.0], "v": [-67.9, 67.9], "w": [0.0, 42.0]},
+        "selected_by": "truth",
+        "events": inside,
+    }
+    ml = b["methods"]["ml"]
+    assert 0.4 * N < inside < 0.6 * N  # u uniform in +-20 cm
+    assert ml["u_mm"]["fiducial"]["n"] == inside
+    assert ml["u_mm"]["fiducial w<2"]["n"] + ml["u_mm"]["fiducial w>2"]["n"] == inside
+    assert ml["u_mm"]["fiducial"]["width68"] == pytest.approx(2.0, rel=0.1)  # same 0.2 cm smearing
+    r = s["realdata"]
+    base = read_results(str(p["rbase"]))
+    assert r["fiducial"]["selected_by"] == "baseline"
+    u, v, w = (base[f"pred_uvwFI_{c}"] for c in "uvw")  # reconstructed w can be < 0: outside
+    sel = (u >= -10) & (u < 10) & (v >= -67.9) & (v < 67.9) & (w >= 0) & (w < 42)
+    assert r["fiducial"]["events"] == int(sel.sum()) < int(((u >= -10) & (u < 10)).sum())
+    text = md.read_text()
+    head, rest = text.split("### all events", 1)
+    assert "### inside the fiducial volume" in head and "| u (mm) [fiducial] |" in head
+    assert "| u (mm) [all] |" in rest

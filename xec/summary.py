@@ -157,15 +157,20 @@ def method_summary(
     w_split: float = 2.0,
     tail_nsigma: float = 3.0,
     n_boot_core: int = 50,
+    fiducial: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All observables of one method (see module docstring). ``ref``: reference method frame
-    instead of the truth (no truth available)."""
+    instead of the truth (no truth available); ``fiducial``: event mask of the fiducial volume,
+    which adds the classes ``fiducial``, ``fiducial w<split`` and ``fiducial w>split``."""
     from xec.metrics import opening_angle_deg, quantile, resolution, tail_fraction
 
-    classes = {"all": np.ones(len(df), bool)}
+    depth = {"all": np.ones(len(df), bool)}
     if w_true is not None:
-        classes[f"w<{w_split:g}"] = w_true < w_split
-        classes[f"w>{w_split:g}"] = w_true >= w_split
+        depth[f"w<{w_split:g}"] = w_true < w_split
+        depth[f"w>{w_split:g}"] = w_true >= w_split
+    classes = dict(depth)
+    if fiducial is not None:
+        classes.update({("fiducial" if c == "all" else f"fiducial {c}"): m & fiducial for c, m in depth.items()})
     out: dict[str, Any] = {}
     for name, (col, scale, kind) in OBSERVABLES.items():
         r = residual(df, col, kind, ref)
@@ -191,6 +196,17 @@ def method_summary(
     return out
 
 
+def fiducial_mask(df, limits: Mapping[str, Any], prefix: str) -> np.ndarray:
+    """Events whose ``<prefix>uvwFI_{u,v,w}`` (cm) lie inside ``limits`` ({u: [lo, hi], ...},
+    lo <= x < hi); NaN positions are outside."""
+    inside = np.ones(len(df), bool)
+    for c in "uvw":
+        x = df[f"{prefix}uvwFI_{c}"].to_numpy(np.float64)
+        lo, hi = limits[c]
+        inside &= (x >= lo) & (x < hi)
+    return inside
+
+
 def sample_summary(
     inputs: dict[str, str],
     reference_method: str,
@@ -199,8 +215,12 @@ def sample_summary(
     w_split: float,
     tail_nsigma: float,
     n_boot_core: int = 50,
+    fiducial: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...}}."""
+    """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
+    fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
+    volume, selected by the true first-interaction position, or by the reference method's
+    reconstructed one where the sample has no truth (real data, as physicists select it)."""
     frames = _match({m: read_results(p) for m, p in inputs.items()}, inputs)
     first = next(iter(frames.values()))
     has_truth = any(c.startswith("true_") for c in first.columns)
@@ -210,15 +230,30 @@ def sample_summary(
         if reference_method not in frames:
             raise XecError(f"{', '.join(inputs.values())}: no truth columns and no {reference_method} to compare with")
         ref = frames[reference_method]
+    fid_mask, fid_info = None, None
+    if fiducial is not None:
+        if "true_uvwFI_u" in first.columns:
+            fid_mask, by = fiducial_mask(first, fiducial, "true_"), "truth"
+        elif reference_method in frames and "pred_uvwFI_u" in frames[reference_method].columns:
+            fid_mask, by = fiducial_mask(frames[reference_method], fiducial, "pred_"), reference_method
+        if fid_mask is not None:
+            fid_info = {
+                "limits_cm": {c: list(fiducial[c]) for c in "uvw"},
+                "selected_by": by,
+                "events": int(fid_mask.sum()),
+            }
     methods = {}
     for name, df in frames.items():
         if ref is not None and name == reference_method:
             continue
-        methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core)
+        methods[name] = method_summary(
+            df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core, fiducial=fid_mask
+        )
     return {
         "events": int(len(first)),
         "reference": "truth" if ref is None else reference_method,
         "inputs": dict(inputs),
+        "fiducial": fid_info,
         "methods": methods,
     }
 
@@ -240,8 +275,9 @@ def _fmt(entry: Any, key: str) -> str:
     return s
 
 
-def table_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (observable x depth class) of one sample's table."""
+def table_rows(sample: dict[str, Any], fiducial: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (observable x depth class) of one sample's table: the fiducial-volume
+    classes, or those of all events."""
     methods = list(sample["methods"])
     header = ["observable", "events"] + methods
     rows = []
@@ -250,6 +286,8 @@ def table_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if key not in first:
             continue
         for cls in first[key]:
+            if cls.startswith("fiducial") != fiducial:
+                continue
             cells = [_fmt(sample["methods"][m].get(key, {}).get(cls), key) for m in methods]
             n = first[key][cls]["n"] if isinstance(first[key][cls], dict) else ""
             rows.append([f"{LABELS[key]} [{cls}]", str(n)] + cells)
@@ -259,8 +297,24 @@ def table_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 NOTE = (
     "Resolution = half-width of the central 68 % interval ± bootstrap error, (core) = sigma of "
     "the iterative ±2σ Gaussian core fit (xec.metrics); energy as (E_reco/E_true - 1) in %; "
-    "w classes by the true depth."
+    "w classes by the true depth. Headline: inside the fiducial volume (by the true position; on a "
+    "sample without truth by the classical reconstruction's), then all events."
 )
+
+
+def _tables(sample: dict[str, Any]) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """(title, table) pairs of a sample: the fiducial volume first (the headline), then all events."""
+    out = []
+    fid = sample.get("fiducial")
+    if fid:
+        lim = fid["limits_cm"]
+        title = (
+            f"inside the fiducial volume ({fid['events']} events; u {lim['u']}, v {lim['v']}, w {lim['w']} cm, "
+            f"selected by {fid['selected_by']})"
+        )
+        out.append((title, table_rows(sample, fiducial=True)))
+    out.append(("all events", table_rows(sample)))
+    return out
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -271,11 +325,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
         s = summary[name]
         ref = "truth" if s["reference"] == "truth" else f"the {s['reference']} reconstruction (no truth)"
         lines += [f"## {name} ({s['events']} events, residuals against {ref})", ""]
-        header, rows = table_rows(s)
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        lines.append("")
+        for title, (header, rows) in _tables(s):
+            lines += [f"### {title}", ""]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -292,11 +347,12 @@ def to_html(summary: dict[str, Any]) -> str:
         if name not in summary:
             continue
         s = summary[name]
-        parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3><table>")
-        header, rows = table_rows(s)
-        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
-        parts.append("</table>")
+        parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3>")
+        for title, (header, rows) in _tables(s):
+            parts.append(f"<h4>{html.escape(title)}</h4><table>")
+            parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -309,6 +365,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     n_boot, w_split = int(sec["n_boot"]), float(sec["w_split_cm"])
     tail = float(sec["tail_nsigma"])
     n_core = int(sec["n_boot_core"])
+    fiducial = sec["fiducial"]
     seed = int(cfg["seed"])
     out: dict[str, Any] = {
         "meta": {
@@ -316,6 +373,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
             "n_boot_core": n_core,
             "w_split_cm": w_split,
             "tail_nsigma": tail,
+            "fiducial_cm": {c: list(fiducial[c]) for c in "uvw"},
             "seed": seed,
             "xec_version": __version__,
             "note": NOTE,
@@ -334,9 +392,9 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     if not bench and not real:
         raise XecError("nothing to summarize: give --bench-* and/or --realdata-* parquet files")
     if bench:
-        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core)
+        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
     if real:
-        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core)
+        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
     return out
 
 
