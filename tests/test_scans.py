@@ -266,6 +266,8 @@ def test_metric_names():
         "phi_68_deg",
         "opening68_deg",
         *(f"{c}_ratio" for c in ("u", "v", "w", "uvw", "energy", "time", "theta", "phi", "opening68")),
+    }
+    expected |= {f"{k}_fid" for k in expected} | {
         "val_loss",
         "train_time_s",
         "events_per_s",
@@ -323,7 +325,8 @@ def test_point_metrics_from_a_real_summary():
 
     frames, noise, opening = _frames(np.random.default_rng(3))
     w_true = frames["ml"]["true_uvwFI_w"].to_numpy()
-    methods = {m: method_summary(df, w_true, n_boot=0, n_boot_core=0) for m, df in frames.items()}
+    fid = np.abs(frames["ml"]["true_uvwFI_u"].to_numpy()) < 10.0  # half of the events
+    methods = {m: method_summary(df, w_true, n_boot=0, n_boot_core=0, fiducial=fid) for m, df in frames.items()}
     summary = {"bench": {"events": N, "reference": "truth", "methods": methods}}
     summary = json.loads(json.dumps(_finite_or_none(summary)))
     reg = {
@@ -350,6 +353,9 @@ def test_point_metrics_from_a_real_summary():
     for name in ("u", "v", "w", "uvw", "energy", "time", "theta", "phi", "opening68"):
         assert m[f"{name}_ratio"] == pytest.approx(0.5, rel=1e-6), name
     assert m["val_loss"] == 0.25 and m["train_time_s"] == 4.0 and m["events_per_s"] == 120.0
+    # inside the fiducial volume: the same estimators on the selected events
+    assert m["u_68_mm_fid"] == pytest.approx(10 * _w68(noise["uvwFI_u"][fid]), rel=1e-9)
+    assert m["u_68_mm_fid"] != m["u_68_mm"] and m["energy_ratio_fid"] == pytest.approx(0.5, rel=1e-6)
 
 
 def test_point_metrics_missing_numbers_are_nan():

@@ -32,6 +32,7 @@ log = logging.getLogger("xec.scans")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "metrics for rank_by: " + ", ".join(METRICS)
     parser.add_argument("--scan", required=True, help="scan name (a key of the config's scans:)")
     parser.add_argument(
         "--point",

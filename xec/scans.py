@@ -48,9 +48,10 @@ _SUMMARY_OBSERVABLES = {
     "phi": ("phi_deg", "phi_68_deg"),
 }
 # Which part of the summary a point is judged on: the bench sample (truth known), the ML method
-# against the classical one, all depths together (the depth classes and any fiducial numbers
-# that a summary may add are not used).
+# against the classical one, all depths together: all events, and (metrics ending in ``_fid``)
+# inside the fiducial volume (summary.fiducial), where physicists quote resolutions.
 SUMMARY_SAMPLE, ML_METHOD, CLASSICAL_METHOD, DEPTH_CLASS = "bench", "ml", "baseline", "all"
+FIDUCIAL_CLASS, FIDUCIAL_SUFFIX = "fiducial", "_fid"
 
 METRICS: dict[str, str] = {
     "u_68_mm": "bench u resolution of the ML (68 % half-width, mm)",
@@ -72,6 +73,11 @@ METRICS: dict[str, str] = {
     "theta_ratio": "theta_68_deg of the ML / the classical reconstruction's",
     "phi_ratio": "phi_68_deg of the ML / the classical reconstruction's",
     "opening68_ratio": "opening68_deg of the ML / the classical reconstruction's",
+}
+# the same physics metrics inside the fiducial volume
+PHYSICS_METRICS = tuple(METRICS)
+METRICS.update({f"{k}{FIDUCIAL_SUFFIX}": f"{v}; inside the fiducial volume" for k, v in list(METRICS.items())})
+METRICS |= {
     "val_loss": "best validation loss of the regressor (metrics.json best.value)",
     "train_time_s": "regressor training time: sum of epoch_time_s over its epochs (s)",
     "events_per_s": "regressor training throughput of the last epoch (events/s; higher is better)",
@@ -102,25 +108,14 @@ def _ratio(a: float, b: float) -> float:
 
 def point_metrics(summary: Mapping[str, Any], regressor_metrics: Mapping[str, Any]) -> dict[str, float]:
     """Every metric of :data:`METRICS` for one point: from its physics summary (the JSON of
-    ``xec summary``: bench sample, ML vs the classical method, depth class ``all``) and the
+    ``xec summary``: bench sample, ML vs the classical method, all events; the ``_fid`` metrics
+    inside the fiducial volume) and the
     regressor's ``metrics.json``. A number that is missing (or null/inf) is NaN, never an error,
     so that one point with a partial summary still gets a row (ranked last)."""
     methods = _get(summary, SUMMARY_SAMPLE, "methods")
     out: dict[str, float] = {}
-    classical: dict[str, float] = {}
-    for prefix, (obs, name) in _SUMMARY_OBSERVABLES.items():
-        out[name] = _number(_get(methods, ML_METHOD, obs, DEPTH_CLASS, "width68"))
-        classical[prefix] = _number(_get(methods, CLASSICAL_METHOD, obs, DEPTH_CLASS, "width68"))
-    out["energy_core_pct"] = _number(_get(methods, ML_METHOD, "energy_pct", DEPTH_CLASS, "sigma_core"))
-    out["opening68_deg"] = _number(_get(methods, ML_METHOD, "opening68_deg", DEPTH_CLASS, "value"))
-    classical["opening68"] = _number(_get(methods, CLASSICAL_METHOD, "opening68_deg", DEPTH_CLASS, "value"))
-    # NaN propagates: a mean over a missing coordinate is no mean
-    out["uvw_68_mm"] = (out["u_68_mm"] + out["v_68_mm"] + out["w_68_mm"]) / 3.0
-    classical["uvw"] = (classical["u"] + classical["v"] + classical["w"]) / 3.0
-    for prefix, (_obs, name) in _SUMMARY_OBSERVABLES.items():
-        out[f"{prefix}_ratio"] = _ratio(out[name], classical[prefix])
-    out["uvw_ratio"] = _ratio(out["uvw_68_mm"], classical["uvw"])
-    out["opening68_ratio"] = _ratio(out["opening68_deg"], classical["opening68"])
+    for cls, suffix in ((DEPTH_CLASS, ""), (FIDUCIAL_CLASS, FIDUCIAL_SUFFIX)):
+        out.update({f"{k}{suffix}": v for k, v in _physics_metrics(methods, cls).items()})
 
     out["val_loss"] = _number(_get(regressor_metrics, "best", "value"))
     history = _get(regressor_metrics, "history")
@@ -132,6 +127,26 @@ def point_metrics(summary: Mapping[str, Any], regressor_metrics: Mapping[str, An
         out["train_time_s"] = math.fsum(_number(_get(row, "epoch_time_s")) for row in history)
         out["events_per_s"] = _number(_get(history[-1], "events_per_s"))
     return {name: out[name] for name in METRICS}
+
+
+def _physics_metrics(methods: Any, cls: str) -> dict[str, float]:
+    """The :data:`PHYSICS_METRICS` of one class of events (``all`` or ``fiducial``)."""
+    out: dict[str, float] = {}
+    classical: dict[str, float] = {}
+    for prefix, (obs, name) in _SUMMARY_OBSERVABLES.items():
+        out[name] = _number(_get(methods, ML_METHOD, obs, cls, "width68"))
+        classical[prefix] = _number(_get(methods, CLASSICAL_METHOD, obs, cls, "width68"))
+    out["energy_core_pct"] = _number(_get(methods, ML_METHOD, "energy_pct", cls, "sigma_core"))
+    out["opening68_deg"] = _number(_get(methods, ML_METHOD, "opening68_deg", cls, "value"))
+    classical["opening68"] = _number(_get(methods, CLASSICAL_METHOD, "opening68_deg", cls, "value"))
+    # NaN propagates: a mean over a missing coordinate is no mean
+    out["uvw_68_mm"] = (out["u_68_mm"] + out["v_68_mm"] + out["w_68_mm"]) / 3.0
+    classical["uvw"] = (classical["u"] + classical["v"] + classical["w"]) / 3.0
+    for prefix, (_obs, name) in _SUMMARY_OBSERVABLES.items():
+        out[f"{prefix}_ratio"] = _ratio(out[name], classical[prefix])
+    out["uvw_ratio"] = _ratio(out["uvw_68_mm"], classical["uvw"])
+    out["opening68_ratio"] = _ratio(out["opening68_deg"], classical["opening68"])
+    return {k: out[k] for k in PHYSICS_METRICS}
 
 
 def rank_points(rows: list[dict[str, Any]], rank_by: str, higher_is_better: bool = False) -> list[dict[str, Any]]:
