@@ -131,6 +131,7 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
     index = json.loads((res / "plots" / "index.json").read_text())
     for name in (
         "residuals_bench",
+        "residuals_bench_fiducial",
         "profile_vs_w_bench",
         "energy_response_bench",
         "timing_residuals_bench",

@@ -77,7 +77,11 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command(
         "xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file", reads=("baseline", "data.tree")
     ),
-    "plots": Command("xec.plots.cli", "make the plots of a pipeline run", reads=("plots", "data.tree", "data.bench")),
+    "plots": Command(
+        "xec.plots.cli",
+        "make the plots of a pipeline run",
+        reads=("plots", "data.tree", "data.bench", "summary.fiducial"),
+    ),
     "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
     "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model",)),
     "scan-summary": Command(

@@ -31,6 +31,7 @@ import numpy as np
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
+from xec.summary import fiducial_mask
 from xec.utils import setup_logging, write_json
 
 log = logging.getLogger("xec.plots")
@@ -157,6 +158,11 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     }
     if bench:
         run("residuals_bench", P.residual_distributions, bench, title="bench (52.8 MeV): residuals")
+        lim = cfg["summary"]["fiducial"]
+        fid = {k: v[fiducial_mask(v, lim, "true_")] for k, v in bench.items() if "true_uvwFI_u" in v.columns}
+        if fid:
+            title = f"bench, fiducial volume (u {lim['u']}, v {lim['v']}, w {lim['w']} cm): residuals"
+            run("residuals_bench_fiducial", P.residual_distributions, fid, title=title)
         for var in ("theta", "phi", "u", "v", "w", "energy"):
             run(f"profile_vs_{var}_bench", P.resolution_profiles, bench, var, n_bins=n_bins, n_boot=n_boot)
         run("energy_response_bench", P.energy_response, bench)
