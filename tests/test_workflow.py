@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from xec.config import set_dotted
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 TINY_CONFIG = REPO / "tests" / "data" / "tiny_config.yaml"
@@ -60,15 +62,17 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> Counter:
 def new_workdir(path: Path, **overrides) -> Path:
     """A working directory whose config.yaml is the tiny config with `overrides` merged in."""
     path.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load(TINY_CONFIG.read_text())
-    for key, value in overrides.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    shutil.copy(TINY_CONFIG, path / "config.yaml")
+    edit_config(path, **overrides)
     return path
+
+
+def edit_config(work: Path, **overrides) -> None:
+    """Set dotted keys ({"regressor.lr": 1e-3}) in a working directory's config.yaml."""
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    for key, value in overrides.items():
+        set_dotted(cfg, key, value)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +130,7 @@ def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     if "regressor" not in tiny_run["jobs"]:
         pytest.skip("the regressor is not part of the default DAG yet")
     work = copy_run(tiny_run, tmp_path / "run")
-    cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg.setdefault("regressor", {})["lr"] = 1.234e-3
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    edit_config(work, **{"regressor.lr": 1.234e-3})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
     downstream = {"regressor", "export", "inference", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
@@ -141,9 +143,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     if "regressor" not in tiny_run["jobs"]:
         pytest.skip("the regressor is not part of the default DAG yet")
     work = copy_run(tiny_run, tmp_path / "run")
-    cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg.setdefault("model", {})["peak_hidden"] = 64
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    edit_config(work, **{"model.peak_hidden": 64})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
     downstream = {"regressor", "export", "inference", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
@@ -162,13 +162,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
 )
 def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path, key, value, must_rerun):
     work = copy_run(tiny_run, tmp_path / "run")
-    cfg = yaml.safe_load((work / "config.yaml").read_text())
-    *parents, last = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    edit_config(work, **{key: value})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
     assert must_rerun <= set(jobs), jobs
     if not must_rerun:
@@ -260,9 +254,7 @@ PER_POINT = Counter(regressor=1, export=1, inference=3, summary=1)
 
 
 def _with_scan(work: Path, scan: dict) -> None:
-    cfg = yaml.safe_load((work / "config.yaml").read_text())
-    cfg["scans"] = {"lr": scan}
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    edit_config(work, scans={"lr": scan})
 
 
 @pytest.fixture(scope="module")

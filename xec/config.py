@@ -68,6 +68,24 @@ def validate_config(cfg: dict[str, Any] | None, source: str = "config") -> dict[
     return cfg
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict[str, Any]:
+    return validate_config({}, source="schema defaults")
+
+
+def schema_defaults() -> dict[str, Any]:
+    """The config of an empty file: every schema default, validated once per process (a fresh
+    copy per call). For code that needs a default outside a loaded config (dataclass fields), so
+    that the schema stays the one source of defaults."""
+    return copy.deepcopy(_schema_defaults())
+
+
+def definition_defaults(name: str) -> dict[str, Any]:
+    """The defaults of a schema definition's properties (e.g. ``sample``: one simulated sample)."""
+    props = load_schema()["definitions"][name]["properties"]
+    return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, command: str | None = None, **fields: str
 ) -> Any:

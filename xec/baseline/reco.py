@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from xec.config import validate_config
+from xec.config import schema_defaults
 from xec.geometry import N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz, xyz_to_uvw
 
 log = logging.getLogger("xec.baseline")
@@ -45,7 +45,7 @@ FIT_OK, FIT_MAXITER, FIT_NO_LIGHT = 0, 1, 2
 
 # The field defaults are the schema's (section baseline; validation fills in every default), so
 # BaselineConfig() reconstructs like the default config: the schema is the one source of defaults.
-_DEFAULT = validate_config({})["baseline"]
+_DEFAULT = schema_defaults()["baseline"]
 
 
 @dataclass

@@ -38,7 +38,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 import xec
-from xec.config import add_config_argument, load_config, validate_config
+from xec.config import add_config_argument, load_config, schema_defaults
 from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
@@ -55,7 +55,7 @@ PERCENTILES = (1, 5, 50, 95, 99)
 
 # The field defaults below are the schema's (validation fills in every default): ShardSettings()
 # writes what the default config writes, and the schema stays the one source of config defaults.
-_DEFAULT = validate_config({})
+_DEFAULT = schema_defaults()
 
 
 @dataclass(frozen=True)

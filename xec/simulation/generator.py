@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xec import geometry as geo
-from xec.config import validate_config
+from xec.config import definition_defaults
 from xec.errors import XecError
 from xec.rootio import INT_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
 from xec.simulation import physics as ph
@@ -39,11 +39,9 @@ BLOCK_SIZE = 256  # events per independent random stream (fixed: changing it cha
 RESPONSE_SUB = 32  # events per sensor-response sub-block (fixed, for the same reason)
 
 
-# The schema's defaults of a sample (validation fills them in around the two required keys): the
-# field defaults below come from there, so the schema stays the one source of config defaults.
-_SAMPLE_DEFAULT = validate_config({"simulation": {"samples": {"_": {"events": 1, "seed": 0}}}})["simulation"][
-    "samples"
-]["_"]
+# The schema's defaults of a sample: the field defaults below come from there, so the schema stays
+# the one source of config defaults.
+_SAMPLE_DEFAULT = definition_defaults("sample")
 
 
 @dataclass(frozen=True)

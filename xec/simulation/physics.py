@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from xec import geometry as geo
-from xec.config import validate_config
+from xec.config import schema_defaults
 from xec.errors import XecError
 
 C_CM_PER_NS = 29.9792458
@@ -50,7 +50,7 @@ NO_TIME = np.float32(1e10)  # sentinel of the MEG II files: dead sensor / no tim
 
 # The field defaults are the schema's (simulation.physics; validation fills in every default), so
 # PhysicsParams() and the default config simulate the same events: the schema is the one source.
-_DEFAULT = validate_config({})["simulation"]["physics"]
+_DEFAULT = schema_defaults()["simulation"]["physics"]
 _TUPLE_FIELDS = ("vertex_sigma_cm", "pileup_energy_mev", "pileup_window_ns")
 
 

@@ -118,12 +118,7 @@ def fingerprint(cfg: Mapping[str, Any], stage: str, train_manifest: str, inputs)
             st = Path(f).stat()
             files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
     return {
-        "config": _digest(
-            {
-                k: plain(cfg[k]) if isinstance(cfg[k], Mapping) else cfg[k]
-                for k in ("seed", "train", "normalization", stage)
-            }
-        ),
+        "config": _digest({k: v for k, v in plain(cfg).items() if k in ("seed", "train", "normalization", stage)}),
         "train_manifest": _digest(Path(train_manifest).read_text()),
         "inputs": _digest(files),
     }
