@@ -175,15 +175,29 @@ def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
 
 
-def test_configured_input_files_drop_the_simulation(tmp_path):
+def _input_files(tmp_path: Path) -> dict[str, list[str]]:
     files = {}
     for sample in ("train", "val", "bench", "realdata"):
-        files[sample] = tmp_path / "data" / f"{sample}.root"
-        files[sample].parent.mkdir(exist_ok=True)
-        files[sample].write_bytes(b"")  # existence is all the DAG needs
-    work = new_workdir(tmp_path / "real", **{f"data.{s}": [str(p)] for s, p in files.items()})
+        path = tmp_path / "data" / f"{sample}.root"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")  # existence is all the DAG needs
+        files[f"data.{sample}"] = [str(path)]
+    return files
+
+
+def test_configured_input_files_drop_the_simulation(tmp_path):
+    work = new_workdir(tmp_path / "real", **_input_files(tmp_path))
     jobs = planned_jobs(snakemake(work, "--dry-run"))
     assert "simulate" not in jobs and jobs["shards"] == 3, jobs
+
+
+def test_scan_over_configured_input_files(tmp_path):
+    """Scan points read the same configured files as the main run and reuse its shards and MAE."""
+    scan = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
+    work = new_workdir(tmp_path / "real", scans={"lr": scan}, **_input_files(tmp_path))
+    jobs = planned_jobs(snakemake(work, "--dry-run", "results/scans/lr/summary.json"))
+    assert "simulate" not in jobs, jobs
+    assert jobs["shards"] == 2 and jobs["mae"] == 1 and jobs["regressor"] == 2, jobs  # train, val shards
 
 
 # ---- static checks -------------------------------------------------------------------------------
@@ -306,6 +320,13 @@ def test_scan_runs_are_tagged_in_mlflow(scan_run):
     with sqlite3.connect(db) as con:
         tags = con.execute("SELECT key, value FROM tags WHERE key IN ('scan', 'point')").fetchall()
     assert ("scan", "lr") in tags and sum(k == "point" for k, _ in tags) == 2, tags
+
+
+def test_scan_table_is_in_the_report(scan_run, tmp_path):
+    work = copy_run(scan_run, tmp_path / "run")
+    snakemake(work, "--report", "results/report.html")
+    html = (work / "results" / "report.html").read_text(errors="replace")
+    assert "Scans" in html and "metric.png" in html, html[-2000:]
 
 
 def test_adding_a_scan_point_schedules_only_that_point(scan_run, tmp_path):
