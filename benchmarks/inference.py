@@ -73,6 +73,13 @@ def main() -> int:
     parser.add_argument("--opt-levels", nargs="+", default=["all", "disable"])
     parser.add_argument("--spinning", type=int, nargs="+", default=[0, 1], help="ORT allow_spinning values")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        default=["cpu"],
+        help="cpu and/or cuda: cuda adds ONNX Runtime's CUDA execution provider and PyTorch eager on the GPU "
+        "(host-to-device copies included)",
+    )
     args = parser.parse_args()
 
     from xec.deploy.export import export_graph, parity_batches
@@ -91,9 +98,17 @@ def main() -> int:
         sessions = {
             (opt, th, spin): make_session(path, "cpu", th, opt, bool(spin))
             for opt in args.opt_levels
-            for th in args.threads
+            for th in (args.threads if "cpu" in args.devices else [])
             for spin in args.spinning
         }
+        gpu_sessions = {}
+        if "cuda" in args.devices:
+            from xec.errors import XecError
+
+            try:
+                gpu_sessions["ORT CUDA"] = make_session(path, "cuda")
+            except XecError as exc:
+                rows.append((0, f"ORT CUDA: unavailable ({exc})", 0.0, 0.0))
         for bs in args.batch_sizes:
             batches = list(parity_batches(None, norm, args.events, bs, seed=1))
 
@@ -101,7 +116,7 @@ def main() -> int:
                 with torch.inference_mode():
                     graph(torch.from_numpy(b))  # zero-copy view of the same numpy batch ORT gets
 
-            for th in args.threads:
+            for th in args.threads if "cpu" in args.devices else []:
                 torch.set_num_threads(th)
                 eager_eps = time_it(eager, batches, args.repeats)
                 rows.append((bs, f"PyTorch eager, {th} thread(s)", eager_eps, 1.0))
@@ -117,13 +132,27 @@ def main() -> int:
                             eps / eager_eps,
                         )
                     )
+            if "cuda" in args.devices and torch.cuda.is_available():
+                gpu_graph = graph.to("cuda")
+
+                def eager_gpu(b, gpu_graph=gpu_graph):
+                    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                        out = gpu_graph(torch.from_numpy(b).to("cuda", non_blocking=False))
+                    [o.float().cpu() for o in out]  # results back on the host, as ORT returns them
+
+                ref = time_it(eager_gpu, batches, args.repeats)
+                rows.append((bs, "PyTorch eager CUDA bf16 (copies included)", ref, 1.0))
+                for name, sess in gpu_sessions.items():
+                    eps = time_it(lambda b, s=sess: s.run(None, {"input": b}), batches, args.repeats)
+                    rows.append((bs, f"{name} ({sess.get_providers()[0]}, fp32)", eps, eps / ref))
+                graph.to("cpu")
     print(f"# inference benchmark: preset {args.preset}, {args.events} events per pass, best of {args.repeats}")
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}, "
         f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
-    print("| batch | runtime | events/s | vs eager (same threads) |")
+    print("| batch | runtime | events/s | vs eager (same threads / same GPU) |")
     print("|---:|---|---:|---:|")
     for bs, name, eps, ratio in rows:
         print(f"| {bs} | {name} | {eps:.0f} | {ratio:.2f}x |")

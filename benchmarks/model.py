@@ -1,13 +1,16 @@
-"""Model benchmark: events/s (forward, and forward + backward + AdamW step), peak memory,
-FLOPs per event and the forward-time share per component, for the model presets.
+"""Model benchmark: events/s (forward, and forward + backward + AdamW step), GFLOP/event and
+GFLOP/s achieved, peak memory, and the forward-time share per component, for the model presets.
 
-    .venv/bin/python benchmarks/model.py                      # tiny + base, CPU
+    .venv/bin/python benchmarks/model.py                      # tiny, small, base on CPU (+ CUDA)
     .venv/bin/python benchmarks/model.py --presets tiny --threads 1 2 --batch 256
+    python benchmarks/model.py --devices cuda --presets tiny small base large   # a GPU node
 
 Every measurement runs in a fresh subprocess (clean peak-RSS, no allocator carry-over). On a
 shared machine the wall-clock rate depends on the load: the table also gives CPU time per
-event (process time, all threads) and the load average before each run. With CUDA, the GPU
-rows use bf16 autocast.
+event (process time, all threads) and the load average before each run. GPU rows use bf16
+autocast at the largest batch that fits (doubling from 32 up to ``--gpu-max-batch`` until
+CUDA runs out of memory); ``--compile`` adds torch.compile'd GPU rows. GFLOP/event is the
+forward count of ``xec.models.info.forward_flops``; training is taken as 3x the forward.
 """
 
 from __future__ import annotations
@@ -73,32 +76,70 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_one(spec: dict) -> dict:
-    """One measurement (in a subprocess): spec keys kind, preset, mode (fwd/train), batch,
-    threads, steps, device."""
-    torch.set_num_threads(spec["threads"])
-    device = spec["device"]
-    kind, b = spec["kind"], spec["batch"]
-    m = build(kind, spec["preset"], device)
-    x = make_input(b, device)
-    mask = torch.rand(b, x.shape[1], generator=torch.Generator().manual_seed(1)).to(device) < 0.05
+def make_step(spec: dict, m, x: torch.Tensor, mask: torch.Tensor):
+    """The timed step: forward (no_grad) or forward + backward + AdamW, bf16 autocast on CUDA,
+    optionally through torch.compile."""
+    kind, device = spec["kind"], spec["device"]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    fwd = torch.compile(lambda: forward_fn(kind, m, x, mask)) if spec.get("compile") else None
     if spec["mode"] == "fwd":
         m.eval()
 
         def step():
             with torch.no_grad(), amp:
-                forward_fn(kind, m, x, mask)
-    else:
-        m.train()
-        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+                fwd() if fwd else forward_fn(kind, m, x, mask)
 
-        def step():
-            with amp:
-                loss = loss_fn(kind, m, x, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        return step
+    m.train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=device == "cuda")
+    lossf = torch.compile(lambda: loss_fn(kind, m, x, mask)) if spec.get("compile") else None
+
+    def step():
+        with amp:
+            loss = lossf() if lossf else loss_fn(kind, m, x, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def largest_batch(spec: dict, start: int = 32) -> int:
+    """Largest power-of-two training batch (from ``start`` up to ``spec['max_batch']``) whose
+    step fits in GPU memory."""
+    fits, b = 0, start
+    while b <= spec["max_batch"]:
+        try:
+            m = build(spec["kind"], spec["preset"], "cuda")
+            x = make_input(b, "cuda")
+            step = make_step({**spec, "mode": "train", "compile": False}, m, x, torch.zeros_like(x[..., 0]).bool())
+            step()
+            step()
+            torch.cuda.synchronize()
+            fits = b
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            m = x = step = None
+            torch.cuda.empty_cache()
+        b *= 2
+    if not fits:
+        raise RuntimeError(f"batch {start} does not fit")
+    return fits
+
+
+def run_one(spec: dict) -> dict:
+    """One measurement (in a subprocess): spec keys kind, preset, mode (fwd/train), batch,
+    threads, steps, device."""
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    if spec["batch"] == "largest":
+        spec = {**spec, "batch": largest_batch(spec)}
+    kind, b = spec["kind"], spec["batch"]
+    m = build(kind, spec["preset"], device)
+    x = make_input(b, device)
+    mask = torch.rand(b, x.shape[1], generator=torch.Generator().manual_seed(1)).to(device) < 0.05
+    step = make_step(spec, m, x, mask)
 
     step()  # warm-up (allocator, kernels)
     _sync(device)
@@ -126,21 +167,16 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def flops_per_event(kind: str, preset: str, b: int = 4) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs per event from torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
+def flops_per_event(kind: str, preset: str) -> float:
+    """Forward FLOPs per event (xec.models.info.forward_flops: the one FLOP count of the project)."""
+    from xec.models.info import forward_flops
 
-    m = build(kind, preset, "cpu")
-    x = make_input(b)
-    mask = torch.rand(b, x.shape[1]) < 0.05
-    m.eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        forward_fn(kind, m, x, mask)
-    fwd = fc.get_total_flops() / b
-    m.train()
-    with FlopCounterMode(display=False) as fc:
-        loss_fn(kind, m, x, mask).backward()
-    return fwd, fc.get_total_flops() / b
+    with torch.device("meta"):
+        m = build(kind, preset, "meta")
+    call = {"mae": lambda m, x, mask: m(x), "regressor": lambda m, x, mask: m(x)}.get(
+        kind, lambda m, x, mask: m(x, mask)
+    )
+    return forward_flops(m, call)["total"]
 
 
 def component_shares(preset: str, b: int, threads: int, reps: int = 3) -> dict[str, float]:
@@ -184,6 +220,17 @@ def _child(spec: dict, q) -> None:
 
 
 def measure(spec: dict) -> dict:
+    """One row: CPU rows in a fresh subprocess (clean peak RSS); GPU rows in this process (one
+    CUDA start for the whole table; the allocator's peak is reset per row)."""
+    if spec["device"] == "cuda":
+        load = os.getloadavg()[0]
+        try:
+            res = run_one(spec)
+        except Exception as exc:
+            res = {**spec, "error": repr(exc)}
+        torch.cuda.empty_cache()
+        res["load_before"] = load
+        return res
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(spec, q))
@@ -195,65 +242,74 @@ def measure(spec: dict) -> dict:
     return res
 
 
+def _row(r: dict, gflop: float) -> str:
+    mult = 1 if r["mode"] == "fwd" else 3
+    tag = r["device"] + ("+compile" if r.get("compile") else "")
+    return (
+        f"| {r['preset']} | {r['kind']} | {r['mode']} | {tag} | {r['threads']} | {r['batch']} | "
+        f"{r['events_per_s_median']:,.0f} | {r['events_per_s_best']:,.0f} | {gflop:.4g} | "
+        f"{r['events_per_s_median'] * gflop * mult:,.1f} | {r['cpu_ms_per_event']:.3f} | "
+        f"{r['peak_mem_mb']:,.0f} | {r['load_before']:.1f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", nargs="+", default=["tiny", "base"])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small", "base"])
     ap.add_argument("--kinds", nargs="+", default=["regressor", "mae", "inpainter"])
+    ap.add_argument("--modes", nargs="+", default=["fwd", "train"])
+    ap.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     ap.add_argument("--threads", nargs="+", type=int, default=[2])
-    ap.add_argument("--batch", type=int, default=256, help="batch for tiny (base: --batch-base)")
+    ap.add_argument("--batch", type=int, default=256, help="CPU batch for tiny (other presets: --batch-base)")
     ap.add_argument("--batch-base", type=int, default=16)
+    ap.add_argument("--gpu-max-batch", type=int, default=4096, help="largest GPU batch tried")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps (GPU)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--no-components", action="store_true")
     ap.add_argument("--json", default=None, help="write all rows to this JSON file")
     args = ap.parse_args(argv)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()} {os.cpu_count()} cores  "
-        f"torch {torch.__version__}  cuda {'yes: ' + torch.cuda.get_device_name() if 'cuda' in devices else 'no'}"
+        f"torch {torch.__version__}  cuda {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
     )
+    flops = {f"{p}/{k}": flops_per_event(k, p) for p in args.presets for k in args.kinds}
     rows = []
     print(
-        f"{'preset':6} {'model':9} {'mode':5} {'dev':4} {'thr':>3} {'batch':>5} {'ev/s med':>9} {'ev/s best':>9} "
-        f"{'cpu ms/ev':>9} {'peak MB':>8} {'load':>5}"
+        "| preset | model | mode | device | threads | batch | events/s (median) | events/s (best) | "
+        "GFLOP/event (fwd) | GFLOP/s | CPU ms/event | peak MB | load |"
     )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for preset in args.presets:
-        b = args.batch if preset == "tiny" else args.batch_base
         for device in devices:
             for threads in args.threads if device == "cpu" else [args.threads[0]]:
                 for kind in args.kinds:
-                    for mode in ("fwd", "train"):
-                        spec = dict(
-                            kind=kind,
-                            preset=preset,
-                            mode=mode,
-                            batch=b if device == "cpu" else 4 * b,
-                            threads=threads,
-                            steps=args.steps if preset == "tiny" else 3,
-                            device=device,
-                        )
-                        r = measure(spec)
-                        rows.append(r)
-                        if "error" in r:
-                            print(f"{preset:6} {kind:9} {mode:5} {device:4} {threads:>3} error: {r['error']}")
-                            continue
-                        print(
-                            f"{preset:6} {kind:9} {mode:5} {device:4} {threads:>3} {r['batch']:>5} "
-                            f"{r['events_per_s_median']:>9.0f} {r['events_per_s_best']:>9.0f} "
-                            f"{r['cpu_ms_per_event']:>9.3f} {r['peak_mem_mb']:>8.0f} {r['load_before']:>5.1f}",
-                            flush=True,
-                        )
-    print("\n# FLOPs per event (torch.utils.flop_counter, convs + matmuls). Its backward count of")
-    print("# grouped (depthwise) convs ignores the groups (16x too high for a 32-channel dwconv), so the")
-    print("# training cost is given as ~3x forward; the raw counter value is in the JSON.")
-    flops = {}
-    for preset in args.presets:
-        for kind in args.kinds:
-            f, fb = flops_per_event(kind, preset)
-            flops[f"{preset}/{kind}"] = {"forward": f, "forward_backward_counter": fb}
-            print(f"{preset:6} {kind:9} forward {f / 1e6:9.2f} MFLOP   training ~{3 * f / 1e6:9.2f} MFLOP")
+                    found = "largest"  # the GPU batch search runs once per model
+                    for compiled in [False, True] if (args.compile and device == "cuda") else [False]:
+                        for mode in sorted(args.modes, reverse=True):  # train (the batch search) first
+                            cpu_batch = args.batch if preset == "tiny" else args.batch_base
+                            spec = dict(
+                                kind=kind,
+                                preset=preset,
+                                mode=mode,
+                                batch=found if device == "cuda" else cpu_batch,
+                                max_batch=args.gpu_max_batch,
+                                threads=threads,
+                                steps=args.steps if preset == "tiny" or device == "cuda" else 3,
+                                device=device,
+                                compile=compiled,
+                            )
+                            r = measure(spec)
+                            rows.append(r)
+                            if device == "cuda" and "error" not in r:
+                                found = r["batch"]
+                            if "error" in r:
+                                print(f"| {preset} | {kind} | {mode} | {device} | {threads} | error: {r['error']} |")
+                                continue
+                            print(_row(r, flops[f"{preset}/{kind}"] / 1e9), flush=True)
     comps = {}
-    if not args.no_components:
+    if not args.no_components and "cpu" in devices:
         print("\n# forward time per component (ms per event, no_grad, best of 3, 1 thread: the most")
         print("# load-robust setting on a shared machine)")
         for preset in args.presets:
@@ -267,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset:6} {parts}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "flops": flops, "components": comps}, f, indent=2)
+            json.dump({"rows": rows, "flops_forward": flops, "components": comps}, f, indent=2)
     return 0
 
 

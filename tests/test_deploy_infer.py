@@ -345,3 +345,14 @@ def test_provider_choice(monkeypatch):
     assert providers_for("auto") == ["CPUExecutionProvider"]
     with pytest.raises(XecError, match="onnxruntime-gpu"):
         providers_for("cuda")
+
+
+def test_provider_report_names_a_silent_cpu_fallback():
+    from xec.deploy.runtime import provider_report
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "runs on CUDAExecutionProvider" in provider_report("m.onnx", both, both)
+    fallback = provider_report("m.onnx", both, ["CPUExecutionProvider"])
+    assert "runs on CPUExecutionProvider" in fallback and "did not load" in fallback
+    cpu = provider_report("m.onnx", ["CPUExecutionProvider"], ["CPUExecutionProvider"])
+    assert "did not load" not in cpu

@@ -296,3 +296,51 @@ def test_hot_path_traces_without_graph_breaks(tiny):
     # the MAE's masking noise can come from outside (a generator inside breaks the graph)
     explanation = torch._dynamo.explain(XECMAE(tiny))(x, noise=torch.rand(2, N_SENSORS))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_model_info_flops_per_component():
+    """FLOPs counted on the meta device equal a real model's; the components add up to the
+    encoder; the compute-matched preset sits at the reference model's 0.8 +/- 0.1 GFLOP/event."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xec.models.info import model_info
+
+    info = model_info({"preset": "tiny"})
+    fl = info["flops_per_event"]["regressor"]
+    parts = ("rect_stems", "rect_stages", "rect_tokens", "hex", "fusion")
+    assert fl["encoder"] == pytest.approx(sum(fl[k] for k in parts))
+    assert fl["total"] == pytest.approx(fl["encoder"] + fl["heads"])
+    assert fl["rect_stages"] > fl["hex"] > 0 and fl["heads"] > 0
+    torch.manual_seed(0)
+    reg = XECRegressor(model_config({"preset": "tiny"}), TASKS).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        reg(realistic_input(3))
+    assert fl["total"] == pytest.approx(counter.get_total_flops() / 3)
+    # the encoder is shared: the same encoder FLOPs in all three models
+    assert {round(v["encoder"]) for v in info["flops_per_event"].values()} == {round(fl["encoder"])}
+    small = model_info({"preset": "small"})["flops_per_event"]["regressor"]["total"]
+    assert 0.7e9 <= small <= 0.9e9
+
+
+def test_models_run_under_bf16_autocast_on_cpu(tiny):
+    """Every op of the three models has a bf16 autocast path (the GPU default), checked on CPU:
+    finite outputs within bf16 rounding of the fp32 ones, and finite gradients."""
+    x = realistic_input(4)
+    mask = torch.rand(4, N_SENSORS, generator=torch.Generator().manual_seed(3)) < 0.05
+    torch.manual_seed(0)
+    reg = XECRegressor(tiny, TASKS).eval()
+    inp = XECInpainter(tiny).eval()
+    with torch.no_grad():
+        ref = {"reg": reg(x), "inp": inp(x, mask)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = {"reg": reg(x), "inp": inp(x, mask)}
+    for t in TASKS:
+        assert torch.isfinite(low["reg"][t]).all()
+        scale = ref["reg"][t].abs().max()
+        assert (low["reg"][t].float() - ref["reg"][t]).abs().max() < 0.05 * scale + 0.05
+    assert (low["inp"].float() - ref["inp"]).abs().max() < 0.1
+    mae = XECMAE(tiny).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mae(x)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in mae.parameters() if p.grad is not None)

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"xec {name}", description=TOP_LEVEL[name].help)
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    args.argv = argv  # the whole command line, for a command that relaunches itself (xec train under torchrun)
     try:
         return int(module.main(args) or 0)
     except XecError as exc:

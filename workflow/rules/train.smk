@@ -1,8 +1,8 @@
 # Training stages: MAE pretraining, then the inpainter and the regressor (both start from the MAE).
-# With train.gpus > 1 the rules launch torchrun (DDP, one process per GPU of one node).
+# With train.gpus > 1, `xec train` relaunches itself as torchrun workers (DDP, one process per
+# GPU of one node; xec.train.distributed.launch_torchrun).
 
 TRAIN_GPUS = int(config["train"]["gpus"])
-TRAIN_LAUNCH = f"torchrun --standalone --nproc_per_node {TRAIN_GPUS} -m xec.cli" if TRAIN_GPUS > 1 else "xec"
 
 
 rule mae:
@@ -25,12 +25,11 @@ rule mae:
         gpu=TRAIN_GPUS,
     params:
         cfg=lambda w: resolved_config(w.rundir),
-        launch=TRAIN_LAUNCH,
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train mae", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
     shell:
-        "{params.launch} train mae --config {params.cfg} --train {input.train} --val {input.val}"
+        "xec train mae --config {params.cfg} --train {input.train} --val {input.val}"
         " --out {params.out_dir} --resume auto {params.tags} --log {log}"
 
 
@@ -57,12 +56,11 @@ rule inpainter:
         gpu=TRAIN_GPUS,
     params:
         cfg=lambda w: resolved_config(w.rundir),
-        launch=TRAIN_LAUNCH,
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train inpainter", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
     shell:
-        "{params.launch} train inpainter --config {params.cfg} --init {input.mae} --train {input.train} --val {input.val}"
+        "xec train inpainter --config {params.cfg} --init {input.mae} --train {input.train} --val {input.val}"
         " --out {params.out_dir} --resume auto {params.tags} --log {log}"
 
 
@@ -91,10 +89,9 @@ rule regressor:
         gpu=TRAIN_GPUS,
     params:
         cfg=lambda w: resolved_config(w.rundir),
-        launch=TRAIN_LAUNCH,
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train regressor", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
     shell:
-        "{params.launch} train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
+        "xec train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
         " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags} --log {log}"

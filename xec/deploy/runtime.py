@@ -63,12 +63,30 @@ def make_session(
     path = Path(path)
     if not path.exists():
         raise XecError(f"{path}: no such file")
+    asked = providers_for(device)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
     except XecError:
         raise
     except Exception as exc:
         raise XecError(f"{path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {exc})") from exc
+    running = session.get_providers()
+    (log.info if running[:1] == asked[:1] else log.warning)("%s", provider_report(path, asked, running))
+    return session
+
+
+def provider_report(path: str | os.PathLike, asked: list[str], running: list[str]) -> str:
+    """The log line saying which execution provider runs ``path``. ONNX Runtime falls back to
+    the CPU without an error when the CUDA provider is offered but cannot load (CUDA or cuDNN
+    libraries missing or mismatched): that case is named, since it costs an order of magnitude
+    in speed."""
+    ran = running[0] if running else "none"
+    if asked[0] == "CUDAExecutionProvider" and ran != "CUDAExecutionProvider":
+        return (
+            f"{path}: ONNX Runtime runs on {ran}: the CUDA execution provider was asked for but did not "
+            "load (check the CUDA/cuDNN libraries onnxruntime-gpu was built for)"
+        )
+    return f"{path}: ONNX Runtime runs on {ran} (providers {running})"
 
 
 def run_batched(session, feeds: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:

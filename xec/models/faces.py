@@ -271,5 +271,6 @@ class FacesToFlat(torch.nn.Module):
         if not self.has_multi:
             return flat
         multi = cells.index_select(1, self.multi_cells).reshape(b, -1, self.k, c)
-        mean = (multi * self.multi_weights).sum(dim=2)
+        # weights in the cells' dtype: under bf16 autocast a float32 product would not index_add
+        mean = (multi * self.multi_weights.to(cells.dtype)).sum(dim=2)
         return flat.index_add(1, self.multi_sensors, mean - flat.index_select(1, self.multi_sensors))

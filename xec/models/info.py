@@ -1,4 +1,5 @@
-"""``xec model-info``: parameter counts of a model preset, per component and per model.
+"""``xec model-info``: parameter counts and forward FLOPs per event of a model preset, per
+component and per model.
 
 xec model-info --preset tiny
 xec model-info --config config.yaml          # the config's `model` section (with overrides)
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from xec.config import add_config_argument, load_config, plain
+from xec.models.presets import PRESETS
 from xec.utils import setup_logging
 
 log = logging.getLogger("xec.models")
@@ -22,6 +24,56 @@ log = logging.getLogger("xec.models")
 
 def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+# encoder components as named by FlopCounterMode's module paths (XECEncoder attributes)
+_FLOP_COMPONENTS = {
+    "rect_stems": ("stems",),
+    "rect_stages": ("stages",),
+    "rect_tokens": ("rect_token",),
+    "hex": ("hex_stem", "hex_blocks", "hex_token"),
+    "fusion": ("fusion", "norm"),
+}
+
+
+def _outermost(keys: list[str]) -> list[str]:
+    """The keys no other key of the list contains as a module-path prefix (no double counting
+    of a module and its children)."""
+    return [k for k in keys if not any(k != o and k.startswith(o + ".") for o in keys)]
+
+
+def forward_flops(model: nn.Module, call, batch: int = 2) -> dict[str, float]:
+    """Forward FLOPs per event of ``call(model, x, mask)`` (torch.utils.flop_counter: matmuls,
+    convolutions and attention; elementwise ops are not counted), split into the encoder
+    components and the rest ("heads": decoders, inpainting or regression heads). Shapes only:
+    ``model`` may live on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xec.geometry import N_SENSORS
+
+    device = next(model.parameters()).device
+    x = torch.zeros(batch, N_SENSORS, 2, device=device)
+    mask = torch.zeros(batch, N_SENSORS, dtype=torch.bool, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        call(model, x, mask)
+    counts = {k: sum(v.values()) / batch for k, v in counter.get_flop_counts().items() if k != "Global"}
+    total = sum(counter.get_flop_counts()["Global"].values()) / batch
+    # module paths look like "XECEncoder.stages.inner" (encoder called) or
+    # "XECMAE.encoder.stages.inner" (its forward_features called from the parent)
+    by_attr: dict[str, list[str]] = {}
+    for key in counts:
+        segs = key.split(".")
+        at = next((i for i, s in enumerate(segs[:-1]) if s in ("XECEncoder", "encoder")), None)
+        if at is not None:
+            by_attr.setdefault(segs[at + 1], []).append(key)
+    out: dict[str, float] = {"total": total}
+    for name, attrs in _FLOP_COMPONENTS.items():
+        keys = [k for a in attrs for k in by_attr.get(a, [])]
+        out[name] = sum(counts[k] for k in _outermost(keys))
+    encoder = sum(out[name] for name in _FLOP_COMPONENTS)
+    out["encoder"] = encoder
+    out["heads"] = total - encoder
+    return out
 
 
 def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
@@ -36,6 +88,11 @@ def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> di
         mae = XECMAE(cfg)
         inp = XECInpainter(cfg)
         reg = XECRegressor(cfg, tasks)
+    flops = {
+        "mae": forward_flops(mae, lambda m, x, mask: m(x)),
+        "inpainter": forward_flops(inp, lambda m, x, mask: m(x, mask)),
+        "regressor": forward_flops(reg, lambda m, x, mask: m(x)),
+    }
     enc = mae.encoder
     stages = enc.stages
     comp = {
@@ -57,6 +114,7 @@ def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> di
         "mae": {"total": _count(mae), "decoders": _count(mae.decoder)},
         "inpainter": {"total": _count(inp), "heads": _count(inp.heads)},
         "regressor": {"total": _count(reg), "tasks": tasks, "heads": {t: _count(reg.heads[t]) for t in tasks}},
+        "flops_per_event": flops,
     }
 
 
@@ -86,13 +144,19 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     for t, v in info["regressor"]["heads"].items():
         lines.append(f"{'  head ' + t:<28}{n(v):>14}")
+    fl = info["flops_per_event"]
+    lines += ["", f"{'forward GFLOP / event':<28}" + "".join(f"{k:>12}" for k in fl)]
+    for key in ("total", "encoder", *_FLOP_COMPONENTS, "heads"):
+        label = key if key in ("total", "encoder", "heads") else "  " + key
+        lines.append(f"{label:<28}" + "".join(f"{fl[m][key] / 1e9:>12.4g}" for m in fl))
+    lines.append("(matmuls, convolutions and attention; training costs ~3x the forward)")
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
-        choices=("tiny", "base", "large"),
+        choices=sorted(PRESETS),
         default=None,
         help="preset to describe (default: the config's model section)",
     )

@@ -5,7 +5,10 @@
   sized to train at >= 1,000 events/s (fwd + bwd + AdamW) on 2 CPU cores (measurements:
   docs/performance.md). Coarse by design: 4x4 patchify stem on the inner face, the outer
   face at one cell per coarse PMT, no ConvNeXt blocks at the stem resolution.
-* ``base``: 25.9M encoder parameters (the reference model's size), for GPUs.
+* ``small``: 6.3M parameters at 0.85 GFLOP/event forward (regressor): the compute of the
+  reference model (0.81 GFLOP/event at 35.6M parameters); base's depths and stems, half its
+  widths and fewer stage-2 blocks.
+* ``base``: 25.9M encoder parameters (the reference model's size; 5.4 GFLOP/event), for GPUs.
 * ``large``: 84.6M encoder parameters.
 
 ``xec model-info --preset NAME`` prints the counts per component.
@@ -96,6 +99,26 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
+    "small": ModelConfig(
+        rect_dims=(64, 128),
+        rect_depths=(2, 5),
+        stem_stride=(2, 2),
+        outer_stem_stride=(1, 1),
+        small_stem_stride=(1, 1),
+        kernel_size=7,
+        mlp_ratio=4.0,
+        hex_dim=64,
+        hex_depth=3,
+        token_dim=192,
+        fusion_depth=3,
+        heads=6,
+        drop_path=0.05,
+        decoder_dim=64,
+        decoder_depth=1,
+        inpaint_dim=32,
+        inpaint_depth=2,
+        head_hidden=192,
+    ),
     "base": ModelConfig(
         rect_dims=(128, 256),
         rect_depths=(3, 9),

@@ -6,8 +6,9 @@ one Trainer for all.
     xec train regressor --config CFG [--init results/mae/checkpoint.pt|none]
                         [--weights results/reweighting/weights.npz] [...]
 
-``--init`` starts the stage from an MAE checkpoint's encoder. Launch under torchrun
-(``train.gpus > 1`` in the Snakemake rules) for DDP: rank 0 writes.
+``--init`` starts the stage from an MAE checkpoint's encoder. With ``train.gpus > 1`` the
+command relaunches itself as that many torchrun workers on this node (DDP; rank 0 writes);
+started by torchrun itself (any number of workers, one included) it runs DDP as it is.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from xec.data.loader import ShardLoader
 from xec.errors import XecError
 from xec.normalization import normalizer_from_config
 from xec.train.checkpoint import load_checkpoint
-from xec.train.distributed import init_distributed, shutdown
+from xec.train.distributed import init_distributed, launch_torchrun, shutdown, under_torchrun
 from xec.train.loop import Trainer
 from xec.train.stages import STAGES, get_stage
 from xec.train.tracking import make_tracker
@@ -78,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command=f"train {args.stage}")
+    gpus = int(cfg["train"]["gpus"])
+    if gpus > 1 and not under_torchrun():
+        return launch_torchrun(gpus, "xec.cli", args.argv)
     run_stage(
         args.stage,
         cfg,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger("xec.train")
+
 
 @dataclass
 class DistContext:
@@ -19,6 +22,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun (a process group exists even for one rank)
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +30,10 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """DDP on: several ranks, or one rank under torchrun. The one-rank case keeps the whole
+        DDP path (process group, NCCL, gradient all-reduce) running on a one-GPU machine, so a
+        multi-GPU job is never its first run."""
+        return self.world_size > 1 or self.launched
 
 
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
@@ -40,17 +47,46 @@ def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device
 
 
 def init_distributed(device: str = "auto") -> DistContext:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; start a process group when world_size > 1."""
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; start a process group (NCCL on GPU, gloo on
+    CPU) when launched by torchrun, also for a single rank, or when world_size > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    launched = under_torchrun()
     dev = resolve_device(device, local)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or launched) and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
+    group = f", process group {dist.get_backend()}" if dist.is_initialized() else ""
+    log.info("rank %d of %d on %s%s", rank, world, dev, group)
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, launched=launched)
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun for its workers
+
+
+def launch_torchrun(nproc: int, module: str, args: list[str]) -> int:
+    """Run ``python -m module *args`` as ``nproc`` torchrun workers on this node and wait.
+
+    The worker arguments are handed to torchrun without passing through its command-line
+    parser: that parser takes an abbreviation such as ``--log`` for its own ``--log-dir`` /
+    ``--logs-specs`` and stops with "ambiguous option", even after the module name."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    targs = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(int(nproc)), "-m", module])
+    targs.training_script_args = list(args)
+    log.info("launching %d torchrun workers: python -m %s %s", nproc, module, " ".join(args))
+    try:
+        run(targs)
+    except ChildFailedError as exc:
+        from xec.errors import XecError
+
+        raise XecError(f"torchrun worker failed: {exc}") from exc
+    return 0
 
 
 def shutdown(ctx: DistContext) -> None:
