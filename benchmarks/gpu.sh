@@ -15,7 +15,8 @@
 #
 #   benchmarks/gpu.sh [OUTDIR]          (default results/benchmarks/gpu; run from anywhere)
 #   env: PYTHON (python3), EVENTS (40000), PRESETS ("tiny small base large"),
-#        TRAIN_PRESETS ("small base"), TRAIN_BATCH (256), WORKERS (8), COMPILE (0)
+#        TRAIN_PRESETS ("small base"), TRAIN_BATCH (256), WORKERS (8), COMPILE (0),
+#        PARTS ("model data epoch torchrun inference": the parts to run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -63,11 +64,13 @@ EOF
 } | tee "$OUT/machine.txt"
 NGPU=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")
 
-part model 420 "$PY" benchmarks/model.py --devices cuda --presets $PRESETS --no-components --steps 5 \
+PARTS=${PARTS:-"model data epoch torchrun inference"}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+has model && part model 420 "$PY" benchmarks/model.py --devices cuda --presets $PRESETS --kinds ${KINDS:-regressor mae inpainter} --no-components --steps 5 \
     --json "$OUT/model.json"
 
 # the data of the training epochs: EVENTS train + 4,000 val events at 15-60 MeV, as shards
-cat >"$DATA/base.yaml" <<EOF
+cat >"$DATA/common.yaml" <<EOF
 simulation:
   samples:
     train: {events: $EVENTS, seed: 101, energy_mev: [15.0, 60.0]}
@@ -78,34 +81,34 @@ mlflow: {enabled: false}
 EOF
 data() {
     for s in train val; do
-        "$PY" -m xec.cli simulate --config "$DATA/base.yaml" --sample $s --out "$DATA/$s.root" \
+        "$PY" -m xec.cli simulate --config "$DATA/common.yaml" --sample $s --out "$DATA/$s.root" \
             --workers "$(nproc)" || return
-        "$PY" -m xec.cli shards --config "$DATA/base.yaml" --input "$DATA/$s.root" --split $s \
+        "$PY" -m xec.cli shards --config "$DATA/common.yaml" --input "$DATA/$s.root" --split $s \
             --out "$DATA/shards/$s" --workers "$(nproc)" || return
     done
 }
 export -f data
 export PY DATA EVENTS TRAIN_BATCH WORKERS
-part data 300 data
+has data && part data 300 data
 
 # train PRESET LAUNCHER...: one epoch of the regressor at PRESET
 train() {
     local preset=$1
     shift
-    sed "s/^regressor:/model: {preset: $preset}\nregressor:/" "$DATA/base.yaml" >"$DATA/$preset.yaml"
+    sed "s/^regressor:/model: {preset: $preset}\nregressor:/" "$DATA/common.yaml" >"$DATA/$preset.yaml"
     "$@" train regressor --config "$DATA/$preset.yaml" --shards "$DATA/shards" \
         --out "$DATA/regressor_$preset" --log "$DATA/regressor_$preset.log"
 }
 export -f train
 for p in $TRAIN_PRESETS; do
-    part "epoch_$p" 300 train "$p" "$PY" -m xec.cli
+    has epoch && part "epoch_$p" 300 train "$p" "$PY" -m xec.cli
 done
 FIRST=${TRAIN_PRESETS%% *}
 # (through xec's launcher: torchrun's own command line would take xec's --log for --log-dir)
 TORCHRUN="import sys; from xec.train.distributed import launch_torchrun as run; sys.exit(run(int(sys.argv[1]), 'xec.cli', sys.argv[2:]))"
-part "torchrun_${FIRST}_${NGPU}gpu" 300 train "$FIRST" "$PY" -c "$TORCHRUN" "$NGPU"
+has torchrun && part "torchrun_${FIRST}_${NGPU}gpu" 300 train "$FIRST" "$PY" -c "$TORCHRUN" "$NGPU"
 
-part inference 300 "$PY" benchmarks/inference.py --devices cpu cuda --threads "$(nproc)" \
+has inference && part inference 300 "$PY" benchmarks/inference.py --devices cpu cuda --threads "$(nproc)" \
     --batch-sizes 256 1024 --opt-levels all --spinning 0 --events 4096 --repeats 2
 
 if [ "${COMPILE:-0}" = 1 ]; then

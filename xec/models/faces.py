@@ -271,6 +271,8 @@ class FacesToFlat(torch.nn.Module):
         if not self.has_multi:
             return flat
         multi = cells.index_select(1, self.multi_cells).reshape(b, -1, self.k, c)
-        # weights in the cells' dtype: under bf16 autocast a float32 product would not index_add
-        mean = (multi * self.multi_weights.to(cells.dtype)).sum(dim=2)
-        return flat.index_add(1, self.multi_sensors, mean - flat.index_select(1, self.multi_sensors))
+        mean = (multi * self.multi_weights).sum(dim=2)
+        # back to the cells' dtype: under bf16 autocast the product (CPU) or the sum (CUDA) is
+        # float32, and index_add wants one dtype
+        delta = (mean - flat.index_select(1, self.multi_sensors)).to(flat.dtype)
+        return flat.index_add(1, self.multi_sensors, delta)
