@@ -1,6 +1,15 @@
-"""Inference speed: ONNX Runtime (CPU) vs PyTorch eager on the same batches.
+"""Inference speed: ONNX Runtime (CPU) vs PyTorch eager on the same batches; and `xec infer` end
+to end against ONNX Runtime alone on the same events.
 
     .venv/bin/python benchmarks/inference.py [--preset tiny] [--events 1024] [--batch-sizes 32 128 256]
+    .venv/bin/python benchmarks/inference.py --e2e-input results/data/realdata.root \
+        [--e2e-inpainter results/inpainter/model.onnx] [--repeats 3]
+
+End to end (``--e2e-input``): ``xec infer`` runs as a subprocess (ROOT read, normalization,
+inpainter on the events with dead sensors, regressor, ROOT + parquet write; start-up and imports
+included) with the regressor of ``--preset`` (random weights, exported with its metadata); its
+log gives the time per stage. "ORT only" runs the same sessions over the same, already
+normalized events (batch 256): the ceiling the command approaches.
 
 Builds a regressor of the model preset (random weights: speed does not depend on training),
 exports it exactly as `xec export` does (xec.deploy.export.RegressorGraph), and times
@@ -64,6 +73,86 @@ def time_it(fn, batches, repeats: int) -> float:
     return best
 
 
+def export_regressor(preset: str, path: Path) -> Path:
+    """The random-weight regressor of ``preset`` as `xec infer` reads it (graph + metadata)."""
+    import onnx
+
+    from xec.deploy.export import export_graph
+    from xec.deploy.onnx_meta import regressor_metadata, set_metadata, software_versions
+    from xec.normalization import get_normalizer
+    from xec.targets import DEFAULT_TASKS
+
+    meta = regressor_metadata(get_normalizer("meg2"), DEFAULT_TASKS, None, software_versions(17))
+    export_graph(build_graph(preset), meta, (torch.zeros(2, 4760, 2),), path, 17)
+    model = onnx.load(str(path))
+    set_metadata(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def ort_only(reg_path: Path, inp_path: str | None, root: str, threads: int, batch: int = 256) -> float:
+    """events/s of the ONNX Runtime calls alone (inpainter on events with dead sensors, then the
+    regressor) over all events of ``root``, normalized beforehand."""
+    import numpy as np
+
+    from xec.deploy.runtime import make_session, run_batched
+    from xec.normalization import get_normalizer
+    from xec.rootio import iterate_events
+
+    norm = get_normalizer("meg2")
+    xs = [norm.normalize_events(a["npho"], a["relative_time"]) for _, a in iterate_events([root], step_size=2000)]
+    x = np.concatenate(xs)
+    dead = x[..., 0] == np.float32(norm.sentinel)
+    rows = np.flatnonzero(dead.any(axis=1))
+    reg = make_session(reg_path, "cpu", threads)
+    inp = make_session(inp_path, "cpu", threads) if inp_path else None
+    t0 = time.perf_counter()
+    if inp is not None and len(rows):
+        (x[rows],) = run_batched(inp, {"input": x[rows], "mask": dead[rows].astype(np.float32)}, batch)
+    run_batched(reg, {"input": x}, batch)
+    return len(x) / (time.perf_counter() - t0)
+
+
+def end_to_end(args) -> int:
+    import re
+    import subprocess
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        reg = export_regressor(args.preset, Path(d) / "regressor.onnx")
+        for th in args.threads:
+            env = dict(os.environ, XEC_NO_PROGRESS="1", OMP_NUM_THREADS=str(th))
+            cfg = Path(d) / f"cfg{th}.yaml"
+            cfg.write_text(f"inference: {{intra_op_threads: {th}}}\n")
+            for rep in range(args.repeats):
+                log = Path(d) / f"infer{th}_{rep}.log"
+                cmd = [sys.executable, "-m", "xec.cli", "infer", "--model", str(reg), "--input", args.e2e_input]
+                cmd += ["--out", str(Path(d) / "o.root"), "--config", str(cfg), "--log", str(log)]
+                if args.e2e_inpainter:
+                    cmd += ["--inpainter", args.e2e_inpainter]
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                wall = time.perf_counter() - t0
+                if r.returncode:
+                    raise SystemExit(r.stderr[-2000:])
+                n, loop_eps = map(float, re.search(r"(\d+) events, (\d+) events/s", r.stdout).groups())
+                shares = re.search(r"time per stage: (.*)", log.read_text()).group(1)
+                torch.set_num_threads(th)
+                ceiling = ort_only(reg, args.e2e_inpainter, args.e2e_input, th)
+                rows.append((th, n / wall, loop_eps, ceiling, load, shares))
+    print(
+        f"# xec infer end to end on {args.e2e_input} (inpainter: {args.e2e_inpainter or 'none'}), preset "
+        f"{args.preset}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores"
+    )
+    print("| threads | events/s (command) | events/s (event loop) | ORT only | loop / ORT | load | stages |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for th, cmd_eps, loop_eps, ceiling, load, shares in rows:
+        ratio = loop_eps / ceiling
+        print(f"| {th} | {cmd_eps:.0f} | {loop_eps:.0f} | {ceiling:.0f} | {ratio:.2f} | {load:.1f} | {shares} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny")
@@ -80,7 +169,11 @@ def main() -> int:
         help="cpu and/or cuda: cuda adds ONNX Runtime's CUDA execution provider and PyTorch eager on the GPU "
         "(host-to-device copies included)",
     )
+    parser.add_argument("--e2e-input", default=None, help="ROOT file: benchmark `xec infer` end to end on it")
+    parser.add_argument("--e2e-inpainter", default=None, help="exported inpainter for the end-to-end run")
     args = parser.parse_args()
+    if args.e2e_input:
+        return end_to_end(args)
 
     from xec.deploy.export import export_graph, parity_batches
     from xec.deploy.onnx_meta import regressor_metadata, software_versions

@@ -31,9 +31,19 @@ from xec.errors import XecError
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
 
+# libyaml's loader where PyYAML has it: the same documents, ~8x faster (the schema's parse was
+# ~0.4 s of every xec command's start-up)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def yaml_load(text: str | Any) -> Any:
+    """yaml.safe_load with the C loader when available."""
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("xec").joinpath("config.schema.yaml").read_text())
+    return yaml_load(resources.files("xec").joinpath("config.schema.yaml").read_text())
 
 
 def _extend_with_defaults(validator_class: type) -> type:
@@ -102,7 +112,7 @@ def load_config(
             raise XecError(f"{path}: config file not found")
         try:
             with open(path) as f:
-                cfg = yaml.safe_load(f) or {}
+                cfg = yaml_load(f) or {}
         except yaml.YAMLError as exc:
             raise XecError(f"{path}: not valid YAML: {exc}") from exc
         source = str(path)

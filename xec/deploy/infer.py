@@ -179,6 +179,59 @@ def prediction_columns(
     return cols
 
 
+class StageTimes:
+    """Wall seconds per inference stage (read, normalize, inpaint, regress, columns, write):
+    logged by ``xec infer`` and tabulated by benchmarks/inference.py."""
+
+    STAGES = ("read", "normalize", "inpaint", "regress", "columns", "write")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+    def shares(self) -> str:
+        total = sum(self.seconds.values()) or 1.0
+        return ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in self.seconds.items())
+
+
+def read_ahead(chunks: Iterator[Any], times: StageTimes | None = None) -> Iterator[Any]:
+    """Yield ``chunks`` while a thread reads the next one: ROOT decompression (lz4/zstd in C,
+    without the GIL) overlaps the ONNX Runtime calls on the chunk before. ``times`` gets the
+    time the consumer waited for a chunk, i.e. the reading that was not hidden."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xec-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while True:
+            t0 = time.perf_counter()
+            item = pending.result()  # re-raises a reading error (a truncated file) here
+            if times is not None:
+                times.seconds["read"] += time.perf_counter() - t0
+            if item is None:
+                return
+            pending = pool.submit(next, chunks, None)
+            yield item
+
+
+def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray, block: int = 256) -> np.ndarray:
+    """``normalizer.normalize_events`` block by block into one array: the same numbers, with
+    the float64 temporaries of a block in cache instead of a whole chunk's in memory (0.46 ->
+    0.34 CPU-ms/event at 512-event chunks; docs/performance.md)."""
+    from xec.geometry import N_SENSORS
+
+    x = np.empty((len(npho), N_SENSORS, 2), np.float32)
+    for s in range(0, len(npho), block):
+        x[s : s + block] = normalizer.normalize_events(npho[s : s + block], time_[s : s + block])
+    return x
+
+
 def iterate_predictions(
     model: str,
     inputs: list[str],
@@ -193,9 +246,10 @@ def iterate_predictions(
     tree: str = "tree",
     npho_branch: str = "npho",
     time_branch: str = "relative_time",
+    times: StageTimes | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of output columns per chunk. Validates the models and every input file
-    before the first chunk."""
+    before the first chunk; ``times`` (optional) accumulates the seconds per stage."""
     from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, expand_inputs, iterate_events
 
     if batch_size < 1 or chunk_size < 1:
@@ -216,23 +270,27 @@ def iterate_predictions(
         raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(meta.outputs)}")
     sentinel = np.float32(normalizer.sentinel)
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
+    times = times if times is not None else StageTimes()
     seen = 0
-    for _path, arrays in iterate_events(
-        files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size
-    ):
-        x = normalizer.normalize_events(arrays[npho_branch], arrays[time_branch])
-        dead = x[..., 0] == sentinel
-        n_dead = dead.sum(axis=1).astype(np.int32)
+    chunks = iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size)
+    for _path, arrays in read_ahead(chunks, times):
+        with times("normalize"):
+            x = normalize_blocks(normalizer, arrays[npho_branch], arrays[time_branch])
+            dead = x[..., 0] == sentinel
+            n_dead = dead.sum(axis=1).astype(np.int32)
         if inp is not None:
-            rows = np.flatnonzero(n_dead > 0)  # events without dead sensors need no filling
-            if len(rows):
-                (filled,) = run_batched(inp, {"input": x[rows], "mask": dead[rows].astype(np.float32)}, batch_size)
-                x[rows] = filled
-        outputs = run_batched(reg, {"input": x}, batch_size)
-        preds = {name[len("output_") :]: val for name, val in zip(out_names, outputs)}
-        cols = _event_columns(arrays, seen)
-        cols["n_dead"] = n_dead
-        cols.update(prediction_columns(meta, preds, arrays))
+            with times("inpaint"):
+                rows = np.flatnonzero(n_dead > 0)  # events without dead sensors need no filling
+                if len(rows):
+                    feeds = {"input": x[rows], "mask": dead[rows].astype(np.float32)}
+                    (x[rows],) = run_batched(inp, feeds, batch_size)
+        with times("regress"):
+            outputs = run_batched(reg, {"input": x}, batch_size)
+        with times("columns"):
+            preds = {name[len("output_") :]: val for name, val in zip(out_names, outputs)}
+            cols = _event_columns(arrays, seen)
+            cols["n_dead"] = n_dead
+            cols.update(prediction_columns(meta, preds, arrays))
         seen += len(x)
         yield cols
 
@@ -249,7 +307,8 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
     parquet = parquet or str(Path(out).with_suffix(".parquet"))
     if Path(parquet).resolve() == Path(out).resolve():
         raise XecError(f"{out}: --parquet must differ from --out")
-    predictions = iterate_predictions(model, inputs, **kwargs)
+    times = StageTimes()
+    predictions = iterate_predictions(model, inputs, times=times, **kwargs)
     t0 = time.perf_counter()
     n = 0
     with contextlib.ExitStack() as stack:
@@ -260,13 +319,21 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
         pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
         pq_writer = None
         while cols is not None:
-            table = pa.table(cols)
-            if pq_writer is None:
-                pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
-            pq_writer.write_table(table)
-            writer.extend(cols)
+            with times("write"):
+                table = pa.table(cols)
+                if pq_writer is None:
+                    pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
+                pq_writer.write_table(table)
+                writer.extend(cols)
             n += len(cols["run"])
             bar.update(len(cols["run"]))
             cols = next(predictions, None)
     seconds = time.perf_counter() - t0
-    return {"events": n, "seconds": seconds, "events_per_s": n / max(seconds, 1e-9), "parquet": parquet}
+    log.info("time per stage: %s", times.shares())
+    return {
+        "events": n,
+        "seconds": seconds,
+        "events_per_s": n / max(seconds, 1e-9),
+        "parquet": parquet,
+        "stage_seconds": dict(times.seconds),
+    }
