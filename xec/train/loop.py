@@ -101,10 +101,15 @@ class Trainer:
         if self.ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # 4-D weights channels_last, like the activations: the depthwise kernels' gradients
+            # come back in that layout, and DDP's buckets follow the parameters' layout (else it
+            # warns of a stride mismatch and copies every step). Same values, single runs untouched.
+            self.model.to(memory_format=torch.channels_last)
             self.train_model = DDP(
                 self.train_model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(hp["find_unused_parameters"]),
+                gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
             )
         if hp["compile"]:
             self.train_model = torch.compile(self.train_model)
