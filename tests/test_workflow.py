@@ -522,3 +522,17 @@ def test_slurm_profile_resources_and_environment(tmp_path, profile, env_name, gp
     assert f"gpu_model={gpu_model}" in resources["regressor"] and "gpu=1" in resources["regressor"]
     assert "slurm_partition=cpu" in resources["simulate"] and "gpu" not in resources["simulate"]
     assert "slurm_account=proj42" in resources["shards"]
+
+
+def test_run_list_inputs_and_a_missing_run_fail_at_dag_construction(tmp_path):
+    files = _input_files(tmp_path)
+    real = files["data.realdata"][0]
+    listed = tmp_path / "data" / "period.txt"
+    listed.write_text(f"# two runs\n{real}\n")
+    work = new_workdir(tmp_path / "list", **{**files, "data.realdata": [str(listed)]})
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    assert "simulate" not in jobs and jobs["inference"] >= 1, jobs
+    listed.write_text(f"{real}\n{tmp_path / 'data' / 'run2.root'}\n")
+    proc = snakemake(work, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{listed}:2" in out and "data.realdata" in out, out[-3000:]

@@ -5,9 +5,8 @@ bad file always gets the same clear error naming the file and the problem."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import uproot
 
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
+from xec.inputs import expand_inputs  # noqa: F401  (the commands' --input expansion, re-exported)
 from xec.utils import atomic_path
 
 # Per-sensor float32[4760] branches.
@@ -40,19 +40,6 @@ RECO_BRANCHES: dict[str, tuple[int, ...]] = {
 }
 INT_BRANCHES = ("run", "event")
 EVENT_BRANCHES = {**TRUTH_BRANCHES, **RECO_BRANCHES}
-
-
-def expand_inputs(patterns: Iterable[str]) -> list[str]:
-    """Paths or globs -> sorted existing files; a pattern matching nothing is an error."""
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pattern)))
-        if not matched:
-            raise XecError(f"{pattern}: no such file")
-        files.extend(matched)
-    if not files:
-        raise XecError("no input files given")
-    return files
 
 
 def open_tree(path: str | os.PathLike, tree: str = "tree"):

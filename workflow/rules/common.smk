@@ -2,7 +2,6 @@
 # environment). Functions live here and nowhere else, as `snakemake --lint` wants them apart from
 # the rules.
 import functools as _functools
-import glob as _glob
 import json as _json
 import os as _os
 import platform as _platform
@@ -12,6 +11,8 @@ from pathlib import Path as _Path
 from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
 from xec.config import command_params as _command_params
+from xec.errors import XecError as _XecError
+from xec.inputs import expand_inputs as _expand_inputs
 from xec.scans import expand_scans as _expand_scans
 
 SAMPLES = ["train", "val", "bench", "realdata"]
@@ -112,19 +113,16 @@ def at(rundir, node, path):
 
 
 def input_files(sample, rundir=RESULTS):
-    """ROOT files of a sample: the configured paths/globs, or the simulated file.
-
-    A configured pattern that matches nothing stops the DAG construction with the pattern named."""
-    patterns = RUN_CONFIGS[rundir]["data"][sample]
-    if not patterns:
+    """ROOT files of a sample: the configured paths, globs and run lists (xec.inputs), or the
+    simulated file. A missing file, an empty run list or a file named twice stops the DAG
+    construction, naming the list and line."""
+    entries = RUN_CONFIGS[rundir]["data"][sample]
+    if not entries:
         return [at(rundir, f"data:{sample}", f"data/{sample}.root")]
-    files = []
-    for pattern in patterns:
-        matched = sorted(_glob.glob(pattern))
-        if not matched:
-            raise WorkflowError(f"config data.{sample}: no file matches {pattern!r}")
-        files.extend(matched)
-    return files
+    try:
+        return _expand_inputs(entries)
+    except _XecError as exc:
+        raise WorkflowError(f"config data.{sample}: {exc}") from None
 
 
 SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"][s]]
