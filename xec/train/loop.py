@@ -308,9 +308,11 @@ class Trainer:
                 consecutive_bad = 0
                 b = float(x.shape[0])
                 n_events += b
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * b
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * b
+                # summed where they live (float64, the same numbers as Python floats): a float()
+                # per logged value would wait for the GPU at every step
+                for k, v in (("loss", loss), *logs.items()):
+                    v = v.detach().double() * b if torch.is_tensor(v) else float(v) * b
+                    sums[k] = sums[k] + v if k in sums else v
             if last_micro:
                 # In DDP a skipped final micro-batch leaves gradients unsynchronized: skip the step.
                 if good_in_group > 0 and not (bad and self.ctx.enabled):
@@ -327,19 +329,20 @@ class Trainer:
                     self.epoch + 1,
                     i + 1,
                     n_batches,
-                    sums.get("loss", float("nan")) / max(n_events, 1),
+                    float(sums.get("loss", float("nan"))) / max(n_events, 1),
                     n_events * self.ctx.world_size / max(el, 1e-9),
                     100 * wait / max(el, 1e-9),
                 )
             if self.ctx.is_main and not bar.disable:
                 el = time.perf_counter() - t0
                 bar.set_postfix(
-                    loss=f"{sums.get('loss', float('nan')) / max(n_events, 1):.4g}",
+                    loss=f"{float(sums.get('loss', float('nan'))) / max(n_events, 1):.4g}",
                     ev_s=f"{n_events * self.ctx.world_size / max(el, 1e-9):.0f}",
                 )
                 bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - t0
+        sums = {k: float(v) for k, v in sums.items()}  # one wait for the device per epoch
         red = all_reduce_sum(
             {**sums, "_n": n_events, "_wait": wait, "_elapsed": elapsed, "_skipped": skipped}, self.ctx
         )
