@@ -6,6 +6,7 @@ networks is tested in test_deploy_export.py."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -184,9 +185,11 @@ def test_outputs_match_numpy_reference(models, root_file, tmp_path):
 
 def test_chunking_and_batching_do_not_change_results(models, root_file, tmp_path):
     path, _ = root_file
+    copy = tmp_path / "copy.root"  # a second file with the same events (one file twice is an error)
+    shutil.copy(path, copy)
     a = run_inference(str(models["regressor"]), [str(path)], str(tmp_path / "a.root"), chunk_size=1000, batch_size=256)
     b = run_inference(
-        str(models["regressor"]), [str(path), str(path)], str(tmp_path / "b.root"), chunk_size=50, batch_size=1
+        str(models["regressor"]), [str(path), str(copy)], str(tmp_path / "b.root"), chunk_size=50, batch_size=1
     )
     assert (a["events"], b["events"]) == (N_EVENTS, 2 * N_EVENTS)
     da, db = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")

@@ -61,5 +61,7 @@ def test_a_file_named_by_two_entries_and_missing_entries(runs):
         expand_inputs([str(runs / "nope.txt")])
     with pytest.raises(XecError, match=r"nope\.root: no such file"):
         expand_inputs([str(runs / "nope.root")])
+    with pytest.raises(XecError, match=r"run101\.root: named twice in the inputs"):
+        expand_inputs([str(runs / "run101.root"), str(runs / "run101.root")])
     with pytest.raises(XecError, match="no input files given"):
         expand_inputs([])

@@ -72,6 +72,8 @@ def expand_inputs(entries: Iterable[str]) -> list[str]:
         for f, where in found:
             key = os.path.abspath(f)
             if key in origin:
+                if where == origin[key] == f:
+                    raise XecError(f"{f}: named twice in the inputs")
                 raise XecError(f"{where}: {f} is named twice (also at {origin[key]})")
             origin[key] = where
             files.append(f)
