@@ -49,7 +49,7 @@ def realistic_input(b: int, seed: int = 0) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- presets
 def test_presets_and_overrides(tiny):
-    assert set(PRESETS) == {"tiny", "base", "large"}
+    assert set(PRESETS) == {"tiny", "small", "base", "large"}
     cfg = model_config({"preset": "tiny", "share_rect_backbone": True, "drop_path": 0.1, "rect_dims": [8, 16]})
     assert cfg.share_rect_backbone and cfg.drop_path == 0.1 and cfg.rect_dims == (8, 16)
     assert model_config({"preset": "tiny", "drop_path": None}).drop_path == tiny.drop_path  # null = preset
@@ -67,6 +67,7 @@ def test_parameter_counts_per_preset():
             m = XECRegressor(model_config({"preset": name}), TASKS)
         counts[name] = sum(p.numel() for p in m.encoder.parameters())
     assert counts["tiny"] < 300_000  # well under 1M
+    assert counts["tiny"] < counts["small"] < counts["base"] / 3  # the reference's compute, not its size
     assert 20e6 < counts["base"] < 32e6  # about the reference's 25M
     assert counts["large"] > 2.5 * counts["base"]
 
