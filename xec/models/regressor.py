@@ -5,6 +5,15 @@ Heads read the concatenated fused face tokens and predict STANDARDIZED targets
 (saved in its state dict), so ``forward_physical`` returns physical units (angle deg, energy
 GeV, timing ns, uvwFI cm, angleVec unit-less) and an exported model needs nothing else. Only
 the heads of the active tasks are built.
+
+Per-event uncertainties: for each task of ``sigma_tasks`` a second head of the same shape
+predicts log(sigma^2) of the standardized target per event and component (output key
+``<task>_logvar``). It reads the fused tokens and the peak-window features DETACHED, so its
+loss (a Gaussian NLL, xec.train.regressor) cannot move the encoder or the point estimates;
+``forward_physical`` adds ``<task>_sigma`` = exp(logvar / 2) * target std * calibration scale,
+in the task's physical units. The calibration scale (1 until set) is the post-hoc factor that
+the regressor stage fits on the val split; it is not part of the state dict (it travels in the
+checkpoint as ``sigma_calibration`` and is baked into the exported graph).
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from xec.models.encoder import XECEncoder
 from xec.models.peakfit import PeakWindowFit
 from xec.models.presets import ModelConfig
 from xec.targets import TASKS, TargetStandardizer, get_task
+
+# Bounds of a predicted log(sigma^2) in standardized units: sigma from 4.5e-5 to 150 target
+# spreads (a u resolution of 2 mm is ~1e-2 spreads; the lower bound never binds in practice).
+LOGVAR_RANGE = (-20.0, 10.0)
 
 
 class TaskHead(nn.Module):
@@ -49,8 +62,10 @@ class XECRegressor(nn.Module):
         sentinel: float = -1.0,
         geometry=None,
         normalizer=None,
+        sigma_tasks: Sequence[str] = (),
     ):
-        """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``."""
+        """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``;
+        ``sigma_tasks``: tasks that also get a per-event uncertainty head."""
         super().__init__()
         if normalizer is not None:
             sentinel = float(normalizer.sentinel)
@@ -79,6 +94,16 @@ class XECRegressor(nn.Module):
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
         if standardizer is not None:
             self.set_standardization(standardizer)
+        # Built last, so that the other modules draw the same initial weights with or without them.
+        unknown = [t for t in sigma_tasks if t not in self.tasks]
+        if unknown:
+            raise XecError(f"uncertainty heads requested for {unknown}, which are not among the tasks {list(tasks)}")
+        self.sigma_tasks = tuple(t for t in self.tasks if t in set(sigma_tasks))
+        self.sigma_heads = nn.ModuleDict(
+            {t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.sigma_tasks}
+        )
+        for t in self.sigma_tasks:
+            self.register_buffer(f"sigma_scale_{t}", torch.ones(TASKS[t].dim), persistent=False)
 
     def set_standardization(self, standardizer: TargetStandardizer | Mapping) -> None:
         """Copy per-task mean/std into the buffers (a TargetStandardizer or its to_dict())."""
@@ -102,21 +127,43 @@ class XECRegressor(nn.Module):
             std={t: getattr(self, f"target_std_{t}").cpu().numpy().copy() for t in self.tasks},
         )
 
+    def set_sigma_calibration(self, scales: Mapping[str, Sequence[float]] | None) -> None:
+        """Per-task, per-component factors applied to the predicted sigma (None: all 1)."""
+        for t in self.sigma_tasks:
+            value = np.ones(TASKS[t].dim, np.float32) if not scales or t not in scales else scales[t]
+            value = np.asarray(value, dtype=np.float32).reshape(-1)
+            if value.size != TASKS[t].dim or not np.all(np.isfinite(value)) or not np.all(value > 0):
+                raise XecError(f"sigma calibration of {t!r} must be {TASKS[t].dim} positive numbers, got {value}")
+            getattr(self, f"sigma_scale_{t}").copy_(torch.from_numpy(value))
+
+    def sigma_calibration(self) -> dict[str, list[float]]:
+        return {t: getattr(self, f"sigma_scale_{t}").cpu().tolist() for t in self.sigma_tasks}
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction}."""
+        """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction} plus
+        {<task>_logvar: (B, dim)} for the uncertainty tasks."""
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
             x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
         z = self.encoder(x).flatten(1)
-        if self.peak is None:
-            return {t: self.heads[t](z) for t in self.tasks}
-        loc = self.peak(x)
-        return {t: self.heads[t](z, loc) for t in self.tasks}
+        loc = self.peak(x) if self.peak is not None else None
+        out = {t: self.heads[t](z, loc) for t in self.tasks}
+        if self.sigma_tasks:
+            zd, locd = z.detach(), None if loc is None else loc.detach()
+            out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
+        return out
 
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}") for t in self.tasks}
+        """Physical units of every task in ``preds``, and ``<task>_sigma`` for every
+        ``<task>_logvar`` in it (calibration scale applied)."""
+        out = {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}") for t in self.tasks}
+        for t in self.sigma_tasks:
+            if f"{t}_logvar" in preds:
+                sigma_z = torch.exp(0.5 * preds[f"{t}_logvar"].clamp(*LOGVAR_RANGE))
+                out[f"{t}_sigma"] = sigma_z * getattr(self, f"target_std_{t}") * getattr(self, f"sigma_scale_{t}")
+        return out
 
     def forward_physical(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """x (B, 4760, 2) normalized -> {task: (B, dim) in physical units}."""
+        """x (B, 4760, 2) normalized -> {task: (B, dim)} and {<task>_sigma: (B, dim)} in physical units."""
         return self.to_physical(self.forward(x, mask))
 
 

@@ -55,6 +55,8 @@ class Stage:
           target_standardization, model_args, init_checkpoint)
       ``train_module(model)`` -> the module whose forward the loss calls (DDP wraps this one)
       ``lr_scales()`` -> [(parameter-name prefix, lr factor)]
+      ``separate_clip_prefixes()`` -> parameter-name prefixes whose gradients are norm-clipped
+          on their own (modules trained on detached inputs, e.g. the regressor's sigma heads)
       ``finalize(model, val_loader, out_dir, ctx)`` -> extra final metrics (e.g. after writing predictions)
     """
 
@@ -134,6 +136,9 @@ class Stage:
 
     def lr_scales(self) -> list[tuple[str, float]]:
         return []
+
+    def separate_clip_prefixes(self) -> tuple[str, ...]:
+        return ()
 
     def training_step(
         self,

@@ -95,6 +95,13 @@ class Trainer:
             float(hp["min_lr_ratio"]),
         )
         self.ema = EMA(self.model, float(hp["ema_decay"])) if float(hp["ema_decay"]) > 0 else None
+        # gradient-clipping groups: everything else, then the modules the stage clips on their own
+        prefixes = tuple(stage.separate_clip_prefixes())
+        separate = {id(p) for n, p in self.model.named_parameters() if prefixes and n.startswith(prefixes)}
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.clip_groups = [
+            g for g in ([p for p in params if id(p) not in separate], [p for p in params if id(p) in separate]) if g
+        ]
         # A stage may train through a view of the model (e.g. the inpainter's raw predict()):
         # DDP must wrap the module whose forward the loss calls, or gradients are not synced.
         self.train_model: nn.Module = stage.train_module(self.model)
@@ -358,10 +365,9 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         clip = float(self.hp["grad_clip"] or 0.0)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if not torch.isfinite(norm):  # identical on every rank after the DDP all-reduce
+            norms = [torch.nn.utils.clip_grad_norm_(group, clip) for group in self.clip_groups]
+            if not all(torch.isfinite(n) for n in norms):  # identical on every rank after the DDP all-reduce
                 self.nonfinite_total += 1
                 log.warning("non-finite gradient norm: optimizer step skipped")
                 return

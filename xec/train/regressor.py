@@ -8,11 +8,25 @@ one, else a learned per-component log-variance held by the stage's loss module (
 model as ``loss_logvar.<task>``); ``beta`` > 0 gives the beta-NLL of Seitzer et al. (each
 event's NLL scaled by the detached variance^beta). The total is sum_task weight_task * loss_task.
 
+Per-event uncertainties (``regressor.sigma``): the tasks of ``sigma.tasks`` get a log-variance
+head (xec.models.regressor) that reads detached features. For a gaussian_nll task its output is
+the variance of the task's own NLL (mean and sigma trained jointly); for any other loss it is
+trained by an extra term sigma.weight * NLL(detached prediction, target, log-variance) with
+sigma.beta, so the point estimates and their loss are exactly those of a model without it (its
+parameters are also gradient-clipped on their own: ``Stage.separate_clip_prefixes``). The NLL's
+optimum is sigma^2(x) = E[(pred - true)^2 | x], the conditional RMS, which tails make wider than
+the 68 % width physicists quote; so after training the stage fits, on the val split, one scale
+per component (the 68 % half-width of the val pulls (pred - true) / sigma) that makes the val
+pull width 1, stores it in the checkpoint (``sigma_calibration``) and applies it to every sigma
+it writes (predictions.parquet ``sigma_<col>``, the exported ``output_<task>_sigma``).
+
 Validation metrics (physical units, via xec.metrics): theta/phi bias, RMS, skewness, width68
 (deg) and the 68 % quantile of the opening angle (deg); energy bias and resolution (68 % width
 of (pred-true)/true, %); timing bias and resolution (ps); u, v, w bias and resolution (mm); the
 val loss per task; and for each resolution the same quantity for "predict the train mean" and
-the ratio (``*_gain`` = mean-predictor width / model width).
+the ratio (``*_gain`` = mean-predictor width / model width); for the uncertainty tasks the 68 %
+half-width of the uncalibrated pulls per component (``pull68_<col>_uncal``) and, at the end,
+the calibration scales (``sigma_scale_<col>``) and the calibrated val pull widths.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from xec import metrics as M
 from xec.data.loader import ShardLoader
 from xec.errors import XecError
 from xec.models import XECRegressor
+from xec.models.regressor import LOGVAR_RANGE
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
 from xec.train.base import Stage, model_config_of
@@ -75,12 +90,25 @@ def elementwise(
     if kind == "gaussian_nll":
         if logvar is None:
             raise XecError("gaussian_nll needs a log-variance")
-        logvar = logvar.expand_as(pred).clamp(-10.0, 10.0)
+        logvar = logvar.expand_as(pred).clamp(*LOGVAR_RANGE)
         nll = 0.5 * ((pred - target) ** 2 * torch.exp(-logvar) + logvar)
         if beta > 0:
             nll = nll * torch.exp(logvar.detach() * beta)  # beta-NLL: var^beta, no gradient through it
         return nll
     raise XecError(f"unknown loss {kind!r}; choose one of {LOSS_TYPES}")
+
+
+def sigma_spec(sec: Mapping[str, Any], tasks) -> dict[str, Any]:
+    """The `regressor.sigma` section, its tasks checked against regressor.tasks."""
+    spec = dict(sec["sigma"])
+    spec["tasks"] = list(spec["tasks"])
+    unknown = [t for t in spec["tasks"] if t not in tasks]
+    if unknown:
+        raise XecError(
+            f"config regressor.sigma.tasks: uncertainties asked for {unknown}, which regressor.tasks "
+            f"{list(tasks)} does not train (no prediction to attach a sigma to)"
+        )
+    return spec
 
 
 def _standardize(std: TargetStandardizer, task: str, y: torch.Tensor) -> torch.Tensor:
@@ -116,6 +144,9 @@ class RegressorStage(Stage):
         for t in self.tasks:
             get_task(t)
         self.losses = task_losses(self.sec, self.tasks)
+        self.sigma = sigma_spec(self.sec, self.tasks)
+        self.sigma_tasks = tuple(t for t in self.tasks if t in self.sigma["tasks"])
+        self.sigma_calibration: dict[str, list[float]] | None = None  # fitted on val by finalize()
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
@@ -124,8 +155,16 @@ class RegressorStage(Stage):
     def build(cls, spec: Mapping[str, Any]) -> nn.Module:
         norm = Normalizer.from_dict(dict(spec["normalization"]))
         std = TargetStandardizer.from_dict(spec["target_standardization"])
-        model = XECRegressor(model_config_of(spec["model"]), list(spec["tasks"]), std, normalizer=norm)
-        nll = list(spec["model_args"]["nll_tasks"])
+        args = spec["model_args"]
+        model = XECRegressor(
+            model_config_of(spec["model"]),
+            list(spec["tasks"]),
+            std,
+            normalizer=norm,
+            sigma_tasks=list(args.get("sigma_tasks", ())),  # absent in checkpoints older than the heads
+        )
+        model.set_sigma_calibration(spec.get("sigma_calibration"))
+        nll = list(args["nll_tasks"])
         if nll:
             # Learned per-component log-variances for gaussian_nll tasks (unused by forward / ONNX).
             model.loss_logvar = nn.ParameterDict({t: nn.Parameter(torch.zeros(get_task(t).dim)) for t in nll})
@@ -134,7 +173,11 @@ class RegressorStage(Stage):
     def model_args(self) -> dict[str, Any]:
         return {
             "tasks": list(self.tasks),
-            "nll_tasks": [t for t, s in self.losses.items() if s["type"] == "gaussian_nll"],
+            # gaussian_nll tasks without a per-event head learn one global log-variance
+            "nll_tasks": [
+                t for t, s in self.losses.items() if s["type"] == "gaussian_nll" and t not in self.sigma_tasks
+            ],
+            "sigma_tasks": list(self.sigma_tasks),
         }
 
     def attach_data(self, train_loader, val_loader) -> None:
@@ -150,6 +193,7 @@ class RegressorStage(Stage):
             **super().payload(),
             "tasks": list(self.tasks),
             "target_standardization": self.standardizer.to_dict() if self.standardizer else None,
+            "sigma_calibration": self.sigma_calibration,
         }
 
     def build_model(self) -> nn.Module:
@@ -166,6 +210,11 @@ class RegressorStage(Stage):
     def lr_scales(self) -> list[tuple[str, float]]:
         scale = float(self.sec["encoder_lr_scale"])
         return [("encoder.", scale)] if scale != 1.0 else []
+
+    def separate_clip_prefixes(self) -> tuple[str, ...]:
+        # the sigma heads see detached inputs: clipped together with the rest, their gradients
+        # would change how much the point-estimate weights are clipped
+        return ("sigma_heads.",)
 
     # ------------------------------------------------------------------ loss
     def _loss(self, model, out: Mapping[str, torch.Tensor], targets, weights) -> tuple[torch.Tensor, dict]:
@@ -185,6 +234,13 @@ class RegressorStage(Stage):
             lt = (el * w).sum() / w.sum().clamp_min(1e-12)
             logs[f"loss_{t}"] = lt.detach()
             total = total + float(spec["weight"]) * lt
+            if logvar is not None and spec["type"] != "gaussian_nll":
+                # the sigma head of a non-NLL task: its own NLL on the detached prediction
+                beta = float(self.sigma["beta"])
+                es = elementwise("gaussian_nll", pred.detach(), z, beta, logvar.float()).mean(dim=-1)
+                ls = (es * w).sum() / w.sum().clamp_min(1e-12)
+                logs[f"loss_{t}_sigma"] = ls.detach()
+                total = total + float(self.sigma["weight"]) * ls
         return total, logs
 
     def training_step(self, model, x, targets, weights, generator):
@@ -195,11 +251,17 @@ class RegressorStage(Stage):
         return self._loss(model, out, targets, weights)
 
     # ------------------------------------------------------------------ metrics
+    def sigma_physical(self, t: str, out: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """(B, dim) uncalibrated sigma of task ``t`` in physical units from the model output."""
+        logvar = out[f"{t}_logvar"].float().clamp(*LOGVAR_RANGE).cpu().numpy()
+        return np.exp(0.5 * logvar) * self.standardizer.std[t]
+
     @torch.no_grad()
     def evaluate(self, model, loader, ctx: DistContext, generator) -> dict[str, float]:
         sums: dict[str, float] = {}
         preds: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         trues: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        sigmas: dict[str, list[np.ndarray]] = {t: [] for t in self.sigma_tasks}
         for x, targets, _ in loader:
             x = x.to(ctx.device)
             out = model(x)
@@ -213,25 +275,61 @@ class RegressorStage(Stage):
             for t in self.tasks:
                 preds[t].append(self.standardizer.destandardize(t, out[t].float().cpu().numpy()))
                 trues[t].append(targets[t].float().numpy())
+            for t in self.sigma_tasks:
+                sigmas[t].append(self.sigma_physical(t, out))
         red = all_reduce_sum(sums, ctx)
         n = max(red.pop("_n", 0.0), 1.0)
         metrics = {k: v / n for k, v in red.items()}
         arrays = {f"p_{t}": np.concatenate(preds[t]) for t in self.tasks}
         arrays.update({f"t_{t}": np.concatenate(trues[t]) for t in self.tasks})
+        arrays.update({f"s_{t}": np.concatenate(sigmas[t]) for t in self.sigma_tasks})
         arrays = gather_arrays(arrays, ctx)
         metrics.update(
             physics_metrics(
                 {t: arrays[f"p_{t}"] for t in self.tasks}, {t: arrays[f"t_{t}"] for t in self.tasks}, self.standardizer
             )
         )
+        for t in self.sigma_tasks:
+            width = pull_widths(arrays[f"p_{t}"], arrays[f"t_{t}"], arrays[f"s_{t}"])
+            metrics.update({f"pull68_{col}_uncal": float(w) for col, w in zip(get_task(t).columns, width)})
         return metrics
 
     def finalize(self, model, val_loader, out_dir: Path, ctx: DistContext) -> dict[str, float]:
-        """predictions.parquet of the whole val split (rank 0, streamed batch by batch)."""
+        """Fit the sigma calibration on val and write predictions.parquet of the whole val split
+        with calibrated sigmas (rank 0; the checkpoint saved afterwards carries the calibration)."""
         if not ctx.is_main:
             return {}
-        write_predictions(model, self, Path(out_dir) / "predictions.parquet", ctx.device)
-        return {}
+        cols = val_predictions(model, self, ctx.device)
+        metrics: dict[str, float] = {}
+        calibration = {}
+        for t in self.sigma_tasks:
+            names = get_task(t).columns
+            p = np.stack([cols[f"pred_{c}"] for c in names], 1)
+            y = np.stack([cols[f"true_{c}"] for c in names], 1)
+            s = np.stack([cols[f"sigma_{c}"] for c in names], 1)
+            scale = pull_widths(p, y, s) if self.sigma["calibrate"] else np.ones(len(names))
+            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+            calibration[t] = [float(v) for v in scale]
+            for i, c in enumerate(names):
+                cols[f"sigma_{c}"] = (s[:, i] * scale[i]).astype(np.float32)
+                metrics[f"val_sigma_scale_{c}"] = float(scale[i])
+            for c, w in zip(names, pull_widths(p, y, s * scale)):
+                metrics[f"val_pull68_{c}"] = float(w)
+        if self.sigma_tasks:
+            self.sigma_calibration = calibration
+            getattr(model, "module", model).set_sigma_calibration(calibration)
+            log.info(
+                "regressor: sigma calibration on val (68 %% width of the raw pulls): %s",
+                ", ".join(f"{k[len('val_sigma_scale_') :]} {v:.3f}" for k, v in metrics.items() if "scale" in k),
+            )
+        write_parquet(cols, Path(out_dir) / "predictions.parquet")
+        return metrics
+
+
+def pull_widths(pred: np.ndarray, true: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """(dim,) 68 % half-width of the pulls (pred - true) / sigma per component."""
+    pulls = M.pulls(pred, true, sigma).reshape(len(pred), -1)
+    return np.array([M.width68(pulls[:, i]) for i in range(pulls.shape[1])])
 
 
 def physics_metrics(
@@ -289,28 +387,31 @@ def physics_metrics(
     return out
 
 
-def write_predictions(model, stage: RegressorStage, path: Path, device) -> None:
-    """Stream the val predictions (run, event, true_<col>, pred_<col>) to parquet, atomically."""
+def val_predictions(model, stage: RegressorStage, device) -> dict[str, np.ndarray]:
+    """run, event, true_<col>, pred_<col> and (uncalibrated) sigma_<col> of the whole val split,
+    physical units (a few floats per event: held in memory)."""
+    loader = ShardLoader(stage.val_manifest, stage.val_batch, tasks=stage.tasks, shuffle=False, with_ids=True)
+    parts: dict[str, list[np.ndarray]] = {}
+    for x, targets, _, ids in loader:
+        out = model(x.to(device))
+        cols: dict[str, np.ndarray] = {"run": ids["run"].numpy(), "event": ids["event"].numpy()}
+        for t in stage.tasks:
+            p = stage.standardizer.destandardize(t, out[t].float().cpu().numpy())
+            y = targets[t].numpy()
+            s = stage.sigma_physical(t, out) if t in stage.sigma_tasks else None
+            for i, col in enumerate(get_task(t).columns):
+                cols[f"true_{col}"] = y[:, i]
+                cols[f"pred_{col}"] = p[:, i]
+                if s is not None:
+                    cols[f"sigma_{col}"] = s[:, i].astype(np.float32)
+        for k, v in cols.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def write_parquet(cols: Mapping[str, np.ndarray], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    loader = ShardLoader(stage.val_manifest, stage.val_batch, tasks=stage.tasks, shuffle=False, with_ids=True)
     with atomic_path(path, suffix=".parquet") as tmp:
-        writer = None
-        try:
-            for x, targets, _, ids in loader:
-                out = model(x.to(device))
-                cols: dict[str, np.ndarray] = {"run": ids["run"].numpy(), "event": ids["event"].numpy()}
-                for t in stage.tasks:
-                    p = stage.standardizer.destandardize(t, out[t].float().cpu().numpy())
-                    y = targets[t].numpy()
-                    for i, col in enumerate(get_task(t).columns):
-                        cols[f"true_{col}"] = y[:, i]
-                        cols[f"pred_{col}"] = p[:, i]
-                table = pa.table(cols)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
+        pq.write_table(pa.table(dict(cols)), tmp)
