@@ -6,7 +6,9 @@
 * EMA weights (``build_model_from_checkpoint(use_ema=True)``).
 * Regressor graph: input ``input`` float32 (B, 4760, 2), normalized with the checkpoint's preset;
   one output ``output_<task>`` per task, in physical units (angle deg (theta, phi), energy GeV,
-  timing ns, uvwFI cm): the target de-standardization is part of the graph.
+  timing ns, uvwFI cm): the target de-standardization is part of the graph. A checkpoint with
+  uncertainty heads adds ``output_<task>_sigma`` (B, dim) per sigma task after them: the
+  per-event 1-sigma uncertainty in the same units, its val calibration scale in the graph.
 * Inpainter graph: inputs ``input`` (B, 4760, 2) and ``mask`` float32 (B, 4760), 1 = sensor to
   fill (dead or masked), 0 = keep; output ``output`` (B, 4760, 2) = the input with the masked
   sensors replaced by the inpainter's prediction.
@@ -14,8 +16,9 @@
 * Parity: ONNX Runtime (CPU) vs PyTorch on real val-shard events, at the configured batch size
   and at batch size 1. Any element with |onnx - torch| > atol + rtol * |torch| is an error and
   no model is written. Regressor outputs are judged in the standardized units the network
-  computes in, (y - mean) / std of the checkpoint's target standardization: float32 rounding of
-  a 60 cm position is ~1e-5 cm, which an atol in cm would call a failure. Max abs / max
+  computes in, (y - mean) / std of the checkpoint's target standardization (sigma outputs as
+  sigma / std): float32 rounding of a 60 cm position is ~1e-5 cm, which an atol in cm would
+  call a failure. Max abs / max
   relative errors in physical units (relative: over elements with |torch| >= atol / rtol,
   where the relative tolerance binds) go to the log and to the sidecar
   ``<out stem>.parity.json`` (e.g. results/regressor/model.parity.json).
@@ -51,17 +54,18 @@ _TINY = 1e-6  # |reference| below which a relative error is not meaningful (and 
 
 
 class RegressorGraph(nn.Module):
-    """The exported regressor: a tuple of physical-unit outputs in task order. The target
+    """The exported regressor: a tuple of physical-unit outputs, the predictions in task order,
+    then the sigmas of the sigma tasks (xec.deploy.onnx_meta.regressor_outputs). The target
     de-standardization (the model's mean/std buffers, ``forward_physical``) is part of the graph."""
 
-    def __init__(self, model: nn.Module, tasks: Sequence[str]):
+    def __init__(self, model: nn.Module, tasks: Sequence[str], sigma_tasks: Sequence[str] = ()):
         super().__init__()
         self.model = model
-        self.tasks = tuple(tasks)
+        self.keys = (*tasks, *(f"{t}_sigma" for t in sigma_tasks))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model.forward_physical(x)
-        return tuple(out[t] for t in self.tasks)
+        return tuple(out[k] for k in self.keys)
 
 
 class InpainterGraph(nn.Module):
@@ -130,7 +134,10 @@ def _regressor_graph(
     if not ts:
         raise XecError("regressor checkpoint has no target standardization")
     _check_standardization(model, TargetStandardizer.from_dict(ts), tasks)
-    return RegressorGraph(model, tasks).eval(), regressor_metadata(normalizer, tasks, ts, versions)
+    sigma_tasks = list(getattr(model, "sigma_tasks", ()))
+    calibration = model.sigma_calibration() if sigma_tasks else None
+    meta = regressor_metadata(normalizer, tasks, ts, versions, sigma_tasks, calibration)
+    return RegressorGraph(model, tasks, sigma_tasks).eval(), meta
 
 
 def _inpainter_graph(
@@ -330,10 +337,10 @@ def check_parity(
     std = {}
     if meta.stage == "regressor" and meta.target_standardization:
         for task, stats in meta.target_standardization.items():
-            std[f"output_{task}"] = (
-                np.asarray(stats["mean"], dtype=np.float64),
-                np.asarray(stats["std"], dtype=np.float64),
-            )
+            mean, sd = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
+            std[f"output_{task}"] = (mean, sd)
+            if task in meta.sigma_tasks:  # a sigma in units of the target spread
+                std[meta.sigma_output_name(task)] = (np.zeros_like(mean), sd)
     errors = _Errors(meta.outputs, rtol, atol, std)
     rng = np.random.default_rng(seed)
     n_events, batch_sizes = 0, set()

@@ -23,6 +23,9 @@ n_dead                int32, number of dead sensors (normalized npho == sentinel
 pred_<task>_<col>     float32 prediction in physical units, e.g. pred_angle_theta (deg),
                       pred_angle_phi (deg), pred_energy_energy (GeV), pred_timing_time (ns),
                       pred_uvwFI_u / _v / _w (cm); tasks and columns from xec.targets
+sigma_<task>_<col>    float32 per-event 1-sigma uncertainty of pred_<task>_<col>, same unit
+                      (e.g. sigma_energy_energy GeV, sigma_timing_time ns, sigma_uvwFI_u cm),
+                      for the model's sigma tasks (output_<task>_sigma; calibrated on val)
 true_<task>_<col>     MC truth of the same quantity, when the file has the truth branch
 reco_<task>_<col>     classical reconstruction (energyReco, timeReco, uvwRecoFI), when present
 opening_angle_deg     angle (deg) between the predicted and the true emission direction
@@ -159,7 +162,8 @@ def _event_columns(arrays: dict[str, np.ndarray], first_index: int) -> dict[str,
 def prediction_columns(
     meta: ModelMetadata, preds: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """pred_/true_/reco_ columns and the opening angle for one chunk (names: module docstring)."""
+    """pred_/sigma_/true_/reco_ columns and the opening angle for one chunk (names: module
+    docstring); ``preds`` maps output names without ``output_`` (``energy``, ``energy_sigma``)."""
     from xec.metrics import opening_angle_deg
     from xec.targets import get_task, targets_from_branches
 
@@ -168,7 +172,8 @@ def prediction_columns(
     reco = targets_from_branches(arrays, meta.tasks, reco=True)
     for task in meta.tasks:
         names = get_task(task).columns
-        for prefix, source in (("pred", preds), ("true", truth), ("reco", reco)):
+        sigma = {task: preds[f"{task}_sigma"]} if task in meta.sigma_tasks else {}
+        for prefix, source in (("pred", preds), ("sigma", sigma), ("true", truth), ("reco", reco)):
             if task in source:
                 values = np.asarray(source[task], dtype=np.float32).reshape(len(source[task]), -1)
                 for j, col in enumerate(names):

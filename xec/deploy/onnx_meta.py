@@ -7,17 +7,25 @@ JSON. Keys:
 =====================  ==========================================================================
 key                    value
 =====================  ==========================================================================
-xec_format             metadata format version ("1")
+xec_format             metadata format version ("2": sigma outputs; "1" models, without them, still read)
 stage                  "regressor" or "inpainter"
 normalization_preset   preset name, e.g. "meg2"
 normalization          JSON of ``Normalizer.to_dict()`` (all parameters, the preset included)
 inputs                 JSON list of input names, e.g. ["input"] or ["input", "mask"]
-outputs                JSON list of output names, e.g. ["output_angle", "output_energy", ...]
+outputs                JSON list of output names: ``output_<task>`` per task, then
+                       ``output_<task>_sigma`` per sigma task, e.g. ["output_angle", ...,
+                       "output_energy_sigma", "output_timing_sigma", "output_uvwFI_sigma"]
 tasks                  JSON list of task names (regressor; [] for the inpainter)
-units                  JSON {task: unit} (angle deg, energy GeV, timing ns, uvwFI cm)
+sigma_tasks            JSON list of the tasks with a per-event uncertainty output (may be [])
+units                  JSON {task: unit} (angle deg, energy GeV, timing ns, uvwFI cm); an
+                       ``output_<task>_sigma`` (B, dim) is the per-event 1-sigma uncertainty of
+                       ``output_<task>``, component by component, in the same unit
 columns                JSON {task: [column names]} (angle: theta, phi; uvwFI: u, v, w ...)
 target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied inside the graph;
                        kept for reference only)
+sigma_calibration      JSON {task: [scale per column]}: the factor fitted on the val split (68 %
+                       half-width of the val pulls = 1) that is already applied inside the graph;
+                       kept for reference only
 xec_version, torch_version, onnx_version, opset     versions of the exporting software
 =====================  ==========================================================================
 """
@@ -35,7 +43,7 @@ from xec.errors import XecError
 from xec.normalization import Normalizer
 from xec.targets import get_task
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 STAGES = ("regressor", "inpainter")
 REQUIRED_KEYS = ("stage", "normalization", "inputs", "outputs", "tasks")
 
@@ -53,9 +61,14 @@ class ModelMetadata:
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     target_standardization: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    sigma_tasks: tuple[str, ...] = ()
+    sigma_calibration: dict[str, list[float]] | None = None
 
     def output_name(self, task: str) -> str:
         return f"output_{task}"
+
+    def sigma_output_name(self, task: str) -> str:
+        return f"output_{task}_sigma"
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -69,6 +82,8 @@ class ModelMetadata:
             "units": json.dumps(self.units, sort_keys=True),
             "columns": json.dumps({k: list(v) for k, v in self.columns.items()}, sort_keys=True),
             "target_standardization": json.dumps(self.target_standardization, sort_keys=True),
+            "sigma_tasks": json.dumps(list(self.sigma_tasks)),
+            "sigma_calibration": json.dumps(self.sigma_calibration, sort_keys=True),
         }
         props.update({k: str(v) for k, v in self.versions.items()})
         return props
@@ -93,6 +108,10 @@ class ModelMetadata:
             units = dict(json.loads(props.get("units", "{}")))
             columns = {k: tuple(v) for k, v in json.loads(props.get("columns", "{}")).items()}
             ts = json.loads(props.get("target_standardization", "null"))
+            sigma_tasks = tuple(json.loads(props.get("sigma_tasks", "[]")))  # format 1: none
+            unknown = [t for t in sigma_tasks if t not in tasks]
+            if unknown:
+                raise ValueError(f"sigma_tasks {unknown} are not among the tasks {list(tasks)}")
             meta = cls(
                 stage=stage,
                 normalizer=normalizer,
@@ -102,6 +121,8 @@ class ModelMetadata:
                 units=units,
                 columns=columns,
                 target_standardization=ts,
+                sigma_tasks=sigma_tasks,
+                sigma_calibration=json.loads(props.get("sigma_calibration", "null")),
                 versions={k: props[k] for k in ("xec_version", "torch_version", "onnx_version", "opset") if k in props},
             )
         except XecError as exc:
@@ -109,25 +130,40 @@ class ModelMetadata:
         except (ValueError, TypeError, KeyError) as exc:
             raise XecError(f"{where}: bad xec metadata: {exc}") from exc
         if stage == "regressor":
-            expected = tuple(f"output_{t}" for t in tasks)
+            expected = regressor_outputs(tasks, sigma_tasks)
             if not tasks or meta.outputs != expected:
                 raise XecError(
                     f"{where}: regressor metadata lists outputs {list(meta.outputs)} for tasks "
-                    f"{list(tasks)}; expected {list(expected)}"
+                    f"{list(tasks)} (sigma tasks {list(sigma_tasks)}); expected {list(expected)}"
                 )
         return meta
 
 
+def regressor_outputs(tasks: Sequence[str], sigma_tasks: Sequence[str] = ()) -> tuple[str, ...]:
+    """The regressor's output names, in graph order: the predictions, then the sigmas."""
+    return (*(f"output_{t}" for t in tasks), *(f"output_{t}_sigma" for t in sigma_tasks))
+
+
 def regressor_metadata(
-    normalizer: Normalizer, tasks: Sequence[str], target_standardization: dict | None, versions: Mapping[str, str]
+    normalizer: Normalizer,
+    tasks: Sequence[str],
+    target_standardization: dict | None,
+    versions: Mapping[str, str],
+    sigma_tasks: Sequence[str] = (),
+    sigma_calibration: Mapping[str, Sequence[float]] | None = None,
 ) -> ModelMetadata:
     """Metadata of an exported regressor (units and columns come from xec.targets)."""
     task_objs = [get_task(t) for t in tasks]
+    unknown = [t for t in sigma_tasks if t not in tasks]
+    if unknown:
+        raise XecError(f"sigma tasks {unknown} are not among the tasks {list(tasks)}")
     return ModelMetadata(
         stage="regressor",
         normalizer=normalizer,
         inputs=("input",),
-        outputs=tuple(f"output_{t.name}" for t in task_objs),
+        outputs=regressor_outputs(tasks, sigma_tasks),
+        sigma_tasks=tuple(sigma_tasks),
+        sigma_calibration=None if sigma_calibration is None else {k: list(v) for k, v in sigma_calibration.items()},
         tasks=tuple(t.name for t in task_objs),
         units={t.name: t.unit for t in task_objs},
         columns={t.name: t.columns for t in task_objs},
