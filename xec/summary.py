@@ -19,6 +19,14 @@ the 68 % quantile of the opening angle between reconstructed and true direction 
 
 A sample without truth (real data) is compared with the classical reconstruction instead: the
 "resolutions" are then widths of ML - baseline and ``reference`` says so.
+
+Per-event uncertainties (``uncertainty``, samples with truth, methods with ``sigma_<task>_<col>``
+columns, i.e. the ML): per observable with a sigma (u, v, w, energy, time) and class (``all``,
+``fiducial``), the pulls (pred - true) / sigma (``pull``: :func:`xec.metrics.resolution`; a
+calibrated sigma has width68 1.00, the goal is 1.00 +/- 0.10), the resolution of the half of
+the events with the smallest sigma against the other half (``split``: best, rest, rest/best) and
+the resolution vs the kept fraction when cutting on sigma (``kept``), in the observable's units.
+Events are ranked by sigma, for the energy by sigma / E_reco (the quoted quantity is relative).
 """
 
 from __future__ import annotations
@@ -196,6 +204,36 @@ def method_summary(
     return out
 
 
+PULL_GOAL = (0.9, 1.1)  # 68 % half-width of the pulls on bench (issue 13)
+
+
+def uncertainty_summary(
+    df, classes: Mapping[str, np.ndarray], n_boot: int = 200, seed: int = 0, n_boot_core: int = 50
+) -> dict[str, Any]:
+    """Pulls and sigma ranking of one method with sigma columns (see the module docstring);
+    {} when the frame has no sigma or no truth."""
+    from xec.metrics import kept_fraction_resolution, pulls, resolution, split_by_sigma
+
+    out: dict[str, Any] = {}
+    for name, (col, scale, kind) in OBSERVABLES.items():
+        if not all(f"{k}_{col}" in df.columns for k in ("pred", "true", "sigma")):
+            continue
+        pred, true, sigma = (df[f"{k}_{col}"].to_numpy(np.float64) for k in ("pred", "true", "sigma"))
+        pull = pulls(pred, true, sigma)
+        r = residual(df, col, kind) * scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rank = sigma / np.abs(pred) if kind == "ratio" else sigma
+        out[name] = {
+            c: {
+                "pull": resolution(pull[m], n_boot=n_boot, seed=seed, n_boot_core=n_boot_core),
+                "split": split_by_sigma(r[m], rank[m], 0.5),
+                "kept": kept_fraction_resolution(r[m], rank[m]),
+            }
+            for c, m in classes.items()
+        }
+    return out
+
+
 def fiducial_mask(df, limits: Mapping[str, Any], prefix: str) -> np.ndarray:
     """Events whose ``<prefix>uvwFI_{u,v,w}`` (cm) lie inside ``limits`` ({u: [lo, hi], ...},
     lo <= x < hi); NaN positions are outside."""
@@ -242,20 +280,28 @@ def sample_summary(
                 "selected_by": by,
                 "events": int(fid_mask.sum()),
             }
-    methods = {}
+    methods, uncertainty = {}, {}
+    classes = {"all": np.ones(len(first), bool), **({"fiducial": fid_mask} if fid_mask is not None else {})}
     for name, df in frames.items():
         if ref is not None and name == reference_method:
             continue
         methods[name] = method_summary(
             df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core, fiducial=fid_mask
         )
-    return {
+        if has_truth:
+            u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core)
+            if u:
+                uncertainty[name] = u
+    out = {
         "events": int(len(first)),
         "reference": "truth" if ref is None else reference_method,
         "inputs": dict(inputs),
         "fiducial": fid_info,
         "methods": methods,
     }
+    if uncertainty:
+        out["uncertainty"] = {"pull_goal": list(PULL_GOAL), "methods": uncertainty}
+    return out
 
 
 def _fmt(entry: Any, key: str) -> str:
@@ -317,6 +363,36 @@ def _tables(sample: dict[str, Any]) -> list[tuple[str, tuple[list[str], list[lis
     return out
 
 
+def uncertainty_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (method x observable x class) of a sample's per-event uncertainty table."""
+    header = ["method", "observable", "pull 68% (goal 0.9-1.1)", "pull core", "best 50%", "rest 50%", "rest/best"]
+    rows = []
+    for method, obs in sample.get("uncertainty", {}).get("methods", {}).items():
+        for key, per_class in obs.items():
+            for cls in sorted(per_class, key=lambda c: c != "fiducial"):  # the headline first
+                e = per_class[cls]
+                pull, split = e["pull"], e["split"]
+                rows.append(
+                    [
+                        method,
+                        f"{LABELS[key]} [{cls}]",
+                        f"{pull['width68']:.3f} ± {pull['width68_err']:.3f}",
+                        f"{pull['sigma_core']:.3f}",
+                        f"{split['best']:.3g}",
+                        f"{split['rest']:.3g}",
+                        f"{split['ratio']:.2f}",
+                    ]
+                )
+    return header, rows
+
+
+UNCERTAINTY_NOTE = (
+    "Per-event uncertainties: pull = (pred - true) / sigma (68 % half-width; a calibrated sigma gives "
+    "1.00), and the resolution (68 % half-width, the observable's units) of the 50 % of events with the "
+    "smallest sigma against the other 50 % (energy ranked by sigma/E)."
+)
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Physics summary: ML vs classical reconstruction", "", NOTE, ""]
     for name in ("bench", "realdata"):
@@ -327,6 +403,13 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines += [f"## {name} ({s['events']} events, residuals against {ref})", ""]
         for title, (header, rows) in _tables(s):
             lines += [f"### {title}", ""]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            lines.append("")
+        if s.get("uncertainty"):
+            header, rows = uncertainty_rows(s)
+            lines += ["### per-event uncertainties", "", UNCERTAINTY_NOTE, ""]
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "---|" * len(header))
             lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -348,7 +431,10 @@ def to_html(summary: dict[str, Any]) -> str:
             continue
         s = summary[name]
         parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3>")
-        for title, (header, rows) in _tables(s):
+        tables = _tables(s)
+        if s.get("uncertainty"):
+            tables.append(("per-event uncertainties. " + UNCERTAINTY_NOTE, uncertainty_rows(s)))
+        for title, (header, rows) in tables:
             parts.append(f"<h4>{html.escape(title)}</h4><table>")
             parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
             parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]

@@ -17,6 +17,7 @@ from xec.plots.physics import (
     timing_residuals,
 )
 from xec.plots.training import training_curves
+from xec.plots.uncertainty import kept_fraction, pull_distributions
 
 __all__ = [
     "save_figure",
@@ -32,4 +33,6 @@ __all__ = [
     "resolution_profiles",
     "timing_residuals",
     "training_curves",
+    "kept_fraction",
+    "pull_distributions",
 ]

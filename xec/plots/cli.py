@@ -5,7 +5,9 @@
 
 Reads (each optional; a plot whose inputs are missing is skipped with a log line):
   inference/bench.parquet, baseline/bench.parquet       bench residuals, profiles, energy,
-                                                        timing, opening angle, worst events
+                                                        timing, opening angle, worst events,
+                                                        pulls and resolution vs the fraction
+                                                        kept by a cut on the ML sigma
   inference/realdata.parquet, inference/realdata_noinpaint.parquet, baseline/realdata.parquet
                                                         real-data distributions (and residuals
                                                         when the file has truth)
@@ -166,6 +168,13 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         for var in ("theta", "phi", "u", "v", "w", "energy"):
             run(f"profile_vs_{var}_bench", P.resolution_profiles, bench, var, n_bins=n_bins, n_boot=n_boot)
         run("energy_response_bench", P.energy_response, bench)
+        ml = bench.get("ML")
+        if ml is not None and any(c.startswith("sigma_") for c in ml.columns):
+            classes = {"all": np.ones(len(ml), bool)}
+            if "true_uvwFI_u" in ml.columns:
+                classes["fiducial"] = fiducial_mask(ml, lim, "true_")
+            run("sigma_kept_fraction_bench", P.kept_fraction, ml, classes, title="bench: resolution vs kept fraction")
+            run("pulls_bench", P.pull_distributions, ml, title="bench: pulls (dashed: unit Gaussian)")
         run("timing_residuals_bench", P.timing_residuals, bench)
         run("opening_angle_bench", P.opening_angle_distribution, bench)
     else:

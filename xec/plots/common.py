@@ -37,12 +37,12 @@ def save_figure(
 
 
 def standard_columns(df):
-    """Frames of the regressor's val predictions name columns pred_<col>/true_<col>; rename
-    them to the pred_<task>_<col>/true_<task>_<col> of xec infer / xec baseline."""
+    """Frames of the regressor's val predictions name columns pred_<col>/sigma_<col>/true_<col>;
+    rename them to the pred_<task>_<col>/... of xec infer / xec baseline."""
     rename = {}
     for task in TASKS.values():
         for col in task.columns:
-            for prefix in ("pred", "true", "reco"):
+            for prefix in ("pred", "sigma", "true", "reco"):
                 short, full = f"{prefix}_{col}", f"{prefix}_{task.name}_{col}"
                 if short in df.columns and full not in df.columns:
                     rename[short] = full
