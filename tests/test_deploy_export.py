@@ -34,7 +34,11 @@ TS = {
 }
 
 
-def _spec(stage: str) -> dict:
+SIGMA_TASKS = ("energy", "timing", "uvwFI")
+SIGMA_CAL = {"energy": [1.5], "timing": [0.8], "uvwFI": [1.0, 1.2, 2.0]}
+
+
+def _spec(stage: str, sigma: bool = False) -> dict:
     from xec.models.presets import get_preset
 
     spec = {
@@ -46,16 +50,20 @@ def _spec(stage: str) -> dict:
         "model_args": {"freeze_encoder": False},
     }  # the inpainter's constructor options, as training saves them
     if stage == "regressor":
-        spec.update(tasks=list(TASKS), target_standardization=TS, model_args={"tasks": list(TASKS), "nll_tasks": []})
+        args = {"tasks": list(TASKS), "nll_tasks": [], **({"sigma_tasks": list(SIGMA_TASKS)} if sigma else {})}
+        spec.update(tasks=list(TASKS), target_standardization=TS, model_args=args)
+        if sigma:
+            spec["sigma_calibration"] = SIGMA_CAL
     return spec
 
 
-def _save_ckpt(path: Path, stage: str) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
-    """A checkpoint in the documented payload format with distinct raw and EMA weights."""
+def _save_ckpt(path: Path, stage: str, sigma: bool = False) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+    """A checkpoint in the documented payload format with distinct raw and EMA weights
+    (``sigma``: a regressor with uncertainty heads and a sigma calibration)."""
     from xec.train.checkpoint import save_checkpoint
     from xec.train.stages import build_stage_model
 
-    spec = _spec(stage)
+    spec = _spec(stage, sigma)
     torch.manual_seed(3)
     raw = build_stage_model(spec).eval()
     ema = build_stage_model(spec).eval()
@@ -270,6 +278,54 @@ def test_exported_models_in_infer(setup, exported, tmp_path):
     x = get_normalizer("meg2").normalize_events(*_read_sensors(data))
     ref = _physical(setup["reg"][2], x)
     np.testing.assert_allclose(plain["pred_uvwFI_w"], ref["uvwFI"][:, 2], rtol=1e-4, atol=1e-4)
+
+
+def test_sigma_outputs_through_export_and_infer(setup, tmp_path):
+    """A regressor with uncertainty heads: output_<task>_sigma after the predictions, in the
+    task's physical units (calibration inside the graph), parity checked, positive, equal to
+    the EMA model's; xec infer writes them as sigma_<task>_<col> in ROOT and parquet."""
+    import uproot
+
+    ckpt, _, ema = _save_ckpt(tmp_path / "reg_sigma.pt", "regressor", sigma=True)
+    out = tmp_path / "reg_sigma.onnx"
+    report = export_checkpoint(
+        str(ckpt), str(out), val_shards=str(setup["manifest"]), parity_events=16, parity_batch_size=8
+    )
+    names = [f"output_{t}" for t in TASKS] + [f"output_{t}_sigma" for t in SIGMA_TASKS]
+    assert report["passed"] and list(report["outputs"]) == names
+    meta = read_metadata(out, expected_stage="regressor")
+    assert meta.outputs == tuple(names) and meta.sigma_tasks == SIGMA_TASKS
+    assert meta.units["timing"] == "ns" and meta.sigma_calibration.keys() == SIGMA_CAL.keys()
+    for t, scale in SIGMA_CAL.items():
+        assert meta.sigma_calibration[t] == pytest.approx(scale, rel=1e-6)  # float32 in the graph
+    x = _val_events(setup["manifest"], 5)
+    got = dict(
+        zip([o.name for o in make_session(out, "cpu").get_outputs()], make_session(out, "cpu").run(None, {"input": x}))
+    )
+    with torch.no_grad():
+        ref = ema.forward_physical(torch.from_numpy(x))
+    for t in SIGMA_TASKS:
+        sig = got[f"output_{t}_sigma"]
+        assert sig.shape == (5, len(ref[t][0])) and (sig > 0).all()
+        np.testing.assert_allclose(sig, ref[f"{t}_sigma"].numpy(), rtol=1e-4, atol=1e-7)
+    with torch.no_grad():  # the calibration scale is in the graph: sigma = exp(logvar / 2) * std * scale
+        logvar = ema(torch.from_numpy(x))["uvwFI_logvar"].numpy()
+    std = TargetStandardizer.from_dict(TS).std["uvwFI"]
+    np.testing.assert_allclose(got["output_uvwFI_sigma"], np.exp(0.5 * logvar) * std * SIGMA_CAL["uvwFI"], rtol=1e-4)
+
+    data = write_root_file(tmp_path / "real.root", n_events=12, seed=5)
+    run_inference(str(out), [str(data)], str(tmp_path / "inf.root"), batch_size=8)
+    pq = pd.read_parquet(tmp_path / "inf.parquet")
+    tree = uproot.open(tmp_path / "inf.root")["tree"].arrays(library="pd")
+    cols = ["sigma_energy_energy", "sigma_timing_time", "sigma_uvwFI_u", "sigma_uvwFI_v", "sigma_uvwFI_w"]
+    for c in cols:
+        assert c in pq.columns and c in tree.columns and (pq[c] > 0).all(), c
+        np.testing.assert_array_equal(pq[c].to_numpy(), tree[c].to_numpy())
+    assert not [c for c in pq.columns if c.startswith("sigma_angle")]
+    xs = get_normalizer("meg2").normalize_events(*_read_sensors(data))
+    with torch.no_grad():
+        ref = ema.forward_physical(torch.from_numpy(xs))
+    np.testing.assert_allclose(pq["sigma_timing_time"], ref["timing_sigma"][:, 0].numpy(), rtol=1e-4)
 
 
 def _read_sensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
