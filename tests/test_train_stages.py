@@ -209,6 +209,41 @@ def test_regressor_stage_outputs(mae_run, data):
     assert phys["uvwFI"].shape == (2, 3)
 
 
+def test_sigma_heads_do_not_change_the_point_estimates(mae_run, data, tmp_path):
+    """The same training with and without uncertainty heads gives bit-identical point
+    predictions (heads built last, on detached features, clipped on their own); with them the
+    val predictions carry positive sigmas, calibrated on val to a pull width of 1."""
+    import pandas as pd
+
+    from xec.metrics import pulls, width68
+
+    out, _ = mae_run
+    preds, summaries = {}, {}
+    for name, tasks in (("plain", []), ("sigma", ["energy", "timing", "uvwFI"])):
+        cfg = make_cfg(data, **{"train.max_train_events": 96, "regressor.sigma.tasks": tasks, "mlflow.enabled": False})
+        summaries[name] = run_stage(
+            "regressor", cfg, shards=data / "shards", out=tmp_path / name, init=str(out / "checkpoint.pt")
+        )
+        preds[name] = pd.read_parquet(tmp_path / name / "predictions.parquet")
+    plain, sig = preds["plain"], preds["sigma"]
+    assert not [c for c in plain.columns if c.startswith("sigma_")]
+    for c in plain.columns:
+        np.testing.assert_array_equal(plain[c].to_numpy(), sig[c].to_numpy(), err_msg=c)
+    for c in ("energy", "time", "u", "v", "w"):
+        assert (sig[f"sigma_{c}"] > 0).all(), c
+        assert width68(pulls(sig[f"pred_{c}"], sig[f"true_{c}"], sig[f"sigma_{c}"])) == pytest.approx(1.0, abs=1e-3)
+    assert "sigma_theta" not in sig.columns
+    val = summaries["sigma"]["val"]
+    assert val["val_loss_uvwFI"] == summaries["plain"]["val"]["val_loss_uvwFI"]
+    assert np.isfinite(val["val_loss_uvwFI_sigma"]) and val["val_sigma_scale_u"] > 0
+    assert np.isfinite(val["val_pull68_w_uncal"]) and val["val_pull68_w"] == pytest.approx(1.0, abs=1e-3)
+    ck = load_checkpoint(tmp_path / "sigma" / "checkpoint.pt", expected_stage="regressor")
+    assert ck["model_args"]["sigma_tasks"] == ["energy", "timing", "uvwFI"]
+    assert ck["sigma_calibration"]["uvwFI"] == [val[f"val_sigma_scale_{c}"] for c in "uvw"]
+    model = build_model_from_checkpoint(ck)
+    assert model.sigma_calibration()["energy"] == pytest.approx([val["val_sigma_scale_energy"]], rel=1e-6)
+
+
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     import uproot
 
