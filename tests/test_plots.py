@@ -106,9 +106,29 @@ def test_model_and_training_plots(tmp_path):
 
 
 def test_standard_columns_of_regressor_predictions():
-    df = pd.DataFrame({"run": [1], "event": [2], "pred_u": [0.1], "true_u": [0.0], "pred_energy": [0.05]})
+    df = pd.DataFrame(
+        {"run": [1], "event": [2], "pred_u": [0.1], "true_u": [0.0], "sigma_u": [0.2], "pred_energy": [0.05]}
+    )
     out = P.standard_columns(df)
-    assert {"pred_uvwFI_u", "true_uvwFI_u", "pred_energy_energy"} <= set(out.columns)
+    assert {"pred_uvwFI_u", "true_uvwFI_u", "sigma_uvwFI_u", "pred_energy_energy"} <= set(out.columns)
+
+
+def _with_sigma(df: pd.DataFrame) -> pd.DataFrame:
+    """The residuals of _frame as known per-event sigmas (0.3 cm, 1 % of E, 0.3 ns)."""
+    df = df.copy()
+    for c in ("uvwFI_u", "uvwFI_v", "uvwFI_w", "timing_time"):
+        df[f"sigma_{c}"] = 0.3
+    df["sigma_energy_energy"] = 0.01 * df["true_energy_energy"]
+    return df
+
+
+def test_uncertainty_plots(tmp_path):
+    df = _with_sigma(_frame())
+    classes = {"all": np.ones(len(df), bool), "fiducial": df["true_uvwFI_u"].abs().to_numpy() < 10}
+    _check(P.kept_fraction(df, classes, tmp_path / "kept", formats=FMT))
+    _check(P.pull_distributions(df, tmp_path / "pulls", formats=FMT))
+    with pytest.raises(ValueError, match="no per-event uncertainties"):
+        P.pull_distributions(_frame(), tmp_path / "none", formats=FMT)
 
 
 @pytest.mark.slow
@@ -120,7 +140,7 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
     (res / "inference").mkdir()
     (res / "mae").mkdir()
     _frame(seed=1, scale=2.0).to_parquet(res / "baseline" / "bench.parquet")
-    _frame().to_parquet(res / "inference" / "bench.parquet")
+    _with_sigma(_frame()).to_parquet(res / "inference" / "bench.parquet")
     hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e} for e in range(1, 4)]
     (res / "mae" / "metrics.json").write_text(json.dumps({"history": hist}))
     (tmp_path / "cfg.yaml").write_text("plots: {formats: [png], profile_bins: 4, n_boot: 3, worst_events: 1}\n")
@@ -137,6 +157,8 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
         "timing_residuals_bench",
         "opening_angle_bench",
         "training_curves",
+        "pulls_bench",
+        "sigma_kept_fraction_bench",
     ):
         assert name in index["made"], name
         assert (res / "plots" / f"{name}.png").stat().st_size > 1000
