@@ -141,9 +141,19 @@ def test_physical_sigma_units_and_calibration():
 def test_sigma_tasks_outside_the_trained_tasks_is_an_error():
     from xec.train.regressor import sigma_spec
 
-    sec = {"sigma": {"tasks": ["energy", "angleVec"], "weight": 1.0, "beta": 0.5, "calibrate": True}}
+    sigma = {"tasks": ["energy", "angleVec"], "weight": 1.0, "beta": 0.5, "calibrate": True}
+    sec = {"sigma": sigma, "losses": {}}
     with pytest.raises(XecError, match=r"regressor\.sigma\.tasks.*angleVec"):
         sigma_spec(sec, ["angle", "energy"])
+    # a loss that cannot produce the uncertainty: the error names the key
+    sec = {"sigma": {**sigma, "tasks": ["energy"], "weight": 0.0}, "losses": {}}
+    with pytest.raises(XecError, match=r"regressor\.sigma\.weight is 0.*'energy' \(loss l1"):
+        sigma_spec(sec, ["angle", "energy"])
+    nll = {"energy": {"type": "gaussian_nll", "weight": 0.0, "beta": 0.5}}
+    with pytest.raises(XecError, match=r"regressor\.losses\.energy\.weight is 0"):
+        sigma_spec({"sigma": {**sigma, "tasks": ["energy"]}, "losses": nll}, ["energy"])
+    nll["energy"]["weight"] = 1.0  # sigma weight 0 is fine when the task's own NLL trains the sigma
+    assert sigma_spec({"sigma": {**sigma, "tasks": ["energy"], "weight": 0.0}, "losses": nll}, ["energy"])
     with pytest.raises(XecError, match="not among the tasks"):
         _regressor(["angleVec"])
 
@@ -178,3 +188,14 @@ def test_summary_uncertainty_section_known_answers(tmp_path):
     assert out["uncertainty"]["pull_goal"] == [0.9, 1.1]
     md = to_markdown({"bench": out})
     assert "### per-event uncertainties" in md and "u (mm) [fiducial]" in md
+
+
+def test_bad_sigma_config_stops_the_regressor_before_writing(tmp_path, capsys):
+    from xec.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("regressor: {sigma: {tasks: [energy], weight: 0.0}}\nmlflow: {enabled: false}\n")
+    out = tmp_path / "regressor"
+    rc = main(["train", "regressor", "--config", str(cfg), "--init", "none", "--out", str(out)])
+    assert rc != 0 and "regressor.sigma.weight" in capsys.readouterr().err
+    assert not out.exists()

@@ -108,6 +108,20 @@ def sigma_spec(sec: Mapping[str, Any], tasks) -> dict[str, Any]:
             f"config regressor.sigma.tasks: uncertainties asked for {unknown}, which regressor.tasks "
             f"{list(tasks)} does not train (no prediction to attach a sigma to)"
         )
+    # a sigma head learns only from an NLL: the task's own gaussian_nll, else the sigma term
+    for t, loss in task_losses(sec, tasks).items():
+        if t not in spec["tasks"]:
+            continue
+        if loss["type"] == "gaussian_nll" and float(loss["weight"]) == 0:
+            raise XecError(
+                f"config regressor.losses.{t}.weight is 0: the gaussian_nll that would train the sigma of "
+                f"{t!r} (regressor.sigma.tasks) has no weight; give it a weight or drop {t!r} from sigma.tasks"
+            )
+        if loss["type"] != "gaussian_nll" and float(spec["weight"]) == 0:
+            raise XecError(
+                f"config regressor.sigma.weight is 0: the sigma of {t!r} (loss {loss['type']}, which gives no "
+                f"variance) would never be trained; set a weight > 0 or regressor.sigma.tasks: []"
+            )
     return spec
 
 
