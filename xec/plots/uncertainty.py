@@ -86,7 +86,7 @@ def pull_distributions(
         p = finite(pulls(df[f"pred_{col}"], df[f"true_{col}"], df[f"sigma_{col}"]))
         ax.hist(np.clip(p, -5, 5), bins=bins, histtype="step", color="C0", label=f"68% width {width68(p):.3f}")
         ax.plot(xs, p.size * (bins[1] - bins[0]) * np.exp(-0.5 * xs**2) / np.sqrt(2 * np.pi), "k--", lw=1)
-        ax.set_xlabel(f"pull {LABEL[key].split(' ')[0]} (pred - true) / sigma")
+        ax.set_xlabel(f"{key.split('_')[0]} pull (pred - true) / sigma")  # u_mm -> u, energy_pct -> energy
         ax.set_ylabel("events")
         ax.legend(fontsize=7)
     fig.suptitle(title or "pulls (dashed: unit Gaussian)")
