@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--dead-fraction", type=float, default=0.01)
     ap.add_argument("--chunk", type=int, default=500)
     a = ap.parse_args()
-    from xec.baseline import reco
+    from xec.baseline import reco, recovery
     from xec.geometry import uvw_to_xyz
     from xec.rootio import iterate_events
     from xec.simulation.generator import SampleSpec, write_sample
@@ -33,7 +33,7 @@ def main() -> None:
             path, SampleSpec("bench", a.events, 7, (52.8, 52.8), dead_fraction=a.dead_fraction), PhysicsParams()
         )
         cfg = reco.BaselineConfig()
-        reco._neighbour_matrix(cfg.dead_radius_cm)  # one-off table, excluded
+        recovery.neighbour_matrix(cfg.dead_radius_cm)  # one-off table, excluded
         t_fit = t_dead = t_all = 0.0
         n = 0
         for _, arr in iterate_events([path], step_size=a.chunk):
@@ -43,7 +43,7 @@ def main() -> None:
             t0 = time.perf_counter()
             fit = reco.fit_position(npho, dead, cfg)
             t1 = time.perf_counter()
-            reco.estimate_dead(npho, dead, uvw_to_xyz(fit["uvw"]), cfg.dead_radius_cm)
+            recovery.estimate_dead(npho, dead, uvw_to_xyz(fit["uvw"]), cfg.dead_radius_cm)
             t2 = time.perf_counter()
             reco.reconstruct_chunk(arr["npho"], arr["relative_time"], cfg)
             t3 = time.perf_counter()

@@ -12,15 +12,9 @@ import uproot
 
 from xec import metrics
 from xec.baseline import cli as bcli
-from xec.baseline.reco import (
-    BaselineConfig,
-    estimate_dead,
-    fit_position,
-    inner_solid_angles,
-    reconstruct_chunk,
-    rect_solid_angle,
-    sensor_solid_angles,
-)
+from xec.baseline.reco import BaselineConfig, fit_position, reconstruct_chunk
+from xec.baseline.recovery import estimate_dead
+from xec.baseline.solid_angles import inner_solid_angles, rect_solid_angle, sensor_solid_angles
 from xec.errors import XecError
 from xec.geometry import get_geometry, uvw_to_xyz
 

@@ -3,7 +3,8 @@
 
 - Dead sensors (npho > 9e9 or NaN): npho estimated from the live sensors of the same face
   within ``dead_radius_cm``, scaled by solid angles seen from the reconstructed position:
-  npho_dead = sum(npho_j) * Omega_dead / sum(Omega_j).
+  npho_dead = sum(npho_j) * Omega_dead / sum(Omega_j), the neighbour average when
+  sum(npho_j) <= ``dead_fallback_npho`` (xec.baseline.recovery).
 - Position: chi2 fit of the inner-face npho pattern in a window of MPPCs around the brightest
   one, chi2 = sum (npho_i - N0 Omega_i(u, v, w))^2 / sigma_i^2 with sigma_i^2 = npho_i / eff
   (+ a relative systematic term), Omega_i the exact solid angle of the 1.2 cm square MPPC seen
@@ -29,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from xec.baseline.recovery import estimate_dead, first_photon_delay
+from xec.baseline.solid_angles import inner_frames, inner_solid_angles
 from xec.config import schema_defaults
-from xec.geometry import N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz, xyz_to_uvw
+from xec.geometry import direction_to_angles, get_geometry, uvw_to_xyz, xyz_to_uvw
 
 log = logging.getLogger("xec.baseline")
 
 C_LIGHT = 29.9792458  # cm/ns
 DEAD_NPHO = 9e9  # npho above this (or NaN) marks a dead/missing sensor
-MPPC_SIDE = 1.2  # cm, active side of one MPPC (4 chips)
-PMT_RADIUS = 2.25  # cm, photocathode radius
 
 # fit status codes (parquet column fit_status)
 FIT_OK, FIT_MAXITER, FIT_NO_LIGHT = 0, 1, 2
@@ -60,6 +61,7 @@ class BaselineConfig:
     max_iterations: int = _DEFAULT["max_iterations"]
     w_max: float = _DEFAULT["w_max"]  # cm, upper bound of the depth in the fit
     dead_radius_cm: float = _DEFAULT["dead_radius_cm"]
+    dead_fallback_npho: float = _DEFAULT["dead_fallback_npho"]  # below: neighbour average (recovery)
     light_velocity_cm_ns: float = _DEFAULT["light_velocity_cm_ns"]  # group velocity of the scintillation light
     decay_time_ns: float = _DEFAULT["decay_time_ns"]
     time_jitter_ns: float = _DEFAULT["time_jitter_ns"]  # per-sensor time resolution floor of the time weights
@@ -77,77 +79,6 @@ class BaselineConfig:
         """From a validated ``baseline`` section (every key filled in by the schema; its I/O keys
         npho_branch, time_branch, chunk_size and calibration_events are not reconstruction parameters)."""
         return cls(**{f.name: d[f.name] for f in fields(cls)})
-
-
-# ---------------------------------------------------------------- geometry helpers
-@dataclass(frozen=True)
-class _InnerFrames:
-    pos: np.ndarray  # (4092, 3)
-    n: np.ndarray  # normal (into the xenon)
-    ez: np.ndarray  # tangent along z (u)
-    et: np.ndarray  # tangent along phi' (v)
-    uv: np.ndarray  # (4092, 2) sensor (u, v)
-
-
-_FRAMES: _InnerFrames | None = None
-
-
-def inner_frames() -> _InnerFrames:
-    global _FRAMES
-    if _FRAMES is None:
-        g = get_geometry()
-        ids = np.arange(4092)
-        pos = np.asarray(g.positions[ids])
-        n = np.asarray(g.normals[ids])
-        ez = np.broadcast_to(np.array([0.0, 0.0, 1.0]), pos.shape).copy()
-        et = np.cross(n, ez)
-        _FRAMES = _InnerFrames(pos, n, ez, et, xyz_to_uvw(pos)[:, :2])
-    return _FRAMES
-
-
-def rect_solid_angle(h: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: float = MPPC_SIDE) -> np.ndarray:
-    """Exact solid angle of a ``side`` x ``side`` square seen from a point at height ``h`` above
-    its plane and offset (x0, y0) from its centre (sum over the four corner rectangles).
-    Zero for a point behind the plane (h <= 0)."""
-    behind = h <= 0
-    h = np.maximum(h, 1e-6)
-    a = 0.5 * side
-    x1, x2 = -a - x0, a - x0
-    y1, y2 = -a - y0, a - y0
-    h2 = h * h
-
-    def f(x, y):
-        return np.arctan(x * y / (h * np.sqrt(x * x + y * y + h2)))
-
-    return np.where(behind, 0.0, f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1))
-
-
-def inner_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, K) solid angles of the MPPCs ``ids`` (N, K) seen from points ``xyz`` (N, 3)."""
-    fr = inner_frames()
-    d = xyz[:, None, :] - fr.pos[ids]
-    h = np.einsum("nkc,nkc->nk", d, fr.n[ids])
-    x0 = d[..., 2]  # ez = (0, 0, 1)
-    y0 = np.einsum("nkc,nkc->nk", d, fr.et[ids])
-    return rect_solid_angle(h, x0, y0)
-
-
-def sensor_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, K) solid angles of any sensors (MPPC: exact square; PMT: A cos(theta) / d^2)."""
-    g = get_geometry()
-    ids = np.asarray(ids)
-    out = np.empty(ids.shape, np.float64)
-    mppc = ids < 4092
-    if mppc.any():
-        # evaluate MPPCs with the exact formula (PMT ids replaced by 0 and overwritten below)
-        out = np.where(mppc, inner_solid_angles(xyz, np.where(mppc, ids, 0)), 0.0)
-    pmt = ~mppc
-    if pmt.any():
-        d = g.positions[ids] - xyz[:, None, :]
-        dist2 = np.maximum(np.sum(d * d, axis=-1), 1e-4)
-        cos = np.maximum(-np.sum(d * g.normals[ids], axis=-1) / np.sqrt(dist2), 0.0)
-        out = np.where(pmt, np.pi * PMT_RADIUS**2 * cos / dist2, out)
-    return out
 
 
 # ---------------------------------------------------------------- position fit
@@ -266,75 +197,6 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
     return {"uvw": p, "n0": n0, "chi2": chi2, "ndf": ndf, "status": status, "peak": peak}
 
 
-# ---------------------------------------------------------------- dead sensors
-_NEIGHBOURS: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _neighbour_table(radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """(4760, M) ids of the sensors of the same face within ``radius`` cm (padded with -1,
-    excluding the sensor itself) and the (4760, M) validity mask."""
-    if radius not in _NEIGHBOURS:
-        from scipy.spatial import cKDTree
-
-        g = get_geometry()
-        lists: list[tuple[int, np.ndarray]] = []
-        for face in range(6):
-            ids = np.flatnonzero(g.face == face)
-            tree = cKDTree(g.positions[ids])
-            for k, near in enumerate(tree.query_ball_point(g.positions[ids], r=radius)):
-                sel = ids[np.asarray(near, dtype=np.int64)]
-                lists.append((int(ids[k]), sel[sel != ids[k]]))
-        m = max(len(s) for _, s in lists)
-        table = np.full((N_SENSORS, m), -1, np.int64)
-        for i, sel in lists:
-            table[i, : len(sel)] = sel
-        _NEIGHBOURS[radius] = (table, table >= 0)
-    return _NEIGHBOURS[radius]
-
-
-_MATRICES: dict[float, Any] = {}
-
-
-def _neighbour_matrix(radius: float):
-    """(4760, 4760) CSR 0/1 matrix: row i marks the sensors of i's face within ``radius``."""
-    if radius not in _MATRICES:
-        from scipy.sparse import csr_matrix
-
-        table, valid = _neighbour_table(radius)
-        r, c = np.nonzero(valid)
-        _MATRICES[radius] = csr_matrix((np.ones(len(r)), (r, table[r, c])), shape=(N_SENSORS, N_SENSORS))
-    return _MATRICES[radius]
-
-
-def estimate_dead(npho: np.ndarray, dead: np.ndarray, xyz: np.ndarray, radius: float = 20.0) -> np.ndarray:
-    """npho (N, 4760) with each dead sensor replaced by sum(npho_j) * Omega_dead / sum(Omega_j)
-    over the live sensors j of its face within ``radius`` cm, solid angles seen from ``xyz``
-    (N, 3). A dead sensor without live neighbours gets 0."""
-    out = np.where(dead, 0.0, npho).astype(np.float64)
-    ev, sid = np.nonzero(dead)
-    if ev.size == 0:
-        return out
-    A = _neighbour_matrix(float(radius))
-    # sparse sums over the neighbours of the distinct dead sensors, with solid angles computed
-    # once per (event, needed sensor): ~550 MPPCs lie within 20 cm of an MPPC
-    rows, inv = np.unique(ev, return_inverse=True)
-    udead, uinv = np.unique(sid, return_inverse=True)
-    sub = A[udead]
-    cols = np.union1d(sub.indices, udead)
-    pos = np.searchsorted(cols, sid)
-    om = sensor_solid_angles(xyz[rows], np.broadcast_to(cols, (len(rows), len(cols))))
-    dead_c = dead[np.ix_(rows, cols)]
-    live_n = np.where(dead_c, 0.0, out[np.ix_(rows, cols)])  # (R, C)
-    live_om = np.where(dead_c, 0.0, om)
-    sub_c = sub[:, cols]  # (U, C) sparse
-    s_n = np.asarray(sub_c @ live_n.T)  # (U, R)
-    s_om = np.asarray(sub_c @ live_om.T)
-    sum_n, sum_om = s_n[uinv, inv], s_om[uinv, inv]
-    om_dead = om[inv, pos]
-    out[ev, sid] = np.where(sum_om > 0, sum_n * om_dead / np.maximum(sum_om, 1e-300), 0.0)
-    return out
-
-
 # ---------------------------------------------------------------- time
 def reconstruct_time(
     time_ns: np.ndarray, npho: np.ndarray, valid: np.ndarray, xyz: np.ndarray, cfg: BaselineConfig
@@ -349,7 +211,7 @@ def reconstruct_time(
         use &= g.is_mppc[None, :]
     path = np.linalg.norm(g.positions[None, :, :] - xyz[:, None, :], axis=-1)
     # earliest of npe photons from an exponential decay arrives tau/npe after the deposit
-    first = cfg.decay_time_ns / np.maximum(npe, 1.0)
+    first = first_photon_delay(npe, cfg.decay_time_ns)
     t = np.where(use, time_ns - path / cfg.light_velocity_cm_ns - first, 0.0)
     sig2 = first**2 + cfg.time_jitter_ns**2
     w = np.where(use, 1.0 / sig2, 0.0)
@@ -460,7 +322,7 @@ def reconstruct_chunk(
     xyz_fit = uvw_to_xyz(uvw_fit)
     # dead sensors, light paths and the energy corrections use the light centroid; the
     # reported position is the first interaction (calibrated shift back along the flight line)
-    filled = estimate_dead(npho, dead, xyz_fit, cfg.dead_radius_cm)
+    filled = estimate_dead(npho, dead, xyz_fit, cfg.dead_radius_cm, cfg.dead_fallback_npho)
     sums = face_sums(filled)
     e_raw = calib.raw_energy(sums)
     energy = calib.correct_energy(e_raw, uvw_fit) if calibrated else np.full(len(e_raw), np.nan)

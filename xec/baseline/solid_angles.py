@@ -1,0 +1,88 @@
+"""Solid angles of the sensors seen from points in the xenon: the one home of this logic for the
+classical reconstruction (position fit, xec.baseline.reco) and the dead-sensor recoveries
+(xec.baseline.recovery). Sensor positions and normals come from xec.geometry.
+
+- MPPC (inner face): the exact solid angle of its 1.2 cm square active area (which contains the
+  cosine of the incidence angle), from the four corner rectangles;
+- PMT (other faces): the far-field A cos(theta) / d^2 of its 4.5 cm photocathode disc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from xec.geometry import MPPC_SIDE, PMT_DIAMETER, get_geometry, xyz_to_uvw
+
+PMT_RADIUS = PMT_DIAMETER / 2  # cm, photocathode radius
+
+
+@dataclass(frozen=True)
+class _InnerFrames:
+    pos: np.ndarray  # (4092, 3)
+    n: np.ndarray  # normal (into the xenon)
+    ez: np.ndarray  # tangent along z (u)
+    et: np.ndarray  # tangent along phi' (v)
+    uv: np.ndarray  # (4092, 2) sensor (u, v)
+
+
+_FRAMES: _InnerFrames | None = None
+
+
+def inner_frames() -> _InnerFrames:
+    global _FRAMES
+    if _FRAMES is None:
+        g = get_geometry()
+        ids = np.arange(4092)
+        pos = np.asarray(g.positions[ids])
+        n = np.asarray(g.normals[ids])
+        ez = np.broadcast_to(np.array([0.0, 0.0, 1.0]), pos.shape).copy()
+        et = np.cross(n, ez)
+        _FRAMES = _InnerFrames(pos, n, ez, et, xyz_to_uvw(pos)[:, :2])
+    return _FRAMES
+
+
+def rect_solid_angle(h: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: float = MPPC_SIDE) -> np.ndarray:
+    """Exact solid angle of a ``side`` x ``side`` square seen from a point at height ``h`` above
+    its plane and offset (x0, y0) from its centre (sum over the four corner rectangles).
+    Zero for a point behind the plane (h <= 0)."""
+    behind = h <= 0
+    h = np.maximum(h, 1e-6)
+    a = 0.5 * side
+    x1, x2 = -a - x0, a - x0
+    y1, y2 = -a - y0, a - y0
+    h2 = h * h
+
+    def f(x, y):
+        return np.arctan(x * y / (h * np.sqrt(x * x + y * y + h2)))
+
+    return np.where(behind, 0.0, f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1))
+
+
+def inner_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N, K) solid angles of the MPPCs ``ids`` (N, K) seen from points ``xyz`` (N, 3)."""
+    fr = inner_frames()
+    d = xyz[:, None, :] - fr.pos[ids]
+    h = np.einsum("nkc,nkc->nk", d, fr.n[ids])
+    x0 = d[..., 2]  # ez = (0, 0, 1)
+    y0 = np.einsum("nkc,nkc->nk", d, fr.et[ids])
+    return rect_solid_angle(h, x0, y0)
+
+
+def sensor_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N, K) solid angles of any sensors (MPPC: exact square; PMT: A cos(theta) / d^2)."""
+    g = get_geometry()
+    ids = np.asarray(ids)
+    out = np.empty(ids.shape, np.float64)
+    mppc = ids < 4092
+    if mppc.any():
+        # evaluate MPPCs with the exact formula (PMT ids replaced by 0 and overwritten below)
+        out = np.where(mppc, inner_solid_angles(xyz, np.where(mppc, ids, 0)), 0.0)
+    pmt = ~mppc
+    if pmt.any():
+        d = g.positions[ids] - xyz[:, None, :]
+        dist2 = np.maximum(np.sum(d * d, axis=-1), 1e-4)
+        cos = np.maximum(-np.sum(d * g.normals[ids], axis=-1) / np.sqrt(dist2), 0.0)
+        out = np.where(pmt, np.pi * PMT_RADIUS**2 * cos / dist2, out)
+    return out
