@@ -77,6 +77,17 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command(
         "xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file", reads=("baseline", "data.tree")
     ),
+    "inpainting": Command(
+        "xec.inpainting.cli",
+        "score the inpainter against the classical dead-sensor recoveries on hidden live sensors",
+        reads=(
+            *(f"inpainting.{k}" for k in ("hide", "min_npho", "npho_bins", "goal_ratio", "max_events")),
+            "baseline",
+            "seed",
+            *DATA_BRANCHES,
+        ),
+        runtime=("inpainting.chunk_size", "inpainting.batch_size", "inference.device", "inference.intra_op_threads"),
+    ),
     "plots": Command(
         "xec.plots.cli",
         "make the plots of a pipeline run",

@@ -8,6 +8,10 @@ Invalid-sensor rules (docs/architecture.md, "Artifact contracts"):
 - npho below the transform's domain (negative photon counts, baseline noise): npho 0;
 - npho below npho_threshold, |time| > 9e9 or NaN time: time set to the sentinel.
 
+Every formula is written once, for numpy arrays and torch tensors alike (``npho_forward``,
+``npho_inverse``, ``time_forward``, ``time_inverse``, ``apply``), so that a loss in photons or a
+graph taking raw inputs uses the same expressions as the shards.
+
 The preset travels with every artifact (``to_dict``/``from_dict``) and ``check_compatible``
 turns a mismatch into an error instead of a silently wrong answer.
 """
@@ -78,32 +82,66 @@ class Normalizer:
             # Normalized npho is >= 0, so a non-negative sentinel would be ambiguous.
             raise XecError(f"normalization sentinel must be negative, got {self.sentinel}")
 
-    # ------------------------------------------------------------------ forward
-    def _npho_forward(self, npho: np.ndarray) -> np.ndarray:
+    # ------------------------------------------------------------------ the formulas (numpy or torch)
+    def npho_forward(self, npho: Any) -> Any:
+        """Photons (>= 0) -> normalized npho, no invalid-value rules (numpy array or torch tensor)."""
+        xp = _namespace(npho)
         r = npho / self.npho_scale
         if self.npho_transform == "log1p":
-            y = np.log1p(r)
+            y = xp.log1p(r)
         elif self.npho_transform == "sqrt":
-            y = np.sqrt(r)
+            y = xp.sqrt(r)
         elif self.npho_transform == "anscombe":
-            y = 2.0 * np.sqrt(r + 0.375) - 2.0 * math.sqrt(0.375)  # shifted so that npho 0 -> 0
+            y = 2.0 * xp.sqrt(r + 0.375) - 2.0 * math.sqrt(0.375)  # shifted so that npho 0 -> 0
         else:
             y = r
         return y / self.npho_scale2
 
+    def npho_inverse(self, npho_n: Any) -> Any:
+        """Normalized npho -> photons, no sentinel handling (numpy array or torch tensor)."""
+        xp = _namespace(npho_n)
+        z = npho_n * self.npho_scale2
+        if self.npho_transform == "log1p":
+            r = xp.expm1(z)
+        elif self.npho_transform == "sqrt":
+            r = xp.square(z.clip(min=0.0))
+        elif self.npho_transform == "anscombe":
+            r = xp.square((z + 2.0 * math.sqrt(0.375)).clip(min=0.0) / 2.0) - 0.375
+        else:
+            r = z
+        return r * self.npho_scale
+
+    def time_forward(self, time: Any) -> Any:
+        """Seconds -> normalized time, no invalid-value rules."""
+        return time / self.time_scale - self.time_shift
+
+    def time_inverse(self, time_n: Any) -> Any:
+        """Normalized time -> seconds, no sentinel handling."""
+        return (time_n + self.time_shift) * self.time_scale
+
+    def apply(self, npho: Any, time: Any) -> tuple[Any, Any]:
+        """Raw npho (photons) and time (s) -> normalized (npho, time) with the invalid-sensor
+        rules, in the arrays' own type and precision (numpy array or torch tensor)."""
+        xp = _namespace(npho)
+        zero, sentinel = xp.zeros_like(npho), xp.full_like(npho, self.sentinel)
+        dead = xp.isnan(npho) | (npho > INVALID_ABOVE)
+        clean = xp.where(dead | (npho < 0.0), zero, npho)  # below the domain (also -inf): no light
+        # NaN-safe: a NaN time fails the comparison
+        no_time = dead | (clean < self.npho_threshold) | ~(xp.abs(time) <= INVALID_ABOVE)
+        npho_n = xp.where(dead, sentinel, self.npho_forward(clean))
+        time_n = xp.where(no_time, sentinel, self.time_forward(xp.where(no_time, zero, time)))
+        return npho_n, time_n
+
+    # ------------------------------------------------------------------ forward
     def normalize(self, npho: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw npho (photons) and time (s) -> normalized float32 arrays of the same shape."""
+        """Raw npho (photons) and time (s) -> normalized float32 arrays of the same shape
+        (computed in float64)."""
         npho = np.asarray(npho, dtype=np.float64)
         time = np.asarray(time, dtype=np.float64)
         if npho.shape != time.shape:
             raise XecError(f"npho and time shapes differ: {npho.shape} vs {time.shape}")
-        dead = np.isnan(npho) | (npho > INVALID_ABOVE)
-        clean = np.where(dead, 0.0, npho)
-        clean = np.where(clean < 0.0, 0.0, clean)  # below the domain (also -inf): no light
-        no_time = dead | (clean < self.npho_threshold) | ~(np.abs(time) <= INVALID_ABOVE)  # NaN-safe
         with np.errstate(invalid="ignore", over="ignore"):
-            npho_n = np.where(dead, self.sentinel, self._npho_forward(clean))
-            time_n = np.where(no_time, self.sentinel, time / self.time_scale - self.time_shift)
+            npho_n, time_n = self.apply(npho, time)
         return npho_n.astype(np.float32), time_n.astype(np.float32)
 
     def normalize_events(self, npho: np.ndarray, time: np.ndarray) -> np.ndarray:
@@ -115,21 +153,13 @@ class Normalizer:
     def denormalize_npho(self, npho_n: np.ndarray) -> np.ndarray:
         """Normalized npho -> photons; the sentinel maps to NaN."""
         y = np.asarray(npho_n, dtype=np.float64)
-        z = y * self.npho_scale2
-        if self.npho_transform == "log1p":
-            r = np.expm1(z)
-        elif self.npho_transform == "sqrt":
-            r = np.square(np.maximum(z, 0.0))
-        elif self.npho_transform == "anscombe":
-            r = np.square(np.maximum(z + 2.0 * math.sqrt(0.375), 0.0) / 2.0) - 0.375
-        else:
-            r = z
-        return np.where(y == np.float32(self.sentinel), np.nan, r * self.npho_scale)
+        with np.errstate(over="ignore"):
+            return np.where(y == np.float32(self.sentinel), np.nan, self.npho_inverse(y))
 
     def denormalize_time(self, time_n: np.ndarray) -> np.ndarray:
         """Normalized time -> seconds; the sentinel maps to NaN."""
         y = np.asarray(time_n, dtype=np.float64)
-        return np.where(y == np.float32(self.sentinel), np.nan, (y + self.time_shift) * self.time_scale)
+        return np.where(y == np.float32(self.sentinel), np.nan, self.time_inverse(y))
 
     def time_scale_ns(self) -> float:
         """Nanoseconds per unit of normalized time (for errors in physical units)."""
@@ -157,6 +187,15 @@ class Normalizer:
                 if getattr(self, k) != getattr(other_n, k)
             ]
             raise XecError(f"normalization mismatch with {where}: " + "; ".join(diffs))
+
+
+def _namespace(a: Any) -> Any:
+    """numpy or torch: the module whose functions apply to ``a`` (torch imported only for tensors)."""
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
 
 
 def get_normalizer(preset: str = "meg2", **overrides: Any) -> Normalizer:

@@ -77,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--realdata-noinpaint-predictions", default=None, help="xec infer parquet of realdata, without inpainting"
     )
     parser.add_argument("--realdata-baseline", default=None, help="xec baseline parquet of realdata")
+    parser.add_argument("--inpainting", default=None, help="xec inpainting summary JSON: its table joins the summary")
     parser.add_argument("--out", required=True, help="summary JSON")
     parser.add_argument("--markdown", default=None, help="also write the tables as markdown")
     parser.add_argument("--html", default=None, help="also write the tables as HTML (for the Snakemake report)")
@@ -414,15 +415,112 @@ def to_markdown(summary: dict[str, Any]) -> str:
             lines.append("|" + "---|" * len(header))
             lines += ["| " + " | ".join(r) + " |" for r in rows]
             lines.append("")
+    if "inpainting" in summary:
+        lines += [inpainting_markdown(summary["inpainting"], level=2), ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- inpainting (xec inpainting)
+INPAINTING_METHODS = {"inpainter": "inpainter", "neighbour_average": "neighbour avg", "solid_angle": "solid angle"}
+INPAINTING_NOTE = (
+    "Hidden live sensors (true npho >= {min_npho:g} photons; per event {hide}), recovered by each "
+    "method: relative error (pred - true) / true of npho -> relative MAE, relative RMS, bias; "
+    "time MAE (ns). ratio = inpainter / solid-angle relative MAE, goal <= {goal_ratio:g}."
+)
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None or not math.isfinite(v) else format(v, fmt)
+
+
+def inpainting_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (sample x face) of the inpainting table: per metric the three methods."""
+    short = list(INPAINTING_METHODS.values())
+    header = ["sample", "face", "hidden"]
+    for metric in ("rel MAE", "rel RMS", "bias", "time MAE ns"):
+        header += [f"{metric}: {m}" for m in short]
+    header += ["ratio", "goal"]
+    rows = []
+    for name, sample in result["samples"].items():
+        for face, e in sample["faces"].items():
+            row = [name, face, str(e["inpainter"]["n"])]
+            for key, fmt in (("rel_mae", ".3f"), ("rel_rms", ".3f"), ("bias", "+.3f"), ("time_mae_ns", ".2f")):
+                row += [_num(e[m][key], fmt) for m in INPAINTING_METHODS]
+            row += [_num(e["ratio_to_solid_angle"], ".2f"), "met" if e["goal_met"] else "not met"]
+            rows.append(row)
+    return header, rows
+
+
+def inpainting_bin_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Relative MAE per true-npho bin (sample x face x bin)."""
+    header = ["sample", "face", "true npho", "hidden"] + [f"rel MAE: {m}" for m in INPAINTING_METHODS.values()]
+    rows = []
+    for name, sample in result["samples"].items():
+        for face, e in sample["faces"].items():
+            for b in e["bins"]:
+                if not b["inpainter"]["n"]:
+                    continue
+                rng = f"{b['lo']:g}-{b['hi']:g}" if math.isfinite(b["hi"]) else f">= {b['lo']:g}"
+                rows.append(
+                    [name, face, rng, str(b["inpainter"]["n"])] + [_num(b[m]["rel_mae"]) for m in INPAINTING_METHODS]
+                )
+    return header, rows
+
+
+def _inpainting_note(result: Mapping[str, Any]) -> str:
+    m = result["meta"]
+    hide = ", ".join(f"{k} {v}" for k, v in m["hide"].items() if v)
+    return INPAINTING_NOTE.format(min_npho=m["min_npho"], hide=hide, goal_ratio=m["goal_ratio"])
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    import html
+
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
+
+
+def inpainting_markdown(result: Mapping[str, Any], level: int = 1) -> str:
+    h = "#" * level
+    lines = [f"{h} Inpainter vs classical recovery of hidden sensors", "", _inpainting_note(result), ""]
+    lines += _md_table(*inpainting_rows(result))
+    lines += ["", f"{h}# relative MAE per bin of true npho", ""]
+    lines += _md_table(*inpainting_bin_rows(result))
+    return "\n".join(lines)
+
+
+def inpainting_html(result: Mapping[str, Any], standalone: bool = True) -> str:
+    import html
+
+    parts = [
+        "<h2>Inpainter vs classical recovery of hidden sensors</h2>",
+        f"<p>{html.escape(_inpainting_note(result))}</p>",
+        _html_table(*inpainting_rows(result)),
+        "<h4>relative MAE per bin of true npho</h4>",
+        _html_table(*inpainting_bin_rows(result)),
+    ]
+    if standalone:
+        parts = [f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>", *parts, "</body></html>"]
+    return "\n".join(parts)
+
+
+TABLE_CSS = "table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;text-align:right}"
 
 
 def to_html(summary: dict[str, Any]) -> str:
     import html
 
     parts = [
-        "<html><head><meta charset='utf-8'><style>table{border-collapse:collapse}"
-        "td,th{border:1px solid #999;padding:2px 6px;text-align:right}</style></head><body>",
+        f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>",
         "<h2>Physics summary: ML vs classical reconstruction</h2>",
         f"<p>{html.escape(NOTE)}</p>",
     ]
@@ -439,6 +537,8 @@ def to_html(summary: dict[str, Any]) -> str:
             parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
             parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
             parts.append("</table>")
+    if "inpainting" in summary:
+        parts.append(inpainting_html(summary["inpainting"], standalone=False))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -475,21 +575,48 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
         )
         if v
     }
-    if not bench and not real:
-        raise XecError("nothing to summarize: give --bench-* and/or --realdata-* parquet files")
+    if not bench and not real and not args.inpainting:
+        raise XecError("nothing to summarize: give --bench-*, --realdata-* parquet files and/or --inpainting")
     if bench:
         out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
     if real:
         out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
+    if args.inpainting:
+        out["inpainting"] = read_inpainting(args.inpainting)
     return out
 
 
-def _finite_or_none(obj: Any) -> Any:
+def read_inpainting(path: str) -> dict[str, Any]:
+    """The `xec inpainting` summary JSON; XecError naming the file when it is not one."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise XecError(f"{path}: no such file (run `xec inpainting` first)")
+    try:
+        result = json.loads(p.read_text())
+        if not isinstance(result.get("samples"), dict) or "meta" not in result:
+            raise ValueError("no 'samples'/'meta'")
+    except (ValueError, AttributeError) as exc:
+        raise XecError(f"{path}: not an xec inpainting summary ({exc})") from exc
+    # JSON null (a NaN written out) back to NaN, so the table formatting treats both alike
+    return _none_to_nan(result)
+
+
+def _none_to_nan(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _none_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_none_to_nan(v) for v in obj]
+    return float("nan") if obj is None else obj
+
+
+def finite_or_none(obj: Any) -> Any:
     """NaN/inf -> null, so that the JSON is strict (NaN is not JSON)."""
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     return obj
@@ -507,6 +634,6 @@ def main(args: argparse.Namespace) -> int:
     if args.html:
         with atomic_path(args.html, suffix=".html") as tmp:
             tmp.write_text(to_html(summary))
-    write_json(args.out, _finite_or_none(summary))
+    write_json(args.out, finite_or_none(summary))
     log.info("summary -> %s\n%s", args.out, md)
     return 0

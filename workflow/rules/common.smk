@@ -78,6 +78,7 @@ NODES = {
     "inpainter": ("train inpainter", {}, ["mae", "shards:train", "shards:val"]),
     "regressor": ("train regressor", {}, ["mae", "reweighting", "shards:train", "shards:val"]),
     "baseline_calibration": ("baseline", {}, ["data:train"]),
+    "inpainting": ("inpainting", {}, ["export:inpainter", "data:val", "data:realdata"]),
     "summary": (
         "summary",
         {},
@@ -87,6 +88,7 @@ NODES = {
             "inference:realdata_noinpaint",
             "baseline:bench",
             "baseline:realdata",
+            "inpainting",
         ],
     ),
 }

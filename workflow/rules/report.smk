@@ -53,6 +53,44 @@ rule baseline:
         " --out {output.parquet} --log {log}"
 
 
+# Inpainter vs the classical recoveries on hidden live sensors of val and realdata (issue 14).
+INPAINTING_SAMPLES = ["val", "realdata"]
+
+
+rule inpainting:
+    input:
+        model=lambda w: at(w.rundir, "export:inpainter", "inpainter/model.onnx"),
+        val=lambda w: input_files("val", w.rundir),
+        realdata=lambda w: input_files("realdata", w.rundir),
+    output:
+        json=f"{{rundir}}/inpainting/summary.json",
+        markdown=f"{{rundir}}/inpainting/summary.md",
+        html=report(f"{{rundir}}/inpainting/summary.html", caption="../report/inpainting.rst", category="Inpainting"),
+        plots=report(
+            directory(f"{{rundir}}/inpainting/plots"),
+            patterns=["{name}.png"],
+            caption="../report/inpainting_plots.rst",
+            category="Inpainting",
+        ),
+    log:
+        f"{{rundir}}/logs/inpainting.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/inpainting.tsv"
+    conda:
+        SOFTWARE_ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("inpainting", w.rundir),
+        samples=lambda w, input: " ".join(f"--sample {s} {' '.join(input[s])}" for s in INPAINTING_SAMPLES),
+    shell:
+        "xec inpainting --config {params.cfg} --inpainter {input.model} {params.samples}"
+        " --out {output.json} --markdown {output.markdown} --html {output.html} --plots {output.plots} --log {log}"
+
+
 rule summary:
     input:
         bench_ml=lambda w: at(w.rundir, "inference:bench", "inference/bench.parquet"),
@@ -60,6 +98,7 @@ rule summary:
         real_ml=lambda w: at(w.rundir, "inference:realdata", "inference/realdata.parquet"),
         real_noinpaint=lambda w: at(w.rundir, "inference:realdata_noinpaint", "inference/realdata_noinpaint.parquet"),
         real_baseline=lambda w: at(w.rundir, "baseline:realdata", "baseline/realdata.parquet"),
+        inpainting=lambda w: at(w.rundir, "inpainting", "inpainting/summary.json"),
     output:
         json=f"{{rundir}}/summary.json",
         markdown=f"{{rundir}}/summary.md",
@@ -81,6 +120,7 @@ rule summary:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
+        " --inpainting {input.inpainting}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"
 
 

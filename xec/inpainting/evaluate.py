@@ -1,0 +1,191 @@
+"""Score the inpainter and the classical recoveries on the same hidden live sensors of a sample,
+chunk by chunk (memory bounded by one chunk; only per-face, per-bin sums are kept).
+
+Per chunk: hide sensors (xec.inpainting.masking); the hidden ones become dead for every method.
+- inpainter (the exported ONNX model, as `xec infer` runs it): npho and time of the hidden
+  sensors set to the dead marker, normalized with the model's preset, mask = dead | hidden;
+- classical (xec.baseline.recovery): the position fitted without the hidden sensors
+  (xec.baseline.reco.fit_position), then the neighbour average and the solid-angle rule, and
+  the recovered time.
+Scores on hidden sensors (all have true npho >= min_npho): relative error (pred - true) / true
+of npho -> relative MAE, relative RMS and bias, per face and per bin of true npho; the time
+error (ns) on those with a true time -> MAE; a predicted time missing (the inpainter gives no
+time below its npho threshold, a rule none without neighbour times) is counted, not scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from xec.baseline.reco import BaselineConfig, fit_position
+from xec.baseline.recovery import TimeModel, recover
+from xec.geometry import FACE_NAMES, get_geometry, uvw_to_xyz
+from xec.inpainting.masking import hide_sensors
+from xec.normalization import INVALID_ABOVE, Normalizer
+
+METHODS = ("inpainter", "neighbour_average", "solid_angle")
+_SUMS = ("n", "abs_rel", "sq_rel", "rel", "n_time", "abs_dt", "time_missing")
+DEAD_MARK = 1e10  # the MEG II files' marker of a dead sensor / missing time
+
+
+class Scores:
+    """Sums per (method, face, npho bin); bin -1 is the whole face."""
+
+    def __init__(self, bin_edges: Sequence[float]):
+        self.edges = np.asarray([*bin_edges, np.inf], dtype=np.float64)
+        self.nb = len(self.edges) - 1
+        # sums[method][name] : (6 faces, nb + 1) with the last column = all bins
+        self.sums = {m: {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in _SUMS} for m in METHODS}
+        self.hidden = np.zeros(len(FACE_NAMES), np.int64)
+        self.events = 0
+
+    def add(self, method: str, face: np.ndarray, true_npho, pred_npho, true_t, pred_t) -> None:
+        b = np.searchsorted(self.edges, true_npho, side="right") - 1
+        b = np.where((b >= 0) & (b < self.nb), b, -1)
+        rel = (pred_npho - true_npho) / true_npho
+        has_t = np.isfinite(true_t)
+        dt = np.abs(pred_t - true_t)
+        scored_t = has_t & np.isfinite(dt)
+        terms = {
+            "n": np.ones_like(rel),
+            "abs_rel": np.abs(rel),
+            "sq_rel": rel**2,
+            "rel": rel,
+            "n_time": scored_t.astype(float),
+            "abs_dt": np.where(scored_t, dt, 0.0),
+            "time_missing": (has_t & ~np.isfinite(pred_t)).astype(float),
+        }
+        s = self.sums[method]
+        for k, v in terms.items():
+            np.add.at(s[k], (face, np.full(face.shape, self.nb)), v)
+            inb = b >= 0
+            np.add.at(s[k], (face[inb], b[inb]), v[inb])
+
+    @staticmethod
+    def _metrics(s: Mapping[str, np.ndarray], f: int, j: int) -> dict[str, float]:
+        n = s["n"][f, j]
+        nt = s["n_time"][f, j]
+        nan = float("nan")
+        return {
+            "n": int(n),
+            "rel_mae": float(s["abs_rel"][f, j] / n) if n else nan,
+            "rel_rms": float(math.sqrt(s["sq_rel"][f, j] / n)) if n else nan,
+            "bias": float(s["rel"][f, j] / n) if n else nan,
+            "time_mae_ns": float(s["abs_dt"][f, j] / nt) if nt else nan,
+            "n_time": int(nt),
+            "time_missing": int(s["time_missing"][f, j]),
+        }
+
+    def result(self, goal_ratio: float) -> dict[str, Any]:
+        """Per face: the three methods' metrics, the inpainter / solid-angle ratio of the
+        relative MAE and whether it meets ``goal_ratio``, and the same per npho bin."""
+        faces: dict[str, Any] = {}
+        for f, name in enumerate(FACE_NAMES):
+            if self.sums["inpainter"]["n"][f, self.nb] == 0:
+                continue
+            entry: dict[str, Any] = {m: self._metrics(self.sums[m], f, self.nb) for m in METHODS}
+            ratio = entry["inpainter"]["rel_mae"] / entry["solid_angle"]["rel_mae"]
+            entry["ratio_to_solid_angle"] = ratio
+            entry["goal_met"] = bool(ratio <= goal_ratio)
+            entry["bins"] = [
+                {
+                    "lo": float(self.edges[j]),
+                    "hi": float(self.edges[j + 1]),
+                    **{m: self._metrics(self.sums[m], f, j) for m in METHODS},
+                }
+                for j in range(self.nb)
+            ]
+            faces[name] = entry
+        return {
+            "events": self.events,
+            "hidden": {n: int(c) for n, c in zip(FACE_NAMES, self.hidden)},
+            "faces": faces,
+            "goal_met": bool(faces) and all(e["goal_met"] for e in faces.values()),
+        }
+
+
+def _inpaint(session, normalizer: Normalizer, npho, time_s, hidden, batch_size: int):
+    """Inpainter output (npho photons, time ns) at every sensor of the events with a hidden one."""
+    from xec.deploy.runtime import run_batched
+
+    x = normalizer.normalize_events(np.where(hidden, DEAD_MARK, npho), np.where(hidden, DEAD_MARK, time_s))
+    mask = (x[..., 0] == np.float32(normalizer.sentinel)).astype(np.float32)  # dead | hidden
+    (out,) = run_batched(session, {"input": x, "mask": mask}, batch_size)
+    return out
+
+
+def evaluate_chunk(
+    scores: Scores,
+    npho: np.ndarray,
+    time_s: np.ndarray,
+    first_event: int,
+    *,
+    session,
+    normalizer: Normalizer,
+    bcfg: BaselineConfig,
+    counts: Mapping[str, int],
+    min_npho: float,
+    seed: int,
+    batch_size: int,
+    where: str,
+) -> None:
+    """Hide, recover with every method and score one chunk of raw npho (photons) / time (s)."""
+    npho = np.asarray(npho, dtype=np.float64)
+    time_s = np.asarray(time_s, dtype=np.float64)
+    dead = np.isnan(npho) | (npho > INVALID_ABOVE)
+    hidden = hide_sensors(np.where(dead, 0.0, npho), dead, counts, min_npho, seed, first_event, where)
+    scores.events += len(npho)
+    ev, sid = np.nonzero(hidden)
+    if ev.size == 0:
+        return
+    g = get_geometry()
+    face = g.face[sid].astype(np.int64)
+    scores.hidden += np.bincount(face, minlength=len(FACE_NAMES))
+    true_npho = npho[ev, sid]
+    t_ok = np.isfinite(time_s) & (np.abs(time_s) <= INVALID_ABOVE)
+    true_t = np.where(t_ok[ev, sid], time_s[ev, sid] * 1e9, np.nan)
+
+    gone = dead | hidden
+    clean = np.where(gone, 0.0, np.maximum(np.nan_to_num(npho), 0.0))
+    xyz = uvw_to_xyz(fit_position(clean, gone, bcfg)["uvw"])
+    tvalid = t_ok & ~gone
+    rec = recover(
+        clean,
+        gone,
+        ev,
+        sid,
+        xyz,
+        bcfg.dead_radius_cm,
+        bcfg.dead_fallback_npho,
+        np.where(tvalid, time_s, 0.0) * 1e9,
+        tvalid,
+        TimeModel.from_config(bcfg),
+    )
+    scores.add("neighbour_average", face, true_npho, rec["average"], true_t, rec["time"])
+    scores.add("solid_angle", face, true_npho, rec["solid_angle"], true_t, rec["time"])
+
+    rows, row_of = np.unique(ev, return_inverse=True)
+    out = _inpaint(session, normalizer, npho[rows], time_s[rows], hidden[rows], batch_size)
+    pred = out[row_of, sid]
+    pred_npho = normalizer.denormalize_npho(pred[:, 0])
+    pred_t = normalizer.denormalize_time(pred[:, 1]) * 1e9  # no time (sentinel) -> NaN
+    scores.add("inpainter", face, true_npho, pred_npho, true_t, pred_t)
+
+
+def evaluate_sample(
+    chunks: Iterator[tuple[np.ndarray, np.ndarray]],
+    bin_edges: Sequence[float],
+    **kwargs: Any,
+) -> Scores:
+    """Scores of a sample given as an iterator of (npho, time) chunks (keyword arguments: those
+    of :func:`evaluate_chunk`)."""
+    scores = Scores(bin_edges)
+    first = 0
+    for npho, time_s in chunks:
+        evaluate_chunk(scores, npho, time_s, first, **kwargs)
+        first += len(npho)
+    return scores
