@@ -108,6 +108,7 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     expected += ["regressor/model.onnx", "inpainter/model.onnx", "regressor/predictions.parquet"]
     expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata")]
     expected += ["inference/realdata.root", "inference/realdata.parquet"]
+    expected += ["inpainting/summary.json", "inpainting/summary.md", "inpainting/summary.html", "inpainting/plots"]
     for rel in expected:
         path = work / "results" / rel
         assert any(path.iterdir()) if path.is_dir() else path.stat().st_size > 0, rel
@@ -158,6 +159,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
         # runtime-only keys (threads, chunking, compression) change no output and rerun nothing
         ("simulation.chunk_size", 512, set()),
         ("shards.workers", 2, set()),
+        ("inpainting.chunk_size", 100, set()),
     ],
 )
 def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path, key, value, must_rerun):
@@ -167,6 +169,62 @@ def test_rules_rerun_exactly_on_the_keys_their_command_reads(tiny_run, tmp_path,
     assert must_rerun <= set(jobs), jobs
     if not must_rerun:
         assert jobs == Counter(), jobs
+
+
+def test_inpainting_key_reruns_only_the_inpainting_evaluation_and_the_summary(tiny_run, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "run")
+    edit_config(work, **{"inpainting.hide.inner": 5})
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    assert set(jobs) == {"inpainting", "summary", "all"}, jobs
+
+
+def test_inpainting_scores_every_method_on_the_same_hidden_sensors(tiny_run):
+    results = tiny_run["dir"] / "results"
+    s = json.loads((results / "inpainting" / "summary.json").read_text())
+    assert s["meta"]["hide"] == {"inner": 10, "outer": 1, "us": 1, "ds": 1, "top": 1, "bottom": 1}
+    for name in ("val", "realdata"):
+        res = s["samples"][name]
+        assert res["events"] == 256
+        # 10 inner sensors per event with >= 100 photons, but for the odd event with fewer
+        assert 9 * 256 <= res["hidden"]["inner"] <= 10 * 256, res["hidden"]
+        for face, e in res["faces"].items():
+            n = e["inpainter"]["n"]
+            assert n == res["hidden"][face] == e["neighbour_average"]["n"] == e["solid_angle"]["n"], face
+        # the experiment's rule on the inner face: ~0.23 on the tiny samples (Poisson-limited)
+        assert 0.1 < res["faces"]["inner"]["solid_angle"]["rel_mae"] < 0.35, res["faces"]["inner"]
+    assert sorted(p.name for p in (results / "inpainting" / "plots").glob("*.png")) == sorted(
+        f"{f}.png" for f in ("inner", "outer", "us", "ds", "top", "bottom")
+    )
+    # the table joins the physics summary
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["inpainting"]["samples"]["val"]["hidden"] == s["samples"]["val"]["hidden"]
+    assert "Inpainter vs classical recovery of hidden sensors" in (results / "summary.md").read_text()
+
+
+def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tmp_path):
+    results = tiny_run["dir"] / "results"
+    cfg = yaml.safe_load((results / "config.yaml").read_text())
+    set_dotted(cfg, "inpainting.hide.top", 100)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "inpainting" / "summary.json"
+    cmd = [sys.executable, "-m", "xec.cli", "inpainting", "--config", str(tmp_path / "config.yaml")]
+    cmd += [
+        "--inpainter",
+        str(results / "inpainter" / "model.onnx"),
+        "--sample",
+        "val",
+        str(results / "data" / "val.root"),
+    ]
+    proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "inpainting.hide.top = 100: the top face has only 73 sensors" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() and not out.parent.exists()
+    # a regressor given as the inpainter: named, nothing written
+    cmd[cmd.index("--inpainter") + 1] = str(results / "regressor" / "model.onnx")
+    cmd[cmd.index("--config") + 1] = str(results / "config.yaml")
+    proc = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "is an exported regressor, expected a inpainter" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
 
 
 def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
