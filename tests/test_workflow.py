@@ -8,6 +8,7 @@ job, two training stages logging to MLflow at once, and the HTML report.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
