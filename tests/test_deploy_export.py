@@ -333,3 +333,42 @@ def _read_sensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     arrays = uproot.open(path)["tree"].arrays(["npho", "relative_time"], library="np")
     return np.stack(arrays["npho"]), np.stack(arrays["relative_time"])
+
+
+def test_raw_unit_inpainter_parity_passthrough_and_metadata(setup, exported, tmp_path):
+    """`xec export --raw-units`: raw npho / relative_time in and out, normalization inside the
+    graph; unmasked live sensors bit-exact; the filled ones as the normalized path fills them."""
+    out = tmp_path / "raw.onnx"
+    report = export_checkpoint(
+        str(setup["inp"][0]), str(out), val_shards=str(setup["manifest"]), parity_events=16, raw_units=True
+    )
+    assert report["passed"] and report["passthrough_exact"] and report["io_units"] == "raw"
+    meta = read_metadata(out, expected_stage="inpainter")
+    assert meta.io_units == "raw" and meta.inputs == ("npho", "relative_time", "mask")
+    assert meta.outputs == ("output_npho", "output_relative_time") and "bit-exactly" in meta.description
+    assert json.loads(parity_path(out).read_text())["passthrough_exact"]
+
+    npho, time = (a[:6].astype(np.float32) for a in _read_sensors(setup["root"]))
+    norm = get_normalizer("meg2")
+    dead = npho > 9e9
+    mask = np.zeros(npho.shape, np.float32)
+    mask[:, ::11] = 1.0
+    got_n, got_t = make_session(out, "cpu").run(None, {"npho": npho, "relative_time": time, "mask": mask})
+    keep = (mask == 0) & ~dead
+    assert np.array_equal(got_n[keep], npho[keep]) and np.array_equal(got_t[keep], time[keep])
+    # the reference: numpy normalization, the normalized EMA inpainter, numpy inverse
+    x = norm.normalize_events(npho, time)
+    with torch.no_grad():
+        ref = setup["inp"][2](torch.from_numpy(x), torch.from_numpy((mask > 0.5) | dead)).numpy()
+    fill = ~keep
+    ref_n = norm.denormalize_npho(ref[..., 0])[fill]
+    np.testing.assert_allclose(got_n[fill], ref_n, rtol=1e-3, atol=1e-2)
+    ref_t = np.nan_to_num(norm.denormalize_time(ref[..., 1]), nan=1e10)[fill]
+    has_t = ref_t < 9e9
+    np.testing.assert_allclose(got_t[fill][has_t], ref_t[has_t], rtol=1e-4, atol=1e-12)
+    assert np.all(got_t[fill][~has_t] == np.float32(1e10))
+    # xec infer takes only the normalized export; a regressor has no raw-unit form
+    with pytest.raises(XecError, match="raw-unit inpainter"):
+        run_inference(str(exported["reg"]), [str(setup["root"])], str(tmp_path / "x.root"), inpainter=str(out))
+    with pytest.raises(XecError, match="--raw-units exports an inpainter"):
+        export_checkpoint(str(setup["reg"][0]), str(tmp_path / "r.onnx"), raw_units=True)

@@ -119,3 +119,23 @@ def test_artifact_round_trip_and_mismatch():
     n.check_compatible(n.to_dict(), where="manifest.json")
     with pytest.raises(XecError, match="normalization mismatch with model.onnx: preset"):
         n.check_compatible(get_normalizer("legacy"), where="model.onnx")
+
+
+@pytest.mark.parametrize("transform", ["log1p", "sqrt", "anscombe", "linear"])
+def test_torch_and_numpy_share_the_formulas(transform):
+    """The same expressions serve numpy (shards) and torch (losses, the raw-unit export graph)."""
+    import torch
+
+    n = get_normalizer("meg2", npho_transform=transform)
+    rng = np.random.default_rng(4)
+    npho = rng.exponential(500.0, 2000)
+    npho[::50], npho[1::50], npho[2::50] = 1e10, np.nan, -3.0
+    time = rng.normal(3e-8, 1e-8, 2000)
+    time[3::50], time[4::50] = 1e10, np.nan
+    ref_n, ref_t = n.normalize(npho, time)
+    got_n, got_t = n.apply(torch.from_numpy(npho), torch.from_numpy(time))
+    np.testing.assert_array_equal(got_n.numpy().astype(np.float32), ref_n)
+    np.testing.assert_array_equal(got_t.numpy().astype(np.float32), ref_t)
+    valid = ref_n != n.sentinel
+    back = n.npho_inverse(torch.from_numpy(ref_n[valid].astype(np.float64))).numpy()
+    np.testing.assert_allclose(back, n.denormalize_npho(ref_n[valid]), rtol=1e-12, atol=1e-9)

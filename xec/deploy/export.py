@@ -12,6 +12,13 @@
 * Inpainter graph: inputs ``input`` (B, 4760, 2) and ``mask`` float32 (B, 4760), 1 = sensor to
   fill (dead or masked), 0 = keep; output ``output`` (B, 4760, 2) = the input with the masked
   sensors replaced by the inpainter's prediction.
+* Raw-unit inpainter (``--raw-units``, inpainter checkpoints only): the preset's normalization
+  (xec.normalization, the same expressions as the shards) inside the graph; inputs ``npho``
+  (photons; dead = 1e10 or NaN) and ``relative_time`` (s; none = 1e10) float32 (B, 4760) plus
+  ``mask``; outputs ``output_npho`` (photons) and ``output_relative_time`` (s; 1e10 where the
+  filled npho is below the time threshold). Masked and dead sensors are filled, every other
+  sensor is passed through bit-exactly (checked in the parity step); metadata ``io_units`` "raw",
+  so that the experiment's C++ code can call it without reimplementing the normalization.
 * Dynamic batch axis; opset >= 17; ``metadata_props`` as in xec.deploy.onnx_meta.
 * Parity: ONNX Runtime (CPU) vs PyTorch on real val-shard events, at the configured batch size
   and at batch size 1. Any element with |onnx - torch| > atol + rtol * |torch| is an error and
@@ -39,7 +46,14 @@ import torch
 from torch import nn
 
 from xec.config import add_config_argument, load_config
-from xec.deploy.onnx_meta import ModelMetadata, inpainter_metadata, regressor_metadata, set_metadata, software_versions
+from xec.deploy.onnx_meta import (
+    ModelMetadata,
+    inpainter_metadata,
+    raw_inpainter_metadata,
+    regressor_metadata,
+    set_metadata,
+    software_versions,
+)
 from xec.errors import XecError
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer
@@ -79,6 +93,28 @@ class InpainterGraph(nn.Module):
         return self.model(x, mask > 0.5)
 
 
+NO_VALUE = 1e10  # the MEG II files' marker of a dead sensor / missing time
+
+
+class RawInpainterGraph(nn.Module):
+    """The inpainter in raw units: normalization, inpainting and the inverse in one graph;
+    sensors neither masked nor dead come out as they went in (a select, no arithmetic)."""
+
+    def __init__(self, model: nn.Module, normalizer: Normalizer):
+        super().__init__()
+        self.model = model
+        self.norm = normalizer
+
+    def forward(self, npho: torch.Tensor, time: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t = self.norm.apply(npho, time)
+        fill = (mask > 0.5) | (n == self.norm.sentinel)
+        out = self.model(torch.stack([n, t], dim=-1), fill)
+        est_npho = self.norm.npho_inverse(out[..., 0])
+        has_time = out[..., 1] != self.norm.sentinel
+        est_time = torch.where(has_time, self.norm.time_inverse(out[..., 1]), torch.full_like(time, NO_VALUE))
+        return torch.where(fill, est_npho, npho), torch.where(fill, est_time, time)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="regressor or inpainter checkpoint.pt")
     parser.add_argument("--out", required=True, help="output ONNX file")
@@ -93,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--atol", type=float, default=None, help="parity absolute tolerance (default: config export.atol)"
+    )
+    parser.add_argument(
+        "--raw-units",
+        action="store_true",
+        help="inpainter only: normalization inside the graph (inputs npho, relative_time, mask in raw units)",
     )
     parser.add_argument("--log", default=None, help="log file")
     add_config_argument(parser)
@@ -111,6 +152,7 @@ def main(args: argparse.Namespace) -> int:
         exporter=cfg["exporter"],
         rtol=cfg["rtol"] if args.rtol is None else args.rtol,
         atol=cfg["atol"] if args.atol is None else args.atol,
+        raw_units=args.raw_units,
     )
     print(
         f"{args.out}: {report['stage']} exported; parity max abs {report['max_abs']:.3g}, "
@@ -156,17 +198,26 @@ GRAPHS: dict[str, GraphBuilder] = {
 }
 
 
-def build_graph(ckpt: dict[str, Any]) -> tuple[nn.Module, ModelMetadata, nn.Module]:
-    """(graph module to export, its metadata, the PyTorch reference model) for a checkpoint."""
+def _raw_inpainter_graph(
+    ckpt: dict[str, Any], model: nn.Module, normalizer: Normalizer, versions: dict[str, str]
+) -> tuple[nn.Module, ModelMetadata]:
+    return RawInpainterGraph(model, normalizer).eval(), raw_inpainter_metadata(normalizer, versions)
+
+
+def build_graph(ckpt: dict[str, Any], raw_units: bool = False) -> tuple[nn.Module, ModelMetadata, nn.Module]:
+    """(graph module to export, its metadata, the PyTorch reference model) for a checkpoint;
+    ``raw_units``: the raw-unit inpainter."""
     stage = ckpt["stage"]
     if stage not in GRAPHS:
         raise XecError(f"cannot export a checkpoint of stage {stage!r} (only {' and '.join(GRAPHS)})")
+    if raw_units and stage != "inpainter":
+        raise XecError(f"--raw-units exports an inpainter; this is a {stage} checkpoint")
     if not ckpt.get("normalization"):
         raise XecError("checkpoint has no normalization preset; cannot write the ONNX metadata")
     normalizer = Normalizer.from_dict(ckpt["normalization"])
     model = build_model_from_checkpoint(ckpt, use_ema=True)
     versions = software_versions(0)  # opset filled in after export
-    graph, meta = GRAPHS[stage](ckpt, model, normalizer, versions)
+    graph, meta = (_raw_inpainter_graph if raw_units else GRAPHS[stage])(ckpt, model, normalizer, versions)
     return graph, meta, model
 
 
@@ -279,6 +330,27 @@ def _inpaint_mask(x: np.ndarray, sentinel: float, rng: np.random.Generator) -> n
     return ((x[..., 0] == np.float32(sentinel)) | (rng.random(x.shape[:2]) < MASK_FRACTION)).astype(np.float32)
 
 
+def _feeds(meta: ModelMetadata, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The graph's inputs for normalized events ``x``: as they are, with a mask for an
+    inpainter, or back in raw units (dead / no time = 1e10) for the raw-unit inpainter."""
+    if meta.stage == "regressor":
+        return {"input": x}
+    mask = _inpaint_mask(x, meta.normalizer.sentinel, rng)
+    if meta.io_units != "raw":
+        return {"input": x, "mask": mask}
+    with np.errstate(over="ignore"):
+        npho = np.nan_to_num(meta.normalizer.denormalize_npho(x[..., 0]), nan=NO_VALUE)
+        time = np.nan_to_num(meta.normalizer.denormalize_time(x[..., 1]), nan=NO_VALUE)
+    return {"npho": npho.astype(np.float32), "relative_time": time.astype(np.float32), "mask": mask}
+
+
+def _check_passthrough(feeds: dict[str, np.ndarray], got: Sequence[np.ndarray]) -> bool:
+    """Raw-unit inpainter: every sensor neither masked nor dead comes out bit-exactly."""
+    npho = feeds["npho"]
+    keep = (feeds["mask"] <= 0.5) & ~(np.isnan(npho) | (npho > 9e9))
+    return bool(np.array_equal(got[0][keep], npho[keep]) and np.array_equal(got[1][keep], feeds["relative_time"][keep]))
+
+
 class _Errors:
     """Running max abs / max rel / worst tolerance ratio per output."""
 
@@ -335,6 +407,12 @@ def check_parity(
 
     session = make_session(onnx_path, device="cpu")
     std = {}
+    if meta.io_units == "raw":  # judged in (linearized) normalized units: photons / npho_scale, time_n
+        norm = meta.normalizer
+        std = {
+            "output_npho": (np.float64(0.0), np.float64(norm.npho_scale)),
+            "output_relative_time": (np.float64(norm.time_shift * norm.time_scale), np.float64(norm.time_scale)),
+        }
     if meta.stage == "regressor" and meta.target_standardization:
         for task, stats in meta.target_standardization.items():
             mean, sd = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
@@ -344,10 +422,9 @@ def check_parity(
     errors = _Errors(meta.outputs, rtol, atol, std)
     rng = np.random.default_rng(seed)
     n_events, batch_sizes = 0, set()
+    passthrough = True
     for i, x in enumerate(batches):
-        feeds = {"input": x}
-        if meta.stage == "inpainter":
-            feeds["mask"] = _inpaint_mask(x, meta.normalizer.sentinel, rng)
+        feeds = _feeds(meta, x, rng)
         splits = [feeds] + (
             [{k: v[j : j + 1] for k, v in feeds.items()} for j in range(min(2, len(x)))] if i == 0 else []
         )
@@ -358,20 +435,26 @@ def check_parity(
             got = session.run(list(meta.outputs), f)
             for name, o, r in zip(meta.outputs, got, ref):
                 errors.add(name, o, r.numpy())
-            batch_sizes.add(len(f["input"]))
+            if meta.io_units == "raw":
+                passthrough &= _check_passthrough(f, got)
+            batch_sizes.add(len(f[meta.inputs[0]]))
         n_events += len(x)
     if n_events == 0:
         raise XecError("parity check: no events to compare (empty val shards?)")
-    return {
+    report = {
         "events": n_events,
         "batch_sizes": sorted(batch_sizes),
         "rtol": rtol,
         "atol": atol,
         "outputs": errors.stats,
-        "passed": errors.ok,
+        "passed": errors.ok and passthrough,
         "max_abs": max(s["max_abs"] for s in errors.stats.values()),
         "max_rel": max(s["max_rel"] for s in errors.stats.values()),
+        "io_units": meta.io_units,
     }
+    if meta.io_units == "raw":
+        report["passthrough_exact"] = passthrough
+    return report
 
 
 def export_checkpoint(
@@ -385,22 +468,27 @@ def export_checkpoint(
     atol: float = 1e-4,
     seed: int = 0,
     exporter: str = "torchscript",
+    raw_units: bool = False,
 ) -> dict[str, Any]:
-    """Export, check parity, and only then write ``out`` and its parity sidecar (atomically)."""
+    """Export, check parity, and only then write ``out`` and its parity sidecar (atomically).
+    ``raw_units``: the raw-unit inpainter (RawInpainterGraph)."""
     import onnx
 
     _check_options(opset, exporter)  # before the (slow) checkpoint load
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint, expected_stage=tuple(GRAPHS))
     try:
-        graph, meta, _ = build_graph(ckpt)
+        graph, meta, _ = build_graph(ckpt, raw_units)
     except XecError as exc:
         raise XecError(f"{checkpoint}: {exc}") from exc
     if not val_shards:
         log.warning("no --val-shards given: parity is checked on seeded synthetic events only")
-    example = (
-        (torch.zeros(2, 4760, 2),) if meta.stage == "regressor" else (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
-    )
+    if meta.io_units == "raw":
+        example = (torch.full((2, 4760), 500.0), torch.full((2, 4760), 3e-8), torch.zeros(2, 4760))
+    elif meta.stage == "regressor":
+        example = (torch.zeros(2, 4760, 2),)
+    else:
+        example = (torch.zeros(2, 4760, 2), torch.zeros(2, 4760))
     out_path = Path(out)
     with atomic_path(out_path, suffix=".onnx") as tmp:
         export_graph(graph, meta, example, tmp, opset, exporter)
@@ -431,6 +519,10 @@ def export_checkpoint(
             versions=meta.versions,
             normalization_preset=meta.normalizer.preset,
         )
+        if not report.get("passthrough_exact", True):
+            raise XecError(
+                f"{checkpoint}: the raw-unit inpainter changed sensors it must pass through; {out} not written"
+            )
         if not report["passed"]:
             bad = {n: s for n, s in report["outputs"].items() if s["worst_ratio"] > 1.0}
             raise XecError(

@@ -126,6 +126,11 @@ def load_models(
     inp_meta = None
     if inpainter is not None:
         inp_meta = read_metadata(inpainter, expected_stage="inpainter")
+        if inp_meta.io_units != "normalized":
+            raise XecError(
+                f"{inpainter}: a {inp_meta.io_units}-unit inpainter (xec export --raw-units); "
+                "xec infer takes the normalized export"
+            )
         normalizer.check_compatible(inp_meta.normalizer, where=f"the inpainter {inpainter} (regressor {model})")
     return meta, inp_meta, normalizer
 

@@ -26,6 +26,10 @@ target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied
 sigma_calibration      JSON {task: [scale per column]}: the factor fitted on the val split (68 %
                        half-width of the val pulls = 1) that is already applied inside the graph;
                        kept for reference only
+io_units               "normalized" (inputs/outputs in the preset's normalized units; absent in
+                       older files: the same) or "raw" (inpainter with the normalization inside
+                       the graph: raw photons and seconds in and out, ``units`` per tensor)
+description            free text on how to call the model (raw-unit inpainter: pass-through)
 xec_version, torch_version, onnx_version, opset     versions of the exporting software
 =====================  ==========================================================================
 """
@@ -46,6 +50,7 @@ from xec.targets import get_task
 FORMAT_VERSION = "2"
 STAGES = ("regressor", "inpainter")
 REQUIRED_KEYS = ("stage", "normalization", "inputs", "outputs", "tasks")
+IO_UNITS = ("normalized", "raw")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     sigma_tasks: tuple[str, ...] = ()
     sigma_calibration: dict[str, list[float]] | None = None
+    io_units: str = "normalized"
+    description: str = ""
 
     def output_name(self, task: str) -> str:
         return f"output_{task}"
@@ -86,6 +93,9 @@ class ModelMetadata:
             "sigma_calibration": json.dumps(self.sigma_calibration, sort_keys=True),
         }
         props.update({k: str(v) for k, v in self.versions.items()})
+        props["io_units"] = self.io_units
+        if self.description:
+            props["description"] = self.description
         return props
 
     @classmethod
@@ -112,6 +122,11 @@ class ModelMetadata:
             unknown = [t for t in sigma_tasks if t not in tasks]
             if unknown:
                 raise ValueError(f"sigma_tasks {unknown} are not among the tasks {list(tasks)}")
+            io_units = props.get("io_units", "normalized")
+            if io_units not in IO_UNITS or (io_units == "raw" and stage != "inpainter"):
+                raise ValueError(
+                    f"io_units {io_units!r} for a {stage} (expected one of {IO_UNITS}; raw: inpainter only)"
+                )
             meta = cls(
                 stage=stage,
                 normalizer=normalizer,
@@ -124,6 +139,8 @@ class ModelMetadata:
                 sigma_tasks=sigma_tasks,
                 sigma_calibration=json.loads(props.get("sigma_calibration", "null")),
                 versions={k: props[k] for k in ("xec_version", "torch_version", "onnx_version", "opset") if k in props},
+                io_units=io_units,
+                description=props.get("description", ""),
             )
         except XecError as exc:
             raise XecError(f"{where}: bad xec metadata: {exc}") from exc
@@ -175,6 +192,34 @@ def regressor_metadata(
 def inpainter_metadata(normalizer: Normalizer, versions: Mapping[str, str]) -> ModelMetadata:
     return ModelMetadata(
         stage="inpainter", normalizer=normalizer, inputs=("input", "mask"), outputs=("output",), versions=dict(versions)
+    )
+
+
+RAW_INPAINTER_DESCRIPTION = (
+    "Raw-unit inpainter: inputs npho (photons; dead = 1e10 or NaN) and relative_time (s; no time = 1e10), "
+    "float32 (B, 4760), and mask (B, 4760), 1 = fill; the preset's normalization is applied inside the graph. "
+    "Outputs output_npho (photons) and output_relative_time (s; 1e10 where the filled npho is below the time "
+    "threshold): masked and dead sensors filled, every other sensor passed through bit-exactly."
+)
+
+
+def raw_inpainter_metadata(normalizer: Normalizer, versions: Mapping[str, str]) -> ModelMetadata:
+    """Metadata of the raw-unit inpainter (``xec export --raw-units``)."""
+    return ModelMetadata(
+        stage="inpainter",
+        normalizer=normalizer,
+        inputs=("npho", "relative_time", "mask"),
+        outputs=("output_npho", "output_relative_time"),
+        units={
+            "npho": "photons",
+            "relative_time": "s",
+            "mask": "1 = fill",
+            "output_npho": "photons",
+            "output_relative_time": "s",
+        },
+        versions=dict(versions),
+        io_units="raw",
+        description=RAW_INPAINTER_DESCRIPTION,
     )
 
 

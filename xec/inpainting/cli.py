@@ -72,6 +72,8 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         for path in files:
             check_branches(open_tree(path, tree), path, (npho_b, time_b))
     meta = read_metadata(args.inpainter, expected_stage="inpainter")
+    if meta.io_units != "normalized":
+        raise XecError(f"{args.inpainter}: a {meta.io_units}-unit inpainter; give the normalized export (model.onnx)")
     icfg = cfg["inference"]
     session = make_session(args.inpainter, icfg["device"], icfg["intra_op_threads"])
     bcfg = BaselineConfig.from_dict(plain(cfg["baseline"]))
