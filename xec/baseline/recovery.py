@@ -9,7 +9,8 @@ For a sensor s to recover, its neighbours are the live sensors of the same face 
 - solid-angle rule (the experiment's, docs/architecture.md): sum(npho_n) x Omega_s / sum(Omega_n),
   solid angles (xec.baseline.solid_angles) seen from the reconstructed position; when the
   neighbours hold sum(npho_n) <= ``fallback_npho`` photons (default 50) the light pattern is too
-  faint for the solid-angle scaling and the neighbour average is used instead;
+  faint for the solid-angle scaling and the neighbour average is used instead (also when no
+  neighbour sees the position: every solid angle zero);
 - time: the experiment's dead-channel time rule is not documented publicly, so this is our
   choice: each neighbour's time is brought back to the emission, t_n - |x_n - x| / v_group -
   tau / npe_n (light path from the reconstructed position and expected delay of the earliest of
@@ -102,32 +103,51 @@ def neighbour_matrix(radius: float):
 
 
 class _NeighbourSums:
-    """Sums over the live neighbours of the sensors ``(ev, sid)`` to recover, with every
-    per-sensor quantity evaluated once per (event, needed sensor): ~550 MPPCs lie within 20 cm
-    of an MPPC, and one sparse product sums them for all targets of a chunk."""
+    """Sums over the live neighbours of the sensors ``(ev, sid)`` to recover, every per-sensor
+    quantity evaluated only on the needed sensors (C columns: the targets and their
+    neighbours), two ways with the same result (~550 MPPCs lie within 20 cm of an MPPC):
+
+    - by sensor: one sparse product (distinct target sensors x their neighbours) @ (events),
+      cheap when few distinct sensors are dead in many events (a run's dead channels);
+    - by target: each target gathers its own event's values at its padded neighbour list, cheap
+      when the targets are spread over many sensors (randomly hidden ones)."""
 
     def __init__(self, dead: np.ndarray, ev: np.ndarray, sid: np.ndarray, radius: float):
-        A = neighbour_matrix(float(radius))
-        self.rows, self.inv = np.unique(ev, return_inverse=True)
+        self.rows, self.inv = np.unique(ev, return_inverse=True)  # events with a target
         udead, self.uinv = np.unique(sid, return_inverse=True)
-        sub = A[udead]
-        self.cols = np.union1d(sub.indices, udead)  # every sensor any target needs
-        self.pos = np.searchsorted(self.cols, sid)  # the target's own column
-        self.live = ~dead[np.ix_(self.rows, self.cols)]  # (R, C)
-        self.sub_c = sub[:, self.cols]  # (U, C) sparse
+        # a gathered element costs a few times a sparse multiply-add: compare the work
+        self.by_sensor = len(udead) * len(self.rows) < 4 * len(sid)
+        if self.by_sensor:
+            sub = neighbour_matrix(float(radius))[udead]  # (U, 4760)
+            self.cols = np.union1d(sub.indices, udead)
+            self.sub = sub[:, self.cols]
+        else:
+            table, valid = neighbour_table(float(radius))
+            nb = table[sid]
+            self.cols = np.union1d(nb[valid[sid]], udead)
+            self.nb = np.searchsorted(self.cols, np.where(valid[sid], nb, udead[0]))  # (K, M) column indices
+            self.valid = valid[sid]
+        self.pos = np.searchsorted(self.cols, sid)  # each target's own column
+        self.dead_rc = self.gather(dead)
+        if not self.by_sensor:
+            self.live = self.valid & ~self.dead_rc[self.inv[:, None], self.nb]
 
     def gather(self, values: np.ndarray) -> np.ndarray:
-        """(R, C) slice of a (N, 4760) per-sensor array."""
+        """(R, C) slice of a (N, 4760) per-sensor array: events with a target, needed sensors."""
         return values[np.ix_(self.rows, self.cols)]
 
     def own(self, values_rc: np.ndarray) -> np.ndarray:
         """(K,) the targets' own entries of an (R, C) array."""
         return values_rc[self.inv, self.pos]
 
-    def total(self, values_rc: np.ndarray) -> np.ndarray:
-        """(K,) sum over each target's live neighbours of an (R, C) array."""
-        s = np.asarray(self.sub_c @ np.where(self.live, values_rc, 0.0).T)  # (U, R)
-        return s[self.uinv, self.inv]
+    def total(self, values_rc: np.ndarray | None = None) -> np.ndarray:
+        """(K,) sum over each target's live neighbours of an (R, C) array (None: their count)."""
+        if values_rc is None:
+            values_rc = np.ones(self.dead_rc.shape)
+        if self.by_sensor:
+            s = np.asarray(self.sub @ np.where(self.dead_rc, 0.0, values_rc).T)  # (U, R)
+            return s[self.uinv, self.inv]
+        return np.where(self.live, values_rc[self.inv[:, None], self.nb], 0.0).sum(axis=1)
 
 
 def recover(
@@ -159,14 +179,15 @@ def recover(
         return {"average": empty, "n_live": empty, "sum_npho": empty, "solid_angle": empty, "time": empty}
     npho = np.where(dead, 0.0, np.asarray(npho, dtype=np.float64))
     ns = _NeighbourSums(dead, ev, sid, radius)
-    n_live = ns.total(np.ones(ns.live.shape))
-    sum_n = ns.total(ns.gather(npho))
+    n_live = ns.total()
+    npho_r = ns.gather(npho)
+    sum_n = ns.total(npho_r)
     average = np.where(n_live > 0, sum_n / np.maximum(n_live, 1.0), 0.0)
     out.update(average=average, n_live=n_live, sum_npho=sum_n)
     if xyz is None:
         return out
     xyz = np.asarray(xyz, dtype=np.float64)
-    om = sensor_solid_angles(xyz[ns.rows], np.broadcast_to(ns.cols, ns.live.shape))
+    om = sensor_solid_angles(xyz[ns.rows], ns.cols)
     sum_om = ns.total(om)
     use_om = (sum_n > fallback_npho) & (sum_om > 0)
     solid = np.where(use_om, sum_n * ns.own(om) / np.maximum(sum_om, 1e-300), average)
@@ -176,7 +197,7 @@ def recover(
     tm = time_model or TimeModel()
     g = get_geometry()
     path = np.linalg.norm(g.positions[ns.cols][None, :, :] - xyz[ns.rows][:, None, :], axis=-1)  # (R, C)
-    npe = ns.gather(npho) * tm.efficiency(ns.cols)[None, :]
+    npe = npho_r * tm.efficiency(ns.cols)[None, :]
     first = first_photon_delay(npe, tm.decay_time_ns)
     valid = ns.gather(np.asarray(time_valid, bool)) & (npe >= tm.time_min_npe)
     t_emit = ns.gather(np.where(time_valid, time_ns, 0.0)) - path / tm.light_velocity_cm_ns - first

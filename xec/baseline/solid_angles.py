@@ -60,29 +60,46 @@ def rect_solid_angle(h: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: float 
     return np.where(behind, 0.0, f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1))
 
 
+def _dot(d: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(N, K) dot products of offsets d (N, K, 3) with per-sensor vectors v (N, K, 3) or (K, 3)."""
+    return np.einsum("nkc,nkc->nk", d, v) if v.ndim == 3 else np.einsum("nkc,kc->nk", d, v)
+
+
 def inner_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, K) solid angles of the MPPCs ``ids`` (N, K) seen from points ``xyz`` (N, 3)."""
+    """(N, K) solid angles of the MPPCs ``ids`` seen from points ``xyz`` (N, 3); ``ids`` (N, K),
+    or (K,) for the same sensors from every point (no per-point copies of the sensor frames)."""
     fr = inner_frames()
     d = xyz[:, None, :] - fr.pos[ids]
-    h = np.einsum("nkc,nkc->nk", d, fr.n[ids])
+    h = _dot(d, fr.n[ids])
     x0 = d[..., 2]  # ez = (0, 0, 1)
-    y0 = np.einsum("nkc,nkc->nk", d, fr.et[ids])
+    y0 = _dot(d, fr.et[ids])
     return rect_solid_angle(h, x0, y0)
 
 
-def sensor_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, K) solid angles of any sensors (MPPC: exact square; PMT: A cos(theta) / d^2)."""
+def _pmt_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
     g = get_geometry()
+    d = g.positions[ids] - xyz[:, None, :]
+    dist2 = np.maximum(np.sum(d * d, axis=-1), 1e-4)
+    cos = np.maximum(-_dot(d, g.normals[ids]) / np.sqrt(dist2), 0.0)
+    return np.pi * PMT_RADIUS**2 * cos / dist2
+
+
+def sensor_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N, K) solid angles of any sensors (MPPC: exact square; PMT: A cos(theta) / d^2); ``ids``
+    (N, K), or (K,) for the same sensors from every point."""
     ids = np.asarray(ids)
-    out = np.empty(ids.shape, np.float64)
     mppc = ids < 4092
+    if ids.ndim == 1:  # each formula on its own sensors only
+        out = np.zeros((len(xyz), len(ids)))
+        if mppc.any():
+            out[:, mppc] = inner_solid_angles(xyz, ids[mppc])
+        if (~mppc).any():
+            out[:, ~mppc] = _pmt_solid_angles(xyz, ids[~mppc])
+        return out
+    out = np.empty(ids.shape, np.float64)
     if mppc.any():
         # evaluate MPPCs with the exact formula (PMT ids replaced by 0 and overwritten below)
         out = np.where(mppc, inner_solid_angles(xyz, np.where(mppc, ids, 0)), 0.0)
-    pmt = ~mppc
-    if pmt.any():
-        d = g.positions[ids] - xyz[:, None, :]
-        dist2 = np.maximum(np.sum(d * d, axis=-1), 1e-4)
-        cos = np.maximum(-np.sum(d * g.normals[ids], axis=-1) / np.sqrt(dist2), 0.0)
-        out = np.where(pmt, np.pi * PMT_RADIUS**2 * cos / dist2, out)
+    if (~mppc).any():
+        out = np.where(~mppc, _pmt_solid_angles(xyz, ids), out)
     return out
