@@ -8,7 +8,10 @@ Per chunk: hide sensors (xec.inpainting.masking); the hidden ones become dead fo
   (xec.baseline.reco.fit_position), then the neighbour average and the solid-angle rule, and
   the recovered time.
 Scores on hidden sensors (all have true npho >= min_npho): relative error (pred - true) / true
-of npho -> relative MAE, relative RMS and bias, per face and per bin of true npho; the time
+of npho -> relative MAE, relative RMS and bias, per face and per bin of true npho, next to the
+Poisson floor: the relative MAE that even the exact expectation would score, since the true
+value itself fluctuates, mean of sqrt(2 / (pi npe)) with npe = true npho x efficiency (Gaussian
+limit of E|N - mu| / mu; the baseline's MPPC/PMT efficiencies); the time
 error (ns) on those with a true time -> MAE; a predicted time missing (the inpainter gives no
 time below its npho threshold, a rule none without neighbour times) is counted, not scored.
 """
@@ -41,11 +44,26 @@ class Scores:
         # sums[method][name] : (6 faces, nb + 1) with the last column = all bins
         self.sums = {m: {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in _SUMS} for m in METHODS}
         self.hidden = np.zeros(len(FACE_NAMES), np.int64)
+        self.floor = {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in ("n", "sum")}
         self.events = 0
 
-    def add(self, method: str, face: np.ndarray, true_npho, pred_npho, true_t, pred_t) -> None:
+    def _bins(self, true_npho: np.ndarray) -> np.ndarray:
         b = np.searchsorted(self.edges, true_npho, side="right") - 1
-        b = np.where((b >= 0) & (b < self.nb), b, -1)
+        return np.where((b >= 0) & (b < self.nb), b, -1)
+
+    def _accumulate(self, sums: dict[str, np.ndarray], face: np.ndarray, b: np.ndarray, terms: dict) -> None:
+        inb = b >= 0
+        for k, v in terms.items():
+            np.add.at(sums[k], (face, np.full(face.shape, self.nb)), v)
+            np.add.at(sums[k], (face[inb], b[inb]), v[inb])
+
+    def add_floor(self, face: np.ndarray, true_npho: np.ndarray, efficiency: np.ndarray) -> None:
+        """The Poisson floor of the relative MAE of these hidden sensors."""
+        floor = np.sqrt(2.0 / (np.pi * np.maximum(true_npho * efficiency, 1.0)))
+        self._accumulate(self.floor, face, self._bins(true_npho), {"n": np.ones_like(floor), "sum": floor})
+
+    def add(self, method: str, face: np.ndarray, true_npho, pred_npho, true_t, pred_t) -> None:
+        b = self._bins(true_npho)
         rel = (pred_npho - true_npho) / true_npho
         has_t = np.isfinite(true_t)
         dt = np.abs(pred_t - true_t)
@@ -59,11 +77,11 @@ class Scores:
             "abs_dt": np.where(scored_t, dt, 0.0),
             "time_missing": (has_t & ~np.isfinite(pred_t)).astype(float),
         }
-        s = self.sums[method]
-        for k, v in terms.items():
-            np.add.at(s[k], (face, np.full(face.shape, self.nb)), v)
-            inb = b >= 0
-            np.add.at(s[k], (face[inb], b[inb]), v[inb])
+        self._accumulate(self.sums[method], face, b, terms)
+
+    def _floor(self, f: int, j: int) -> float:
+        n = self.floor["n"][f, j]
+        return float(self.floor["sum"][f, j] / n) if n else float("nan")
 
     @staticmethod
     def _metrics(s: Mapping[str, np.ndarray], f: int, j: int) -> dict[str, float]:
@@ -91,10 +109,12 @@ class Scores:
             ratio = entry["inpainter"]["rel_mae"] / entry["solid_angle"]["rel_mae"]
             entry["ratio_to_solid_angle"] = ratio
             entry["goal_met"] = bool(ratio <= goal_ratio)
+            entry["poisson_floor"] = self._floor(f, self.nb)
             entry["bins"] = [
                 {
                     "lo": float(self.edges[j]),
                     "hi": float(self.edges[j + 1]),
+                    "poisson_floor": self._floor(f, j),
                     **{m: self._metrics(self.sums[m], f, j) for m in METHODS},
                 }
                 for j in range(self.nb)
@@ -146,6 +166,7 @@ def evaluate_chunk(
     face = g.face[sid].astype(np.int64)
     scores.hidden += np.bincount(face, minlength=len(FACE_NAMES))
     true_npho = npho[ev, sid]
+    scores.add_floor(face, true_npho, TimeModel.from_config(bcfg).efficiency(sid))
     t_ok = np.isfinite(time_s) & (np.abs(time_s) <= INVALID_ABOVE)
     true_t = np.where(t_ok[ev, sid], time_s[ev, sid] * 1e9, np.nan)
 
