@@ -400,3 +400,23 @@ def test_mae_cli_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
     ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "ref", out))
     for k, v in ca["ema_state"].items():
         torch.testing.assert_close(cb["ema_state"][k], v, rtol=0, atol=1e-6)
+
+
+def test_inpainter_relative_loss_term_sees_the_bright_hidden_sensors():
+    """relative_loss_weight adds the mean |pred - true| / true (photons) of the hidden sensors
+    with true npho >= the threshold (100): here 2 of them, off by -50 % and +10 %."""
+    from xec.normalization import normalizer_from_config
+    from xec.train.inpainter import InpainterStage
+
+    cfg = load_config(None, overrides={"inpainter.relative_loss_weight": 2.0})
+    norm = normalizer_from_config(cfg)
+    stage = InpainterStage(cfg, norm)
+    true = np.array([[2500.0, 300.0, 50.0, 1000.0]])  # photons; the 4th is not hidden
+    est = np.array([[1250.0, 330.0, 80.0, 0.0]])
+    x = torch.from_numpy(np.stack(norm.normalize(true, np.full(true.shape, 3e-8)), -1))
+    pred = x.clone()
+    pred[..., 0] = torch.from_numpy(norm.npho_forward(est).astype(np.float32))
+    mask = torch.tensor([[True, True, True, False]])
+    loss, logs = stage._loss(pred, x, mask)
+    assert float(logs["rel_mae_npho_bright"]) == pytest.approx((0.5 + 0.1) / 2, rel=1e-4)
+    assert float(loss) == pytest.approx(float(logs["loss_npho"] + logs["loss_time"]) + 2.0 * 0.3, rel=1e-4)
