@@ -166,7 +166,8 @@ def recover(
 
     npho (N, 4760) photons (dead entries are ignored), dead (N, 4760) bool: the sensors that
     are unavailable (dead or hidden). xyz (N, 3) reconstructed positions (cm): needed for the
-    solid-angle rule and the time. time_ns (N, 4760) with time_valid (N, 4760): sensor times.
+    solid-angle rule and the time. time_ns (N, 4760) with time_valid (N, 4760; default: finite):
+    sensor times.
 
     Returns (K,) arrays: ``average``, ``n_live`` (neighbours used), ``sum_npho``, and with xyz
     ``solid_angle`` and ``fallback`` (True where the neighbour average was used), and with
@@ -176,7 +177,9 @@ def recover(
     out: dict[str, np.ndarray] = {}
     if ev.size == 0:
         empty = np.zeros(0)
-        return {"average": empty, "n_live": empty, "sum_npho": empty, "solid_angle": empty, "time": empty}
+        return {k: empty for k in ("average", "n_live", "sum_npho", "solid_angle", "time")} | {
+            "fallback": np.zeros(0, bool)
+        }
     npho = np.where(dead, 0.0, np.asarray(npho, dtype=np.float64))
     ns = _NeighbourSums(dead, ev, sid, radius)
     n_live = ns.total()
@@ -195,11 +198,12 @@ def recover(
     if time_ns is None:
         return out
     tm = time_model or TimeModel()
+    time_valid = np.isfinite(time_ns) if time_valid is None else np.asarray(time_valid, bool)
     g = get_geometry()
     path = np.linalg.norm(g.positions[ns.cols][None, :, :] - xyz[ns.rows][:, None, :], axis=-1)  # (R, C)
     npe = npho_r * tm.efficiency(ns.cols)[None, :]
     first = first_photon_delay(npe, tm.decay_time_ns)
-    valid = ns.gather(np.asarray(time_valid, bool)) & (npe >= tm.time_min_npe)
+    valid = ns.gather(time_valid) & (npe >= tm.time_min_npe)
     t_emit = ns.gather(np.where(time_valid, time_ns, 0.0)) - path / tm.light_velocity_cm_ns - first
     w = np.where(valid, 1.0 / (first**2 + tm.time_jitter_ns**2), 0.0)
     sw = ns.total(w)
