@@ -372,3 +372,20 @@ def test_raw_unit_inpainter_parity_passthrough_and_metadata(setup, exported, tmp
         run_inference(str(exported["reg"]), [str(setup["root"])], str(tmp_path / "x.root"), inpainter=str(out))
     with pytest.raises(XecError, match="--raw-units exports an inpainter"):
         export_checkpoint(str(setup["reg"][0]), str(tmp_path / "r.onnx"), raw_units=True)
+
+
+def test_time_threshold_flips_are_counted_not_failed():
+    """A filled npho exactly at the time threshold may get a time in PyTorch and none in ONNX
+    Runtime (float32 rounding): counted and forgiven; a flip away from the threshold is kept."""
+    from xec.deploy.export import _threshold_flips
+    from xec.deploy.onnx_meta import inpainter_metadata
+
+    norm = get_normalizer("meg2")
+    meta = inpainter_metadata(norm, {})
+    thr = float(norm.npho_forward(np.float64(norm.npho_threshold)))
+    ref = np.array([[[thr, 0.5], [0.9, 0.4], [0.3, 0.2]]], np.float32)
+    got = ref.copy()
+    got[0, 0, 1] = got[0, 1, 1] = norm.sentinel  # no time: at the threshold, and far above it
+    out = [got]
+    assert _threshold_flips(meta, out, [ref], rtol=1e-4, atol=1e-4) == 1
+    assert out[0][0, 0, 1] == ref[0, 0, 1] and out[0][0, 1, 1] == np.float32(norm.sentinel)
