@@ -53,7 +53,8 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from xec.deploy.runtime import make_session
     from xec.inpainting.evaluate import evaluate_sample
     from xec.inpainting.masking import check_counts
-    from xec.rootio import check_branches, count_events, expand_inputs, iterate_events, open_tree
+    from xec.inputs import expand_inputs
+    from xec.rootio import check_branches, count_events, iterate_events, open_tree
 
     sec, data = cfg["inpainting"], cfg["data"]
     counts = check_counts(plain(sec["hide"]))
