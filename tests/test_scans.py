@@ -321,14 +321,14 @@ def _w68(x):
 def test_point_metrics_from_a_real_summary():
     """The summary dict comes from xec.summary's own functions on synthetic frames, through JSON
     as `xec summary` writes it; the regressor metrics are hand-written like Trainer.finish's."""
-    from xec.summary import _finite_or_none, method_summary
+    from xec.summary import finite_or_none, method_summary
 
     frames, noise, opening = _frames(np.random.default_rng(3))
     w_true = frames["ml"]["true_uvwFI_w"].to_numpy()
     fid = np.abs(frames["ml"]["true_uvwFI_u"].to_numpy()) < 10.0  # half of the events
     methods = {m: method_summary(df, w_true, n_boot=0, n_boot_core=0, fiducial=fid) for m, df in frames.items()}
     summary = {"bench": {"events": N, "reference": "truth", "methods": methods}}
-    summary = json.loads(json.dumps(_finite_or_none(summary)))
+    summary = json.loads(json.dumps(finite_or_none(summary)))
     reg = {
         "best": {"metric": "val_loss", "value": 0.25, "epoch": 2},
         "history": [
