@@ -321,7 +321,8 @@ def _w68(x):
 def test_point_metrics_from_a_real_summary():
     """The summary dict comes from xec.summary's own functions on synthetic frames, through JSON
     as `xec summary` writes it; the regressor metrics are hand-written like Trainer.finish's."""
-    from xec.summary import finite_or_none, method_summary
+    from xec.summary import method_summary
+    from xec.utils import finite_or_none
 
     frames, noise, opening = _frames(np.random.default_rng(3))
     w_true = frames["ml"]["true_uvwFI_w"].to_numpy()

@@ -26,7 +26,7 @@ from typing import Any
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
 from xec.scans import METRICS, point_metrics, point_name, rank_points, scan_point_overrides
-from xec.utils import atomic_path, setup_logging, write_json
+from xec.utils import atomic_path, finite_or_none, setup_logging, write_json
 
 log = logging.getLogger("xec.scans")
 
@@ -62,16 +62,6 @@ def read_json(path: str, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise XecError(f"{path}: expected a JSON object ({what}), got {type(obj).__name__}")
     return obj
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # NaN is not JSON
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def build_table(
@@ -295,6 +285,6 @@ def main(args: argparse.Namespace) -> int:
             tmp.write_text(to_html(table))
     if args.plot:
         plot_table(table, args.plot)
-    write_json(args.out, _finite_or_none(table))
+    write_json(args.out, finite_or_none(table))
     log.info("scan %s: %d points ranked by %s -> %s", args.scan, len(table["rows"]), table["rank_by"], args.out)
     return 0

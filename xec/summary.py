@@ -42,7 +42,7 @@ import numpy as np
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
-from xec.utils import atomic_path, setup_logging, write_json
+from xec.utils import atomic_path, finite_or_none, setup_logging, write_json
 
 log = logging.getLogger("xec.summary")
 
@@ -611,17 +611,6 @@ def _none_to_nan(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_none_to_nan(v) for v in obj]
     return float("nan") if obj is None else obj
-
-
-def finite_or_none(obj: Any) -> Any:
-    """NaN/inf -> null, so that the JSON is strict (NaN is not JSON)."""
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def main(args: argparse.Namespace) -> int:

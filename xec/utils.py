@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -42,6 +43,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented)."""
     with atomic_path(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def finite_or_none(obj: Any) -> Any:
+    """NaN/inf -> null, so that the JSON is strict (NaN is not JSON); numpy floats -> float."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

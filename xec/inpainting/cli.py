@@ -144,8 +144,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command="inpainting")
     result = run(args, cfg)
-    from xec.summary import finite_or_none, inpainting_html, inpainting_markdown
-    from xec.utils import atomic_path
+    from xec.summary import inpainting_html, inpainting_markdown
+    from xec.utils import atomic_path, finite_or_none
 
     md = inpainting_markdown(result)
     if args.plots:
