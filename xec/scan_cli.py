@@ -26,7 +26,7 @@ from typing import Any
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
 from xec.scans import METRICS, point_metrics, point_name, rank_points, scan_point_overrides
-from xec.utils import atomic_path, finite_or_none, setup_logging, write_json
+from xec.utils import atomic_path, setup_logging, write_tables
 
 log = logging.getLogger("xec.scans")
 
@@ -276,15 +276,9 @@ def main(args: argparse.Namespace) -> int:
     table = build_table(args.scan, spec, args.point)
     for row in table["rows"]:
         log.info("%d. %s: %s = %s", row["rank"], row["point"], table["rank_by"], fmt_number(row[table["rank_by"]]))
-    # the JSON last: it is the rule's main output, so a failure leaves no stale table
-    if args.markdown:
-        with atomic_path(args.markdown, suffix=".md") as tmp:
-            tmp.write_text(to_markdown(table))
-    if args.html:
-        with atomic_path(args.html, suffix=".html") as tmp:
-            tmp.write_text(to_html(table))
     if args.plot:
         plot_table(table, args.plot)
-    write_json(args.out, finite_or_none(table))
+    markdown = (args.markdown, to_markdown(table) if args.markdown else "")
+    write_tables(args.out, table, markdown, (args.html, to_html(table) if args.html else ""))
     log.info("scan %s: %d points ranked by %s -> %s", args.scan, len(table["rows"]), table["rank_by"], args.out)
     return 0

@@ -42,7 +42,7 @@ import numpy as np
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
-from xec.utils import atomic_path, finite_or_none, setup_logging, write_json
+from xec.utils import setup_logging, write_tables
 
 log = logging.getLogger("xec.summary")
 
@@ -618,13 +618,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, command="summary")
     summary = build_summary(args, cfg)
     md = to_markdown(summary)
-    # the JSON last: it is the rule's main output, so a failure leaves no stale summary
-    if args.markdown:
-        with atomic_path(args.markdown, suffix=".md") as tmp:
-            tmp.write_text(md + "\n")
-    if args.html:
-        with atomic_path(args.html, suffix=".html") as tmp:
-            tmp.write_text(to_html(summary))
-    write_json(args.out, finite_or_none(summary))
+    html = to_html(summary) if args.html else ""
+    write_tables(args.out, summary, (args.markdown, md + "\n"), (args.html, html))
     log.info("summary -> %s\n%s", args.out, md)
     return 0

@@ -56,6 +56,21 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def write_tables(
+    out: str | os.PathLike,
+    obj: Any,
+    markdown: tuple[str | None, str] = (None, ""),
+    html: tuple[str | None, str] = (None, ""),
+) -> None:
+    """A result as optional markdown and HTML (each (path or None, text)), then as strict JSON
+    in ``out``, last: it is the rule's main output, so a failure leaves no stale result."""
+    for (path, text), suffix in ((markdown, ".md"), (html, ".html")):
+        if path:
+            with atomic_path(path, suffix=suffix) as tmp:
+                tmp.write_text(text)
+    write_json(out, finite_or_none(obj))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()

@@ -23,7 +23,7 @@ from typing import Any
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
-from xec.utils import setup_logging, write_json
+from xec.utils import setup_logging
 
 log = logging.getLogger("xec.inpainting")
 
@@ -145,19 +145,14 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, command="inpainting")
     result = run(args, cfg)
     from xec.summary import inpainting_html, inpainting_markdown
-    from xec.utils import atomic_path, finite_or_none
+    from xec.utils import write_tables
 
     md = inpainting_markdown(result)
     if args.plots:
         from xec.plots.inpainting import inpainting_plots
 
         inpainting_plots(result, args.plots)
-    if args.markdown:
-        with atomic_path(args.markdown, suffix=".md") as tmp:
-            tmp.write_text(md + "\n")
-    if args.html:
-        with atomic_path(args.html, suffix=".html") as tmp:
-            tmp.write_text(inpainting_html(result))
-    write_json(args.out, finite_or_none(result))  # last: the rule's main output
+    html = inpainting_html(result) if args.html else ""
+    write_tables(args.out, result, (args.markdown, md + "\n"), (args.html, html))
     log.info("inpainting -> %s\n%s", args.out, md)
     return 0
