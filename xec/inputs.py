@@ -54,10 +54,11 @@ def read_run_list(path: str | os.PathLike) -> list[tuple[str, str]]:
     return out
 
 
-def expand_inputs(entries: Iterable[str]) -> list[str]:
-    """Paths, globs and run lists -> the files, in the given order (a glob's matches sorted).
+def expand_input_entries(entries: Iterable[str]) -> list[tuple[str, str]]:
+    """Paths, globs and run lists -> [(file, where)], in the given order (a glob's matches
+    sorted); ``where`` is the entry or "LIST:LINE" that named the file, for error messages.
     An entry matching nothing, an empty run list and a file named twice are errors."""
-    files: list[str] = []
+    out: list[tuple[str, str]] = []
     origin: dict[str, str] = {}
     for entry in entries:
         entry = str(entry)
@@ -76,7 +77,33 @@ def expand_inputs(entries: Iterable[str]) -> list[str]:
                     raise XecError(f"{f}: named twice in the inputs")
                 raise XecError(f"{where}: {f} is named twice (also at {origin[key]})")
             origin[key] = where
-            files.append(f)
-    if not files:
+            out.append((f, where))
+    if not out:
         raise XecError("no input files given")
-    return files
+    return out
+
+
+def expand_inputs(entries: Iterable[str]) -> list[str]:
+    """The files of :func:`expand_input_entries`, without their origins."""
+    return [f for f, _ in expand_input_entries(entries)]
+
+
+def file_stem(path: str) -> str:
+    """The name a per-file output takes from its input: ``/data/run012345.root`` -> ``run012345``."""
+    return Path(path).name.removesuffix(".root")
+
+
+def stems_of(entries: Iterable[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """{stem: (file, where)} of expanded inputs, in order. Per-file outputs are named by stem,
+    so two inputs with the same file name (in different folders) are an error naming both."""
+    stems: dict[str, tuple[str, str]] = {}
+    for f, where in entries:
+        stem = file_stem(f)
+        if stem in stems:
+            other, other_where = stems[stem]
+            raise XecError(
+                f"{where}: {f} and {other} (at {other_where}) share the file name {stem!r}; "
+                "per-file outputs are named by it: rename or link one of them"
+            )
+        stems[stem] = (f, where)
+    return stems

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import uproot
 
-from xec.errors import XecError
+from xec.errors import InputFileError, XecError
 from xec.geometry import N_SENSORS
 from xec.inputs import expand_inputs  # noqa: F401  (the commands' --input expansion, re-exported)
 from xec.utils import atomic_path
@@ -46,18 +46,18 @@ def open_tree(path: str | os.PathLike, tree: str = "tree"):
     """Open ``path`` and return its TTree, turning every failure into one clear XecError."""
     path = str(path)
     if not os.path.exists(path):
-        raise XecError(f"{path}: no such file")
+        raise InputFileError(path, f"{path}: no such file")
     try:
         f = uproot.open(path)
     except Exception as exc:  # uproot raises ValueError/OSError/DeserializationError
-        raise XecError(f"{path}: not a readable ROOT file ({type(exc).__name__}: {exc})") from exc
+        raise InputFileError(path, f"{path}: not a readable ROOT file ({type(exc).__name__}: {exc})") from exc
     try:
         obj = f[tree]
     except Exception as exc:
         keys = ", ".join(sorted({k.split(";")[0] for k in f.keys()})) or "none"
-        raise XecError(f"{path}: no TTree {tree!r} (keys: {keys})") from exc
+        raise InputFileError(path, f"{path}: no TTree {tree!r} (keys: {keys})") from exc
     if not isinstance(obj, uproot.behaviors.TTree.TTree):
-        raise XecError(f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree")
+        raise InputFileError(path, f"{path}: {tree!r} is a {type(obj).__name__}, not a TTree")
     return obj
 
 
@@ -65,7 +65,7 @@ def check_branches(tree, path: str, sensor_branches: Sequence[str], event_branch
     """Raise XecError if a required branch is missing."""
     missing = [b for b in (*sensor_branches, *event_branches) if b not in tree.keys()]
     if missing:
-        raise XecError(f"{path}: missing branch(es) {missing} in tree {tree.name!r}")
+        raise InputFileError(path, f"{path}: missing branch(es) {missing} in tree {tree.name!r}")
 
 
 def _as_sensor_array(values: Any, branch: str, path: str) -> np.ndarray:
@@ -73,10 +73,14 @@ def _as_sensor_array(values: Any, branch: str, path: str) -> np.ndarray:
     if arr.dtype == object:  # jagged (std::vector) branch: every event must have 4760 entries
         lengths = {len(v) for v in arr}
         if lengths != {N_SENSORS}:
-            raise XecError(f"{path}: branch {branch} has {sorted(lengths)[:5]} values per event, expected {N_SENSORS}")
+            raise InputFileError(
+                path, f"{path}: branch {branch} has {sorted(lengths)[:5]} values per event, expected {N_SENSORS}"
+            )
         arr = np.stack(arr)
     if arr.ndim != 2 or arr.shape[1] != N_SENSORS:
-        raise XecError(f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected ({N_SENSORS},)")
+        raise InputFileError(
+            path, f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected ({N_SENSORS},)"
+        )
     return arr.astype(np.float32, copy=False)
 
 
@@ -86,7 +90,7 @@ def _as_event_array(values: Any, branch: str, path: str) -> np.ndarray:
     if arr.dtype == object:
         arr = np.stack(arr)
     if expected is not None and arr.shape[1:] != expected:
-        raise XecError(f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected {expected}")
+        raise InputFileError(path, f"{path}: branch {branch} has shape {arr.shape[1:]} per event, expected {expected}")
     return arr
 
 
@@ -118,9 +122,63 @@ def iterate_events(
         except XecError:
             raise
         except Exception as exc:
-            raise XecError(
-                f"{path}: cannot read tree {tree!r} ({type(exc).__name__}: {exc}); is the file truncated?"
+            raise InputFileError(
+                path, f"{path}: cannot read tree {tree!r} ({type(exc).__name__}: {exc}); is the file truncated?"
             ) from exc
+
+
+def check_input_layout(
+    entries: Sequence[tuple[str, str]],
+    tree: str,
+    sensor_branches: Sequence[str],
+    cache: str | os.PathLike | None = None,
+) -> list[str]:
+    """Before any job of a run period starts: every input that opens must have ``tree`` and the
+    sensor branches, else one XecError naming the file and the run-list line (``entries``:
+    [(file, where)] of xec.inputs.expand_input_entries). A file that does not open at all
+    (corrupt, truncated) is not an error here: its own job fails and the merge lists it; such
+    files are returned. ``cache`` (JSON) remembers the files already checked, by size and mtime,
+    so re-planning a run period of thousands of files costs one stat per file."""
+    import json
+
+    key = f"{tree}|{','.join(sensor_branches)}"
+    known: dict[str, list] = {}
+    if cache is not None and os.path.exists(cache):
+        with contextlib.suppress(ValueError, OSError):
+            known = json.loads(Path(cache).read_text()).get(key, {})
+    unreadable, changed = [], False
+    for path, where in entries:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
+        record = known.get(os.path.abspath(path))
+        if record is not None and record[:2] == stamp:
+            if not record[2]:
+                unreadable.append(path)
+            continue
+        try:
+            f = uproot.open(path)
+        except Exception:
+            unreadable.append(path)
+            known[os.path.abspath(path)] = [*stamp, False]
+            changed = True
+            continue
+        with f:
+            try:
+                t = open_tree(path, tree)
+                check_branches(t, path, sensor_branches)
+            except XecError as exc:
+                raise XecError(f"{where}: {exc}") from None
+        known[os.path.abspath(path)] = [*stamp, True]
+        changed = True
+    if cache is not None and changed:
+        with contextlib.suppress(OSError):
+            data = {}
+            with contextlib.suppress(ValueError, OSError):
+                data = json.loads(Path(cache).read_text())
+            data[key] = known
+            with atomic_path(Path(cache)) as tmp:
+                tmp.write_text(json.dumps(data))
+    return unreadable
 
 
 def count_events(files: Sequence[str], tree: str = "tree") -> int:

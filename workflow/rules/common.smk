@@ -12,7 +12,8 @@ from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
 from xec.config import command_params as _command_params
 from xec.errors import XecError as _XecError
-from xec.inputs import expand_inputs as _expand_inputs
+from xec.inputs import expand_input_entries as _expand_input_entries
+from xec.inputs import stems_of as _stems_of
 from xec.scans import expand_scans as _expand_scans
 
 SAMPLES = ["train", "val", "bench", "realdata"]
@@ -114,17 +115,41 @@ def at(rundir, node, path):
     return f"{owner(rundir, node)}/{path}"
 
 
-def input_files(sample, rundir=RESULTS):
-    """ROOT files of a sample: the configured paths, globs and run lists (xec.inputs), or the
-    simulated file. A missing file, an empty run list or a file named twice stops the DAG
-    construction, naming the list and line."""
+@_functools.lru_cache(maxsize=None)
+def sample_inputs(sample, rundir=RESULTS):
+    """{file stem: ROOT file} of a sample, in order: the configured paths, globs and run lists
+    (xec.inputs), or the simulated file (stem = the sample's name). Per-file outputs are named
+    by stem. A missing file, an empty run list, a file named twice, two files with one name, or
+    a file without the configured tree/branches stops the DAG construction, naming the list and
+    line; a file that does not open at all is left to its own job (which fails and is listed)."""
     entries = RUN_CONFIGS[rundir]["data"][sample]
     if not entries:
-        return [at(rundir, f"data:{sample}", f"data/{sample}.root")]
+        return {sample: at(rundir, f"data:{sample}", f"data/{sample}.root")}
+    data = RUN_CONFIGS[rundir]["data"]
     try:
-        return _expand_inputs(entries)
+        expanded = _expand_input_entries(entries)
+        stems = _stems_of(expanded)
+        from xec.rootio import check_input_layout
+
+        check_input_layout(
+            expanded, data["tree"], (data["npho_branch"], data["time_branch"]), cache=".snakemake/xec_input_layout.json"
+        )
     except _XecError as exc:
         raise WorkflowError(f"config data.{sample}: {exc}") from None
+    return {stem: f for stem, (f, _) in stems.items()}
+
+
+def input_files(sample, rundir=RESULTS):
+    """ROOT files of a sample, in order (sample_inputs)."""
+    return list(sample_inputs(sample, rundir).values())
+
+
+def file_groups(sample, rundir=RESULTS):
+    """The sample's file stems in consecutive groups of `scatter.files_per_job` (the shard
+    conversion jobs): group k is stems [k n, (k+1) n)."""
+    stems = list(sample_inputs(sample, rundir))
+    n = RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
+    return [stems[i : i + n] for i in range(0, len(stems), n)]
 
 
 SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"][s]]
