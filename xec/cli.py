@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
 from xec.commands import COMMANDS
-from xec.errors import XecError
+from xec.errors import InputFileError, XecError
 
 # The subcommands: top-level names of the registry ("train mae" is a subcommand of "train").
 TOP_LEVEL = {name: cmd for name, cmd in COMMANDS.items() if " " not in name}
@@ -41,14 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
     args.argv = argv  # the whole command line, for a command that relaunches itself (xec train under torchrun)
+    record = vars(args).get("failure_record")
     try:
-        return int(module.main(args) or 0)
+        code = int(module.main(args) or 0)
     except XecError as exc:
         report_error(f"xec {name}: error: {exc}", vars(args).get("log"))
+        if record and isinstance(exc, InputFileError):
+            _record_failure(record, exc, args, name)
         return 2
     except KeyboardInterrupt:
         print(f"xec {name}: interrupted", file=sys.stderr)
         return 130
+    if record and code == 0:
+        from xec.scatter import clear_failure_record
+
+        clear_failure_record(record)
+    return code
+
+
+def _record_failure(record: str, exc: InputFileError, args: argparse.Namespace, name: str) -> None:
+    """A per-file job's input is bad: leave the record the workflow's merge reads (xec.scatter)."""
+    from xec.scatter import write_failure_record
+
+    inputs = [str(p) for p in vars(args).get("input") or []]
+    if len(inputs) != 1 or os.path.abspath(inputs[0]) != os.path.abspath(exc.path):
+        return  # only a one-file job's own input is recorded: anything else is not "this file is bad"
+    write_failure_record(record, inputs[0], str(exc), f"xec {name}")
 
 
 def report_error(message: str, log_file: str | None) -> None:

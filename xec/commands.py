@@ -77,6 +77,9 @@ COMMANDS: dict[str, Command] = {
     "baseline": Command(
         "xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file", reads=("baseline", "data.tree")
     ),
+    "merge": Command(
+        "xec.scatter", "merge per-file parquet outputs into one dataset directory (run periods)", reads=()
+    ),
     "inpainting": Command(
         "xec.inpainting.cli",
         "score the inpainter against the classical dead-sensor recoveries on hidden live sensors",
@@ -91,7 +94,7 @@ COMMANDS: dict[str, Command] = {
     "plots": Command(
         "xec.plots.cli",
         "make the plots of a pipeline run",
-        reads=("plots", "data.tree", "data.bench", "summary.fiducial"),
+        reads=("plots", "data.tree", "data.bench", "summary.fiducial", "summary.max_events"),
     ),
     "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
     "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model",)),

@@ -85,15 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", default=None, help="log file")
 
 
-def read_results(path: str) -> pd.DataFrame:  # noqa: F821
-    """Read an infer/baseline parquet; clear errors for a missing file or missing columns."""
-    import pandas as pd
+def read_results(path: str, max_events: int | None = None) -> pd.DataFrame:  # noqa: F821
+    """Read an infer/baseline parquet file or merged dataset directory (xec.scatter), at most
+    ~``max_events`` events of it (xec.runs.read_sampled); clear errors for a missing file or
+    missing columns."""
+    from xec.runs import read_sampled
 
     p = Path(path)
     if not p.exists():
         raise XecError(f"{path}: no such file")
     try:
-        df = pd.read_parquet(p)
+        df = read_sampled(p, max_events)
+    except XecError:
+        raise
     except Exception as exc:
         raise XecError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from exc
     if len(df) == 0:
@@ -235,6 +239,26 @@ def uncertainty_summary(
     return out
 
 
+def _count(path: str) -> int:
+    from xec.runs import count_events
+
+    return count_events(path)
+
+
+def files_summary(path: str) -> dict[str, Any] | None:
+    """Input files of a merged dataset (xec.scatter): processed files, events, failed files."""
+    from xec.scatter import read_merge_manifest
+
+    manifest = read_merge_manifest(path)
+    if manifest is None:
+        return None
+    return {
+        "processed": len(manifest["files"]),
+        "events": int(manifest["events"]),
+        "failed": [{"input": f["input"], "error": f["error"]} for f in manifest["failed"]],
+    }
+
+
 def fiducial_mask(df, limits: Mapping[str, Any], prefix: str) -> np.ndarray:
     """Events whose ``<prefix>uvwFI_{u,v,w}`` (cm) lie inside ``limits`` ({u: [lo, hi], ...},
     lo <= x < hi); NaN positions are outside."""
@@ -255,12 +279,13 @@ def sample_summary(
     tail_nsigma: float,
     n_boot_core: int = 50,
     fiducial: Mapping[str, Any] | None = None,
+    max_events: int | None = None,
 ) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
     volume, selected by the true first-interaction position, or by the reference method's
     reconstructed one where the sample has no truth (real data, as physicists select it)."""
-    frames = _match({m: read_results(p) for m, p in inputs.items()}, inputs)
+    frames = _match({m: read_results(p, max_events) for m, p in inputs.items()}, inputs)
     first = next(iter(frames.values()))
     has_truth = any(c.startswith("true_") for c in first.columns)
     w_true = first["true_uvwFI_w"].to_numpy(np.float64) if "true_uvwFI_w" in first.columns else None
@@ -295,6 +320,7 @@ def sample_summary(
                 uncertainty[name] = u
     out = {
         "events": int(len(first)),
+        "events_available": max(_count(p) for p in inputs.values()),
         "reference": "truth" if ref is None else reference_method,
         "inputs": dict(inputs),
         "fiducial": fid_info,
@@ -415,6 +441,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
             lines.append("|" + "---|" * len(header))
             lines += ["| " + " | ".join(r) + " |" for r in rows]
             lines.append("")
+        for title, note, (header, rows) in _run_period_tables(s):
+            lines += [f"### {title}", "", note, ""]
+            lines += _md_table(header, rows)
+            lines.append("")
     if "inpainting" in summary:
         lines += [inpainting_markdown(summary["inpainting"], level=2), ""]
     return "\n".join(lines)
@@ -473,6 +503,30 @@ def _inpainting_note(result: Mapping[str, Any]) -> str:
     m = result["meta"]
     hide = ", ".join(f"{k} {v}" for k, v in m["hide"].items() if v)
     return INPAINTING_NOTE.format(min_npho=m["min_npho"], hide=hide, goal_ratio=m["goal_ratio"])
+
+
+RUNS_NOTE = (
+    "Per run: events, mean and 68 % width of the ML energy, and the median ML minus classical "
+    "difference (the file's own reconstruction where it has one, else the xec baseline)."
+)
+
+
+def _run_period_tables(sample: dict[str, Any]) -> list[tuple[str, str, tuple[list[str], list[list[str]]]]]:
+    """(title, note, table) of the input files (processed, failed) and the per-run table."""
+    from xec.runs import run_rows
+
+    tables = []
+    files = sample.get("files")
+    if files:
+        note = (
+            f"{files['processed']} file(s) processed, {files['events']} events; "
+            f"{len(files['failed'])} failed file(s), left out (xec.scatter: fix or replace them and rerun)."
+        )
+        rows = [[f["input"], " ".join(str(f["error"]).split())] for f in files["failed"]]
+        tables.append(("input files", note, (["failed file", "error"], rows)))
+    if sample.get("runs"):
+        tables.append(("run by run", RUNS_NOTE, run_rows(sample["runs"])))
+    return tables
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -534,6 +588,7 @@ def to_html(summary: dict[str, Any]) -> str:
         tables = _tables(s)
         if s.get("uncertainty"):
             tables.append(("per-event uncertainties. " + UNCERTAINTY_NOTE, uncertainty_rows(s)))
+        tables += [(f"{title}. {note}", table) for title, note, table in _run_period_tables(s)]
         for title, (header, rows) in tables:
             parts.append(f"<h4>{html.escape(title)}</h4><table>")
             parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
@@ -554,6 +609,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     tail = float(sec["tail_nsigma"])
     n_core = int(sec["n_boot_core"])
     fiducial = sec["fiducial"]
+    max_events = sec["max_events"]
     seed = int(cfg["seed"])
     out: dict[str, Any] = {
         "meta": {
@@ -563,6 +619,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
             "tail_nsigma": tail,
             "fiducial_cm": {c: list(fiducial[c]) for c in "uvw"},
             "seed": seed,
+            "max_events": max_events,
             "xec_version": __version__,
             "note": NOTE,
         }
@@ -580,9 +637,15 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     if not bench and not real and not args.inpainting:
         raise XecError("nothing to summarize: give --bench-*, --realdata-* parquet files and/or --inpainting")
     if bench:
-        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
+        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
     if real:
-        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial)
+        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
+        ml = args.realdata_predictions or args.realdata_noinpaint_predictions
+        if ml:
+            from xec.runs import run_table
+
+            out["realdata"]["runs"] = run_table(ml, args.realdata_baseline)
+            out["realdata"]["files"] = files_summary(ml)
     if args.inpainting:
         out["inpainting"] = read_inpainting(args.inpainting)
     return out

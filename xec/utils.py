@@ -39,6 +39,25 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Swap the finished directory ``tmp`` into place as ``out``; an old ``out`` is moved aside
+    first and removed only after the swap, so a reader never sees a half-written directory."""
+    import shutil
+    import uuid
+
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented)."""
     with atomic_path(path, suffix=".json") as tmp:

@@ -15,6 +15,8 @@ from xec.errors import XecError as _XecError
 from xec.inputs import expand_input_entries as _expand_input_entries
 from xec.inputs import stems_of as _stems_of
 from xec.scans import expand_scans as _expand_scans
+from xec.scatter import FAILURE_SUFFIX as _FAILURE_SUFFIX
+from xec.scatter import read_failure_record as _read_failure_record
 
 SAMPLES = ["train", "val", "bench", "realdata"]
 
@@ -150,6 +152,65 @@ def file_groups(sample, rundir=RESULTS):
     stems = list(sample_inputs(sample, rundir))
     n = RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
     return [stems[i : i + n] for i in range(0, len(stems), n)]
+
+
+# ---- per-file scatter (issue 17, xec.scatter) ---------------------------------------------------
+STEM_PATTERN = r"[^/]+"
+
+
+def _apply_files_per_job():
+    """`scatter.files_per_job` per-file jobs share one cluster job: the size of the Snakemake
+    group "scatter" (the per-file rules declare `group: "scatter"`), unless the command line gave
+    `--group-components scatter=N`. Local runs ignore groups: there every file is its own job."""
+    components = workflow.group_settings.group_components
+    if "scatter" not in components:
+        n = int(config["scatter"]["files_per_job"])
+        workflow.group_settings.group_components = {**components, "scatter": n}
+
+
+_apply_files_per_job()
+
+
+def scatter_input(sample, stem, rundir=RESULTS):
+    """The input ROOT file of a per-file job."""
+    files = sample_inputs(sample, rundir)
+    if stem not in files:
+        raise WorkflowError(f"no input file named {stem!r} in data.{sample}")
+    return files[stem]
+
+
+def failure_record(rundir, folder, stem):
+    """Where a per-file job of `folder` (e.g. inference/realdata) records a bad input file."""
+    return f"{rundir}/{folder}/{stem}{_FAILURE_SUFFIX}"
+
+
+def scatter_parts(sample, folder, rundir=RESULTS):
+    """([per-file parquet, ...], [(input, failure record), ...]) of a merge: files whose current
+    failure record says they are bad (xec.scatter) are left out and listed, all others are
+    inputs of the merge (so a new file in the list schedules exactly its own job)."""
+    parts, failed = [], []
+    for stem, path in sample_inputs(sample, rundir).items():
+        record = failure_record(rundir, folder, stem)
+        if _read_failure_record(record, path) is not None:
+            failed.append((path, record))
+        else:
+            parts.append(f"{rundir}/{folder}/{stem}.parquet")
+    return parts, failed
+
+
+def good_input_files(sample, folder, rundir=RESULTS):
+    """The sample's files without a current failure record of the per-file jobs in `folder`."""
+    bad = {path for path, _ in scatter_parts(sample, folder, rundir)[1]}
+    return [path for path in input_files(sample, rundir) if path not in bad]
+
+
+def merge_args(sample, folder, rundir=RESULTS):
+    """`--part STEM INPUT PARQUET ...` and `--failed INPUT RECORD ...` of `xec merge`."""
+    parts, failed = scatter_parts(sample, folder, rundir)
+    stems = {f"{rundir}/{folder}/{stem}.parquet": (stem, path) for stem, path in sample_inputs(sample, rundir).items()}
+    args = [f"--part {stems[p][0]} {stems[p][1]} {p}" for p in parts]
+    args += [f"--failed {path} {record}" for path, record in failed]
+    return " ".join(args)
 
 
 SIMULATED_SAMPLES = [s for s in SAMPLES if not config["data"][s]]

@@ -36,16 +36,53 @@ rule export:
         " --out {output.model} --log {log}"
 
 
+# Per-file inference (issue 17): one job per input file of the run's sample, writing
+# inference/<name>/<file stem>.{root,parquet}; on a cluster, `scatter.files_per_job` of them share
+# one job (Snakemake group "scatter"). A bad input file fails its own job and leaves a failure
+# record; the merge below then lists the file instead of waiting for it (xec.scatter).
 rule inference:
     input:
         model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
         inpainter=lambda w: (
             [at(w.rundir, "export:inpainter", "inpainter/model.onnx")] if INFERENCE_RUNS[w.name]["inpainter"] else []
         ),
-        data=lambda w: input_files(INFERENCE_RUNS[w.name]["sample"], w.rundir),
+        data=lambda w: scatter_input(INFERENCE_RUNS[w.name]["sample"], w.stem, w.rundir),
     output:
-        root=f"{{rundir}}/inference/{{name}}.root",
-        parquet=f"{{rundir}}/inference/{{name}}.parquet",
+        root=f"{{rundir}}/inference/{{name}}/{{stem}}.root",
+        parquet=f"{{rundir}}/inference/{{name}}/{{stem}}.parquet",
+    log:
+        f"{{rundir}}/logs/inference/{{name}}/{{stem}}.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/inference/{{name}}/{{stem}}.tsv"
+    wildcard_constraints:
+        name="|".join(INFERENCE_RUNS),
+        stem=STEM_PATTERN,
+    group:
+        "scatter"
+    conda:
+        SOFTWARE_ENV
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("infer", w.rundir),
+        inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+        record=lambda w: failure_record(w.rundir, f"inference/{w.name}", w.stem),
+    shell:
+        "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
+        " --input {input.data} --out {output.root} --parquet {output.parquet}"
+        " --failure-record {params.record} --log {log}"
+
+
+# The merged view of a run's per-file outputs: a parquet dataset directory (what the summary and
+# the plots read), rebuilt from links whenever the file list changes.
+rule inference_merge:
+    input:
+        lambda w: scatter_parts(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir)[0],
+    output:
+        directory(f"{{rundir}}/inference/{{name}}.parquet"),
     log:
         f"{{rundir}}/logs/inference/{{name}}.log",
     benchmark:
@@ -54,14 +91,11 @@ rule inference:
         name="|".join(INFERENCE_RUNS),
     conda:
         SOFTWARE_ENV
-    threads: 2
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=1000,
+        runtime=15,
     params:
-        cfg=lambda w: resolved_config(w.rundir),
-        values=lambda w: command_values("infer", w.rundir),
-        inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+        parts=lambda w: merge_args(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir),
     shell:
-        "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
-        " --input {input.data} --out {output.root} --parquet {output.parquet} --log {log}"
+        "xec merge {params.parts} --out {output} --log {log}"

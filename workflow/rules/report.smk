@@ -29,16 +29,19 @@ rule baseline_calibration:
 
 rule baseline:
     input:
-        data=lambda w: input_files(w.sample, w.rundir),
+        data=lambda w: scatter_input(w.sample, w.stem, w.rundir),
         calibration=lambda w: at(w.rundir, "baseline_calibration", "baseline/calibration.json"),
     output:
-        parquet=f"{{rundir}}/baseline/{{sample}}.parquet",
+        parquet=f"{{rundir}}/baseline/{{sample}}/{{stem}}.parquet",
     log:
-        f"{{rundir}}/logs/baseline/{{sample}}.log",
+        f"{{rundir}}/logs/baseline/{{sample}}/{{stem}}.log",
     benchmark:
-        f"{{rundir}}/benchmarks/baseline/{{sample}}.tsv"
+        f"{{rundir}}/benchmarks/baseline/{{sample}}/{{stem}}.tsv"
     wildcard_constraints:
         sample="|".join(BASELINE_SAMPLES),
+        stem=STEM_PATTERN,
+    group:
+        "scatter"
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -48,9 +51,33 @@ rule baseline:
     params:
         cfg=lambda w: resolved_config(w.rundir),
         values=lambda w: command_values("baseline", w.rundir),
+        record=lambda w: failure_record(w.rundir, f"baseline/{w.sample}", w.stem),
     shell:
         "xec baseline --config {params.cfg} --input {input.data} --calibration {input.calibration}"
-        " --out {output.parquet} --log {log}"
+        " --out {output.parquet} --failure-record {params.record} --log {log}"
+
+
+rule baseline_merge:
+    input:
+        lambda w: scatter_parts(w.sample, f"baseline/{w.sample}", w.rundir)[0],
+    output:
+        directory(f"{{rundir}}/baseline/{{sample}}.parquet"),
+    log:
+        f"{{rundir}}/logs/baseline/{{sample}}.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/baseline/{{sample}}.tsv"
+    wildcard_constraints:
+        sample="|".join(BASELINE_SAMPLES),
+    conda:
+        SOFTWARE_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=15,
+    params:
+        parts=lambda w: merge_args(w.sample, f"baseline/{w.sample}", w.rundir),
+    shell:
+        "xec merge {params.parts} --out {output} --log {log}"
 
 
 # Inpainter vs the classical recoveries on hidden live sensors of val and realdata (issue 14).
@@ -61,7 +88,7 @@ rule inpainting:
     input:
         model=lambda w: at(w.rundir, "export:inpainter", "inpainter/model.onnx"),
         val=lambda w: input_files("val", w.rundir),
-        realdata=lambda w: input_files("realdata", w.rundir),
+        realdata=lambda w: good_input_files("realdata", "inference/realdata", w.rundir),
     output:
         json=f"{{rundir}}/inpainting/summary.json",
         markdown=f"{{rundir}}/inpainting/summary.md",

@@ -41,7 +41,8 @@ import numpy as np
 
 from xec.baseline.reco import BaselineConfig, Calibration, calibrate, reconstruct_chunk
 from xec.config import add_config_argument, load_config, plain
-from xec.errors import XecError
+from xec.errors import InputFileError, XecError
+from xec.scatter import add_failure_record_argument
 from xec.utils import atomic_path, progress_enabled, setup_logging, write_json
 
 log = logging.getLogger("xec.baseline")
@@ -66,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-events", type=int, default=None, help="reconstruct at most this many events")
     add_config_argument(parser)
     parser.add_argument("--log", default=None, help="log file")
+    add_failure_record_argument(parser)
 
 
 def _settings(cfg: Mapping[str, Any]) -> tuple[BaselineConfig, dict[str, Any]]:
@@ -268,7 +270,7 @@ def run_baseline(
                 rw.extend(copy)
             n += len(cols["run"])
         if writer is None:
-            raise XecError(f"{files[0]}: no events to reconstruct")
+            raise InputFileError(files[0], f"{files[0]}: no events to reconstruct")
         writer.close()
     dt = time.perf_counter() - t0
     log.info("baseline: %d events in %.1f s (%.0f events/s) -> %s", n, dt, n / max(dt, 1e-9), out)

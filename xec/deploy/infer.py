@@ -48,8 +48,9 @@ import numpy as np
 from xec.config import add_config_argument, load_config
 from xec.deploy.onnx_meta import ModelMetadata, read_metadata
 from xec.deploy.runtime import make_session, run_batched
-from xec.errors import XecError
+from xec.errors import InputFileError, XecError
 from xec.normalization import Normalizer
+from xec.scatter import add_failure_record_argument
 from xec.utils import atomic_path, progress_enabled, setup_logging
 
 log = logging.getLogger("xec.infer")
@@ -75,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ONNX Runtime device (default: config inference.device)",
     )
     parser.add_argument("--log", default=None, help="log file")
+    add_failure_record_argument(parser)
     add_config_argument(parser)
 
 
@@ -145,7 +147,7 @@ def _validate_inputs(files: list[str], tree: str, sensor_branches: tuple[str, ..
         check_branches(t, path, sensor_branches)
         n = int(t.num_entries)
         if n == 0:
-            raise XecError(f"{path}: tree {tree!r} has no events")
+            raise InputFileError(path, f"{path}: tree {tree!r} has no events")
         total += n
     return total
 

@@ -14,6 +14,7 @@ from xec.plots.physics import (
     realdata_distributions,
     residual_distributions,
     resolution_profiles,
+    run_stability,
     timing_residuals,
 )
 from xec.plots.training import training_curves
@@ -31,6 +32,7 @@ __all__ = [
     "realdata_distributions",
     "residual_distributions",
     "resolution_profiles",
+    "run_stability",
     "timing_residuals",
     "training_curves",
     "kept_fraction",

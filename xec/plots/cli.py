@@ -74,7 +74,7 @@ class PlotRun:
         log.warning("skipped plot %s: %s", name, why)
 
 
-def _read(path: Path, what: str):
+def _read_capped(path: Path, what: str, max_events: int | None = None):
     """The frame of an infer/baseline/val-predictions parquet, or None (missing or unreadable:
     the plots that need it are skipped, the others still made)."""
     from xec.plots.common import standard_columns
@@ -84,7 +84,7 @@ def _read(path: Path, what: str):
         log.info("%s: %s not found", what, path)
         return None
     try:
-        return standard_columns(read_results(str(path)))
+        return standard_columns(read_results(str(path), max_events))
     except XecError as exc:
         log.warning("%s: %s", what, exc)
         return None
@@ -149,6 +149,10 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     sec = cfg["plots"]
     run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
     n_bins, n_boot = int(sec["profile_bins"]), int(sec["n_boot"])
+    cap = cfg["summary"]["max_events"]
+
+    def _read(path: Path, what: str):  # every sample at most summary.max_events events (xec.runs)
+        return _read_capped(path, what, cap)
 
     bench = {
         k: v
@@ -210,6 +214,16 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         if any(c.startswith("true_") for d in real.values() for c in d.columns):
             run("residuals_realdata", P.residual_distributions, real, title="realdata (dead sensors): residuals")
             run("opening_angle_realdata", P.opening_angle_distribution, real)
+    real_ml = results / "inference" / "realdata.parquet"
+    if real_ml.exists():
+        from xec.runs import run_table
+
+        base = results / "baseline" / "realdata.parquet"
+        try:
+            rows = run_table(real_ml, base if base.exists() else None)
+            run("run_stability_realdata", P.run_stability, rows)
+        except (XecError, OSError, ValueError) as exc:
+            run.skip("run_stability_realdata", f"{type(exc).__name__}: {exc}")
 
     metrics = {}
     for stage in ("mae", "inpainter", "regressor"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -280,5 +280,35 @@ def realdata_distributions(
         ax.set_xlabel(label)
         ax.set_ylabel("events")
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out, formats, dpi)
+
+
+def run_stability(
+    rows: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    dpi: int = 110,
+) -> list[Path]:
+    """Run-by-run stability of a run period (xec.runs.run_table rows): the ML energy (mean, bars
+    = 68 % width) and the median ML - classical differences against the run number."""
+    if not rows:
+        raise ValueError("no runs")
+    from xec.runs import RUN_DIFFS, RUN_LABELS
+
+    runs = np.array([r["run"] for r in rows], np.float64)
+    diffs = [k for k in RUN_DIFFS if any(np.isfinite(r[k]) for r in rows)]
+    fig, axes = plt.subplots(1 + len(diffs), 1, figsize=(7, 1.8 * (1 + len(diffs)) + 0.6), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    mean = np.array([r["energy_mean_mev"] for r in rows])
+    width = np.array([r["energy_width_mev"] for r in rows])
+    axes[0].errorbar(runs, mean, yerr=width, fmt="o", ms=3, color="C0")
+    axes[0].set_ylabel(RUN_LABELS["energy_mean_mev"], fontsize=8)
+    for ax, key in zip(axes[1:], diffs):
+        ax.plot(runs, [r[key] for r in rows], "o", ms=3, color="C1")
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.set_ylabel(RUN_LABELS[key], fontsize=8)
+    axes[-1].set_xlabel("run")
+    axes[0].set_title(f"run by run ({len(rows)} runs, {sum(r['events'] for r in rows)} events)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out, formats, dpi)
