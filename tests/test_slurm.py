@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +39,9 @@ GPU_MODEL = "gh200"
 ACCOUNT = "xecproj"
 # Rules that must land on the GPU partition with a GPU (those the profile's set-resources name).
 GPU_RULES = {"mae", "inpainter", "regressor"}
+# The per-file rules (Snakemake group "scatter") and how many of them share one SLURM job.
+SCATTER_RULES = {"inference", "baseline"}
+FILES_PER_JOB = 4
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,9 @@ def _squeue_gres() -> dict[str, str]:
 def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     work = tmp_path / "run"
     work.mkdir()
-    shutil.copy(TINY_CONFIG, work / "config.yaml")
+    # scatter.files_per_job 4: the 6 per-file jobs (inference x 3 runs, baseline x 3 samples) go
+    # to SLURM as 2 group jobs of Snakemake group "scatter"
+    (work / "config.yaml").write_text(TINY_CONFIG.read_text() + f"scatter: {{files_per_job: {FILES_PER_JOB}}}\n")
     # The profile's job environment is envs/aarch64-cuda (XEC_ENV default of profiles/slurm-gh);
     # "created once" here as this test's own environment, whatever the machine's architecture.
     (work / "envs").mkdir()
@@ -127,7 +131,10 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     assert stats, out[-3000:]
     rule_counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
     n_local = rule_counts.get("all", 0)
-    assert len(submitted) == int(stats.group(2)) - n_local, (rule_counts, submitted)
+    n_scatter = sum(rule_counts.get(r, 0) for r in SCATTER_RULES)
+    n_groups = -(-n_scatter // FILES_PER_JOB)
+    assert n_scatter == 6 and n_groups == 2, rule_counts
+    assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
     assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
 
     # ... and SLURM ran each of them to completion, on the partition its rule belongs to, under
@@ -136,7 +143,8 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     gres = _squeue_gres()
     rules_seen = set()
     for jobid, log in submitted.items():
-        rule = Path(log).relative_to(work / "results" / "logs" / "slurm").parts[0].removeprefix("rule_")
+        rule = Path(log).relative_to(work / "results" / "logs" / "slurm").parts[0]
+        rule = rule.removeprefix("rule_").removeprefix("group_")
         rules_seen.add(rule)
         rec = records.get(jobid)
         assert rec is not None, f"SLURM job {jobid} ({rule}) not in slurmctld's completion log"
@@ -149,7 +157,26 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
         # the batch log (kept by the profile) shows the job ran in the profile's environment
         text = Path(log).read_text()
         assert f"[xec] job environment {work / 'envs' / 'aarch64-cuda'}" in text, text[-2000:]
-    assert rules_seen == set(rule_counts) - {"all"}
+    assert rules_seen == set(rule_counts) - {"all"} - SCATTER_RULES | {"scatter"}, rules_seen
+    assert sum("group_scatter" in log for log in submitted.values()) == n_groups
+
+    # Grouping changes no number: a per-file output made inside a group job equals the same file
+    # run through `xec infer` alone.
+    results = work / "results"
+    alone = tmp_path / "alone.parquet"
+    subprocess.run(
+        [sys.executable, "-m", "xec.cli", "infer", "--config", str(results / "config.yaml")]
+        + ["--model", str(results / "regressor" / "model.onnx"), "--input", str(results / "data" / "bench.root")]
+        + ["--out", str(tmp_path / "alone.root"), "--parquet", str(alone)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(results / "inference" / "bench" / "bench.parquet"), pd.read_parquet(alone)
+    )
 
     # Every output of the DAG exists: a second (local, dry) run has nothing to do.
     dry = subprocess.run(

@@ -108,7 +108,11 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     expected += [f"{st}/{f}" for st in ("mae", "inpainter", "regressor") for f in ("checkpoint.pt", "metrics.json")]
     expected += ["regressor/model.onnx", "inpainter/model.onnx", "regressor/predictions.parquet"]
     expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata")]
-    expected += ["inference/realdata.root", "inference/realdata.parquet"]
+    expected += [
+        "inference/realdata/realdata.root",
+        "inference/realdata/realdata.parquet",
+        "inference/realdata.parquet",
+    ]
     expected += ["inpainting/summary.json", "inpainting/summary.md", "inpainting/summary.html", "inpainting/plots"]
     for rel in expected:
         path = work / "results" / rel
@@ -134,7 +138,7 @@ def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"regressor.lr": 1.234e-3})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "inference_merge", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
     assert jobs["regressor"] == 1
 
@@ -147,7 +151,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"model.peak_hidden": 64})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "inference_merge", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
 
 
@@ -598,3 +602,77 @@ def test_run_list_inputs_and_a_missing_run_fail_at_dag_construction(tmp_path):
     proc = snakemake(work, "--dry-run", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"{listed}:2" in out and "data.realdata" in out, out[-3000:]
+
+
+# ---- run periods: per-file jobs, merged view, bad files, incremental (issue 17) ------------------
+
+
+def _simulate_runs(work: Path, seeds) -> list[Path]:
+    out = []
+    for seed in seeds:
+        path = work / "runs" / f"run{seed}.root"
+        path.parent.mkdir(exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "xec.cli", "simulate", "--config", str(work / "results" / "config.yaml")]
+            + ["--sample", "realdata", "--events", "64", "--seed", str(seed), "--out", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        out.append(path)
+    return out
+
+
+def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
+    """realdata as a run list of 4 files, one truncated: one job per file, the bad file's jobs
+    fail naming it while the others finish; the rerun merges the good files (every (run, event)
+    exactly once) and lists the bad one in the summary with a per-run table; a new file in the
+    list schedules only its own jobs; a file taken out of the list leaves the merged view."""
+    import pandas as pd
+
+    work = copy_run(tiny_run, tmp_path / "run")
+    runs = _simulate_runs(work, (7001, 7002, 7003, 7004))
+    bad = runs[2]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    period = work / "runs" / "period.txt"
+    period.write_text("# a test run period\n" + "".join(f"{p.name}\n" for p in runs))
+    edit_config(work, **{"data.realdata": [str(period)]})
+    targets = ["results/summary.json", "results/plots"]
+
+    first = snakemake(work, "--keep-going", *targets, check=False)
+    out = first.stdout + first.stderr
+    assert first.returncode != 0 and "run7003" in out and "[xec]" in out, out[-4000:]
+    records = sorted((work / "results").glob("**/run7003.failed.json"))
+    assert len(records) == 3, records  # inference with and without inpainting, baseline
+    assert str(bad) in json.loads(records[0].read_text())["error"]
+    for p in runs[:2] + runs[3:]:
+        assert (work / "results" / "inference" / "realdata" / f"{p.stem}.parquet").exists(), p
+
+    snakemake(work, *targets)
+    merged = work / "results" / "inference" / "realdata.parquet"
+    df = pd.read_parquet(merged)
+    parts = [
+        pd.read_parquet(work / "results" / "inference" / "realdata" / f"{p.stem}.parquet") for p in runs if p != bad
+    ]
+    assert len(df) == sum(len(p) for p in parts) == 3 * 64
+    assert not df.duplicated(["run", "event"]).any() and sorted(df["run"].unique()) == [7001, 7002, 7004]
+    pd.testing.assert_frame_equal(df, pd.concat(parts, ignore_index=True))
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    files = summary["realdata"]["files"]
+    assert files["processed"] == 3 and files["events"] == 192, files
+    assert [f["input"] for f in files["failed"]] == [str(bad)], files
+    assert [r["run"] for r in summary["realdata"]["runs"]] == [7001, 7002, 7004]
+    assert all(r["events"] == 64 and r["reference"] == "xec baseline" for r in summary["realdata"]["runs"])
+    assert "run by run" in (work / "results" / "summary.md").read_text()
+    assert (work / "results" / "plots" / "run_stability_realdata.png").exists()
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "--dry-run", *targets))
+
+    (new,) = _simulate_runs(work, (7005,))
+    period.write_text(period.read_text() + f"{new.name}\n")
+    jobs = planned_jobs(snakemake(work, "--dry-run", "--printshellcmds", *targets))
+    assert jobs["inference"] == 2 and jobs["baseline"] == 1, jobs  # the new file only, with and without inpainting
+    assert jobs["inference_merge"] == 2 and jobs["baseline_merge"] == 1 and jobs["summary"] == 1, jobs
+
+    period.write_text("".join(f"{p.name}\n" for p in runs if p not in (bad, runs[0])))
+    snakemake(work, "results/inference/realdata.parquet")
+    assert sorted(pd.read_parquet(merged)["run"].unique()) == [7002, 7004]
