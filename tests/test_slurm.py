@@ -126,7 +126,7 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     assert run.returncode == 0, out[-6000:]
 
     # Every job of the run was submitted with sbatch (the executor reports the SLURM job id).
-    submitted = dict(re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out))
+    submitted = dict(re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out))
     stats = re.search(r"Job stats:\n(.*?)\n\s*total\s+(\d+)", out, re.S)
     assert stats, out[-3000:]
     rule_counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}

@@ -132,13 +132,14 @@ def check_input_layout(
     tree: str,
     sensor_branches: Sequence[str],
     cache: str | os.PathLike | None = None,
-) -> list[str]:
+) -> dict[str, int | None]:
     """Before any job of a run period starts: every input that opens must have ``tree`` and the
     sensor branches, else one XecError naming the file and the run-list line (``entries``:
     [(file, where)] of xec.inputs.expand_input_entries). A file that does not open at all
-    (corrupt, truncated) is not an error here: its own job fails and the merge lists it; such
-    files are returned. ``cache`` (JSON) remembers the files already checked, by size and mtime,
-    so re-planning a run period of thousands of files costs one stat per file."""
+    (corrupt, truncated) is not an error here: its own job fails and the merge lists it.
+    Returns {file: number of events, None where it does not open}. ``cache`` (JSON) remembers
+    the files already checked, by size and mtime, so re-planning a run period of thousands of
+    files costs one stat per file."""
     import json
 
     key = f"{tree}|{','.join(sensor_branches)}"
@@ -146,29 +147,28 @@ def check_input_layout(
     if cache is not None and os.path.exists(cache):
         with contextlib.suppress(ValueError, OSError):
             known = json.loads(Path(cache).read_text()).get(key, {})
-    unreadable, changed = [], False
+    counts: dict[str, int | None] = {}
+    changed = False
     for path, where in entries:
         st = os.stat(path)
         stamp = [st.st_size, st.st_mtime_ns]
         record = known.get(os.path.abspath(path))
-        if record is not None and record[:2] == stamp:
-            if not record[2]:
-                unreadable.append(path)
+        if record is not None and record[:2] == stamp and len(record) == 3:
+            counts[path] = record[2]
             continue
         try:
-            f = uproot.open(path)
+            with uproot.open(path):
+                pass
         except Exception:
-            unreadable.append(path)
-            known[os.path.abspath(path)] = [*stamp, False]
-            changed = True
-            continue
-        with f:
+            counts[path] = None
+        else:
             try:
                 t = open_tree(path, tree)
                 check_branches(t, path, sensor_branches)
             except XecError as exc:
                 raise XecError(f"{where}: {exc}") from None
-        known[os.path.abspath(path)] = [*stamp, True]
+            counts[path] = int(t.num_entries)
+        known[os.path.abspath(path)] = [*stamp, counts[path]]
         changed = True
     if cache is not None and changed:
         with contextlib.suppress(OSError):
@@ -178,7 +178,7 @@ def check_input_layout(
             data[key] = known
             with atomic_path(Path(cache)) as tmp:
                 tmp.write_text(json.dumps(data))
-    return unreadable
+    return counts
 
 
 def count_events(files: Sequence[str], tree: str = "tree") -> int:

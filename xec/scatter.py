@@ -115,6 +115,11 @@ def _check_overlaps(files: Sequence[dict[str, Any]]) -> None:
     for f in files:
         for run, lo, hi, _n in f["runs"]:
             for other_lo, other_hi, other in seen.get(run, []):
+                if lo <= other_hi and other_lo <= hi and run == -1:
+                    raise XecError(
+                        f"{f['input']} and {other} have no run/event branches (run -1): the events of "
+                        "different files cannot be told apart; write run and event into the files"
+                    )
                 if lo <= other_hi and other_lo <= hi:
                     raise XecError(
                         f"{f['input']} and {other} both hold run {run} events in [{max(lo, other_lo)}, "

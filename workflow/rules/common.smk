@@ -118,27 +118,50 @@ def at(rundir, node, path):
 
 
 @_functools.lru_cache(maxsize=None)
+def _configured_inputs(sample, rundir):
+    """({file stem: ROOT file}, {ROOT file: events or None}) of a configured sample."""
+    data = RUN_CONFIGS[rundir]["data"]
+    try:
+        expanded = _expand_input_entries(data[sample])
+        stems = _stems_of(expanded)
+        from xec.rootio import check_input_layout
+
+        counts = check_input_layout(
+            expanded, data["tree"], (data["npho_branch"], data["time_branch"]), cache=".snakemake/xec_input_layout.json"
+        )
+    except _XecError as exc:
+        raise WorkflowError(f"config data.{sample}: {exc}") from None
+    return {stem: f for stem, (f, _) in stems.items()}, counts
+
+
 def sample_inputs(sample, rundir=RESULTS):
     """{file stem: ROOT file} of a sample, in order: the configured paths, globs and run lists
     (xec.inputs), or the simulated file (stem = the sample's name). Per-file outputs are named
     by stem. A missing file, an empty run list, a file named twice, two files with one name, or
     a file without the configured tree/branches stops the DAG construction, naming the list and
     line; a file that does not open at all is left to its own job (which fails and is listed)."""
-    entries = RUN_CONFIGS[rundir]["data"][sample]
-    if not entries:
+    if not RUN_CONFIGS[rundir]["data"][sample]:
         return {sample: at(rundir, f"data:{sample}", f"data/{sample}.root")}
-    data = RUN_CONFIGS[rundir]["data"]
-    try:
-        expanded = _expand_input_entries(entries)
-        stems = _stems_of(expanded)
-        from xec.rootio import check_input_layout
+    return _configured_inputs(sample, rundir)[0]
 
-        check_input_layout(
-            expanded, data["tree"], (data["npho_branch"], data["time_branch"]), cache=".snakemake/xec_input_layout.json"
-        )
-    except _XecError as exc:
-        raise WorkflowError(f"config data.{sample}: {exc}") from None
-    return {stem: f for stem, (f, _) in stems.items()}
+
+def first_files(sample, n_events, rundir=RESULTS, skip=()):
+    """The sample's first files that hold `n_events` events (all files for None; files in
+    `skip` and files that do not open are passed over): an evaluation reading only its first
+    events then does not rerun when a run period grows."""
+    files = [f for f in input_files(sample, rundir) if f not in skip]
+    if n_events is None or not RUN_CONFIGS[rundir]["data"][sample]:
+        return files
+    counts = _configured_inputs(sample, rundir)[1]
+    out, total = [], 0
+    for f in files:
+        if counts.get(f) is None:
+            continue
+        out.append(f)
+        total += counts[f]
+        if total >= n_events:
+            break
+    return out
 
 
 def input_files(sample, rundir=RESULTS):
@@ -198,10 +221,9 @@ def scatter_parts(sample, folder, rundir=RESULTS):
     return parts, failed
 
 
-def good_input_files(sample, folder, rundir=RESULTS):
-    """The sample's files without a current failure record of the per-file jobs in `folder`."""
-    bad = {path for path, _ in scatter_parts(sample, folder, rundir)[1]}
-    return [path for path in input_files(sample, rundir) if path not in bad]
+def failed_inputs(sample, folder, rundir=RESULTS):
+    """The sample's files with a current failure record of the per-file jobs in `folder`."""
+    return {path for path, _ in scatter_parts(sample, folder, rundir)[1]}
 
 
 def merge_args(sample, folder, rundir=RESULTS):

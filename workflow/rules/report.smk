@@ -87,8 +87,13 @@ INPAINTING_SAMPLES = ["val", "realdata"]
 rule inpainting:
     input:
         model=lambda w: at(w.rundir, "export:inpainter", "inpainter/model.onnx"),
-        val=lambda w: input_files("val", w.rundir),
-        realdata=lambda w: good_input_files("realdata", "inference/realdata", w.rundir),
+        val=lambda w: first_files("val", RUN_CONFIGS[w.rundir]["inpainting"]["max_events"], w.rundir),
+        realdata=lambda w: first_files(
+            "realdata",
+            RUN_CONFIGS[w.rundir]["inpainting"]["max_events"],
+            w.rundir,
+            skip=failed_inputs("realdata", "inference/realdata", w.rundir),
+        ),
     output:
         json=f"{{rundir}}/inpainting/summary.json",
         markdown=f"{{rundir}}/inpainting/summary.md",
