@@ -14,3 +14,8 @@ class InputFileError(XecError):
     def __init__(self, path: str, message: str):
         super().__init__(message)
         self.path = str(path)
+
+    def __reduce__(self):
+        # a worker process (xec shards --workers N) sends it back pickled; the default
+        # reduction would call __init__ with the message alone and break the process pool
+        return type(self), (self.path, str(self))
