@@ -63,6 +63,10 @@ COMMANDS: dict[str, Command] = {
         ),
         runtime=("shards.workers",),
     ),
+    # reads no config: the settings come from the parts, which must all agree on them
+    "shards-merge": Command(
+        "xec.data.shard_parts", "merge the parts of a scattered shard conversion (xec shards --part) into one split"
+    ),
     "reweight": Command(
         "xec.data.reweight", "fit per-task reweighting histograms on a shard split", reads=("reweighting",)
     ),

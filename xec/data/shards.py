@@ -10,10 +10,15 @@ resolution).
 
 Determinism: the input is cut into tasks of ``events_per_shard`` consecutive entries of one
 file; each task becomes exactly one shard whose bytes depend only on that task (tar mtime 0,
-fixed owner, sorted members), so parallel workers give the same shards byte for byte. Shards
-are renamed shard-NNNNNN.tar in task order. Everything is written into a temporary directory
-that replaces ``--out`` only after manifest.json is written: a failed or killed run leaves no
-manifest and never touches a previous good output.
+fixed owner, sorted members, sample keys from the file's index in the split and the entry
+range), so parallel workers give the same shards byte for byte. Shards are renamed
+shard-NNNNNN.tar in task order. Everything is written into a temporary directory that replaces
+``--out`` only after manifest.json is written: a failed or killed run leaves no manifest and
+never touches a previous good output.
+
+Scatter: ``--part --first-file K`` converts one group of consecutive files (file K onwards) into
+a part directory, and `xec shards-merge` puts the parts together into exactly the directory the
+one-job conversion writes (xec.data.shard_parts, which also holds the one manifest assembly).
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,18 +42,18 @@ from tqdm import tqdm
 
 import xec
 from xec.config import add_config_argument, load_config, schema_defaults
-from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
+from xec.data.manifest import MANIFEST_NAME
+from xec.data.shard_parts import build_manifest, new_tmp_dir, publish, save_part, task_stem
 from xec.errors import XecError
 from xec.geometry import N_SENSORS
 from xec.normalization import Normalizer, get_normalizer, normalizer_from_config
 from xec.rootio import check_branches, expand_inputs, iterate_events, open_tree
 from xec.targets import get_task, targets_from_branches
-from xec.utils import progress_enabled, setup_logging, write_json
+from xec.utils import progress_enabled, setup_logging
 
 log = logging.getLogger("xec.shards")
 
 ID_BRANCHES = ("run", "event")
-PERCENTILES = (1, 5, 50, 95, 99)
 
 
 # The field defaults below are the schema's (validation fills in every default): ShardSettings()
@@ -118,9 +121,9 @@ def _check_finite_truth(arrays: dict[str, np.ndarray], path: str, first_entry: i
 
 
 def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict[str, Any]:
-    """Convert one task (an entry range of one file) into ``out_dir/part-<index>.tar``."""
+    """Convert one task (an entry range of one file) into ``out_dir/<task_stem>.tar``."""
     s = settings
-    target_path = Path(out_dir) / f"part-{task.index:06d}.tar"
+    target_path = Path(out_dir) / f"{task_stem(task.file_index, task.entry_start)}.tar"
     std_names = {s.branch_of(t): get_task(t).truth_branch for t in s.tasks}  # configured -> standard
     uvw_branch = s.branch_of("uvwFI")
     pending: list[dict[str, np.ndarray]] = []
@@ -192,6 +195,9 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
 
     result: dict[str, Any] = {
         "index": task.index,
+        "file_index": task.file_index,
+        "entry_start": task.entry_start,
+        "entry_stop": task.entry_stop,
         "events": int(sum(units)),
         "units": units,
         "stats": stats,
@@ -201,9 +207,9 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
     }
     if not units:
         target_path.unlink()
-        result["part"] = None
+        result["tar"] = None
     else:
-        result["part"] = str(target_path)
+        result["tar"] = str(target_path)
         result["bytes"] = target_path.stat().st_size
         result["sha256"] = _sha256(target_path)
     return result
@@ -217,36 +223,21 @@ def _sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def target_stats(targets: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
-    """Per task and component: mean, std (for TargetStandardizer), min, max and percentiles."""
-    out = {}
-    for task, values in targets.items():
-        v = np.asarray(values, dtype=np.float64)
-        stats = {
-            "mean": v.mean(axis=0).tolist(),
-            "std": v.std(axis=0).tolist(),
-            "min": v.min(axis=0).tolist(),
-            "max": v.max(axis=0).tolist(),
-            "count": int(len(v)),
-        }
-        for q in PERCENTILES:
-            stats[f"p{q:02d}"] = np.percentile(v, q, axis=0).tolist()
-        out[task] = stats
-    return out
-
-
 def plan_tasks(
     files: Sequence[str],
     tree: str,
     events_per_shard: int,
     sensor_branches: Sequence[str] = (),
     event_branches: Sequence[str] = (),
+    first_file: int = 0,
 ) -> tuple[list[ShardTask], list[int]]:
     """Cut every file into entry ranges of ``events_per_shard``; opens each file and checks its
-    branches first, so a bad file fails the run before anything is converted."""
+    branches first, so a bad file fails the run before anything is converted. ``first_file``:
+    the split-wide index of ``files[0]`` (a part of a scattered conversion), which the shards'
+    sample keys carry."""
     tasks: list[ShardTask] = []
     entries: list[int] = []
-    for file_index, path in enumerate(files):
+    for file_index, path in enumerate(files, start=first_file):
         t = open_tree(path, tree)
         check_branches(t, path, sensor_branches, event_branches)  # fail before converting anything
         n = int(t.num_entries)
@@ -264,16 +255,66 @@ def _pool(workers: int):
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
-def write_shards(
-    inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings, workers: int = 1
-) -> dict[str, Any]:
-    """Convert ``inputs`` (paths or globs) into shards + manifest in ``out``; returns the manifest."""
+def _check_settings(settings: ShardSettings) -> None:
     if settings.events_per_shard < 1 or settings.block_size < 1:
         raise XecError(
             f"events_per_shard ({settings.events_per_shard}) and block_size ({settings.block_size}) must be >= 1"
         )
     for t in settings.tasks:
         get_task(t)
+
+
+def _convert(
+    tasks: Sequence[ShardTask],
+    files: Sequence[str],
+    entries: Sequence[int],
+    settings: ShardSettings,
+    tmp: Path,
+    split: str,
+    workers: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Convert ``tasks`` into tars in ``tmp``; returns their results in task order and the
+    sources (path, size, sha256, entries) of ``files``."""
+    log.info(
+        "converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
+        len(files),
+        sum(entries),
+        settings.events_per_shard,
+        workers,
+    )
+    bar = tqdm(total=sum(entries), unit="ev", desc=f"shards {split}", disable=not progress_enabled())
+    results = []
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            results.append(convert_task(task, settings, str(tmp)))
+            bar.update(task.entry_stop - task.entry_start)
+        checksums = [_sha256(p) for p in files]
+    else:
+        with _pool(min(workers, len(tasks))) as pool:
+            futures = [pool.submit(convert_task, task, settings, str(tmp)) for task in tasks]
+            sums = [pool.submit(_sha256, p) for p in files]
+            try:
+                for task, fut in zip(tasks, futures):
+                    results.append(fut.result())  # in task order: deterministic assembly
+                    bar.update(task.entry_stop - task.entry_start)
+                checksums = [s.result() for s in sums]
+            except BaseException:
+                for fut in (*futures, *sums):  # do not convert the rest of a failed run
+                    fut.cancel()
+                raise
+    bar.close()
+    sources = [
+        {"path": str(p), "size": os.path.getsize(p), "sha256": c, "entries": n}
+        for p, c, n in zip(files, checksums, entries)
+    ]
+    return results, sources
+
+
+def write_shards(
+    inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings, workers: int = 1
+) -> dict[str, Any]:
+    """Convert ``inputs`` (paths or globs) into shards + manifest in ``out``; returns the manifest."""
+    _check_settings(settings)
     files = expand_inputs(inputs)
     tasks, entries = plan_tasks(
         files,
@@ -285,45 +326,15 @@ def write_shards(
     if not tasks:
         raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = new_tmp_dir(out)
     try:
-        log.info(
-            "converting %d file(s), %d entries, into shards of <= %d events with %d worker(s)",
-            len(files),
-            sum(entries),
-            settings.events_per_shard,
-            workers,
+        results, sources = _convert(tasks, files, entries, settings, tmp, split, workers)
+        # the same assembly as the merge of parts (xec.data.shard_parts); here the tars are
+        # already in place and only get their final names
+        manifest = build_manifest(
+            settings_record(settings), split, results, sources, lambda tar, name: os.replace(tar, tmp / name)
         )
-        bar = tqdm(total=sum(entries), unit="ev", desc=f"shards {split}", disable=not progress_enabled())
-        results = []
-        if workers <= 1 or len(tasks) == 1:
-            for task in tasks:
-                results.append(convert_task(task, settings, str(tmp)))
-                bar.update(task.entry_stop - task.entry_start)
-            checksums = [_sha256(p) for p in files]
-        else:
-            with _pool(min(workers, len(tasks))) as pool:
-                futures = [pool.submit(convert_task, task, settings, str(tmp)) for task in tasks]
-                sums = [pool.submit(_sha256, p) for p in files]
-                try:
-                    for task, fut in zip(tasks, futures):
-                        results.append(fut.result())  # in task order: deterministic assembly
-                        bar.update(task.entry_stop - task.entry_start)
-                    checksums = [s.result() for s in sums]
-                except BaseException:
-                    for fut in (*futures, *sums):  # do not convert the rest of a failed run
-                        fut.cancel()
-                    raise
-        bar.close()
-        manifest = _assemble(results, files, entries, checksums, tmp, split, settings)
-        write_json(tmp / MANIFEST_NAME, manifest)  # last: a directory without it is never trusted
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp made them private
-        os.chmod(tmp / MANIFEST_NAME, 0o666 & ~umask)
-        _replace_dir(tmp, out)
+        publish(tmp, out, MANIFEST_NAME, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -337,41 +348,53 @@ def write_shards(
     return manifest
 
 
-def _assemble(
-    results: list[dict[str, Any]],
-    files: Sequence[str],
-    entries: Sequence[int],
-    checksums: Sequence[str],
-    tmp: Path,
+def write_part(
+    inputs: Sequence[str],
+    out: str | Path,
     split: str,
     settings: ShardSettings,
+    first_file: int = 0,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    shards = []
-    stats_total: dict[str, int] = {}
-    for r in results:
-        for k, v in r["stats"].items():
-            stats_total[k] = stats_total.get(k, 0) + v
-    task_files = {}
-    for r in results:
-        if r["part"] is None:
-            continue
-        name = f"shard-{len(shards):06d}.tar"
-        os.replace(r["part"], tmp / name)
-        shards.append(
-            {"file": name, "events": r["events"], "units": r["units"], "bytes": r["bytes"], "sha256": r["sha256"]}
-        )
-        task_files[r["index"]] = name
-    total = sum(s["events"] for s in shards)
-    if total == 0:
-        raise XecError(f"{', '.join(files)}: no events left after the fiducial cut {settings.fiducial}")
-    targets = {t: np.concatenate([r["targets"][t] for r in results]) for t in settings.tasks}
+    """Convert one group of a split's files, the first being file ``first_file`` of the split,
+    into the part directory ``out`` (xec.data.shard_parts); returns part.json's content. A part
+    of only empty files is no error: the merge decides whether the whole split is empty."""
+    _check_settings(settings)
+    if first_file < 0:
+        raise XecError(f"--first-file must be >= 0, not {first_file}")
+    files = expand_inputs(inputs)
+    tasks, entries = plan_tasks(
+        files,
+        settings.tree,
+        settings.events_per_shard,
+        (settings.npho_branch, settings.time_branch),
+        settings.event_branches,
+        first_file=first_file,
+    )
+    out = Path(out)
+    tmp = new_tmp_dir(out)
+    try:
+        results, sources = _convert(tasks, files, entries, settings, tmp, split, workers)
+        part = save_part(tmp, out, split, settings_record(settings), first_file, results, sources)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "wrote part %s: files %d..%d, %d events in %d tars",
+        out,
+        first_file,
+        first_file + len(files) - 1,
+        sum(r["events"] for r in results),
+        sum(r["tar"] is not None for r in results),
+    )
+    return part
+
+
+def settings_record(settings: ShardSettings) -> dict[str, Any]:
+    """What the settings (and the xec version) contribute to the manifest, in JSON types: the
+    parts of one split must agree on all of it."""
     s = settings
     return {
-        "format_version": FORMAT_VERSION,
-        "split": split,
-        "events": total,
-        "bytes": int(sum(sh["bytes"] for sh in shards)),
-        "shards": shards,
         "normalization": s.normalizer.to_dict(),
         "branches": {
             "tree": s.tree,
@@ -381,16 +404,7 @@ def _assemble(
         },
         "tasks": list(s.tasks),
         "units": {t: get_task(t).unit for t in s.tasks},
-        "sources": [
-            {"path": str(p), "size": os.path.getsize(p), "sha256": c, "entries": n}
-            for p, c, n in zip(files, checksums, entries)
-        ],
-        "selection": {"fiducial": s.fiducial, "events_read": stats_total.get("read", 0), "events_kept": total},
-        "invalid_values": {
-            "dead_npho": stats_total.get("dead_npho", 0),
-            "nonfinite_sensor": stats_total.get("nonfinite_sensor", 0),
-        },
-        "target_stats": target_stats(targets),
+        "fiducial": s.fiducial,
         "layout": {
             "kind": "blocks",
             "block_size": s.block_size,
@@ -406,25 +420,6 @@ def _assemble(
         },
         "xec_version": xec.__version__,
     }
-
-
-def _remove_stale(out: Path) -> None:
-    """Remove what a killed earlier run left next to ``out`` (never trusted: no manifest there)."""
-    for stale in sorted(out.parent.glob(f".{out.name}.tmp-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
-        if stale.is_dir():
-            log.warning("removing %s left by an interrupted run", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap the finished temporary directory into place; the old output is removed only after."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def settings_from_config(
@@ -453,7 +448,19 @@ def settings_from_config(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB", help="input ROOT files")
     parser.add_argument("--split", required=True, help="split name recorded in the manifest (train, val, bench)")
-    parser.add_argument("--out", required=True, help="output shard directory (gets shard-NNNNNN.tar + manifest.json)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output shard directory (gets shard-NNNNNN.tar + manifest.json), or with --part the part directory",
+    )
+    parser.add_argument(
+        "--part",
+        action="store_true",
+        help="convert only this group of the split's files into a part directory, for `xec shards-merge`",
+    )
+    parser.add_argument(
+        "--first-file", type=int, default=None, help="with --part: the index of the first input file in the split"
+    )
     add_config_argument(parser)
     parser.add_argument("--preset", default=None, help="normalization preset (default: the config's)")
     parser.add_argument("--events-per-shard", type=int, default=None)
@@ -466,6 +473,11 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command="shards")
     settings = settings_from_config(cfg, args.preset, args.events_per_shard, args.block_size)
-    workers = args.workers if args.workers is not None else cfg["shards"]["workers"]
-    write_shards(args.input, args.out, args.split, settings, workers=max(1, workers))
+    workers = max(1, args.workers if args.workers is not None else cfg["shards"]["workers"])
+    if args.part:
+        write_part(args.input, args.out, args.split, settings, args.first_file or 0, workers=workers)
+    elif args.first_file is not None:
+        raise XecError("--first-file needs --part")
+    else:
+        write_shards(args.input, args.out, args.split, settings, workers=workers)
     return 0
