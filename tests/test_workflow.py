@@ -100,7 +100,7 @@ def copy_run(tiny_run, dest: Path) -> Path:
 def test_default_dag_builds_every_stage_output(tiny_run):
     work = tiny_run["dir"]
     jobs = tiny_run["jobs"]
-    assert jobs["simulate"] == 4 and jobs["shards"] == 3, jobs
+    assert jobs["simulate"] == 4 and jobs["shards_part"] == 3 and jobs["shards"] == 3, jobs
     # the stage table of docs/architecture.md
     expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata")]
     expected += [f"shards/{s}/manifest.json" for s in ("train", "val", "bench")]
@@ -160,7 +160,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     [
         # every key a command reads reaches its rule's params (xec/commands.py): the simulation writes
         # the TTree name, so renaming it reruns the simulation and everything downstream
-        ("data.tree", "events", {"simulate", "shards", "baseline", "baseline_calibration", "inference"}),
+        ("data.tree", "events", {"simulate", "shards_part", "shards", "baseline", "baseline_calibration", "inference"}),
         # runtime-only keys (threads, chunking, compression) change no output and rerun nothing
         ("simulation.chunk_size", 512, set()),
         ("shards.workers", 2, set()),
@@ -238,7 +238,7 @@ def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tm
 def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     work = new_workdir(tmp_path / "fresh")
     jobs = planned_jobs(snakemake(work, "--dry-run", "results/regressor/model.onnx"))
-    assert jobs == Counter(simulate=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
+    assert jobs == Counter(simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
 
 
 def _input_files(tmp_path: Path) -> dict[str, list[str]]:
@@ -255,6 +255,30 @@ def test_configured_input_files_drop_the_simulation(tmp_path):
     work = new_workdir(tmp_path / "real", **_input_files(tmp_path))
     jobs = planned_jobs(snakemake(work, "--dry-run"))
     assert "simulate" not in jobs and jobs["shards"] == 3, jobs
+
+
+def test_shard_conversion_scatters_over_groups_of_files(tmp_path):
+    """One shards_part job per `scatter.files_per_job` consecutive train files, told its first
+    file's index in the split, and one merge of the parts in file order."""
+    files = _input_files(tmp_path)
+    train = []
+    for i in range(3):
+        path = tmp_path / "data" / f"train{i}.root"
+        path.write_bytes(b"")
+        train.append(str(path))
+    target = "results/shards/train/manifest.json"
+    for per_job, groups in ((1, [[0], [1], [2]]), (2, [[0, 1], [2]])):
+        work = new_workdir(
+            tmp_path / f"scatter{per_job}", **{**files, "data.train": train, "scatter.files_per_job": per_job}
+        )
+        proc = snakemake(work, "--dry-run", "--printshellcmds", target)
+        assert planned_jobs(proc) == Counter(shards_part=len(groups), shards=1), proc.stdout[-3000:]
+        text = " ".join((proc.stdout + proc.stderr).split())
+        for k, group in enumerate(groups):
+            inputs = " ".join(train[i] for i in group)
+            assert f"--part --first-file {group[0]} --input {inputs} --split train" in text, text[-3000:]
+        parts = " ".join(f"results/shards/train.parts/{k:04d}/part.json" for k in range(len(groups)))
+        assert f"xec shards-merge --parts {parts} --input {' '.join(train)} --split train" in text, text[-3000:]
 
 
 def test_scan_over_configured_input_files(tmp_path):

@@ -23,17 +23,23 @@ rule simulate:
         "xec simulate --config {params.cfg} --sample {wildcards.sample} --out {output} --log {log}"
 
 
-rule shards:
+# A split is converted in groups of `scatter.files_per_job` consecutive files (common.smk
+# file_groups), one `shards_part` job each, then merged by `shards` into the split directory,
+# byte for byte what one job over all files writes. The parts live beside the split directory,
+# not in it (the merge swaps that directory whole), and are kept: the split's tars are hard links
+# to theirs (no second copy), and a changed or added file reconverts only its group.
+rule shards_part:
     input:
-        lambda w: input_files(w.split, w.rundir),
+        lambda w: [sample_inputs(w.split, w.rundir)[stem] for stem in file_groups(w.split, w.rundir)[int(w.group)]],
     output:
-        f"{{rundir}}/shards/{{split}}/manifest.json",
+        f"{{rundir}}/shards/{{split}}.parts/{{group}}/part.json",
     log:
-        f"{{rundir}}/logs/shards/{{split}}.log",
+        f"{{rundir}}/logs/shards/{{split}}/part-{{group}}.log",
     benchmark:
-        f"{{rundir}}/benchmarks/shards/{{split}}.tsv"
+        f"{{rundir}}/benchmarks/shards/{{split}}/part-{{group}}.tsv"
     wildcard_constraints:
         split="train|val|bench",
+        group=r"\d+",
     conda:
         SOFTWARE_ENV
     threads: config["shards"]["workers"]
@@ -43,10 +49,39 @@ rule shards:
     params:
         cfg=lambda w: resolved_config(w.rundir),
         out_dir=lambda w, output: str(Path(output[0]).parent),
+        first_file=lambda w: sum(len(g) for g in file_groups(w.split, w.rundir)[: int(w.group)]),
         values=lambda w: command_values("shards", w.rundir),
     shell:
-        "xec shards --config {params.cfg} --input {input} --split {wildcards.split}"
-        " --out {params.out_dir} --workers {threads} --log {log}"
+        "xec shards --config {params.cfg} --part --first-file {params.first_file} --input {input}"
+        " --split {wildcards.split} --out {params.out_dir} --workers {threads} --log {log}"
+
+
+rule shards:
+    input:
+        lambda w: [
+            f"{w.rundir}/shards/{w.split}.parts/{k:04d}/part.json" for k in range(len(file_groups(w.split, w.rundir)))
+        ],
+    output:
+        f"{{rundir}}/shards/{{split}}/manifest.json",
+    log:
+        f"{{rundir}}/logs/shards/{{split}}/merge.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/shards/{{split}}/merge.tsv"
+    wildcard_constraints:
+        split="train|val|bench",
+    conda:
+        SOFTWARE_ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        out_dir=lambda w, output: str(Path(output[0]).parent),
+        files=lambda w: input_files(w.split, w.rundir),
+        values=lambda w: command_values("shards-merge", w.rundir),
+    shell:
+        "xec shards-merge --parts {input} --input {params.files} --split {wildcards.split}"
+        " --out {params.out_dir} --log {log}"
 
 
 rule reweighting:
