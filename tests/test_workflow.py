@@ -276,7 +276,8 @@ def test_shard_conversion_scatters_over_groups_of_files(tmp_path):
         text = " ".join((proc.stdout + proc.stderr).split())
         for k, group in enumerate(groups):
             inputs = " ".join(train[i] for i in group)
-            assert f"--part --first-file {group[0]} --input {inputs} --split train" in text, text[-3000:]
+            out = f"results/shards/train.parts/{k:04d}"
+            assert f"--part --first-file {group[0]} --input {inputs} --split train --out {out} " in text, text[-3000:]
         parts = " ".join(f"results/shards/train.parts/{k:04d}/part.json" for k in range(len(groups)))
         assert f"xec shards-merge --parts {parts} --input {' '.join(train)} --split train" in text, text[-3000:]
 
