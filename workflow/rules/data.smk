@@ -27,7 +27,8 @@ rule simulate:
 # file_groups), one `shards_part` job each, then merged by `shards` into the split directory,
 # byte for byte what one job over all files writes. The parts live beside the split directory,
 # not in it (the merge swaps that directory whole), and are kept: the split's tars are hard links
-# to theirs (no second copy), and a changed or added file reconverts only its group.
+# to theirs (no second copy), and a changed file reconverts only its group (appended files: the
+# last group(s); a file inserted earlier shifts the groups after it).
 rule shards_part:
     input:
         lambda w: [sample_inputs(w.split, w.rundir)[stem] for stem in file_groups(w.split, w.rundir)[int(w.group)]],

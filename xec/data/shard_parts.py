@@ -297,8 +297,11 @@ def merge_parts(
     for p in loaded:
         part_dir = Path(p["_path"]).parent
         for t in p["tasks"]:
-            with np.load(part_dir / t["targets"], allow_pickle=False) as npz:
-                targets = {k: npz[k] for k in record["tasks"]}
+            try:
+                with np.load(part_dir / t["targets"], allow_pickle=False) as npz:
+                    targets = {k: npz[k] for k in record["tasks"]}
+            except (OSError, ValueError, KeyError) as exc:
+                raise XecError(f"{p['_path']}: unreadable {t['targets']} ({exc}); re-run this part") from exc
             tar = None if t["tar"] is None else part_dir / t["tar"]
             results.append({**t, "tar": tar, "targets": targets})
     out = Path(out)
