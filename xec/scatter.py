@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from xec.errors import XecError
-from xec.utils import replace_dir, write_json
+from xec.utils import link_or_copy, replace_dir, write_json
 
 log = logging.getLogger("xec.scatter")
 
@@ -128,13 +128,6 @@ def _check_overlaps(files: Sequence[dict[str, Any]]) -> None:
             seen.setdefault(run, []).append((lo, hi, f["input"]))
 
 
-def _link_or_copy(src: str, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, dst)
-
-
 def merge_parts(parts: Iterable[Part], out: str | os.PathLike, failed: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """Make ``out`` a parquet dataset directory of the per-file ``parts`` (hard links, in order)
     with the merge manifest; ``failed``: failure records (read_failure_record) of left-out
@@ -165,7 +158,7 @@ def merge_parts(parts: Iterable[Part], out: str | os.PathLike, failed: Iterable[
                     "runs": runs,
                 }
             )
-            _link_or_copy(part.parquet, tmp / f"{part.stem}.parquet")
+            link_or_copy(part.parquet, tmp / f"{part.stem}.parquet")
         _check_overlaps(files)
         failed = [{"input": f["input"], "command": f.get("command"), "error": f.get("error")} for f in failed]
         if not files:

@@ -58,6 +58,17 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
             old.unlink(missing_ok=True)
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link ``src`` to ``dst`` (a merged view costs no space), copying where the file
+    system refuses links."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented)."""
     with atomic_path(path, suffix=".json") as tmp:

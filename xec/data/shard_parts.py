@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import numpy as np
 from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
 from xec.errors import XecError
 from xec.inputs import expand_inputs
-from xec.utils import setup_logging, write_json
+from xec.utils import link_or_copy, replace_dir, setup_logging, write_json
 
 log = logging.getLogger("xec.shards")
 
@@ -158,24 +157,6 @@ def remove_stale(out: Path) -> None:
         if stale.is_dir():
             log.warning("removing %s left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Swap the finished temporary directory into place; the old output is removed only after."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or one without hard links
-        shutil.copyfile(src, dst)
 
 
 # ---- parts -------------------------------------------------------------------------------------
@@ -307,7 +288,7 @@ def merge_parts(
     out = Path(out)
     tmp = new_tmp_dir(out)
     try:
-        manifest = build_manifest(record, split, results, sources, lambda tar, name: _link_or_copy(tar, tmp / name))
+        manifest = build_manifest(record, split, results, sources, lambda tar, name: link_or_copy(tar, tmp / name))
         publish(tmp, out, MANIFEST_NAME, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
