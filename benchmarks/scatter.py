@@ -1,5 +1,5 @@
-"""Run-period scale-out: N simulated files through the per-file baseline and inference jobs and
-the merge, on the local profile, against one big job over the same files.
+"""Run-period scale-out: N simulated files through the per-file shards, baseline and inference
+jobs and the merges, on the local profile, against one big job per stage over the same files.
 
     .venv/bin/python benchmarks/scatter.py --models results [--files 200] [--events 1000] [--cores 2]
 
@@ -7,12 +7,15 @@ the merge, on the local profile, against one big job over the same files.
 model.onnx files are reused; nothing is retrained). In a scratch directory the benchmark
 simulates ``--files`` realdata files of ``--events`` events (seeds 9001, 9002, ...: distinct run
 numbers), writes a run list and runs Snakemake for the merged ``inference/realdata.parquet``,
-``inference/realdata_noinpaint.parquet`` and ``baseline/realdata.parquet`` (the models are
-copied in place so that only the per-file jobs and merges run). Then the same work as one job
-each (``xec infer``/``xec baseline`` with every file as ``--input``). Prints a table: wall time,
-CPU-seconds per event and the per-job overhead ((per-file wall - one-job wall) / jobs, with
-``--cores`` jobs in parallel), and the peak RSS of the merges and a summary over the merged
-view (from the Snakemake benchmark files). Recorded in docs/performance.md ("Run periods").
+``inference/realdata_noinpaint.parquet``, ``baseline/realdata.parquet`` and the train shards
+(the same files as the train split: ``scatter.files_per_job`` files per conversion job; the
+models are linked in place so that only the per-file jobs and merges run). Then the same work
+as one job each (``xec infer``/``xec baseline``/``xec shards`` with every file as ``--input``).
+Prints a table (wall time, CPU-ms per event, CPU-s overhead per per-file job against the one
+big job), the time to plan the DAG of N files, and the peak RSS of the merges (Snakemake
+benchmark files) and of ``xec summary`` over the merged view. ``--profile slurm-gh`` runs the
+per-file part on the one-node test cluster instead (``--skip-one-job``). Recorded in
+docs/performance.md ("Run periods").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +68,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", default=None, help="work here and keep it (default: a temporary directory)")
+    ap.add_argument(
+        "--profile",
+        default="local",
+        help="Snakemake profile of the per-file run (slurm-gh: start scripts/slurm/start_cluster.sh first)",
+    )
+    ap.add_argument("--files-per-job", type=int, default=20, help="scatter.files_per_job (cluster groups, shard parts)")
+    ap.add_argument("--skip-one-job", action="store_true", help="only the per-file run (e.g. a second profile)")
     args = ap.parse_args()
     models = Path(args.models).resolve()
     xec = [sys.executable, "-m", "xec.cli"]
@@ -79,27 +90,41 @@ def main() -> None:
     t0 = time.perf_counter()
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
-    files = []
-    for i in range(args.files):
-        path = runs / f"run{9001 + i}.root"
-        if not path.exists():
+    files = [runs / f"run{9001 + i}.root" for i in range(args.files)]
+
+    def simulate(i: int) -> None:
+        if not files[i].exists():
             _run(xec + ["simulate", "--config", str(cfg), "--sample", "realdata", "--events", str(args.events)]
-                 + ["--seed", str(9001 + i), "--out", str(path)], work)  # fmt: skip
-        files.append(path)
+                 + ["--seed", str(9001 + i), "--out", str(files[i])], work)  # fmt: skip
+
+    with ThreadPoolExecutor(args.cores) as pool:
+        list(pool.map(simulate, range(args.files)))
     t_sim = time.perf_counter() - t0
     (runs / "period.txt").write_text("".join(f"{p.name}\n" for p in files))
     shutil.copy2(models / "config.yaml", work / "config.yaml")  # the models' resolved config: same params
-    overrides = f"data: {{realdata: [{runs / 'period.txt'}]}}\n"
-    (work / "period.yaml").write_text(overrides)
-    targets = ["results/inference/realdata.parquet", "results/inference/realdata_noinpaint.parquet",
-               "results/baseline/realdata.parquet"]  # fmt: skip
+    period = runs / "period.txt"
+    (work / "period.yaml").write_text(
+        f"data: {{realdata: [{period}], train: [{period}]}}\nscatter: {{files_per_job: {args.files_per_job}}}\n"
+    )
+    targets = ["results/shards/train/manifest.json", "results/inference/realdata.parquet",
+               "results/inference/realdata_noinpaint.parquet", "results/baseline/realdata.parquet"]  # fmt: skip
     smk = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
-    smk += ["--profile", str(REPO / "profiles" / "local"), "--cores", str(args.cores), "--configfile", "period.yaml"]
-    smk += ["--allowed-rules", "inference", "inference_merge", "baseline", "baseline_merge"]  # models: reused
+    smk += ["--profile", str(REPO / "profiles" / args.profile), "--configfile", "period.yaml"]
+    smk += ["--cores", str(args.cores)] if args.profile == "local" else []
+    # only the per-file stages run: the models, the calibration and their inputs are the finished run's
+    smk += ["--allowed-rules", "shards_part", "shards", "inference", "inference_merge", "baseline", "baseline_merge"]
+    smk += ["--"]  # the targets follow (--allowed-rules takes every word up to the next option)
     cpu0, t0 = _children_cpu(), time.perf_counter()
     _run(smk + targets, work)
     t_scatter, cpu_scatter = time.perf_counter() - t0, _children_cpu() - cpu0
-    n_jobs = 3 * args.files
+    n_parts = -(-args.files // args.files_per_job)
+    n_jobs = 3 * args.files + n_parts
+    t0 = time.perf_counter()
+    _run(smk[:-1] + ["--dry-run", "--", *targets], work)
+    t_plan = time.perf_counter() - t0
+    if args.skip_one_job:
+        print(f"per-file run ({args.profile}): {n_jobs} jobs + 4 merges, {t_scatter:.0f} s; planning {t_plan:.1f} s")
+        return
 
     one = work / "one"
     one.mkdir(exist_ok=True)
@@ -111,6 +136,8 @@ def main() -> None:
     _run(xec + ["infer", "--config", str(cfg), *models_args, "--input", *all_files, "--out", str(one / "n.root")], work)
     _run(xec + ["baseline", "--config", str(cfg), "--calibration", str(results / "baseline" / "calibration.json"),
          "--input", *all_files, "--out", str(one / "b.parquet")], work)  # fmt: skip
+    _run(xec + ["shards", "--config", str(cfg), "--input", *all_files, "--split", "train", "--out", str(one / "shards"),
+         "--workers", str(args.cores)], work)  # fmt: skip
     t_one, cpu_one = time.perf_counter() - t0, _children_cpu() - cpu0
 
     t0 = time.perf_counter()
@@ -134,9 +161,10 @@ def main() -> None:
     print("| mode | jobs | wall (s) | CPU-ms/event | CPU-s overhead per job |")
     print("|---|---|---|---|---|")
     overhead = (cpu_scatter - cpu_one) / n_jobs
-    print(f"| per file (local profile, {args.cores} cores) | {n_jobs} + 3 merges | {t_scatter:.0f} | "
+    print(f"| per file ({args.profile} profile, {args.cores} cores) | {n_jobs} + 4 merges | {t_scatter:.0f} | "
           f"{1e3 * cpu_scatter / events:.2f} | {overhead:.2f} |")  # fmt: skip
-    print(f"| one job per stage, in turn | 3 | {t_one:.0f} | {1e3 * cpu_one / events:.2f} | - |")
+    print(f"| one job per stage, in turn | 4 | {t_one:.0f} | {1e3 * cpu_one / events:.2f} | - |")
+    print(f"\nplanning the DAG of {args.files} files (dry run, nothing to do): {t_plan:.1f} s")
     print(f"\nmerge peak RSS {merge_rss:.0f} MB; xec summary over the merged view: {t_summary:.0f} s, "
           f"peak RSS {summary_rss:.0f} MB")  # fmt: skip
     if not args.keep:
