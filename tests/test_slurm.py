@@ -40,8 +40,9 @@ ACCOUNT = "xecproj"
 # Rules that must land on the GPU partition with a GPU (those the profile's set-resources name).
 GPU_RULES = {"mae", "inpainter", "regressor"}
 # The per-file rules (Snakemake group "scatter") and how many of them share one SLURM job.
-SCATTER_RULES = {"inference", "baseline"}
-FILES_PER_JOB = 4
+SCATTER_RULES = {"inference", "baseline", "scatter_chunk"}
+FILES_PER_JOB = 2
+REAL_RUNS = (4041, 4042, 4043)  # realdata as a run list of 3 files: 2 chunks of <= 2 files
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +97,23 @@ def _squeue_gres() -> dict[str, str]:
 def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     work = tmp_path / "run"
     work.mkdir()
-    # scatter.files_per_job 4: the 6 per-file jobs (inference x 3 runs, baseline x 3 samples) go
-    # to SLURM as 2 group jobs of Snakemake group "scatter"
-    (work / "config.yaml").write_text(TINY_CONFIG.read_text() + f"scatter: {{files_per_job: {FILES_PER_JOB}}}\n")
+    # realdata is a run list of 3 files and scatter.files_per_job 2: each per-file folder of
+    # realdata (inference with and without inpainting, baseline) goes to SLURM as 2 group jobs
+    # (files 1-2, file 3), bench and val (one file each) as 1
+    runs = work / "runs"
+    for run in REAL_RUNS:
+        subprocess.run(
+            [sys.executable, "-m", "xec.cli", "simulate", "--config", str(TINY_CONFIG), "--sample", "realdata"]
+            + ["--events", "64", "--seed", str(run), "--out", str(runs / f"run{run}.root")],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    (runs / "period.txt").write_text("".join(f"run{run}.root\n" for run in REAL_RUNS))
+    (work / "config.yaml").write_text(
+        TINY_CONFIG.read_text()
+        + f"scatter: {{files_per_job: {FILES_PER_JOB}}}\ndata: {{realdata: [{runs / 'period.txt'}]}}\n"
+    )
     # The profile's job environment is envs/aarch64-cuda (XEC_ENV default of profiles/slurm-gh);
     # "created once" here as this test's own environment, whatever the machine's architecture.
     (work / "envs").mkdir()
@@ -132,8 +147,9 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     rule_counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", stats.group(1), re.M)}
     n_local = rule_counts.get("all", 0)
     n_scatter = sum(rule_counts.get(r, 0) for r in SCATTER_RULES)
-    n_groups = -(-n_scatter // FILES_PER_JOB)
-    assert n_scatter == 6 and n_groups == 2, rule_counts
+    n_groups = rule_counts["scatter_chunk"]  # one per group: it joins its chunk's per-file jobs
+    assert rule_counts["inference"] == 2 * 3 + 1 and rule_counts["baseline"] == 3 + 2, rule_counts
+    assert n_groups == 3 * 2 + 3, rule_counts
     assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
     assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
 
@@ -144,7 +160,7 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     rules_seen = set()
     for jobid, log in submitted.items():
         rule = Path(log).relative_to(work / "results" / "logs" / "slurm").parts[0]
-        rule = rule.removeprefix("rule_").removeprefix("group_")
+        rule = "scatter" if rule.startswith("group_scatter-") else rule.removeprefix("rule_")
         rules_seen.add(rule)
         rec = records.get(jobid)
         assert rec is not None, f"SLURM job {jobid} ({rule}) not in slurmctld's completion log"

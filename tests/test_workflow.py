@@ -138,7 +138,7 @@ def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"regressor.lr": 1.234e-3})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "inference_merge", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "scatter_chunk", "inference_merge", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
     assert jobs["regressor"] == 1
 
@@ -151,7 +151,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"model.peak_hidden": 64})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "inference_merge", "plots", "summary"}
+    downstream = {"regressor", "export", "inference", "scatter_chunk", "inference_merge", "plots", "summary"}
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
 
 

@@ -19,6 +19,9 @@ from xec.scatter import FAILURE_SUFFIX as _FAILURE_SUFFIX
 from xec.scatter import read_failure_record as _read_failure_record
 
 SAMPLES = ["train", "val", "bench", "realdata"]
+# the classical baseline's samples; val: over 15-60 MeV, for the resolution-vs-energy plot next to
+# the ML val predictions
+BASELINE_SAMPLES = ["bench", "realdata", "val"]
 
 # ---- run directories: the main run and the points of the configured scans ------------------------
 # The stage rules write under a run directory `{rundir}`, which is `results` (the main run) or
@@ -181,17 +184,45 @@ def file_groups(sample, rundir=RESULTS):
 STEM_PATTERN = r"[^/]+"
 
 
-def _apply_files_per_job():
-    """`scatter.files_per_job` per-file jobs share one cluster job: the size of the Snakemake
-    group "scatter" (the per-file rules declare `group: "scatter"`), unless the command line gave
-    `--group-components scatter=N`. Local runs ignore groups: there every file is its own job."""
-    components = workflow.group_settings.group_components
-    if "scatter" not in components:
-        n = int(config["scatter"]["files_per_job"])
-        workflow.group_settings.group_components = {**components, "scatter": n}
+# On a cluster, `scatter.files_per_job` consecutive files of a sample share one job: their
+# per-file jobs and one tiny `scatter_chunk` job that lists them form a connected Snakemake group
+# (one group per chunk of files), which the executor submits as one job. Locally groups do not
+# apply: every file is its own job.
+def folder_sample(folder):
+    """The sample whose files the per-file jobs of `folder` (inference/<name>, baseline/<sample>) read."""
+    kind, _, name = folder.partition("/")
+    return INFERENCE_RUNS[name]["sample"] if kind == "inference" else name
 
 
-_apply_files_per_job()
+def chunk_of(sample, stem, rundir=RESULTS):
+    """The chunk index of a file: its position in the sample's list // files_per_job (appending
+    files never moves a file to another chunk)."""
+    return list(sample_inputs(sample, rundir)).index(stem) // RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
+
+
+def scatter_group(folder, chunk):
+    return f"scatter-{folder.replace('/', '-')}-{int(chunk):04d}"
+
+
+def chunk_marker(rundir, folder, chunk):
+    return f"{rundir}/{folder}/chunks/{int(chunk):04d}.txt"
+
+
+def chunk_parts(folder, chunk, rundir=RESULTS):
+    """The per-file parquet outputs of one chunk (files with a current failure record left out)."""
+    sample = folder_sample(folder)
+    n = RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
+    stems = list(sample_inputs(sample, rundir))[int(chunk) * n : (int(chunk) + 1) * n]
+    good = set(scatter_parts(sample, folder, rundir)[0])
+    return [p for p in (f"{rundir}/{folder}/{stem}.parquet" for stem in stems) if p in good]
+
+
+def chunk_markers(folder, rundir=RESULTS):
+    """The markers of every chunk that holds a file still to merge."""
+    sample = folder_sample(folder)
+    n = RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
+    chunks = range(-(-len(sample_inputs(sample, rundir)) // n))
+    return [chunk_marker(rundir, folder, k) for k in chunks if chunk_parts(folder, k, rundir)]
 
 
 def scatter_input(sample, stem, rundir=RESULTS):

@@ -38,8 +38,9 @@ rule export:
 
 # Per-file inference (issue 17): one job per input file of the run's sample, writing
 # inference/<name>/<file stem>.{root,parquet}; on a cluster, `scatter.files_per_job` of them share
-# one job (Snakemake group "scatter"). A bad input file fails its own job and leaves a failure
-# record; the merge below then lists the file instead of waiting for it (xec.scatter).
+# one job (a Snakemake group per chunk of files: common.smk). A bad input file fails its own job
+# and leaves a failure record; the merge below then lists the file instead of waiting for it
+# (xec.scatter).
 rule inference:
     input:
         model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
@@ -58,7 +59,7 @@ rule inference:
         name="|".join(INFERENCE_RUNS),
         stem=STEM_PATTERN,
     group:
-        "scatter"
+        lambda w: scatter_group(f"inference/{w.name}", chunk_of(INFERENCE_RUNS[w.name]["sample"], w.stem, w.rundir))
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -80,7 +81,8 @@ rule inference:
 # the plots read), rebuilt from links whenever the file list changes.
 rule inference_merge:
     input:
-        lambda w: scatter_parts(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir)[0],
+        parts=lambda w: scatter_parts(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir)[0],
+        chunks=lambda w: chunk_markers(f"inference/{w.name}", w.rundir),
     output:
         directory(f"{{rundir}}/inference/{{name}}.parquet"),
     log:
@@ -99,3 +101,29 @@ rule inference_merge:
         parts=lambda w: merge_args(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir),
     shell:
         "xec merge {params.parts} --out {output} --log {log}"
+
+
+# One chunk of `scatter.files_per_job` per-file jobs: this job lists them and joins them into one
+# connected Snakemake group, i.e. one cluster job.
+rule scatter_chunk:
+    input:
+        lambda w: chunk_parts(w.folder, w.chunk, w.rundir),
+    output:
+        f"{{rundir}}/{{folder}}/chunks/{{chunk}}.txt",
+    log:
+        f"{{rundir}}/logs/{{folder}}/chunks/{{chunk}}.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/{{folder}}/chunks/{{chunk}}.tsv"
+    wildcard_constraints:
+        folder=rf"(inference/({'|'.join(INFERENCE_RUNS)})|baseline/({'|'.join(BASELINE_SAMPLES)}))",
+        chunk=r"\d{4}",
+    group:
+        lambda w: scatter_group(w.folder, w.chunk)
+    conda:
+        SOFTWARE_ENV
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=5,
+    shell:
+        "printf '%s\\n' {input} > {output} 2> {log}"

@@ -1,8 +1,6 @@
 # Physics evaluation: the classical baseline (calibrated on train), the ML vs baseline summary
 # and the plots. The summary table and the plots go into the Snakemake report.
 
-# val: the baseline over 15-60 MeV, for the resolution-vs-energy plot next to the ML val predictions
-BASELINE_SAMPLES = ["bench", "realdata", "val"]
 
 
 rule baseline_calibration:
@@ -41,7 +39,7 @@ rule baseline:
         sample="|".join(BASELINE_SAMPLES),
         stem=STEM_PATTERN,
     group:
-        "scatter"
+        lambda w: scatter_group(f"baseline/{w.sample}", chunk_of(w.sample, w.stem, w.rundir))
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -59,7 +57,8 @@ rule baseline:
 
 rule baseline_merge:
     input:
-        lambda w: scatter_parts(w.sample, f"baseline/{w.sample}", w.rundir)[0],
+        parts=lambda w: scatter_parts(w.sample, f"baseline/{w.sample}", w.rundir)[0],
+        chunks=lambda w: chunk_markers(f"baseline/{w.sample}", w.rundir),
     output:
         directory(f"{{rundir}}/baseline/{{sample}}.parquet"),
     log:
