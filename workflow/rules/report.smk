@@ -2,7 +2,6 @@
 # and the plots. The summary table and the plots go into the Snakemake report.
 
 
-
 rule baseline_calibration:
     input:
         data=lambda w: input_files("train", w.rundir),
