@@ -627,6 +627,14 @@ def test_run_list_inputs_and_a_missing_run_fail_at_dag_construction(tmp_path):
     proc = snakemake(work, "--dry-run", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"{listed}:2" in out and "data.realdata" in out, out[-3000:]
+    # a readable file with another tree name: one error naming the list line, before any job
+    from helpers_rootfiles import write_root_file
+
+    other = write_root_file(tmp_path / "data" / "run3.root", n_events=4, tree="events")
+    listed.write_text(f"{real}\n{other}\n")
+    proc = snakemake(work, "--dry-run", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{listed}:2" in out and "no TTree 'tree'" in out, out[-3000:]
 
 
 # ---- run periods: per-file jobs, merged view, bad files, incremental (issue 17) ------------------

@@ -213,8 +213,8 @@ def chunk_parts(folder, chunk, rundir=RESULTS):
     sample = folder_sample(folder)
     n = RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
     stems = list(sample_inputs(sample, rundir))[int(chunk) * n : (int(chunk) + 1) * n]
-    good = set(scatter_parts(sample, folder, rundir)[0])
-    return [p for p in (f"{rundir}/{folder}/{stem}.parquet" for stem in stems) if p in good]
+    bad = {record for _, record in scatter_parts(sample, folder, rundir)[1]}
+    return [f"{rundir}/{folder}/{stem}.parquet" for stem in stems if failure_record(rundir, folder, stem) not in bad]
 
 
 def chunk_markers(folder, rundir=RESULTS):
@@ -238,10 +238,12 @@ def failure_record(rundir, folder, stem):
     return f"{rundir}/{folder}/{stem}{_FAILURE_SUFFIX}"
 
 
+@_functools.lru_cache(maxsize=None)
 def scatter_parts(sample, folder, rundir=RESULTS):
-    """([per-file parquet, ...], [(input, failure record), ...]) of a merge: files whose current
+    """((per-file parquet, ...), ((input, failure record), ...)) of a merge: files whose current
     failure record says they are bad (xec.scatter) are left out and listed, all others are
-    inputs of the merge (so a new file in the list schedules exactly its own job)."""
+    inputs of the merge (so a new file in the list schedules exactly its own job). Read once per
+    DAG construction: records written by this run's jobs count from the next invocation on."""
     parts, failed = [], []
     for stem, path in sample_inputs(sample, rundir).items():
         record = failure_record(rundir, folder, stem)
@@ -249,7 +251,7 @@ def scatter_parts(sample, folder, rundir=RESULTS):
             failed.append((path, record))
         else:
             parts.append(f"{rundir}/{folder}/{stem}.parquet")
-    return parts, failed
+    return tuple(parts), tuple(failed)
 
 
 def failed_inputs(sample, folder, rundir=RESULTS):

@@ -81,7 +81,7 @@ rule inference:
 # the plots read), rebuilt from links whenever the file list changes.
 rule inference_merge:
     input:
-        parts=lambda w: scatter_parts(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir)[0],
+        parts=lambda w: list(scatter_parts(INFERENCE_RUNS[w.name]["sample"], f"inference/{w.name}", w.rundir)[0]),
         chunks=lambda w: chunk_markers(f"inference/{w.name}", w.rundir),
     output:
         directory(f"{{rundir}}/inference/{{name}}.parquet"),

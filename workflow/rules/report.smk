@@ -56,7 +56,7 @@ rule baseline:
 
 rule baseline_merge:
     input:
-        parts=lambda w: scatter_parts(w.sample, f"baseline/{w.sample}", w.rundir)[0],
+        parts=lambda w: list(scatter_parts(w.sample, f"baseline/{w.sample}", w.rundir)[0]),
         chunks=lambda w: chunk_markers(f"baseline/{w.sample}", w.rundir),
     output:
         directory(f"{{rundir}}/baseline/{{sample}}.parquet"),
