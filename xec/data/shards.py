@@ -310,19 +310,20 @@ def _convert(
     return results, sources
 
 
+def _plan(files: list[str], settings: ShardSettings, first_file: int = 0) -> tuple[list[ShardTask], list[int]]:
+    s = settings
+    return plan_tasks(
+        files, s.tree, s.events_per_shard, (s.npho_branch, s.time_branch), s.event_branches, first_file=first_file
+    )
+
+
 def write_shards(
     inputs: Sequence[str], out: str | Path, split: str, settings: ShardSettings, workers: int = 1
 ) -> dict[str, Any]:
     """Convert ``inputs`` (paths or globs) into shards + manifest in ``out``; returns the manifest."""
     _check_settings(settings)
     files = expand_inputs(inputs)
-    tasks, entries = plan_tasks(
-        files,
-        settings.tree,
-        settings.events_per_shard,
-        (settings.npho_branch, settings.time_branch),
-        settings.event_branches,
-    )
+    tasks, entries = _plan(files, settings)
     if not tasks:
         raise XecError(f"{', '.join(files)}: empty input (0 events in tree {settings.tree!r})")
     out = Path(out)
@@ -363,14 +364,7 @@ def write_part(
     if first_file < 0:
         raise XecError(f"--first-file must be >= 0, not {first_file}")
     files = expand_inputs(inputs)
-    tasks, entries = plan_tasks(
-        files,
-        settings.tree,
-        settings.events_per_shard,
-        (settings.npho_branch, settings.time_branch),
-        settings.event_branches,
-        first_file=first_file,
-    )
+    tasks, entries = _plan(files, settings, first_file)
     out = Path(out)
     tmp = new_tmp_dir(out)
     try:
