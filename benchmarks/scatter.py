@@ -113,6 +113,7 @@ def main() -> None:
     smk += ["--cores", str(args.cores)] if args.profile == "local" else []
     # only the per-file stages run: the models, the calibration and their inputs are the finished run's
     smk += ["--allowed-rules", "shards_part", "shards", "inference", "inference_merge", "baseline", "baseline_merge"]
+    smk += ["scatter_chunk"]
     smk += ["--"]  # the targets follow (--allowed-rules takes every word up to the next option)
     cpu0, t0 = _children_cpu(), time.perf_counter()
     _run(smk + targets, work)
