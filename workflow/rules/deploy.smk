@@ -62,7 +62,8 @@ rule inference:
         lambda w: scatter_group(f"inference/{w.name}", chunk_of(INFERENCE_RUNS[w.name]["sample"], w.stem, w.rundir))
     conda:
         SOFTWARE_ENV
-    threads: 2
+    # one thread per file: two files at a time beat one file on two threads (startup is serial)
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=30,
@@ -73,7 +74,7 @@ rule inference:
         record=lambda w: failure_record(w.rundir, f"inference/{w.name}", w.stem),
     shell:
         "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
-        " --input {input.data} --out {output.root} --parquet {output.parquet}"
+        " --input {input.data} --out {output.root} --parquet {output.parquet} --threads {threads}"
         " --failure-record {params.record} --log {log}"
 
 

@@ -41,7 +41,7 @@ rule baseline:
         lambda w: scatter_group(f"baseline/{w.sample}", chunk_of(w.sample, w.stem, w.rundir))
     conda:
         SOFTWARE_ENV
-    threads: 2
+    threads: 1  # numpy, one core: files run side by side
     resources:
         mem_mb=3000,
         runtime=20,

@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ONNX Runtime device (default: config inference.device)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: config inference.intra_op_threads; the workflow passes "
+        "its job's threads)",
+    )
     parser.add_argument("--log", default=None, help="log file")
     add_failure_record_argument(parser)
     add_config_argument(parser)
@@ -95,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or icfg["batch_size"],
         chunk_size=icfg["chunk_size"],
         device=args.device or icfg["device"],
-        intra_op_threads=icfg["intra_op_threads"],
+        intra_op_threads=icfg["intra_op_threads"] if args.threads is None else args.threads,
         optimization=icfg["graph_optimization"],
         allow_spinning=icfg["allow_spinning"],
         tree=data["tree"],
