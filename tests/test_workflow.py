@@ -355,7 +355,7 @@ def test_bad_scan_fails_before_any_job_naming_scan_and_key(tmp_path):
 # and baseline.
 SCAN = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
 SCAN_TARGET = "results/scans/lr/summary.json"
-PER_POINT = Counter(regressor=1, export=1, inference=3, summary=1)
+PER_POINT = Counter(regressor=1, export=1, inference=3, scatter_chunk=3, inference_merge=3, summary=1)
 
 
 def _with_scan(work: Path, scan: dict) -> None:

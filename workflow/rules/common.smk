@@ -201,7 +201,7 @@ def chunk_of(sample, stem, rundir=RESULTS):
 
 
 def scatter_group(folder, chunk):
-    return f"scatter-{folder.replace('/', '-')}-{int(chunk):04d}"
+    return "-".join(["scatter", *_Path(folder).parts, f"{int(chunk):04d}"])
 
 
 def chunk_marker(rundir, folder, chunk):
