@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from xec.errors import XecError
-from xec.utils import link_or_copy, replace_dir, write_json
+from xec.utils import current_umask, link_or_copy, replace_dir, write_json
 
 log = logging.getLogger("xec.scatter")
 
@@ -170,7 +170,7 @@ def merge_parts(parts: Iterable[Part], out: str | os.PathLike, failed: Iterable[
             "failed": failed,
         }
         write_json(tmp / MERGE_MANIFEST, manifest)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,12 +183,6 @@ def merge_parts(parts: Iterable[Part], out: str | os.PathLike, failed: Iterable[
         len(failed),
     )
     return manifest
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def read_merge_manifest(dataset: str | os.PathLike) -> dict[str, Any] | None:

@@ -239,12 +239,6 @@ def uncertainty_summary(
     return out
 
 
-def _count(path: str) -> int:
-    from xec.runs import count_events
-
-    return count_events(path)
-
-
 def files_summary(path: str) -> dict[str, Any] | None:
     """Input files of a merged dataset (xec.scatter): processed files, events, failed files."""
     from xec.scatter import read_merge_manifest
@@ -285,6 +279,8 @@ def sample_summary(
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
     volume, selected by the true first-interaction position, or by the reference method's
     reconstructed one where the sample has no truth (real data, as physicists select it)."""
+    from xec.runs import count_events
+
     frames = _match({m: read_results(p, max_events) for m, p in inputs.items()}, inputs)
     first = next(iter(frames.values()))
     has_truth = any(c.startswith("true_") for c in first.columns)
@@ -320,7 +316,7 @@ def sample_summary(
                 uncertainty[name] = u
     out = {
         "events": int(len(first)),
-        "events_available": max(_count(p) for p in inputs.values()),
+        "events_available": max(count_events(p) for p in inputs.values()),
         "reference": "truth" if ref is None else reference_method,
         "inputs": dict(inputs),
         "fiducial": fid_info,

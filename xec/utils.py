@@ -27,9 +27,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs are shared on clusters
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are shared on clusters
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -37,6 +35,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -194,10 +194,16 @@ def folder_sample(folder):
     return INFERENCE_RUNS[name]["sample"] if kind == "inference" else name
 
 
+@_functools.lru_cache(maxsize=None)
+def _stem_positions(sample, rundir):
+    return {stem: i for i, stem in enumerate(sample_inputs(sample, rundir))}
+
+
 def chunk_of(sample, stem, rundir=RESULTS):
     """The chunk index of a file: its position in the sample's list // files_per_job (appending
-    files never moves a file to another chunk)."""
-    return list(sample_inputs(sample, rundir)).index(stem) // RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
+    files never moves a file to another chunk). One lookup per job, not a list scan: planning
+    stays linear in the number of files."""
+    return _stem_positions(sample, rundir)[stem] // RUN_CONFIGS[rundir]["scatter"]["files_per_job"]
 
 
 def scatter_group(folder, chunk):

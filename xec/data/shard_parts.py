@@ -39,7 +39,7 @@ import numpy as np
 from xec.data.manifest import FORMAT_VERSION, MANIFEST_NAME
 from xec.errors import XecError
 from xec.inputs import expand_inputs
-from xec.utils import link_or_copy, replace_dir, setup_logging, write_json
+from xec.utils import current_umask, link_or_copy, replace_dir, setup_logging, write_json
 
 log = logging.getLogger("xec.shards")
 
@@ -144,8 +144,7 @@ def publish(tmp: Path, out: Path, index_name: str, index: Mapping[str, Any]) -> 
     """Write the index file (manifest.json or part.json) last, then swap ``tmp`` in for ``out``:
     a directory without its index file is never trusted."""
     write_json(tmp / index_name, index)
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp made them private
     os.chmod(tmp / index_name, 0o666 & ~umask)
     replace_dir(tmp, out)
