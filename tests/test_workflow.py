@@ -669,7 +669,8 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     period = work / "runs" / "period.txt"
     period.write_text("# a test run period\n" + "".join(f"{p.name}\n" for p in runs))
-    edit_config(work, **{"data.realdata": [str(period)]})
+    # the inpainting evaluation reads only the first files holding its max_events: run7001 here
+    edit_config(work, **{"data.realdata": [str(period)], "inpainting.max_events": 64})
     targets = ["results/summary.json", "results/plots"]
 
     first = snakemake(work, "--keep-going", *targets, check=False)
@@ -705,6 +706,7 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     jobs = planned_jobs(snakemake(work, "--dry-run", "--printshellcmds", *targets))
     assert jobs["inference"] == 2 and jobs["baseline"] == 1, jobs  # the new file only, with and without inpainting
     assert jobs["inference_merge"] == 2 and jobs["baseline_merge"] == 1 and jobs["summary"] == 1, jobs
+    assert "inpainting" not in jobs, jobs  # a growing run period does not rerun the evaluation
 
     period.write_text("".join(f"{p.name}\n" for p in runs if p not in (bad, runs[0])))
     snakemake(work, "results/inference/realdata.parquet")
