@@ -113,7 +113,14 @@ def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> di
         "encoder": {"total": _count(enc), **comp},
         "mae": {"total": _count(mae), "decoders": _count(mae.decoder)},
         "inpainter": {"total": _count(inp), "heads": _count(inp.heads)},
-        "regressor": {"total": _count(reg), "tasks": tasks, "heads": {t: _count(reg.heads[t]) for t in tasks}},
+        "regressor": {
+            "total": _count(reg),
+            "tasks": tasks,
+            "heads": {t: _count(reg.heads[t]) for t in tasks},
+            "peak_fit": _count(reg.peak),
+            # light sums and TOF-corrected time, with the head of the event's light centroid
+            "physics_aggregates": _count(reg.aggregates) + _count(getattr(reg, "centroid_head", None)),
+        },
         "flops_per_event": flops,
     }
 
@@ -144,6 +151,9 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     for t, v in info["regressor"]["heads"].items():
         lines.append(f"{'  head ' + t:<28}{n(v):>14}")
+    for key in ("peak_fit", "physics_aggregates"):
+        if info["regressor"].get(key):
+            lines.append(f"{'  ' + key:<28}{n(info['regressor'][key]):>14}")
     fl = info["flops_per_event"]
     lines += ["", f"{'forward GFLOP / event':<28}" + "".join(f"{k:>12}" for k in fl)]
     for key in ("total", "encoder", *_FLOP_COMPONENTS, "heads"):

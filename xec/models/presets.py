@@ -46,7 +46,7 @@ ENCODER_FIELDS = (
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
     "inpainter": ("inpaint_dim", "inpaint_depth"),
-    "regressor": ("head_hidden", "peak_window", "peak_hidden"),
+    "regressor": ("head_hidden", "peak_window", "peak_hidden", "physics_aggregates"),
 }
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
@@ -89,6 +89,8 @@ class ModelConfig:
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
     peak_hidden: int = 512  # width of that local-fit MLP (0.47M parameters at window 11)
+    # energy and time heads correct a light sum and a TOF-corrected sensor time (xec.models.aggregates)
+    physics_aggregates: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,6 +195,8 @@ def model_config(section: Mapping[str, Any] | None = None, **overrides: Any) -> 
 def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
     """Inverse of ``ModelConfig.to_dict`` (checkpoints)."""
     values = dict(d)
+    # checkpoints written before a field existed were trained without what it switches on
+    values.setdefault("physics_aggregates", False)
     for key in PAIR_FIELDS:
         values[key] = _pair(values[key])
     return ModelConfig(**values)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from xec.errors import XecError
+from xec.models.aggregates import PhysicsAggregates, uvw_to_xyz_torch
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import PeakWindowFit
 from xec.models.presets import ModelConfig
@@ -88,6 +89,31 @@ class XECRegressor(nn.Module):
         else:
             self.peak = None
         loc_dim = self.peak.out_dim if self.peak is not None else 0
+        self.aggregates = None
+        if cfg.physics_aggregates:
+            if "timing" in self.tasks and "uvwFI" not in self.tasks:
+                raise XecError(
+                    "model.physics_aggregates: the time-of-flight-corrected time needs the position, "
+                    "i.e. the uvwFI task in regressor.tasks"
+                )
+            if geometry is None:
+                from xec.geometry import get_geometry
+
+                geometry = get_geometry()
+            if normalizer is None:
+                from xec.normalization import get_normalizer
+
+                normalizer = get_normalizer()
+            self.aggregates = PhysicsAggregates(geometry, normalizer)
+            loc_dim += PhysicsAggregates.out_dim
+            if "timing" in self.tasks:
+                # per-event offset (cm) of the light centroid from the shifted first interaction,
+                # learned through the time loss alone; starts at zero
+                self.centroid_head = TaskHead(in_dim, loc_dim, cfg.head_hidden, 3)
+                nn.init.zeros_(self.centroid_head.fc2.weight)
+                nn.init.zeros_(self.centroid_head.fc2.bias)
+                nn.init.zeros_(self.centroid_head.skip.weight)
+                nn.init.zeros_(self.centroid_head.skip.bias)
         self.heads = nn.ModuleDict({t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.tasks})
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
@@ -146,11 +172,47 @@ class XECRegressor(nn.Module):
             x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
         z = self.encoder(x).flatten(1)
         loc = self.peak(x) if self.peak is not None else None
+        if self.aggregates is not None:
+            photons, sums = self.aggregates.photons(x)
+            log_light = self.aggregates.light(sums)
+            feats = self.aggregates.features(sums, log_light)
+            loc = feats if loc is None else torch.cat([loc, feats], dim=1)
         out = {t: self.heads[t](z, loc) for t in self.tasks}
+        if self.aggregates is not None:
+            self._apply_aggregates(out, x, photons, log_light, z, loc)
         if self.sigma_tasks:
             zd, locd = z.detach(), None if loc is None else loc.detach()
             out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
         return out
+
+    def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:
+        return (y - getattr(self, f"target_mean_{task}")) / getattr(self, f"target_std_{task}")
+
+    def _apply_aggregates(
+        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc
+    ) -> None:
+        """Energy = light sum x exp(correction); time = TOF-corrected sensor time + correction,
+        seen from the predicted first interaction (detached: time does not pull on position)
+        moved to the event's light centroid by a learned offset."""
+        if "energy" in out:
+            out["energy"] = self._standardized("energy", self.aggregates.energy(log_light, out["energy"]))
+        if "timing" in out:
+            fi = uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
+            centroid = self.aggregates.light_centroid(fi, self.centroid_head(z, loc))
+            time = self.aggregates.time(x, photons, fi, centroid)
+            out["timing"] = out["timing"] + self._standardized("timing", time)
+
+    @torch.no_grad()
+    def init_energy_scale(self, x: torch.Tensor, energy: torch.Tensor) -> bool:
+        """Fit the light-sum scale on a first training batch (x normalized, energy (B,) or (B, 1)
+        in the target's unit) unless it is already set (a resumed or fine-tuned model); True
+        when it was set now."""
+        agg = self.aggregates
+        if agg is None or "energy" not in self.tasks or bool(agg.energy_scale_set):
+            return False
+        _, sums = agg.photons(x)
+        agg.calibrate_light_sum(sums, energy.reshape(-1).to(sums.dtype))
+        return True
 
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Physical units of every task in ``preds``, and ``<task>_sigma`` for every

@@ -125,6 +125,12 @@ def sigma_spec(sec: Mapping[str, Any], tasks) -> dict[str, Any]:
     return spec
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a DDP and/or torch.compile wrapper."""
+    core = getattr(model, "module", model)
+    return getattr(core, "_orig_mod", core)
+
+
 def _standardize(std: TargetStandardizer, task: str, y: torch.Tensor) -> torch.Tensor:
     mean = torch.as_tensor(std.mean[task], device=y.device, dtype=y.dtype)
     sd = torch.as_tensor(std.std[task], device=y.device, dtype=y.dtype)
@@ -234,8 +240,7 @@ class RegressorStage(Stage):
     def _loss(self, model, out: Mapping[str, torch.Tensor], targets, weights) -> tuple[torch.Tensor, dict]:
         total = 0.0
         logs = {}
-        core = getattr(model, "module", model)
-        core = getattr(core, "_orig_mod", core)
+        core = _unwrapped(model)
         for t in self.tasks:
             spec = self.losses[t]
             z = _standardize(self.standardizer, t, targets[t].float())
@@ -258,6 +263,14 @@ class RegressorStage(Stage):
         return total, logs
 
     def training_step(self, model, x, targets, weights, generator):
+        core = _unwrapped(model)
+        if "energy" in targets and core.init_energy_scale(x, targets["energy"]):
+            agg = core.aggregates
+            log.info(
+                "regressor: light sum calibrated on the first batch: face weights %s, log scale %.4f",
+                [round(float(w), 3) for w in torch.nn.functional.softplus(agg.face_weight)],
+                float(agg.energy_log_scale),
+            )
         if self.channel_dropout > 0:
             drop = torch.rand(x.shape[:2], generator=generator).to(x.device) < self.channel_dropout
             x = torch.where(drop.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
