@@ -78,6 +78,13 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX", reads=("export",)),
     "infer": Command("xec.deploy.infer", "run ONNX models on a ROOT file", reads=("inference", *DATA_BRANCHES)),
+    # `xec infer --fill neighbour|solid_angle`: the classical recoveries also read the baseline's
+    # position-fit and recovery parameters (so only those inference runs rerun when they change)
+    "infer classical-fill": Command(
+        "xec.deploy.infer",
+        "xec infer with dead sensors filled by a classical recovery",
+        reads=("inference", *DATA_BRANCHES, "baseline"),
+    ),
     "baseline": Command(
         "xec.baseline.cli", "classical (non-ML) reconstruction of a ROOT file", reads=("baseline", "data.tree")
     ),
@@ -95,6 +102,17 @@ COMMANDS: dict[str, Command] = {
         ),
         runtime=("inpainting.chunk_size", "inpainting.batch_size", "inference.device", "inference.intra_op_threads"),
     ),
+    "deadsweep": Command(
+        "xec.inpainting.deadsweep_cli",
+        "resolution of the ML (with inpainter) and the classical reconstruction vs the fraction of dead sensors",
+        reads=(
+            *(f"deadsweep.{k}" for k in ("fractions", "patterns", "board_size", "ml_fills", "max_events", "n_boot")),
+            "baseline",
+            "seed",
+            *DATA_BRANCHES,
+        ),
+        runtime=("deadsweep.chunk_size", "deadsweep.batch_size", "inference.device", "inference.intra_op_threads"),
+    ),
     "plots": Command(
         "xec.plots.cli",
         "make the plots of a pipeline run",
@@ -106,6 +124,23 @@ COMMANDS: dict[str, Command] = {
         "xec.scan_cli", "rank the points of a hyperparameter/architecture scan (config scans:)", reads=("scans.{scan}",)
     ),
 }
+
+
+# `xec infer --fill F` reads its config through this declaration (the classical fills of
+# xec.baseline.fill also read the `baseline` section); the workflow's inference rule uses it too
+INFER_FILL_COMMANDS = {
+    "sentinel": "infer",
+    "inpainter": "infer",
+    "neighbour": "infer classical-fill",
+    "solid_angle": "infer classical-fill",
+}
+
+
+def infer_command(fill: str) -> str:
+    """The declaration `xec infer --fill <fill>` reads its config through."""
+    if fill not in INFER_FILL_COMMANDS:
+        raise XecError(f"unknown dead-sensor fill {fill!r}; choose one of {sorted(INFER_FILL_COMMANDS)}")
+    return INFER_FILL_COMMANDS[fill]
 
 
 def get_command(name: str) -> Command:

@@ -5,6 +5,8 @@
                 --realdata-predictions results/inference/realdata.parquet
                 --realdata-noinpaint-predictions results/inference/realdata_noinpaint.parquet
                 --realdata-baseline results/baseline/realdata.parquet
+                [--realdata-neighbour-predictions ... --realdata-solid-angle-predictions ...]
+                [--inpainting results/inpainting/summary.json] [--deadsweep results/deadsweep/summary.json]
                 --out results/summary.json [--markdown results/summary.md] [--html results/summary.html]
 
 Inputs are the parquet files of ``xec infer`` and ``xec baseline``; both use the columns
@@ -18,7 +20,13 @@ u, v, w (mm), energy sigma/E (%) and its low-tail fraction, time (ps), theta and
 the 68 % quantile of the opening angle between reconstructed and true direction (deg).
 
 A sample without truth (real data) is compared with the classical reconstruction instead: the
-"resolutions" are then widths of ML - baseline and ``reference`` says so.
+"resolutions" are then widths of ML - baseline and ``reference`` says so. On realdata the ML
+runs with four dead-sensor treatments (xec infer --fill): ``ml_inpainted`` (inpainter),
+``ml_no_inpainting`` (sentinel), ``ml_neighbour_fill`` and ``ml_solid_angle_fill`` (the
+classical recoveries of xec.baseline).
+
+``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
+and of the classical reconstruction vs the fraction of dead sensors on bench).
 
 Per-event uncertainties (``uncertainty``, samples with truth, methods with ``sigma_<task>_<col>``
 columns, i.e. the ML): per observable with a sigma (u, v, w, energy, time) and class (``all``,
@@ -76,7 +84,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--realdata-noinpaint-predictions", default=None, help="xec infer parquet of realdata, without inpainting"
     )
+    parser.add_argument(
+        "--realdata-neighbour-predictions",
+        default=None,
+        help="xec infer parquet of realdata, dead sensors filled by the neighbour average",
+    )
+    parser.add_argument(
+        "--realdata-solid-angle-predictions",
+        default=None,
+        help="xec infer parquet of realdata, dead sensors filled by the solid-angle rule",
+    )
     parser.add_argument("--realdata-baseline", default=None, help="xec baseline parquet of realdata")
+    parser.add_argument("--deadsweep", default=None, help="xec deadsweep summary JSON: its table joins the summary")
     parser.add_argument("--inpainting", default=None, help="xec inpainting summary JSON: its table joins the summary")
     parser.add_argument("--out", required=True, help="summary JSON")
     parser.add_argument("--markdown", default=None, help="also write the tables as markdown")
@@ -443,6 +462,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
             lines.append("")
     if "inpainting" in summary:
         lines += [inpainting_markdown(summary["inpainting"], level=2), ""]
+    if "deadsweep" in summary:
+        lines += [deadsweep_markdown(summary["deadsweep"], level=2), ""]
     return "\n".join(lines)
 
 
@@ -565,6 +586,102 @@ def inpainting_html(result: Mapping[str, Any], standalone: bool = True) -> str:
     return "\n".join(parts)
 
 
+# ---------------------------------------------------------------- dead-fraction sweep (xec deadsweep)
+DEADSWEEP_OBSERVABLES = {
+    "u_mm": "u (mm)",
+    "v_mm": "v (mm)",
+    "w_mm": "w (mm)",
+    "energy_pct": "sigma_E/E (%)",
+    "time_ps": "time (ps)",
+}
+DEADSWEEP_NOTE = (
+    "Dead-fraction sweep on the first {events} bench events: per event, a fraction of the 4760 "
+    "sensors dead ({patterns}; clustered = whole boards of <= {board_size} adjacent sensors; seeded); "
+    "ML ({ml}) and the classical reconstruction on the same events and dead sensors. Resolution = 68 % "
+    "half-width of the residuals against the truth; x(f)/x(0) = its growth over no dead sensor. The ML "
+    "should degrade no faster than the classical method."
+)
+
+
+def _method_name(method: str) -> str:
+    return f"ML {method[3:]}" if method.startswith("ml_") else method
+
+
+def deadsweep_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (pattern x fraction) of the sweep table: per observable and method the
+    68 % half-width and, beyond fraction 0, its ratio to the method's own fraction-0 value."""
+    methods = list(result["methods"])
+    zero = next((p for p in result["points"] if p["fraction"] == 0), None)
+    header = ["pattern", "dead %", "dead/event"]
+    header += [f"{DEADSWEEP_OBSERVABLES[o]}: {_method_name(m)}" for o in DEADSWEEP_OBSERVABLES for m in methods]
+    rows = []
+    points = sorted(result["points"], key=lambda p: (p["pattern"] != "any", p["pattern"], p["fraction"]))
+    for p in points:
+        dead = p["methods"][methods[-1]]["dead_per_event"]
+        row = [p["pattern"], f"{100 * p['fraction']:g}", _num(dead, ".0f")]
+        for o in DEADSWEEP_OBSERVABLES:
+            for m in methods:
+                e = p["methods"][m].get(o)
+                if e is None:
+                    row.append("-")
+                    continue
+                cell = f"{_num(e['width68'], '.3g')} ± {_num(e['width68_err'], '.2g')}"
+                if zero is not None and p is not zero:
+                    w0 = zero["methods"][m][o]["width68"]
+                    if w0 and math.isfinite(w0) and math.isfinite(e["width68"]):
+                        cell += f" (x{e['width68'] / w0:.2f})"
+                row.append(cell)
+        rows.append(row)
+    return header, rows
+
+
+def _deadsweep_note(result: Mapping[str, Any]) -> str:
+    m = result.get("meta", {})
+    ml = ", ".join(_method_name(x) for x in result["methods"] if x != "classical")
+    return DEADSWEEP_NOTE.format(
+        events=result["events"],
+        patterns=", ".join(m.get("patterns", [])),
+        board_size=m.get("board_size", "?"),
+        ml=ml,
+    )
+
+
+def deadsweep_markdown(result: Mapping[str, Any], level: int = 1) -> str:
+    h = "#" * level
+    lines = [f"{h} Resolution vs dead fraction (ML vs classical)", "", _deadsweep_note(result), ""]
+    lines += _md_table(*deadsweep_rows(result))
+    return "\n".join(lines)
+
+
+def deadsweep_html(result: Mapping[str, Any], standalone: bool = True) -> str:
+    import html
+
+    parts = [
+        "<h2>Resolution vs dead fraction (ML vs classical)</h2>",
+        f"<p>{html.escape(_deadsweep_note(result))}</p>",
+        _html_table(*deadsweep_rows(result)),
+    ]
+    if standalone:
+        parts = [f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>", *parts, "</body></html>"]
+    return "\n".join(parts)
+
+
+def read_deadsweep(path: str) -> dict[str, Any]:
+    """The `xec deadsweep` summary JSON; XecError naming the file when it is not one."""
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise XecError(f"{path}: no such file (run `xec deadsweep` first)")
+    try:
+        result = json.loads(p.read_text())
+        if not isinstance(result.get("points"), list) or "methods" not in result:
+            raise ValueError("no 'points'/'methods'")
+    except (ValueError, AttributeError) as exc:
+        raise XecError(f"{path}: not an xec deadsweep summary ({exc})") from exc
+    return _none_to_nan(result)
+
+
 TABLE_CSS = "table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px;text-align:right}"
 
 
@@ -592,6 +709,8 @@ def to_html(summary: dict[str, Any]) -> str:
             parts.append("</table>")
     if "inpainting" in summary:
         parts.append(inpainting_html(summary["inpainting"], standalone=False))
+    if "deadsweep" in summary:
+        parts.append(deadsweep_html(summary["deadsweep"], standalone=False))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -626,12 +745,16 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
         for k, v in (
             ("ml_inpainted", args.realdata_predictions),
             ("ml_no_inpainting", args.realdata_noinpaint_predictions),
+            ("ml_neighbour_fill", args.realdata_neighbour_predictions),
+            ("ml_solid_angle_fill", args.realdata_solid_angle_predictions),
             ("baseline", args.realdata_baseline),
         )
         if v
     }
-    if not bench and not real and not args.inpainting:
-        raise XecError("nothing to summarize: give --bench-*, --realdata-* parquet files and/or --inpainting")
+    if not bench and not real and not args.inpainting and not args.deadsweep:
+        raise XecError(
+            "nothing to summarize: give --bench-*, --realdata-* parquet files, --inpainting and/or --deadsweep"
+        )
     if bench:
         out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
     if real:
@@ -644,6 +767,8 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
             out["realdata"]["files"] = files_summary(ml)
     if args.inpainting:
         out["inpainting"] = read_inpainting(args.inpainting)
+    if args.deadsweep:
+        out["deadsweep"] = read_deadsweep(args.deadsweep)
     return out
 
 

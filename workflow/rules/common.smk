@@ -10,6 +10,7 @@ from pathlib import Path as _Path
 
 from snakemake.settings.types import DeploymentMethod as _DeploymentMethod
 
+from xec.commands import infer_command as _infer_command
 from xec.config import command_params as _command_params
 from xec.errors import XecError as _XecError
 from xec.inputs import expand_input_entries as _expand_input_entries
@@ -73,8 +74,8 @@ def _node(rundir, node):
         return "baseline", {}, [f"data:{arg}", "baseline_calibration"]
     if kind == "inference":
         run = INFERENCE_RUNS[arg]
-        models = ["export:regressor"] + (["export:inpainter"] if run["inpainter"] else [])
-        return "infer", {}, [*models, f"data:{run['sample']}"]
+        models = ["export:regressor"] + (["export:inpainter"] if run["fill"] == "inpainter" else [])
+        return infer_command(arg), {}, [*models, f"data:{run['sample']}"]
     return NODES[node]
 
 
@@ -85,6 +86,7 @@ NODES = {
     "regressor": ("train regressor", {}, ["mae", "reweighting", "shards:train", "shards:val"]),
     "baseline_calibration": ("baseline", {}, ["data:train"]),
     "inpainting": ("inpainting", {}, ["export:inpainter", "data:val", "data:realdata"]),
+    "deadsweep": ("deadsweep", {}, ["export:regressor", "export:inpainter", "data:bench", "baseline_calibration"]),
     "summary": (
         "summary",
         {},
@@ -92,12 +94,21 @@ NODES = {
             "inference:bench",
             "inference:realdata",
             "inference:realdata_noinpaint",
+            "inference:realdata_neighbour",
+            "inference:realdata_solid_angle",
             "baseline:bench",
             "baseline:realdata",
             "inpainting",
+            "deadsweep",
         ],
     ),
 }
+
+
+def infer_command(name):
+    """The xec/commands.py declaration an inference run's `xec infer --fill` reads its config
+    through (the classical fills also read `baseline`)."""
+    return _infer_command(INFERENCE_RUNS[name]["fill"])
 
 
 @_functools.lru_cache(maxsize=None)

@@ -1,11 +1,15 @@
 # Deployment: ONNX export of the regressor and inpainter, ONNX Runtime inference on ROOT samples.
 
-# Inference runs: output name -> (sample, fill dead sensors with the inpainter first?).
-# realdata_noinpaint is the same file without inpainting, for the summary's with/without comparison.
+# Inference runs: output name -> (sample, dead-sensor treatment: `xec infer --fill`).
+# The realdata runs are the same files with the four treatments, for the summary's comparison:
+# inpainter, left as the sentinel (realdata_noinpaint), and the classical neighbour average and
+# solid-angle rule (xec.baseline; these also read the `baseline` config section).
 INFERENCE_RUNS = {
-    "realdata": {"sample": "realdata", "inpainter": True},
-    "realdata_noinpaint": {"sample": "realdata", "inpainter": False},
-    "bench": {"sample": "bench", "inpainter": False},
+    "realdata": {"sample": "realdata", "fill": "inpainter"},
+    "realdata_noinpaint": {"sample": "realdata", "fill": "sentinel"},
+    "realdata_neighbour": {"sample": "realdata", "fill": "neighbour"},
+    "realdata_solid_angle": {"sample": "realdata", "fill": "solid_angle"},
+    "bench": {"sample": "bench", "fill": "sentinel"},
 }
 
 
@@ -45,7 +49,9 @@ rule inference:
     input:
         model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
         inpainter=lambda w: (
-            [at(w.rundir, "export:inpainter", "inpainter/model.onnx")] if INFERENCE_RUNS[w.name]["inpainter"] else []
+            [at(w.rundir, "export:inpainter", "inpainter/model.onnx")]
+            if INFERENCE_RUNS[w.name]["fill"] == "inpainter"
+            else []
         ),
         data=lambda w: scatter_input(INFERENCE_RUNS[w.name]["sample"], w.stem, w.rundir),
     output:
@@ -69,11 +75,12 @@ rule inference:
         runtime=30,
     params:
         cfg=lambda w: resolved_config(w.rundir),
-        values=lambda w: command_values("infer", w.rundir),
+        values=lambda w: command_values(infer_command(w.name), w.rundir),
         inpainter_arg=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+        fill=lambda w: INFERENCE_RUNS[w.name]["fill"],
         record=lambda w: failure_record(w.rundir, f"inference/{w.name}", w.stem),
     shell:
-        "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg}"
+        "xec infer --config {params.cfg} --model {input.model} {params.inpainter_arg} --fill {params.fill}"
         " --input {input.data} --out {output.root} --parquet {output.parquet} --threads {threads}"
         " --failure-record {params.record} --log {log}"
 

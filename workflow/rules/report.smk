@@ -121,14 +121,56 @@ rule inpainting:
         " --out {output.json} --markdown {output.markdown} --html {output.html} --plots {output.plots} --log {log}"
 
 
+# Robustness to dead sensors (issue 14): ML (exported models, `xec infer`'s code path, inpainter)
+# vs the classical reconstruction on the first deadsweep.max_events bench events with 0-10 % of
+# the sensors dead, random and whole readout boards.
+rule deadsweep:
+    input:
+        model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
+        inpainter=lambda w: at(w.rundir, "export:inpainter", "inpainter/model.onnx"),
+        calibration=lambda w: at(w.rundir, "baseline_calibration", "baseline/calibration.json"),
+        bench=lambda w: first_files("bench", RUN_CONFIGS[w.rundir]["deadsweep"]["max_events"], w.rundir),
+    output:
+        json=f"{{rundir}}/deadsweep/summary.json",
+        markdown=f"{{rundir}}/deadsweep/summary.md",
+        html=report(f"{{rundir}}/deadsweep/summary.html", caption="../report/deadsweep.rst", category="Dead sensors"),
+        plot=report(
+            f"{{rundir}}/deadsweep/resolution_vs_dead_fraction.png",
+            caption="../report/deadsweep.rst",
+            category="Dead sensors",
+        ),
+    log:
+        f"{{rundir}}/logs/deadsweep.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/deadsweep.tsv"
+    conda:
+        SOFTWARE_ENV
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    params:
+        cfg=lambda w: resolved_config(w.rundir),
+        values=lambda w: command_values("deadsweep", w.rundir),
+    shell:
+        "xec deadsweep --config {params.cfg} --model {input.model} --inpainter {input.inpainter}"
+        " --calibration {input.calibration} --input {input.bench} --threads {threads}"
+        " --out {output.json} --markdown {output.markdown} --html {output.html} --plot {output.plot} --log {log}"
+
+
 rule summary:
     input:
         bench_ml=lambda w: at(w.rundir, "inference:bench", "inference/bench.parquet"),
         bench_baseline=lambda w: at(w.rundir, "baseline:bench", "baseline/bench.parquet"),
         real_ml=lambda w: at(w.rundir, "inference:realdata", "inference/realdata.parquet"),
         real_noinpaint=lambda w: at(w.rundir, "inference:realdata_noinpaint", "inference/realdata_noinpaint.parquet"),
+        real_neighbour=lambda w: at(w.rundir, "inference:realdata_neighbour", "inference/realdata_neighbour.parquet"),
+        real_solid_angle=lambda w: at(
+            w.rundir, "inference:realdata_solid_angle", "inference/realdata_solid_angle.parquet"
+        ),
         real_baseline=lambda w: at(w.rundir, "baseline:realdata", "baseline/realdata.parquet"),
         inpainting=lambda w: at(w.rundir, "inpainting", "inpainting/summary.json"),
+        deadsweep=lambda w: at(w.rundir, "deadsweep", "deadsweep/summary.json"),
     output:
         json=f"{{rundir}}/summary.json",
         markdown=f"{{rundir}}/summary.md",
@@ -150,7 +192,9 @@ rule summary:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
-        " --inpainting {input.inpainting}"
+        " --realdata-neighbour-predictions {input.real_neighbour}"
+        " --realdata-solid-angle-predictions {input.real_solid_angle}"
+        " --inpainting {input.inpainting} --deadsweep {input.deadsweep}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"
 
 

@@ -1,6 +1,7 @@
 """`xec infer`: run exported ONNX models on MEG II ROOT files, streaming chunk by chunk.
 
     xec infer --model results/regressor/model.onnx [--inpainter results/inpainter/model.onnx]
+              [--fill {sentinel,neighbour,solid_angle,inpainter}]
               --input FILE.root [FILE2.root ...] --out results/inference/realdata.root
               [--parquet results/inference/realdata.parquet] [--batch-size N] [--preset NAME]
               [--config CFG] [--log LOG]
@@ -8,7 +9,11 @@
 The normalization comes from the model's ONNX metadata (xec.deploy.onnx_meta); a ``--preset``
 that disagrees with it is an error, never an override. With ``--inpainter`` the dead sensors of
 each event (npho > 9e9 or NaN, i.e. the normalized npho equals the preset's sentinel) are filled
-by the inpainter before the regressor sees the event. Memory is bounded by one chunk
+by the inpainter before the regressor sees the event. ``--fill`` chooses the dead-sensor treatment
+(xec.deploy.infer.Predictor): ``sentinel`` (left as the preset's sentinel; the default without
+``--inpainter``), ``neighbour`` or ``solid_angle`` (the classical recoveries of xec.baseline,
+solid angles seen from the classical position fit of the same event: xec.baseline.fill; config
+section ``baseline``) or ``inpainter`` (the default with ``--inpainter``). Memory is bounded by one chunk
 (``inference.chunk_size`` events), whatever the size of the input files.
 
 Output columns (the same in the ROOT TTree ``tree`` of ``--out`` and in the parquet file; the
@@ -45,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from xec.commands import INFER_FILL_COMMANDS, infer_command
 from xec.config import add_config_argument, load_config
 from xec.deploy.onnx_meta import ModelMetadata, read_metadata
 from xec.deploy.runtime import make_session, run_batched
@@ -55,10 +61,20 @@ from xec.utils import atomic_path, progress_enabled, setup_logging
 
 log = logging.getLogger("xec.infer")
 
+# dead-sensor treatments (--fill; xec.deploy.infer.Predictor): sentinel, inpainter, neighbour, solid_angle
+FILLS = tuple(INFER_FILL_COMMANDS)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="exported regressor (model.onnx)")
     parser.add_argument("--inpainter", default=None, help="exported inpainter: fill dead sensors first")
+    parser.add_argument(
+        "--fill",
+        choices=FILLS,
+        default=None,
+        help="dead sensors: left as the sentinel, filled by the neighbour average, by the solid-angle rule "
+        "(xec.baseline) or by the inpainter (default: inpainter with --inpainter, else sentinel)",
+    )
     parser.add_argument("--input", required=True, nargs="+", help="ROOT files or globs")
     parser.add_argument("--out", required=True, help="output ROOT file (TTree 'tree')")
     parser.add_argument("--parquet", default=None, help="output parquet (default: --out with suffix .parquet)")
@@ -88,16 +104,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from xec.baseline.fill import CLASSICAL_FILLS
+
     setup_logging(args.log)
-    cfg = load_config(args.config, command="infer")
+    fill = resolve_fill(args.fill, args.inpainter)
+    cfg = load_config(args.config, command=infer_command(fill))
     icfg = cfg["inference"]
     data = cfg["data"]
+    baseline = None
+    if fill in CLASSICAL_FILLS:
+        from xec.baseline.reco import BaselineConfig
+        from xec.config import plain
+
+        baseline = BaselineConfig.from_dict(plain(cfg["baseline"]))
     stats = run_inference(
         model=args.model,
         inputs=args.input,
         out=args.out,
         parquet=args.parquet,
         inpainter=args.inpainter,
+        fill=fill,
+        baseline=baseline,
         preset=args.preset,
         batch_size=args.batch_size or icfg["batch_size"],
         chunk_size=icfg["chunk_size"],
@@ -251,6 +278,107 @@ def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray
     return x
 
 
+def resolve_fill(fill: str | None, inpainter: str | None) -> str:
+    """The dead-sensor treatment of a run: ``fill``, or without one ``inpainter`` when an
+    inpainter is given (the behaviour of ``--inpainter`` alone) else ``sentinel``."""
+    if fill is None:
+        return "inpainter" if inpainter else "sentinel"
+    if fill not in FILLS:
+        raise XecError(f"unknown --fill {fill!r}; choose one of {FILLS}")
+    if fill == "inpainter" and not inpainter:
+        raise XecError("--fill inpainter needs --inpainter MODEL.onnx")
+    if fill != "inpainter" and inpainter:
+        raise XecError(f"--inpainter {inpainter} is used only with --fill inpainter (got --fill {fill})")
+    return fill
+
+
+class Predictor:
+    """The regressor of ``xec infer`` on raw chunks: dead-sensor treatment, normalization and ONNX
+    Runtime calls, the one home of that sequence (``xec infer`` and the dead-fraction sweep,
+    xec.inpainting.deadsweep, both call it). ``fill`` (FILLS): dead sensors (npho > 9e9 or NaN)
+    left as the preset's sentinel, filled by the classical neighbour average or solid-angle rule
+    before the normalization (xec.baseline.fill, parameters ``baseline``: a
+    xec.baseline.reco.BaselineConfig), or by the inpainter after it."""
+
+    def __init__(
+        self,
+        model: str,
+        inpainter: str | None = None,
+        fill: str | None = None,
+        preset: str | None = None,
+        baseline: Any = None,
+        batch_size: int = 256,
+        device: str = "auto",
+        intra_op_threads: int = 0,
+        optimization: str = "all",
+        allow_spinning: bool = False,
+    ):
+        from xec.baseline.fill import CLASSICAL_FILLS
+
+        if batch_size < 1:
+            raise XecError(f"batch size must be >= 1 (got {batch_size})")
+        self.fill = resolve_fill(fill, inpainter)
+        if self.fill in CLASSICAL_FILLS and baseline is None:
+            from xec.baseline.reco import BaselineConfig
+
+            baseline = BaselineConfig()
+        self.baseline = baseline
+        self.model, self.batch_size = model, batch_size
+        self.meta, self.inp_meta, self.normalizer = load_models(model, inpainter, preset)
+        self.reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
+        self.inp = (
+            make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
+        )
+        self.out_names = [o.name for o in self.reg.get_outputs()]
+        if sorted(self.out_names) != sorted(self.meta.outputs):
+            raise XecError(
+                f"{model}: graph outputs {self.out_names} differ from its metadata {list(self.meta.outputs)}"
+            )
+        log.info(
+            "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s",
+            self.reg.get_providers(),
+            self.normalizer.preset,
+            self.fill,
+            f" ({inpainter})" if inpainter else "",
+        )
+
+    def inputs(
+        self, npho: np.ndarray, time_s: np.ndarray, times: StageTimes | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(x, dead): the normalized (N, 4760, 2) input the regressor sees (before an inpainter),
+        dead sensors treated by a classical ``fill``, and the (N, 4760) dead mask of the raw event."""
+        from xec.baseline.fill import CLASSICAL_FILLS, fill_dead
+
+        times = times if times is not None else StageTimes()
+        dead = None
+        if self.fill in CLASSICAL_FILLS:
+            with times("inpaint"):
+                npho, time_s, dead = fill_dead(npho, time_s, self.fill, self.baseline)
+        with times("normalize"):
+            x = normalize_blocks(self.normalizer, npho, time_s)
+            if dead is None:
+                dead = x[..., 0] == np.float32(self.normalizer.sentinel)
+        return x, dead
+
+    def predict(
+        self, npho: np.ndarray, time_s: np.ndarray, times: StageTimes | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(predictions, n_dead) of raw chunk arrays: {output name without ``output_``: array}
+        and the (N,) int32 number of dead sensors per event."""
+        times = times if times is not None else StageTimes()
+        x, dead = self.inputs(npho, time_s, times)
+        if self.inp is not None:
+            with times("inpaint"):
+                rows = np.flatnonzero(dead.any(axis=1))  # events without dead sensors need no filling
+                if len(rows):
+                    feeds = {"input": x[rows], "mask": dead[rows].astype(np.float32)}
+                    (x[rows],) = run_batched(self.inp, feeds, self.batch_size)
+        with times("regress"):
+            outputs = run_batched(self.reg, {"input": x}, self.batch_size)
+        preds = {name[len("output_") :]: val for name, val in zip(self.out_names, outputs)}
+        return preds, dead.sum(axis=1).astype(np.int32)
+
+
 def iterate_predictions(
     model: str,
     inputs: list[str],
@@ -266,51 +394,41 @@ def iterate_predictions(
     npho_branch: str = "npho",
     time_branch: str = "relative_time",
     times: StageTimes | None = None,
+    fill: str | None = None,
+    baseline: Any = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of output columns per chunk. Validates the models and every input file
-    before the first chunk; ``times`` (optional) accumulates the seconds per stage."""
+    before the first chunk; ``times`` (optional) accumulates the seconds per stage (the
+    classical fills count as ``inpaint``); ``fill``/``baseline``: :class:`Predictor`."""
     from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, expand_inputs, iterate_events
 
     if batch_size < 1 or chunk_size < 1:
         raise XecError(f"batch size and chunk size must be >= 1 (got {batch_size}, {chunk_size})")
-    meta, inp_meta, normalizer = load_models(model, inpainter, preset)
+    predictor = Predictor(
+        model,
+        inpainter,
+        fill,
+        preset,
+        baseline,
+        batch_size,
+        device,
+        intra_op_threads,
+        optimization,
+        allow_spinning,
+    )
     files = expand_inputs(inputs)
     _validate_inputs(files, tree, (npho_branch, time_branch))
-    reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
-    inp = make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
-    log.info(
-        "ONNX Runtime providers: %s; normalization preset %s; inpainter: %s",
-        reg.get_providers(),
-        normalizer.preset,
-        inpainter or "none",
-    )
-    out_names = [o.name for o in reg.get_outputs()]
-    if sorted(out_names) != sorted(meta.outputs):
-        raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(meta.outputs)}")
-    sentinel = np.float32(normalizer.sentinel)
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
     times = times if times is not None else StageTimes()
     seen = 0
     chunks = iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size)
     for _path, arrays in read_ahead(chunks, times):
-        with times("normalize"):
-            x = normalize_blocks(normalizer, arrays[npho_branch], arrays[time_branch])
-            dead = x[..., 0] == sentinel
-            n_dead = dead.sum(axis=1).astype(np.int32)
-        if inp is not None:
-            with times("inpaint"):
-                rows = np.flatnonzero(n_dead > 0)  # events without dead sensors need no filling
-                if len(rows):
-                    feeds = {"input": x[rows], "mask": dead[rows].astype(np.float32)}
-                    (x[rows],) = run_batched(inp, feeds, batch_size)
-        with times("regress"):
-            outputs = run_batched(reg, {"input": x}, batch_size)
+        preds, n_dead = predictor.predict(arrays[npho_branch], arrays[time_branch], times)
         with times("columns"):
-            preds = {name[len("output_") :]: val for name, val in zip(out_names, outputs)}
             cols = _event_columns(arrays, seen)
             cols["n_dead"] = n_dead
-            cols.update(prediction_columns(meta, preds, arrays))
-        seen += len(x)
+            cols.update(prediction_columns(predictor.meta, preds, arrays))
+        seen += len(n_dead)
         yield cols
 
 
