@@ -121,16 +121,29 @@ class _NeighbourSums:
             sub = neighbour_matrix(float(radius))[udead]  # (U, 4760)
             self.cols = np.union1d(sub.indices, udead)
             self.sub = sub[:, self.cols]
+            self.pos = np.searchsorted(self.cols, sid)  # each target's own column
         else:
             table, valid = neighbour_table(float(radius))
-            nb = table[sid]
-            self.cols = np.union1d(nb[valid[sid]], udead)
-            self.nb = np.searchsorted(self.cols, np.where(valid[sid], nb, udead[0]))  # (K, M) column indices
+            # the needed sensors: the distinct targets and their neighbours, marked (linear in
+            # the distinct targets, where a union/searchsorted over every target's list sorts
+            # K x M entries: with thousands of dead sensors per chunk that dominated)
+            needed = np.zeros(N_SENSORS, bool)
+            needed[table[udead][valid[udead]]] = True
+            needed[udead] = True
+            self.cols = np.flatnonzero(needed)
+            col_of = np.zeros(N_SENSORS, np.intp)
+            col_of[self.cols] = np.arange(len(self.cols))
             self.valid = valid[sid]
-        self.pos = np.searchsorted(self.cols, sid)  # each target's own column
+            self.nb = col_of[np.where(self.valid, table[sid], udead[0])]  # (K, M) column indices
+            self.pos = col_of[sid]  # each target's own column
         self.dead_rc = self.gather(dead)
         if not self.by_sensor:
-            self.live = self.valid & ~self.dead_rc[self.inv[:, None], self.nb]
+            # flat (K, M) positions in an (R, C) array, the neighbours that are not live pointing
+            # one past its end (a zero appended by total()): one take and one sum per total
+            size = self.dead_rc.size
+            flat = self.inv[:, None] * len(self.cols) + self.nb
+            self.live = self.valid & ~np.take(self.dead_rc, flat)
+            self.flat = np.where(self.live, flat, size)
 
     def gather(self, values: np.ndarray) -> np.ndarray:
         """(R, C) slice of a (N, 4760) per-sensor array: events with a target, needed sensors."""
@@ -147,7 +160,7 @@ class _NeighbourSums:
         if self.by_sensor:
             s = np.asarray(self.sub @ np.where(self.dead_rc, 0.0, values_rc).T)  # (U, R)
             return s[self.uinv, self.inv]
-        return np.where(self.live, values_rc[self.inv[:, None], self.nb], 0.0).sum(axis=1)
+        return np.take(np.append(np.asarray(values_rc, dtype=np.float64).ravel(), 0.0), self.flat).sum(axis=1)
 
 
 def recover(
