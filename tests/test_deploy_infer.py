@@ -359,3 +359,74 @@ def test_provider_report_names_a_silent_cpu_fallback():
     assert "runs on CPUExecutionProvider" in fallback and "did not load" in fallback
     cpu = provider_report("m.onnx", ["CPUExecutionProvider"], ["CPUExecutionProvider"])
     assert "did not load" not in cpu
+
+
+# ---------------------------------------------------------------- dead-sensor treatments (--fill)
+@pytest.mark.parametrize("fill", ["neighbour", "solid_angle"])
+def test_classical_fills_change_only_dead_sensors_with_the_baseline_rules(models, root_file, fill):
+    from xec.baseline.fill import fill_dead
+    from xec.baseline.reco import BaselineConfig, fit_position
+    from xec.baseline.recovery import estimate_dead, recover
+    from xec.deploy.infer import Predictor
+    from xec.geometry import uvw_to_xyz
+
+    _, arrays = root_file
+    npho, time = arrays["npho"][:60], arrays["relative_time"][:60]
+    sentinel = Predictor(str(models["regressor"]), fill="sentinel")
+    filled = Predictor(str(models["regressor"]), fill=fill)
+    x0, dead0 = sentinel.inputs(npho, time)
+    x1, dead1 = filled.inputs(npho, time)
+    dead = npho > 9e9
+    np.testing.assert_array_equal(dead0, dead)
+    np.testing.assert_array_equal(dead1, dead)  # n_dead counts the raw event's dead sensors
+    np.testing.assert_array_equal(x1[~dead], x0[~dead])  # live sensors: bit-identical input
+    # sentinel vs a filled npho (>= 0: a sensor facing away from the fitted position gets 0 photons)
+    assert (x0[dead][:, 0] == -1.0).all() and (x1[dead][:, 0] >= 0).all() and (x1[dead][:, 0] > 0).mean() > 0.5
+    # the fill is xec.baseline's rule, seen from the baseline's position fit of the same event
+    cfg = BaselineConfig()
+    raw_npho, raw_time, _ = fill_dead(npho, time, fill, cfg)
+    clean = np.where(dead, 0.0, npho.astype(np.float64))
+    xyz = uvw_to_xyz(fit_position(clean, dead, cfg)["uvw"])
+    if fill == "solid_angle":  # what the classical reconstruction fills its dead sensors with
+        expected = estimate_dead(clean, dead, xyz, cfg.dead_radius_cm, cfg.dead_fallback_npho)
+    else:
+        ev, sid = np.nonzero(dead)
+        expected = clean.copy()
+        expected[ev, sid] = recover(clean, dead, ev, sid, radius=cfg.dead_radius_cm)["average"]
+    np.testing.assert_allclose(raw_npho[dead], expected[dead], rtol=1e-5)
+    assert np.isfinite(raw_time[dead]).all()
+
+
+def test_fill_variants_change_only_events_with_dead_sensors(models, root_file, tmp_path):
+    path, arrays = root_file
+    dead_events = (arrays["npho"] > 9e9).any(axis=1)
+    frames = {}
+    for fill in ("sentinel", "neighbour", "solid_angle", "inpainter"):
+        inp = str(models["inpainter"]) if fill == "inpainter" else None
+        run_inference(str(models["regressor"]), [str(path)], str(tmp_path / f"{fill}.root"), inpainter=inp, fill=fill)
+        frames[fill] = pd.read_parquet(tmp_path / f"{fill}.parquet")
+    ref = frames["sentinel"]["pred_energy_energy"].to_numpy()
+    for fill in ("neighbour", "solid_angle", "inpainter"):
+        df = frames[fill]
+        np.testing.assert_array_equal(df["n_dead"], frames["sentinel"]["n_dead"])
+        changed = ~np.isclose(df["pred_energy_energy"], ref, rtol=1e-6, atol=0)
+        np.testing.assert_array_equal(changed, dead_events), fill
+    assert not np.allclose(frames["neighbour"]["pred_energy_energy"], frames["solid_angle"]["pred_energy_energy"])
+
+
+def test_fill_cli_reads_the_baseline_section_and_bad_combinations_are_errors(models, root_file, tmp_path, capsys):
+    path, _ = root_file
+    base = ["infer", "--model", str(models["regressor"]), "--input", str(path), "--threads", "1"]
+    out = tmp_path / "sa.root"
+    assert cli_main([*base, "--fill", "solid_angle", "--out", str(out)]) == 0  # xec infer classical-fill
+    assert len(pd.read_parquet(tmp_path / "sa.parquet")) == N_EVENTS
+    assert cli_main([*base, "--fill", "inpainter", "--out", str(tmp_path / "a.root")]) == 2
+    assert "--fill inpainter needs --inpainter" in capsys.readouterr().err
+    argv = [*base, "--fill", "neighbour", "--inpainter", str(models["inpainter"]), "--out", str(tmp_path / "b.root")]
+    assert cli_main(argv) == 2
+    assert "is used only with --fill inpainter" in capsys.readouterr().err
+    assert not (tmp_path / "a.root").exists() and not (tmp_path / "b.root").exists()
+    # --inpainter alone keeps filling with the inpainter, as before --fill existed
+    from xec.deploy.infer import resolve_fill
+
+    assert resolve_fill(None, "inp.onnx") == "inpainter" and resolve_fill(None, None) == "sentinel"

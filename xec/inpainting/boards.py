@@ -4,7 +4,8 @@ random, or whole readout boards of adjacent sensors.
 Boards: the channel map of the experiment's readout is not part of this project, so a board is
 defined from the geometry as a compact group of at most ``board_size`` (default 16, the channels
 of one WaveDREAM digitizer board) adjacent sensors of one face: each face's sensors are halved
-along the longer extent of their layout (face-local coordinates z, rho and rho*phi', cm), at the
+along the longer extent of their layout (face-local coordinates z, rho and phi' x the face's
+mean rho, cm), at the
 median (ties broken by the other coordinates), until a part holds at most ``board_size``. On the
 inner face that gives 256 boards of 15-16 MPPCs (blocks of about 4 x 4), on the PMT faces boards
 of 9-15 PMTs (the outer face's centre patch goes with its coarse neighbours).
@@ -31,12 +32,13 @@ _PATTERN_CODE = {"random": 1, "clustered": 2}
 
 
 def _face_coordinates(ids: np.ndarray) -> np.ndarray:
-    """(K, 3) face-local coordinates (z, rho, rho*phi' in cm) of sensors, rounded to 1e-4 cm
-    so that sensors of one grid row or column tie exactly."""
+    """(K, 3) face-local coordinates of one face's sensors (cm): z, rho and the arc phi' x (mean
+    rho of the face), so that a strip of PMTs at one phi' (US/DS) shares its arc coordinate;
+    rounded to 1e-4 cm so that sensors of one grid row or column tie exactly."""
     g = get_geometry()
     pos = g.positions[ids]
     rho = np.hypot(pos[:, 0], pos[:, 1])
-    arc = rho * np.radians(g.phi_prime[ids])
+    arc = rho.mean() * np.radians(g.phi_prime[ids])
     return np.round(np.stack([pos[:, 2], rho, arc], axis=1), 4)
 
 
