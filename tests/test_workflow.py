@@ -9,6 +9,7 @@ job, two training stages logging to MLflow at once, and the HTML report.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -138,7 +140,16 @@ def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"regressor.lr": 1.234e-3})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "scatter_chunk", "inference_merge", "plots", "summary"}
+    downstream = {
+        "regressor",
+        "export",
+        "inference",
+        "scatter_chunk",
+        "inference_merge",
+        "deadsweep",
+        "plots",
+        "summary",
+    }
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
     assert jobs["regressor"] == 1
 
@@ -151,7 +162,16 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"model.peak_hidden": 64})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {"regressor", "export", "inference", "scatter_chunk", "inference_merge", "plots", "summary"}
+    downstream = {
+        "regressor",
+        "export",
+        "inference",
+        "scatter_chunk",
+        "inference_merge",
+        "deadsweep",
+        "plots",
+        "summary",
+    }
     assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
 
 
@@ -207,6 +227,71 @@ def test_inpainting_scores_every_method_on_the_same_hidden_sensors(tiny_run):
     summary = json.loads((results / "summary.json").read_text())
     assert summary["inpainting"]["samples"]["val"]["hidden"] == s["samples"]["val"]["hidden"]
     assert "Inpainter vs classical recovery of hidden sensors" in (results / "summary.md").read_text()
+
+
+def test_dead_sensor_rules_fill_realdata_four_ways_and_sweep_the_dead_fraction(tiny_run, tmp_path):
+    """Issue 14, part 3: realdata through the four dead-sensor treatments next to the classical
+    reconstruction in the summary; the dead-fraction sweep on bench (its 0 % point is the plain
+    bench inference), with its log, benchmark and table; and what reruns when its keys change."""
+    import pandas as pd
+
+    from xec.metrics import width68
+    from xec.summary import OBSERVABLES, residual
+
+    results = tiny_run["dir"] / "results"
+    jobs = tiny_run["jobs"]
+    assert jobs["inference"] == 5 and jobs["deadsweep"] == 1, jobs
+    summary = json.loads((results / "summary.json").read_text())
+    real = summary["realdata"]
+    assert real["reference"] == "baseline"
+    methods = real["methods"]
+    assert set(methods) == {"ml_inpainted", "ml_no_inpainting", "ml_neighbour_fill", "ml_solid_angle_fill"}, methods
+    for m in methods.values():
+        assert m["u_mm"]["all"]["n"] == 256 and math.isfinite(m["u_mm"]["all"]["width68"])
+    # the fills change the predictions of realdata (1 % dead sensors in every event) ...
+    frames = {
+        n: pd.read_parquet(results / "inference" / f"realdata{n}.parquet")
+        for n in ("", "_noinpaint", "_neighbour", "_solid_angle")
+    }
+    assert all((f["n_dead"] > 0).all() for f in frames.values())
+    energies = [f["pred_energy_energy"].to_numpy() for f in frames.values()]
+    assert all(not np.allclose(a, b) for i, a in enumerate(energies) for b in energies[i + 1 :])
+
+    sweep = json.loads((results / "deadsweep" / "summary.json").read_text())
+    assert sweep["events"] == 256 and sweep["methods"] == ["ml_inpainter", "classical"]
+    assert [(p["pattern"], p["fraction"]) for p in sweep["points"]] == [("any", 0.0)] + [
+        (pat, f) for pat in ("random", "clustered") for f in (0.01, 0.02, 0.05, 0.1)
+    ]
+    for p in sweep["points"]:
+        for m in p["methods"].values():
+            assert all(math.isfinite(m[o]["width68"]) for o in ("u_mm", "v_mm", "w_mm", "energy_pct", "time_ps")), p
+    bench = pd.read_parquet(results / "inference" / "bench.parquet")
+    for obs in ("u_mm", "energy_pct", "time_ps"):
+        col, scale, kind = OBSERVABLES[obs]
+        plain = width68(residual(bench, col, kind) * scale)
+        assert sweep["points"][0]["methods"]["ml_inpainter"][obs]["width68"] == pytest.approx(plain, rel=1e-4), obs
+    assert (results / "deadsweep" / "resolution_vs_dead_fraction.png").stat().st_size > 10_000
+    assert (results / "logs" / "deadsweep.log").exists() and (results / "benchmarks" / "deadsweep.tsv").exists()
+    seconds = float((results / "benchmarks" / "deadsweep.tsv").read_text().splitlines()[1].split("\t")[0])
+    print(f"\n[test_workflow] deadsweep job: {seconds:.1f} s for {sweep['events']} events")
+    assert "Resolution vs dead fraction" in (results / "summary.md").read_text()
+    assert summary["deadsweep"]["points"][0]["fraction"] == 0.0
+
+    # what reruns: the sweep's own keys rerun the sweep and the summary; a recovery parameter of
+    # the baseline reruns the classical fills of realdata, never the other inference runs
+    work = copy_run(tiny_run, tmp_path / "run")
+    edit_config(work, **{"deadsweep.max_events": 100})
+    assert set(planned_jobs(snakemake(work, "--dry-run"))) == {"deadsweep", "summary", "all"}
+    edit_config(work, **{"deadsweep.max_events": 500, "baseline.dead_radius_cm": 15.0})
+    proc = snakemake(work, "--dry-run", "--printshellcmds")
+    jobs = planned_jobs(proc)
+    assert jobs["inference"] == 2 and jobs["inference_merge"] == 2 and jobs["deadsweep"] == 1, jobs
+    text = proc.stdout + proc.stderr
+    assert "--fill neighbour" in text and "--fill solid_angle" in text and "--fill inpainter" not in text
+    # a bad sweep value fails before any job, naming the key
+    edit_config(work, **{"baseline.dead_radius_cm": 20.0, "deadsweep.fractions": [0.0, 1.0]})
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "deadsweep.fractions" in proc.stdout + proc.stderr
 
 
 def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tmp_path):
@@ -355,7 +440,7 @@ def test_bad_scan_fails_before_any_job_naming_scan_and_key(tmp_path):
 # and baseline.
 SCAN = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
 SCAN_TARGET = "results/scans/lr/summary.json"
-PER_POINT = Counter(regressor=1, export=1, inference=3, scatter_chunk=3, inference_merge=3, summary=1)
+PER_POINT = Counter(regressor=1, export=1, inference=5, scatter_chunk=5, inference_merge=5, deadsweep=1, summary=1)
 
 
 def _with_scan(work: Path, scan: dict) -> None:
@@ -559,6 +644,7 @@ def test_html_report(tiny_run, tmp_path):
     missing = [p.name for p in pngs if p.name not in html]
     assert not missing, missing
     assert "summary.html" in html and "Physics summary" in html
+    assert "resolution_vs_dead_fraction.png" in html and "Dead sensors" in html
     assert "weights.png" in html and "metrics.json" in html
     # runtime statistics of every rule
     assert "Statistics" in html and "runtime" in html.lower()
@@ -677,7 +763,7 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     out = first.stdout + first.stderr
     assert first.returncode != 0 and "run7003" in out and "[xec]" in out, out[-4000:]
     records = sorted((work / "results").glob("**/run7003.failed.json"))
-    assert len(records) == 3, records  # inference with and without inpainting, baseline
+    assert len(records) == 5, records  # inference with the four dead-sensor treatments, baseline
     assert str(bad) in json.loads(records[0].read_text())["error"]
     for p in runs[:2] + runs[3:]:
         assert (work / "results" / "inference" / "realdata" / f"{p.stem}.parquet").exists(), p
@@ -704,8 +790,8 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     (new,) = _simulate_runs(work, (7005,))
     period.write_text(period.read_text() + f"{new.name}\n")
     jobs = planned_jobs(snakemake(work, "--dry-run", "--printshellcmds", *targets))
-    assert jobs["inference"] == 2 and jobs["baseline"] == 1, jobs  # the new file only, with and without inpainting
-    assert jobs["inference_merge"] == 2 and jobs["baseline_merge"] == 1 and jobs["summary"] == 1, jobs
+    assert jobs["inference"] == 4 and jobs["baseline"] == 1, jobs  # the new file only, its four dead-sensor fills
+    assert jobs["inference_merge"] == 4 and jobs["baseline_merge"] == 1 and jobs["summary"] == 1, jobs
     assert "inpainting" not in jobs, jobs  # a growing run period does not rerun the evaluation
 
     period.write_text("".join(f"{p.name}\n" for p in runs if p not in (bad, runs[0])))
