@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from xec.baseline.reco import DEAD_NPHO, BaselineConfig, fit_position
-from xec.baseline.recovery import TimeModel, recover
+from xec.baseline.recovery import TimeModel, event_slices, recover
 from xec.geometry import uvw_to_xyz
 
 CLASSICAL_FILLS = ("neighbour", "solid_angle")
@@ -46,8 +46,15 @@ def fill_dead(
     time_out = np.array(time_s, dtype=np.float32, copy=True)
     dead = dead_mask(npho_out)
     rows = np.flatnonzero(dead.any(axis=1))
-    if rows.size == 0:
-        return npho_out, time_out, dead
+    for sl in event_slices(dead[rows]) if rows.size else ():  # bounded memory (recovery.MAX_TARGETS)
+        _fill_rows(npho_out, time_out, dead, rows[sl], method, cfg)
+    return npho_out, time_out, dead
+
+
+def _fill_rows(
+    npho_out: np.ndarray, time_out: np.ndarray, dead: np.ndarray, rows: np.ndarray, method: str, cfg: BaselineConfig
+) -> None:
+    """Fill the dead sensors of the events ``rows`` in place."""
     d = dead[rows]
     raw = np.asarray(npho_out[rows], dtype=np.float64)
     clean = np.where(d, 0.0, np.maximum(np.nan_to_num(raw), 0.0))
@@ -70,4 +77,3 @@ def fill_dead(
     est = rec["average"] if method == "neighbour" else rec["solid_angle"]
     npho_out[rows[ev], sid] = est.astype(np.float32)
     time_out[rows[ev], sid] = np.where(np.isfinite(rec["time"]), rec["time"] * 1e-9, NO_VALUE).astype(np.float32)
-    return npho_out, time_out, dead

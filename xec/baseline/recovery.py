@@ -226,6 +226,26 @@ def recover(
     return out
 
 
+# dead sensors recovered per call of recover() by the chunk-level helpers: its neighbour sums
+# hold (targets x ~550 neighbours) arrays, so a chunk with many dead sensors (a 10 % dead-fraction
+# sweep, 2000 events of a run) goes in slices of events (the same numbers, bounded memory)
+MAX_TARGETS = 12_000
+
+
+def event_slices(dead: np.ndarray, max_targets: int = MAX_TARGETS) -> list[slice]:
+    """Consecutive row slices of ``dead`` (N, 4760) holding at most ``max_targets`` dead sensors
+    each (an event with more is a slice of its own)."""
+    per_event = np.asarray(dead).sum(axis=1)
+    out, start, held = [], 0, 0
+    for i, k in enumerate(per_event):
+        if held and held + k > max_targets:
+            out.append(slice(start, i))
+            start, held = i, 0
+        held += int(k)
+    out.append(slice(start, len(per_event)))
+    return out
+
+
 def estimate_dead(
     npho: np.ndarray,
     dead: np.ndarray,
@@ -236,7 +256,9 @@ def estimate_dead(
     """npho (N, 4760) with every dead sensor replaced by the solid-angle rule (seen from ``xyz``
     (N, 3)); a dead sensor without live neighbours gets 0."""
     out = np.where(dead, 0.0, npho).astype(np.float64)
-    ev, sid = np.nonzero(dead)
-    if ev.size:
-        out[ev, sid] = recover(out, dead, ev, sid, xyz, radius, fallback_npho)["solid_angle"]
+    for sl in event_slices(dead):
+        ev, sid = np.nonzero(dead[sl])
+        if ev.size:
+            part = out[sl]
+            part[ev, sid] = recover(part, dead[sl], ev, sid, xyz[sl], radius, fallback_npho)["solid_angle"]
     return out

@@ -31,7 +31,6 @@ log = logging.getLogger("xec.deadsweep")
 # summary observable -> label (xec.summary.OBSERVABLES: column, scale to the unit, kind)
 SWEEP_OBSERVABLES = ("u_mm", "v_mm", "w_mm", "energy_pct", "time_ps")
 DEAD_MARK = 1e10
-CLASSICAL_TARGETS = 12_000
 
 
 def _residuals(cols: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,14 +120,9 @@ def sweep(
                     points[(name, key)].add(_residuals(cols), n_dead)
                     seconds[name] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                # events in slices of at most ~CLASSICAL_TARGETS dead sensors: the recovery's
-                # neighbour sums hold (dead sensors x ~550 neighbours) arrays (same results)
-                step = max(1, CLASSICAL_TARGETS // max(1, int(m.sum(axis=1).max())))
-                for s in range(0, n, step):
-                    sl = slice(s, s + step)
-                    reco = reconstruct_chunk(npho_m[sl], time_m[sl], bcfg, calib)
-                    cols = reco_columns(reco, {k: v[sl] for k, v in arrays.items()}, first + s)
-                    points[("classical", key)].add(_residuals(cols), reco["n_dead"])
+                reco = reconstruct_chunk(npho_m, time_m, bcfg, calib)
+                cols = reco_columns(reco, arrays, first)
+                points[("classical", key)].add(_residuals(cols), reco["n_dead"])
                 seconds["classical"] += time.perf_counter() - t0
         first += n
     out_points = []
