@@ -23,7 +23,8 @@ A sample without truth (real data) is compared with the classical reconstruction
 "resolutions" are then widths of ML - baseline and ``reference`` says so. On realdata the ML
 runs with four dead-sensor treatments (xec infer --fill): ``ml_inpainted`` (inpainter),
 ``ml_no_inpainting`` (sentinel), ``ml_neighbour_fill`` and ``ml_solid_angle_fill`` (the
-classical recoveries of xec.baseline).
+classical recoveries of xec.baseline; for these two the JSON has no ``sigma_core_err`` and no
+uncertainty entry, which keeps the summary's time: ``LIGHT_METHODS``).
 
 ``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
 and of the classical reconstruction vs the fraction of dead sensors on bench).
@@ -147,6 +148,11 @@ def _match(frames: dict[str, pd.DataFrame], paths: dict[str, str]) -> dict[str, 
             log.warning("%s: %d of %d events matched the other methods", paths[name], len(sel), len(df))
         out[name] = sel
     return out
+
+
+# the realdata ML with classically filled dead sensors (xec infer --fill): compared in the tables,
+# without the Gaussian-core bootstrap errors and the per-event uncertainty table (summary time)
+LIGHT_METHODS = ("ml_neighbour_fill", "ml_solid_angle_fill")
 
 
 def residual(df, col: str, kind: str, ref=None) -> np.ndarray | None:
@@ -293,6 +299,7 @@ def sample_summary(
     n_boot_core: int = 50,
     fiducial: Mapping[str, Any] | None = None,
     max_events: int | None = None,
+    light: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
@@ -326,10 +333,11 @@ def sample_summary(
     for name, df in frames.items():
         if ref is not None and name == reference_method:
             continue
-        methods[name] = method_summary(
-            df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_boot_core, fiducial=fid_mask
-        )
-        if has_truth:
+        # ``light`` methods (variants of another one): no Gaussian-core bootstrap error (the scipy
+        # fits are the summary's slow part; the tables do not show it) and no uncertainty table
+        n_core = 0 if name in light else n_boot_core
+        methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_core, fiducial=fid_mask)
+        if has_truth and name not in light:
             u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core)
             if u:
                 uncertainty[name] = u
@@ -758,7 +766,9 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     if bench:
         out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
     if real:
-        out["realdata"] = sample_summary(real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
+        out["realdata"] = sample_summary(
+            real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, light=LIGHT_METHODS
+        )
         ml = args.realdata_predictions or args.realdata_noinpaint_predictions
         if ml:
             from xec.runs import run_table
