@@ -200,3 +200,30 @@ def test_fiducial_volume_is_the_headline(files):
     head, rest = text.split("### all events", 1)
     assert "### inside the fiducial volume" in head and "| u (mm) [fiducial] |" in head
     assert "| u (mm) [all] |" in rest
+
+
+def test_realdata_dead_sensor_fills_sit_next_to_the_classical_reconstruction(tmp_path):
+    """The four realdata ML runs (xec infer --fill) and the baseline on a sample without truth:
+    every fill compared with the baseline in the same table; the classical-fill variants without
+    the Gaussian-core bootstrap error (summary time)."""
+    truth = _truth(3)
+    paths = {}
+    for i, name in enumerate(("inpainted", "noinpaint", "neighbour", "solid_angle", "baseline")):
+        paths[name] = tmp_path / f"{name}.parquet"
+        _method(truth, 1.0 + 0.2 * i, seed=10 + i, keep_truth=False).to_parquet(paths[name])
+    argv = ["summary", "--realdata-predictions", str(paths["inpainted"])]
+    argv += ["--realdata-noinpaint-predictions", str(paths["noinpaint"])]
+    argv += ["--realdata-neighbour-predictions", str(paths["neighbour"])]
+    argv += ["--realdata-solid-angle-predictions", str(paths["solid_angle"])]
+    argv += ["--realdata-baseline", str(paths["baseline"]), "--out", str(tmp_path / "s.json")]
+    argv += ["--markdown", str(tmp_path / "s.md")]
+    assert main(argv) == 0
+    real = json.loads((tmp_path / "s.json").read_text())["realdata"]
+    assert real["reference"] == "baseline"
+    assert set(real["methods"]) == {"ml_inpainted", "ml_no_inpainting", "ml_neighbour_fill", "ml_solid_angle_fill"}
+    for name, m in real["methods"].items():
+        u = m["u_mm"]["all"]
+        assert u["n"] == N and u["width68"] > 0  # widths of ML - baseline
+        assert (u["sigma_core_err"] is None) == (name in ("ml_neighbour_fill", "ml_solid_angle_fill")), name
+    header = next(line for line in (tmp_path / "s.md").read_text().splitlines() if "ml_solid_angle_fill" in line)
+    assert "ml_neighbour_fill" in header and "ml_inpainted" in header
