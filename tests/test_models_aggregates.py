@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from xec.errors import XecError
 from xec.geometry import N_SENSORS, get_geometry, uvw_to_xyz
 from xec.models import XECRegressor, model_config
 from xec.models.aggregates import C_LIGHT_CM_NS, PhysicsAggregates, uvw_to_xyz_torch
@@ -111,10 +110,14 @@ def test_energy_scale_init_calibrates_the_light_sum():
     assert float(m2.aggregates.energy_log_scale) == float(m.aggregates.energy_log_scale)
 
 
-def test_timing_needs_the_position_task():
+def test_timing_without_the_position_task_predicts_time_on_its_own():
     cfg = model_config({"preset": "tiny", "physics_aggregates": True})
-    with pytest.raises(XecError, match="uvwFI"):
-        XECRegressor(cfg, ["energy", "timing"])
+    m = XECRegressor(cfg, ["energy", "timing"])
+    assert not m.times_from_sensors and not hasattr(m, "centroid_head")
+    from tests.test_models_heads import realistic_input
+
+    out = m(realistic_input(2))
+    assert out["timing"].shape == (2, 1) and torch.isfinite(out["timing"]).all()
 
 
 def test_regressor_with_aggregates_exports_with_parity(tmp_path):

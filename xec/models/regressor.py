@@ -91,11 +91,6 @@ class XECRegressor(nn.Module):
         loc_dim = self.peak.out_dim if self.peak is not None else 0
         self.aggregates = None
         if cfg.physics_aggregates:
-            if "timing" in self.tasks and "uvwFI" not in self.tasks:
-                raise XecError(
-                    "model.physics_aggregates: the time-of-flight-corrected time needs the position, "
-                    "i.e. the uvwFI task in regressor.tasks"
-                )
             if geometry is None:
                 from xec.geometry import get_geometry
 
@@ -106,7 +101,10 @@ class XECRegressor(nn.Module):
                 normalizer = get_normalizer()
             self.aggregates = PhysicsAggregates(geometry, normalizer)
             loc_dim += PhysicsAggregates.out_dim
-            if "timing" in self.tasks:
+            # the TOF-corrected time needs the position: without the uvwFI task the timing head
+            # predicts the time on its own
+            self.times_from_sensors = "timing" in self.tasks and "uvwFI" in self.tasks
+            if self.times_from_sensors:
                 # per-event offset (cm) of the light centroid from the shifted first interaction,
                 # learned through the time loss alone; starts at zero
                 self.centroid_head = TaskHead(in_dim, loc_dim, cfg.head_hidden, 3)
@@ -196,7 +194,7 @@ class XECRegressor(nn.Module):
         moved to the event's light centroid by a learned offset."""
         if "energy" in out:
             out["energy"] = self._standardized("energy", self.aggregates.energy(log_light, out["energy"]))
-        if "timing" in out:
+        if self.times_from_sensors:
             fi = uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
             centroid = self.aggregates.light_centroid(fi, self.centroid_head(z, loc))
             time = self.aggregates.time(x, photons, fi, centroid)
