@@ -3,6 +3,7 @@ GFLOP/s achieved, peak memory, and the forward-time share per component, for the
 
     .venv/bin/python benchmarks/model.py                      # tiny, small, base on CPU (+ CUDA)
     .venv/bin/python benchmarks/model.py --presets tiny --threads 1 2 --batch 256
+    .venv/bin/python benchmarks/model.py --presets tiny tiny:physics_aggregates=false --kinds regressor
     python benchmarks/model.py --devices cuda --presets tiny small base large   # a GPU node
 
 Every measurement runs in a fresh subprocess (clean peak-RSS, no allocator carry-over). On a
@@ -39,10 +40,23 @@ def make_input(b: int, device: str = "cpu") -> torch.Tensor:
     return x.to(device)
 
 
+def model_section(preset: str) -> dict:
+    """``tiny`` or ``tiny:key=value,key=value`` (model overrides, e.g.
+    ``tiny:physics_aggregates=false`` for an A/B of one model part) -> a config ``model`` section."""
+    import yaml
+
+    name, _, overrides = preset.partition(":")
+    section = {"preset": name}
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        section[key] = yaml.safe_load(value)
+    return section
+
+
 def build(kind: str, preset: str, device: str):
     from xec.models import XECMAE, XECInpainter, XECRegressor, model_config
 
-    cfg = model_config({"preset": preset})
+    cfg = model_config(model_section(preset))
     torch.manual_seed(0)
     if kind == "mae":
         m = XECMAE(cfg, time_npho_threshold=0.02)
@@ -288,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     found = "largest"  # the GPU batch search runs once per model
                     for compiled in [False, True] if (args.compile and device == "cuda") else [False]:
                         for mode in sorted(args.modes, reverse=True):  # train (the batch search) first
-                            cpu_batch = args.batch if preset == "tiny" else args.batch_base
+                            cpu_batch = args.batch if preset.startswith("tiny") else args.batch_base
                             spec = dict(
                                 kind=kind,
                                 preset=preset,
@@ -296,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                                 batch=found if device == "cuda" else cpu_batch,
                                 max_batch=args.gpu_max_batch,
                                 threads=threads,
-                                steps=args.steps if preset == "tiny" or device == "cuda" else 3,
+                                steps=args.steps if preset.startswith("tiny") or device == "cuda" else 3,
                                 device=device,
                                 compile=compiled,
                             )
@@ -313,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n# forward time per component (ms per event, no_grad, best of 3, 1 thread: the most")
         print("# load-robust setting on a shared machine)")
         for preset in args.presets:
-            b = args.batch if preset == "tiny" else args.batch_base
+            b = args.batch if preset.startswith("tiny") else args.batch_base
             c = component_shares(preset, b, 1)
             comps[preset] = c
             total = sum(v for k, v in c.items() if k != "MAE decoders")

@@ -24,3 +24,13 @@ def test_benchmark_scripts_import(script):
     )
     assert r.returncode == 0, r.stderr
     assert "usage" in r.stdout
+
+
+def test_model_benchmark_preset_overrides():
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import model; "
+        "print(model.model_section('tiny:physics_aggregates=false,head_hidden=32'))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "{'preset': 'tiny', 'physics_aggregates': False, 'head_hidden': 32}"
