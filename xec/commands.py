@@ -76,6 +76,19 @@ COMMANDS: dict[str, Command] = {
     "train regressor": _train(
         "regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE"
     ),
+    "finetune": Command(
+        "xec.train.finetune_cli",
+        "fine-tune the inpainter on the realdata sample itself (self-supervised, on its live sensors)",
+        reads=(
+            "seed",
+            "train",
+            "normalization",
+            "finetune",
+            *(f"inpainter.{k}" for k in ("mask_ratio", "loss", "relative_loss_weight")),
+            *DATA_BRANCHES,
+        ),
+        runtime=("mlflow",),
+    ),
     "export": Command("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX", reads=("export",)),
     "infer": Command("xec.deploy.infer", "run ONNX models on a ROOT file", reads=("inference", *DATA_BRANCHES)),
     # `xec infer --fill neighbour|solid_angle`: the classical recoveries also read the baseline's
@@ -96,6 +109,7 @@ COMMANDS: dict[str, Command] = {
         "score the inpainter against the classical dead-sensor recoveries on hidden live sensors",
         reads=(
             *(f"inpainting.{k}" for k in ("hide", "min_npho", "npho_bins", "goal_ratio", "max_events")),
+            "finetune.holdout_fraction",
             "baseline",
             "seed",
             *DATA_BRANCHES,

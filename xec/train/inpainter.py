@@ -122,19 +122,27 @@ class InpainterStage(Stage):
         loss = l_n + l_t + self.rel_weight * l_r if self.rel_weight > 0 else l_n + l_t
         return loss, {"loss_npho": l_n.detach(), "loss_time": l_t.detach(), "rel_mae_npho_bright": l_r.detach()}
 
-    def training_step(self, model, x, targets, weights, generator):
+    def masks(self, x: torch.Tensor, targets, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, fill): the sensors the loss scores, and those the model is told to fill.
+        Here both are the random mask; the real-data fine-tuning (xec.train.finetune) adds the
+        sample's own dead sensors to ``fill`` only."""
         mask = self.make_mask(x, generator)
-        pred = model(x, mask)  # the _Predict view (possibly DDP-wrapped)
-        return self._loss(pred, x, mask)
+        return mask, mask
+
+    def training_step(self, model, x, targets, weights, generator):
+        hidden, fill = self.masks(x, targets, generator)
+        pred = model(x, fill)  # the _Predict view (possibly DDP-wrapped)
+        return self._loss(pred, x, hidden)
 
     @torch.no_grad()
     def evaluate(self, model, loader, ctx: DistContext, generator) -> dict[str, float]:
         acc = SensorErrorSums(self.normalizer, tuple(model.encoder.face_names))
         s: dict[str, float] = {}
-        for x, _, _ in loader:
+        for x, targets, _ in loader:
             x = x.to(ctx.device)
-            mask = self.make_mask(x, generator)
-            pred = model.predict(x, mask)
+            targets = {k: v.to(ctx.device) for k, v in targets.items()}
+            mask, fill = self.masks(x, targets, generator)
+            pred = model.predict(x, fill)
             loss, logs = self._loss(pred, x, mask)
             b = float(x.shape[0])
             s["loss"] = s.get("loss", 0.0) + float(loss) * b
