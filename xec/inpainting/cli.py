@@ -4,6 +4,7 @@
                    --sample val results/data/val.root --sample realdata results/data/realdata.root
                    --out results/inpainting/summary.json [--markdown ...md] [--html ...html]
                    [--plots DIR] [--config CFG] [--log LOG]
+                   [--finetuned results/inpainter_finetune/model.onnx --holdout-sample realdata]
 
 Per sample, live sensors are hidden (config ``inpainting.hide``, per face and event, among the
 sensors with >= ``inpainting.min_npho`` photons; seeded with ``seed``) and the inpainter, the
@@ -12,6 +13,12 @@ neighbour average and the solid-angle rule are scored on exactly those sensors
 as `xec infer` runs it on real data: what is scored is what is deployed, with the
 normalization preset its metadata carries. Outputs (each atomic): the JSON, a markdown and an
 HTML table (xec.summary.inpainting_tables) and one plot per face (xec.plots.inpainting).
+
+With ``--finetuned`` (the inpainter fine-tuned on the realdata sample by `xec finetune`), the
+events of ``--holdout-sample`` that the fine-tuning held out (hash of run and event,
+``finetune.holdout_fraction``; xec.inpainting.holdout) are also scored apart, on the same
+hidden sensors, with both inpainters and the classical rules: the JSON's ``finetune`` entry,
+a table of its own (what the fine-tuning gains over the simulation-only inpainter).
 """
 
 from __future__ import annotations
@@ -43,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, help="also write the table as HTML (Snakemake report)")
     parser.add_argument("--plots", default=None, help="directory for one plot per face (<face>.png)")
     parser.add_argument("--log", default=None, help="log file")
+    parser.add_argument(
+        "--finetuned",
+        default=None,
+        help="the inpainter fine-tuned on realdata (xec finetune, then export): scored on the held-out events",
+    )
+    parser.add_argument(
+        "--holdout-sample",
+        default="realdata",
+        help="the sample whose held-out events (finetune.holdout_fraction) --finetuned is scored on (default realdata)",
+    )
     add_config_argument(parser)
 
 
@@ -51,7 +68,8 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from xec.config import plain
     from xec.deploy.onnx_meta import read_metadata
     from xec.deploy.runtime import make_session
-    from xec.inpainting.evaluate import evaluate_sample
+    from xec.inpainting.evaluate import FINETUNED, evaluate_sample
+    from xec.inpainting.holdout import ID_BRANCHES, check_fraction, event_ids, holdout_flags
     from xec.inpainting.masking import check_counts
     from xec.inputs import expand_inputs
     from xec.rootio import check_branches, count_events, iterate_events, open_tree
@@ -77,6 +95,16 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         raise XecError(f"{args.inpainter}: a {meta.io_units}-unit inpainter; give the normalized export (model.onnx)")
     icfg = cfg["inference"]
     session = make_session(args.inpainter, icfg["device"], icfg["intra_op_threads"])
+    finetuned, fraction = None, None
+    if args.finetuned:
+        if args.holdout_sample not in samples:
+            raise XecError(f"--holdout-sample {args.holdout_sample}: no such --sample (have {list(samples)})")
+        fraction = check_fraction(cfg["finetune"]["holdout_fraction"])
+        fmeta = read_metadata(args.finetuned, expected_stage="inpainter")
+        if fmeta.io_units != "normalized":
+            raise XecError(f"{args.finetuned}: a {fmeta.io_units}-unit inpainter; give the normalized export")
+        fmeta.normalizer.check_compatible(meta.normalizer, where=f"{args.finetuned} vs {args.inpainter}")
+        finetuned = make_session(args.finetuned, icfg["device"], icfg["intra_op_threads"])
     bcfg = BaselineConfig.from_dict(plain(cfg["baseline"]))
     max_events = sec["max_events"]
     result: dict[str, Any] = {
@@ -102,14 +130,25 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         if max_events is not None:
             total = min(total, int(max_events))
 
-        def chunks(files=files, total=total):
+        split = finetuned is not None and name == args.holdout_sample
+
+        def chunks(files=files, total=total, split=split):
             seen = 0
-            for _path, arrays in iterate_events(files, tree, (npho_b, time_b), step_size=int(sec["chunk_size"])):
+            entry: dict[str, int] = {}
+            for path, arrays in iterate_events(
+                files, tree, (npho_b, time_b), optional_branches=ID_BRANCHES, step_size=int(sec["chunk_size"])
+            ):
                 npho, t = arrays[npho_b][: total - seen], arrays[time_b][: total - seen]
                 if len(npho) == 0:
                     return
+                first = entry.get(path, 0)
+                entry[path] = first + len(arrays[npho_b])
                 seen += len(npho)
-                yield npho, t
+                if not split:
+                    yield npho, t
+                    continue
+                ids = event_ids({k: v[: len(npho)] for k, v in arrays.items() if k in ID_BRANCHES}, first, len(npho))
+                yield npho, t, holdout_flags(*ids, fraction)
 
         scores = evaluate_sample(
             chunks(),
@@ -122,7 +161,14 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             seed=int(cfg["seed"]),
             batch_size=int(sec["batch_size"]),
             where=", ".join(files),
+            finetuned=finetuned if split else None,
         )
+        if split:
+            scores, held = scores
+            result["finetune"] = finetune_result(
+                held.result(float(sec["goal_ratio"])), FINETUNED, float(sec["goal_ratio"])
+            )
+            result["finetune"].update(sample=name, holdout_fraction=fraction, finetuned=str(args.finetuned))
         res = scores.result(float(sec["goal_ratio"]))
         if not res["faces"]:
             raise XecError(f"{', '.join(files)}: no sensor could be hidden (none with >= {sec['min_npho']} photons?)")
@@ -137,7 +183,29 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             res["seconds"],
         )
     result["goal_met"] = all(s["goal_met"] for s in result["samples"].values())
+    if "finetune" in result:
+        ft = result["finetune"]
+        log.info(
+            "%s held-out events (%d): relative MAE simulation-only -> fine-tuned inpainter: %s",
+            ft["sample"],
+            ft["events"],
+            ", ".join(
+                f"{f} {e['inpainter']['rel_mae']:.3f} -> {e[FINETUNED]['rel_mae']:.3f}" for f, e in ft["faces"].items()
+            ),
+        )
     return result
+
+
+def finetune_result(held: dict[str, Any], method: str, goal_ratio: float) -> dict[str, Any]:
+    """The held-out scores with, per face, the fine-tuned inpainter's relative MAE over the
+    simulation-only one's (``gain``: < 1 means the fine-tuning helps) and over the solid-angle
+    rule's (``ratio_to_solid_angle_finetuned``, ``goal_met_finetuned``)."""
+    for e in held["faces"].values():
+        e["gain"] = e[method]["rel_mae"] / e["inpainter"]["rel_mae"]
+        e["ratio_to_solid_angle_finetuned"] = e[method]["rel_mae"] / e["solid_angle"]["rel_mae"]
+        e["goal_met_finetuned"] = bool(e["ratio_to_solid_angle_finetuned"] <= goal_ratio)
+    held["goal_met_finetuned"] = bool(held["faces"]) and all(e["goal_met_finetuned"] for e in held["faces"].values())
+    return held
 
 
 def main(args: argparse.Namespace) -> int:

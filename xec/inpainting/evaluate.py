@@ -14,6 +14,11 @@ value itself fluctuates, mean of sqrt(2 / (pi npe)) with npe = true npho x effic
 limit of E|N - mu| / mu; the baseline's MPPC/PMT efficiencies); the time
 error (ns) on those with a true time -> MAE; a predicted time missing (the inpainter gives no
 time below its npho threshold, a rule none without neighbour times) is counted, not scored.
+
+Real-data fine-tuning (issue 14 part 4): with a second (fine-tuned) inpainter session and the
+per-event held-out flags (xec.inpainting.holdout), the held-out events are also scored apart,
+on the same hidden sensors, with the fine-tuned inpainter as a fourth method
+(``inpainter_finetuned``), run on those events only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from xec.inpainting.masking import hide_sensors
 from xec.normalization import INVALID_ABOVE, Normalizer
 
 METHODS = ("inpainter", "neighbour_average", "solid_angle")
+FINETUNED = "inpainter_finetuned"  # the inpainter fine-tuned on the realdata sample (held-out events only)
 _SUMS = ("n", "abs_rel", "sq_rel", "rel", "n_time", "abs_dt", "time_missing")
 DEAD_MARK = 1e10  # the MEG II files' marker of a dead sensor / missing time
 
@@ -38,11 +44,12 @@ DEAD_MARK = 1e10  # the MEG II files' marker of a dead sensor / missing time
 class Scores:
     """Sums per (method, face, npho bin); bin -1 is the whole face."""
 
-    def __init__(self, bin_edges: Sequence[float]):
+    def __init__(self, bin_edges: Sequence[float], methods: Sequence[str] = METHODS):
         self.edges = np.asarray([*bin_edges, np.inf], dtype=np.float64)
         self.nb = len(self.edges) - 1
+        self.methods = tuple(methods)
         # sums[method][name] : (6 faces, nb + 1) with the last column = all bins
-        self.sums = {m: {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in _SUMS} for m in METHODS}
+        self.sums = {m: {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in _SUMS} for m in self.methods}
         self.hidden = np.zeros(len(FACE_NAMES), np.int64)
         self.floor = {k: np.zeros((len(FACE_NAMES), self.nb + 1)) for k in ("n", "sum")}
         self.events = 0
@@ -105,7 +112,7 @@ class Scores:
         for f, name in enumerate(FACE_NAMES):
             if self.sums["inpainter"]["n"][f, self.nb] == 0:
                 continue
-            entry: dict[str, Any] = {m: self._metrics(self.sums[m], f, self.nb) for m in METHODS}
+            entry: dict[str, Any] = {m: self._metrics(self.sums[m], f, self.nb) for m in self.methods}
             ratio = entry["inpainter"]["rel_mae"] / entry["solid_angle"]["rel_mae"]
             entry["ratio_to_solid_angle"] = ratio
             entry["goal_met"] = bool(ratio <= goal_ratio)
@@ -115,7 +122,7 @@ class Scores:
                     "lo": float(self.edges[j]),
                     "hi": float(self.edges[j + 1]),
                     "poisson_floor": self._floor(f, j),
-                    **{m: self._metrics(self.sums[m], f, j) for m in METHODS},
+                    **{m: self._metrics(self.sums[m], f, j) for m in self.methods},
                 }
                 for j in range(self.nb)
             ]
@@ -152,21 +159,27 @@ def evaluate_chunk(
     seed: int,
     batch_size: int,
     where: str,
+    finetuned=None,
+    holdout: np.ndarray | None = None,
+    holdout_scores: Scores | None = None,
 ) -> None:
-    """Hide, recover with every method and score one chunk of raw npho (photons) / time (s)."""
+    """Hide, recover with every method and score one chunk of raw npho (photons) / time (s).
+    With ``holdout_scores``: the events flagged in ``holdout`` (N,) are also scored there, with
+    the ``finetuned`` inpainter session besides the other methods."""
     npho = np.asarray(npho, dtype=np.float64)
     time_s = np.asarray(time_s, dtype=np.float64)
     dead = np.isnan(npho) | (npho > INVALID_ABOVE)
     hidden = hide_sensors(np.where(dead, 0.0, npho), dead, counts, min_npho, seed, first_event, where)
     scores.events += len(npho)
+    if holdout_scores is not None:
+        holdout_scores.events += int(np.count_nonzero(holdout))
     ev, sid = np.nonzero(hidden)
     if ev.size == 0:
         return
     g = get_geometry()
     face = g.face[sid].astype(np.int64)
-    scores.hidden += np.bincount(face, minlength=len(FACE_NAMES))
     true_npho = npho[ev, sid]
-    scores.add_floor(face, true_npho, TimeModel.from_config(bcfg).efficiency(sid))
+    efficiency = TimeModel.from_config(bcfg).efficiency(sid)
     t_ok = np.isfinite(time_s) & (np.abs(time_s) <= INVALID_ABOVE)
     true_t = np.where(t_ok[ev, sid], time_s[ev, sid] * 1e9, np.nan)
 
@@ -186,27 +199,61 @@ def evaluate_chunk(
         tvalid,
         TimeModel.from_config(bcfg),
     )
-    scores.add("neighbour_average", face, true_npho, rec["average"], true_t, rec["time"])
-    scores.add("solid_angle", face, true_npho, rec["solid_angle"], true_t, rec["time"])
+    preds = {
+        "neighbour_average": (rec["average"], rec["time"]),
+        "solid_angle": (rec["solid_angle"], rec["time"]),
+        "inpainter": _inpainted(session, normalizer, npho, time_s, hidden, ev, sid, batch_size),
+    }
+    _score(scores, preds, np.ones(ev.size, bool), face, true_npho, true_t, efficiency)
+    if holdout_scores is not None:
+        sel = np.asarray(holdout, bool)[ev]
+        if sel.any():
+            pred = _inpainted(finetuned, normalizer, npho, time_s, hidden, ev[sel], sid[sel], batch_size)
+            preds[FINETUNED] = tuple(_scatter(sel, v) for v in pred)
+            _score(holdout_scores, preds, sel, face, true_npho, true_t, efficiency)
 
+
+def _scatter(sel: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.full(sel.shape, np.nan)
+    out[sel] = values
+    return out
+
+
+def _inpainted(session, normalizer: Normalizer, npho, time_s, hidden, ev, sid, batch_size: int):
+    """(npho photons, time ns) the inpainter predicts at hidden sensors (ev, sid)."""
     rows, row_of = np.unique(ev, return_inverse=True)
     out = _inpaint(session, normalizer, npho[rows], time_s[rows], hidden[rows], batch_size)
     pred = out[row_of, sid]
     pred_npho = normalizer.denormalize_npho(pred[:, 0])
     pred_t = normalizer.denormalize_time(pred[:, 1]) * 1e9  # no time (sentinel) -> NaN
-    scores.add("inpainter", face, true_npho, pred_npho, true_t, pred_t)
+    return pred_npho, pred_t
+
+
+def _score(scores: Scores, preds, sel, face, true_npho, true_t, efficiency) -> None:
+    """Add the hidden sensors ``sel`` of every method ``scores`` keeps."""
+    scores.hidden += np.bincount(face[sel], minlength=len(FACE_NAMES))
+    scores.add_floor(face[sel], true_npho[sel], efficiency[sel])
+    for m in scores.methods:
+        pn, pt = preds[m]
+        scores.add(m, face[sel], true_npho[sel], pn[sel], true_t[sel], pt[sel])
 
 
 def evaluate_sample(
-    chunks: Iterator[tuple[np.ndarray, np.ndarray]],
+    chunks: Iterator[tuple[np.ndarray, ...]],
     bin_edges: Sequence[float],
+    finetuned=None,
     **kwargs: Any,
-) -> Scores:
+) -> Scores | tuple[Scores, Scores]:
     """Scores of a sample given as an iterator of (npho, time) chunks (keyword arguments: those
-    of :func:`evaluate_chunk`)."""
+    of :func:`evaluate_chunk`). With a ``finetuned`` inpainter session the chunks are (npho,
+    time, held-out flags) and the result is (scores of all events, scores of the held-out
+    events with the fine-tuned inpainter as a fourth method)."""
     scores = Scores(bin_edges)
+    held = Scores(bin_edges, (*METHODS, FINETUNED)) if finetuned is not None else None
     first = 0
-    for npho, time_s in chunks:
-        evaluate_chunk(scores, npho, time_s, first, **kwargs)
+    for chunk in chunks:
+        npho, time_s = chunk[0], chunk[1]
+        extra = {} if held is None else {"finetuned": finetuned, "holdout": chunk[2], "holdout_scores": held}
+        evaluate_chunk(scores, npho, time_s, first, **kwargs, **extra)
         first += len(npho)
-    return scores
+    return scores if held is None else (scores, held)
