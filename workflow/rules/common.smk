@@ -74,8 +74,12 @@ def _node(rundir, node):
         return "baseline", {}, [f"data:{arg}", "baseline_calibration"]
     if kind == "inference":
         run = INFERENCE_RUNS[arg]
-        models = ["export:regressor"] + (["export:inpainter"] if run["fill"] == "inpainter" else [])
+        inpainter = inference_inpainter(arg, rundir)
+        models = ["export:regressor"] + ([f"export:{inpainter}"] if inpainter else [])
         return infer_command(arg), {}, [*models, f"data:{run['sample']}"]
+    if node == "inpainting" and RUN_CONFIGS[rundir]["finetune"]["enabled"]:
+        command, fields, upstream = NODES[node]
+        return command, fields, [*upstream, "export:inpainter_finetune"]
     return NODES[node]
 
 
@@ -83,6 +87,7 @@ NODES = {
     "reweighting": ("reweight", {}, ["shards:train"]),
     "mae": ("train mae", {}, ["shards:train", "shards:val"]),
     "inpainter": ("train inpainter", {}, ["mae", "shards:train", "shards:val"]),
+    "inpainter_finetune": ("finetune", {}, ["inpainter", "data:realdata"]),
     "regressor": ("train regressor", {}, ["mae", "reweighting", "shards:train", "shards:val"]),
     "baseline_calibration": ("baseline", {}, ["data:train"]),
     "inpainting": ("inpainting", {}, ["export:inpainter", "data:val", "data:realdata"]),
@@ -103,6 +108,18 @@ NODES = {
         ],
     ),
 }
+
+
+def inference_inpainter(name, rundir=RESULTS):
+    """The inpainter an inference run fills dead sensors with (its training node): the one
+    fine-tuned on the realdata sample for the realdata runs (finetune.enabled), else the
+    simulation-only one; None for a run without the inpainter."""
+    run = INFERENCE_RUNS[name]
+    if run["fill"] != "inpainter":
+        return None
+    if run["sample"] == "realdata" and RUN_CONFIGS[rundir]["finetune"]["enabled"]:
+        return "inpainter_finetune"
+    return "inpainter"
 
 
 def infer_command(name):

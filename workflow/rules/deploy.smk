@@ -3,7 +3,9 @@
 # Inference runs: output name -> (sample, dead-sensor treatment: `xec infer --fill`).
 # The realdata runs are the same files with the four treatments, for the summary's comparison:
 # inpainter, left as the sentinel (realdata_noinpaint), and the classical neighbour average and
-# solid-angle rule (xec.baseline; these also read the `baseline` config section).
+# solid-angle rule (xec.baseline; these also read the `baseline` config section). The realdata
+# inpainter is the one fine-tuned on the realdata sample (finetune.enabled; common.smk
+# inference_inpainter).
 INFERENCE_RUNS = {
     "realdata": {"sample": "realdata", "fill": "inpainter"},
     "realdata_noinpaint": {"sample": "realdata", "fill": "sentinel"},
@@ -25,7 +27,7 @@ rule export:
     benchmark:
         f"{{rundir}}/benchmarks/export/{{stage}}.tsv"
     wildcard_constraints:
-        stage="regressor|inpainter",
+        stage="regressor|inpainter|inpainter_finetune",
     conda:
         SOFTWARE_ENV
     threads: 2
@@ -49,8 +51,8 @@ rule inference:
     input:
         model=lambda w: at(w.rundir, "export:regressor", "regressor/model.onnx"),
         inpainter=lambda w: (
-            [at(w.rundir, "export:inpainter", "inpainter/model.onnx")]
-            if INFERENCE_RUNS[w.name]["fill"] == "inpainter"
+            [at(w.rundir, f"export:{inp}", f"{inp}/model.onnx")]
+            if (inp := inference_inpainter(w.name, w.rundir))
             else []
         ),
         data=lambda w: scatter_input(INFERENCE_RUNS[w.name]["sample"], w.stem, w.rundir),

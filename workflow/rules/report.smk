@@ -85,6 +85,11 @@ INPAINTING_SAMPLES = ["val", "realdata"]
 rule inpainting:
     input:
         model=lambda w: at(w.rundir, "export:inpainter", "inpainter/model.onnx"),
+        finetuned=lambda w: (
+            [at(w.rundir, "export:inpainter_finetune", "inpainter_finetune/model.onnx")]
+            if RUN_CONFIGS[w.rundir]["finetune"]["enabled"]
+            else []
+        ),
         val=lambda w: first_files("val", RUN_CONFIGS[w.rundir]["inpainting"]["max_events"], w.rundir),
         realdata=lambda w: first_files(
             "realdata",
@@ -116,8 +121,9 @@ rule inpainting:
         cfg=lambda w: resolved_config(w.rundir),
         values=lambda w: command_values("inpainting", w.rundir),
         samples=lambda w, input: " ".join(f"--sample {s} {' '.join(input[s])}" for s in INPAINTING_SAMPLES),
+        finetuned=lambda w, input: f"--finetuned {input.finetuned} --holdout-sample realdata" if input.finetuned else "",
     shell:
-        "xec inpainting --config {params.cfg} --inpainter {input.model} {params.samples}"
+        "xec inpainting --config {params.cfg} --inpainter {input.model} {params.finetuned} {params.samples}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --plots {output.plots} --log {log}"
 
 

@@ -95,3 +95,37 @@ rule regressor:
     shell:
         "xec train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
         " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags} --log {log}"
+
+
+# Self-supervised fine-tuning of the inpainter on the realdata sample itself (issue 14 part 4;
+# finetune.enabled): its live sensors masked as in the inpainter stage, its dead ones never
+# scored, a held-out part (hash of run, event) left for `xec inpainting`. Seconds on a CPU.
+rule inpainter_finetune:
+    input:
+        inpainter=lambda w: at(w.rundir, "inpainter", "inpainter/checkpoint.pt"),
+        realdata=lambda w: first_files("realdata", RUN_CONFIGS[w.rundir]["finetune"]["max_events"], w.rundir),
+    output:
+        checkpoint=f"{{rundir}}/inpainter_finetune/checkpoint.pt",
+        metrics=report(
+            f"{{rundir}}/inpainter_finetune/metrics.json",
+            caption="../report/train_inpainter_finetune.rst",
+            category="Training",
+        ),
+    log:
+        f"{{rundir}}/logs/train/inpainter_finetune.log",
+    benchmark:
+        f"{{rundir}}/benchmarks/train/inpainter_finetune.tsv"
+    conda:
+        SOFTWARE_ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cfg=lambda w: resolved_config(w.rundir),
+        out_dir=lambda w, output: str(Path(output.checkpoint).parent),
+        values=lambda w: command_values("finetune", w.rundir),
+        tags=lambda w: mlflow_tags(w.rundir),
+    shell:
+        "xec finetune --config {params.cfg} --inpainter {input.inpainter} --input {input.realdata}"
+        " --out {params.out_dir} {params.tags} --log {log}"
