@@ -524,6 +524,44 @@ def inpainting_bin_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list
     return header, rows
 
 
+FINETUNE_NOTE = (
+    "Held-out {sample} events ({events}; fraction {fraction:g}, by a hash of run and event, never "
+    "trained on): relative MAE of npho on the same hidden sensors, for the simulation-only "
+    "inpainter, the one fine-tuned on the {sample} sample's live sensors (xec finetune) and the "
+    "solid-angle rule; gain = fine-tuned / simulation-only (< 1: the fine-tuning helps)."
+)
+
+
+def finetune_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (face) of the fine-tuning table (the ``finetune`` entry of xec inpainting)."""
+    ft = result["finetune"]
+    header = ["face", "hidden", "rel MAE: simulation-only", "rel MAE: fine-tuned", "rel MAE: solid angle", "gain"]
+    header += ["time MAE ns: simulation-only", "time MAE ns: fine-tuned", "ratio fine-tuned / solid angle", "goal"]
+    rows = []
+    for face, e in ft["faces"].items():
+        sim, fine, sa = e["inpainter"], e["inpainter_finetuned"], e["solid_angle"]
+        rows.append(
+            [
+                face,
+                str(sim["n"]),
+                _num(sim["rel_mae"]),
+                _num(fine["rel_mae"]),
+                _num(sa["rel_mae"]),
+                _num(e["gain"], ".2f"),
+                _num(sim["time_mae_ns"], ".2f"),
+                _num(fine["time_mae_ns"], ".2f"),
+                _num(e["ratio_to_solid_angle_finetuned"], ".2f"),
+                "met" if e["goal_met_finetuned"] else "not met",
+            ]
+        )
+    return header, rows
+
+
+def _finetune_note(result: Mapping[str, Any]) -> str:
+    ft = result["finetune"]
+    return FINETUNE_NOTE.format(sample=ft["sample"], events=ft["events"], fraction=ft["holdout_fraction"])
+
+
 def _inpainting_note(result: Mapping[str, Any]) -> str:
     m = result["meta"]
     hide = ", ".join(f"{k} {v}" for k, v in m["hide"].items() if v)
@@ -576,6 +614,9 @@ def inpainting_markdown(result: Mapping[str, Any], level: int = 1) -> str:
     lines += _md_table(*inpainting_rows(result))
     lines += ["", f"{h}# relative MAE per bin of true npho", ""]
     lines += _md_table(*inpainting_bin_rows(result))
+    if result.get("finetune"):
+        lines += ["", f"{h}# fine-tuning on real data: held-out events", "", _finetune_note(result), ""]
+        lines += _md_table(*finetune_rows(result))
     return "\n".join(lines)
 
 
@@ -589,6 +630,12 @@ def inpainting_html(result: Mapping[str, Any], standalone: bool = True) -> str:
         "<h4>relative MAE per bin of true npho</h4>",
         _html_table(*inpainting_bin_rows(result)),
     ]
+    if result.get("finetune"):
+        parts += [
+            "<h4>fine-tuning on real data: held-out events</h4>",
+            f"<p>{html.escape(_finetune_note(result))}</p>",
+            _html_table(*finetune_rows(result)),
+        ]
     if standalone:
         parts = [f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>", *parts, "</body></html>"]
     return "\n".join(parts)

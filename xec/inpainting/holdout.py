@@ -52,7 +52,7 @@ def event_uniform(run: np.ndarray, event: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         r = np.asarray(run, np.int64).astype(np.uint64)
         e = np.asarray(event, np.int64).astype(np.uint64)
-        h = _splitmix64(_splitmix64(r) ^ e)
+        h = _splitmix64(_splitmix64(_splitmix64(r) + e))
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
