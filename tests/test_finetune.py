@@ -206,3 +206,67 @@ def test_a_split_leaving_nothing_to_hold_out_is_an_error(tmp_path):
     f = toy_file(tmp_path / "r.root", 20, seed=6)
     with pytest.raises(XecError, match=r"finetune\.holdout_fraction = 0\.01 leaves"):
         run_finetune(cfg, ck, [str(f)], tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- the evaluation
+def test_inpainting_scores_the_finetuned_inpainter_on_the_held_out_events_only():
+    """`xec inpainting --finetuned`: the held-out events are scored apart, on the same hidden
+    sensors, with both inpainters (here fakes filling a constant), the fine-tuned one run on
+    those events only; the all-events scores are unchanged by it."""
+    from xec.baseline.reco import BaselineConfig
+    from xec.config import plain
+    from xec.inpainting.cli import finetune_result
+    from xec.inpainting.evaluate import FINETUNED, evaluate_sample
+    from xec.inpainting.masking import hide_sensors
+    from xec.summary import finetune_rows
+
+    cfg = load_config(None)
+    norm = normalizer_from_config(cfg)
+
+    class Fill:  # an ONNX-session stand-in: masked sensors -> `photons`, time 0
+        def __init__(self, photons):
+            self.value = np.float32(norm.npho_forward(np.float64(photons)))
+            self.events = 0
+
+        def run(self, _names, feeds):
+            x = feeds["input"].copy()
+            m = feeds["mask"] > 0
+            x[..., 0][m] = self.value
+            x[..., 1][m] = 0.0
+            self.events += len(x)
+            return [x]
+
+    rng = np.random.default_rng(3)
+    n = 120
+    npho = (rng.uniform(200, 600, (n, 1)) * (1 + 0.05 * rng.normal(size=(n, N_SENSORS)))).astype(np.float32)
+    t = np.full((n, N_SENSORS), 20e-9, np.float32)
+    held = holdout_flags(np.ones(n, np.int64), np.arange(n), 0.25)
+    kw = dict(
+        normalizer=norm,
+        bcfg=BaselineConfig.from_dict(plain(cfg["baseline"])),
+        counts={"inner": 3, "top": 1},
+        min_npho=100.0,
+        seed=5,
+        batch_size=16,
+        where="toy",
+    )
+    chunks = [(npho[i : i + 50], t[i : i + 50], held[i : i + 50]) for i in range(0, n, 50)]
+    sim, fine = Fill(400.0), Fill(300.0)
+    scores, hs = evaluate_sample(iter(chunks), [100.0], session=sim, finetuned=fine, **kw)
+    alone = evaluate_sample(iter([c[:2] for c in chunks]), [100.0], session=Fill(400.0), **kw)
+    assert fine.events == int(held.sum()) and hs.events == int(held.sum()) and scores.events == n
+    assert scores.result(0.7) == alone.result(0.7)  # the held-out pass changes nothing else
+    hidden = hide_sensors(npho, np.zeros(npho.shape, bool), kw["counts"], 100.0, 5, 0)
+    faces = np.asarray(get_geometry().face)
+    for f, name in ((0, "inner"), (FACE_NAMES.index("top"), "top")):
+        want = hidden[held][:, faces == f]
+        assert hs.hidden[f] == want.sum() > 0
+        true = npho[held][:, faces == f][want].astype(np.float64)
+        res = hs.result(0.7)["faces"][name]
+        assert res[FINETUNED]["rel_mae"] == pytest.approx(np.mean(np.abs(300.0 / true - 1)), rel=1e-4)
+        assert res["inpainter"]["rel_mae"] == pytest.approx(np.mean(np.abs(400.0 / true - 1)), rel=1e-4)
+    res = finetune_result(hs.result(0.7), FINETUNED, 0.7)
+    e = res["faces"]["inner"]
+    assert e["gain"] == pytest.approx(e[FINETUNED]["rel_mae"] / e["inpainter"]["rel_mae"])
+    header, rows = finetune_rows({"finetune": {**res, "sample": "realdata", "holdout_fraction": 0.25}})
+    assert [r[0] for r in rows] == ["inner", "top"] and header[5] == "gain"

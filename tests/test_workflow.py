@@ -295,6 +295,66 @@ def test_dead_sensor_rules_fill_realdata_four_ways_and_sweep_the_dead_fraction(t
     assert proc.returncode != 0 and "deadsweep.fractions" in proc.stdout + proc.stderr
 
 
+def test_realdata_finetuning_feeds_the_realdata_inference_and_the_inpainting_table(tiny_run, tmp_path):
+    """Issue 14, part 4: the inpainter fine-tuned on realdata (its own rule, exported like the
+    inpainter), used by the realdata inference, and scored next to the simulation-only one on the
+    held-out realdata events; what its keys rerun; finetune.enabled false drops it."""
+    import uproot
+
+    from xec.inpainting.holdout import holdout_flags
+    from xec.train.checkpoint import load_checkpoint
+
+    results = tiny_run["dir"] / "results"
+    jobs = tiny_run["jobs"]
+    assert jobs["inpainter_finetune"] == 1 and jobs["export"] == 3, jobs
+    ck = load_checkpoint(results / "inpainter_finetune" / "checkpoint.pt", expected_stage="inpainter")
+    info = ck["finetune"]
+    with uproot.open(results / "data" / "realdata.root") as f:
+        ids = f["tree"].arrays(["run", "event"], library="np")
+    held = holdout_flags(ids["run"], ids["event"], 0.25)
+    assert info["events_read"] == 256 and info["holdout_events"] == int(held.sum()) > 0
+    assert info["finetune_events"] == 256 - info["holdout_events"]
+    metrics = json.loads((results / "inpainter_finetune" / "metrics.json").read_text())
+    assert math.isfinite(metrics["val"]["val_loss"]) and math.isfinite(metrics["val"]["initial_loss"])
+    assert (results / "inpainter_finetune" / "model.onnx").stat().st_size > 0
+    for name in ("train/inpainter_finetune", "export/inpainter_finetune"):
+        assert (results / "benchmarks" / f"{name}.tsv").exists() and (results / "logs" / f"{name}.log").exists()
+        seconds = float((results / "benchmarks" / f"{name}.tsv").read_text().splitlines()[1].split("\t")[0])
+        print(f"\n[test_workflow] {name} job: {seconds:.1f} s")
+    # the held-out realdata events, both inpainters on the same hidden sensors as the rules
+    s = json.loads((results / "inpainting" / "summary.json").read_text())
+    ft = s["finetune"]
+    assert ft["sample"] == "realdata" and ft["holdout_fraction"] == 0.25
+    assert ft["events"] == info["holdout_events"]
+    for face, e in ft["faces"].items():
+        n = e["inpainter"]["n"]
+        assert n == ft["hidden"][face] == e["inpainter_finetuned"]["n"] == e["solid_angle"]["n"] > 0, face
+        assert e["gain"] == pytest.approx(e["inpainter_finetuned"]["rel_mae"] / e["inpainter"]["rel_mae"])
+    assert ft["hidden"]["inner"] < s["samples"]["realdata"]["hidden"]["inner"]
+    text = (results / "summary.md").read_text()
+    assert "fine-tuning on real data: held-out events" in text and "rel MAE: fine-tuned" in text
+
+    work = copy_run(tiny_run, tmp_path / "run")
+    proc = snakemake(work, "--dry-run", "--printshellcmds", "--forcerun", "inference")
+    assert "--inpainter results/inpainter_finetune/model.onnx --fill inpainter" in proc.stdout + proc.stderr
+    # a fine-tuning key reruns the fine-tuning, its export, the realdata inference with the
+    # inpainter, the inpainting table and what reads them; never the simulation-only inpainter
+    edit_config(work, **{"finetune.lr": 5.0e-4})
+    jobs = planned_jobs(snakemake(work, "--dry-run"))
+    assert {"inpainter_finetune", "export", "inference", "inpainting", "summary"} <= set(jobs), jobs
+    assert jobs["export"] == 1 and jobs["inference"] == 1 and "inpainter" not in jobs and "deadsweep" not in jobs
+    # off: the realdata inference fills with the simulation-only inpainter, no fine-tuning job
+    edit_config(work, **{"finetune.lr": 1.0e-3, "finetune.enabled": False})
+    proc = snakemake(work, "--dry-run", "--printshellcmds")
+    text = proc.stdout + proc.stderr
+    assert "inpainter_finetune" not in planned_jobs(proc) and "--finetuned" not in text
+    assert "--inpainter results/inpainter/model.onnx --fill inpainter" in text
+    # a held-out fraction outside (0, 1) fails before any job, naming the key
+    edit_config(work, **{"finetune.enabled": True, "finetune.holdout_fraction": 1.0})
+    proc = snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0 and "finetune.holdout_fraction" in proc.stdout + proc.stderr
+
+
 def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tmp_path):
     results = tiny_run["dir"] / "results"
     cfg = yaml.safe_load((results / "config.yaml").read_text())
