@@ -103,7 +103,12 @@ rule regressor:
 rule inpainter_finetune:
     input:
         inpainter=lambda w: at(w.rundir, "inpainter", "inpainter/checkpoint.pt"),
-        realdata=lambda w: first_files("realdata", RUN_CONFIGS[w.rundir]["finetune"]["max_events"], w.rundir),
+        realdata=lambda w: first_files(
+            "realdata",
+            RUN_CONFIGS[w.rundir]["finetune"]["max_events"],
+            w.rundir,
+            skip=failed_inputs("realdata", "inference/realdata", w.rundir),
+        ),
     output:
         checkpoint=f"{{rundir}}/inpainter_finetune/checkpoint.pt",
         metrics=report(
@@ -117,7 +122,8 @@ rule inpainter_finetune:
         f"{{rundir}}/benchmarks/train/inpainter_finetune.tsv"
     conda:
         SOFTWARE_ENV
-    threads: 2
+    # one thread: seconds of work, it runs beside the one-thread inference/baseline jobs
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,

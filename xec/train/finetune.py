@@ -20,7 +20,7 @@ Trainer (xec.train.loop) on the realdata events; what differs from the simulatio
 * hyperparameters from the ``finetune`` section (epochs, batch_size, lr, optimizer overrides)
   over the ``train`` defaults; the encoder frozen by default (``finetune.freeze_encoder``); the
   weight of the loss's relative-error term of bright sensors is ``finetune.relative_loss_weight``
-  (default 1; null: the inpainter's), since the normalized-unit loss alone, fine-tuned, trades
+  (default 0.3; null: the inpainter's), since the normalized-unit loss alone, fine-tuned, trades
   the bright sensors' relative error (what `xec inpainting` scores) for the dark ones'.
 
 The output is an inpainter checkpoint (stage ``inpainter``, same model) that `xec export`,
