@@ -150,6 +150,9 @@ def _match(frames: dict[str, pd.DataFrame], paths: dict[str, str]) -> dict[str, 
     return out
 
 
+match_events = _match  # public name (xec.plots matches its methods the same way)
+
+
 # the realdata ML with classically filled dead sensors (xec infer --fill): compared in the tables,
 # without the Gaussian-core bootstrap errors and the per-event uncertainty table (summary time)
 LIGHT_METHODS = ("ml_neighbour_fill", "ml_solid_angle_fill")

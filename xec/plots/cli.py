@@ -90,6 +90,20 @@ def _read_capped(path: Path, what: str, max_events: int | None = None):
         return None
 
 
+def _matched(frames: dict, what: str) -> dict:
+    """The methods restricted to their common (run, event) pairs (xec.summary: every resolution
+    compares the same events); unmatched frames as they are, with a log line."""
+    from xec.summary import match_events
+
+    if len(frames) < 2:
+        return frames
+    try:
+        return match_events(frames, {k: f"{what} {k}" for k in frames})
+    except XecError as exc:
+        log.warning("%s: methods not matched on (run, event): %s", what, exc)
+        return frames
+
+
 def _bench_files(args: argparse.Namespace, cfg: Mapping[str, Any], results: Path) -> list[str]:
     import glob
 
@@ -163,6 +177,7 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         if v is not None
     }
     if bench:
+        bench = _matched(bench, "bench")
         run("residuals_bench", P.residual_distributions, bench, title="bench (52.8 MeV): residuals")
         lim = cfg["summary"]["fiducial"]
         fid = {k: v[fiducial_mask(v, lim, "true_")] for k, v in bench.items() if "true_uvwFI_u" in v.columns}
@@ -193,8 +208,19 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         if v is not None
     }
     if val:
+        val = _matched(val, "val")
         run("residuals_val", P.residual_distributions, val, title="val (15-60 MeV): residuals")
-        run("profile_vs_energy_val", P.resolution_profiles, val, "energy", n_bins=n_bins, n_boot=n_boot)
+        # resolution vs the true energy over the val range, fixed 15-60 MeV bins (angles included)
+        lo, hi = sec["profile_energy_mev"]
+        run(
+            "profile_vs_energy_val",
+            P.resolution_profiles,
+            val,
+            "energy",
+            n_boot=n_boot,
+            edges=np.linspace(lo, hi, n_bins + 1),
+            title=f"val: resolution vs true energy ({lo:g}-{hi:g} MeV; filled: 68 % half-width, open: core)",
+        )
         run("energy_response_val", P.energy_response, val)
 
     real = {

@@ -27,13 +27,14 @@ LABEL = {
     "theta_deg": "theta residual (deg)",
     "phi_deg": "phi residual (deg)",
 }
+# profile variable -> (true column, axis label, scale of the column to the axis unit)
 PROFILE_VARIABLES = {
-    "theta": ("true_angle_theta", "true theta (deg)"),
-    "phi": ("true_angle_phi", "true phi (deg)"),
-    "u": ("true_uvwFI_u", "true u (cm)"),
-    "v": ("true_uvwFI_v", "true v (cm)"),
-    "w": ("true_uvwFI_w", "true w (cm)"),
-    "energy": ("true_energy_energy", "true energy (GeV)"),
+    "theta": ("true_angle_theta", "true theta (deg)", 1.0),
+    "phi": ("true_angle_phi", "true phi (deg)", 1.0),
+    "u": ("true_uvwFI_u", "true u (cm)", 1.0),
+    "v": ("true_uvwFI_v", "true v (cm)", 1.0),
+    "w": ("true_uvwFI_w", "true w (cm)", 1.0),
+    "energy": ("true_energy_energy", "true energy (MeV)", 1000.0),
 }
 
 
@@ -100,47 +101,108 @@ def residual_distributions(
     return save_figure(fig, out, formats, dpi)
 
 
+def profile_edges(methods: Mapping[str, pd.DataFrame], variable: str, n_bins: int = 8) -> np.ndarray:  # noqa: F821
+    """Bin edges (axis units) of a resolution profile: equal-width over the 1-99 % range of the
+    true ``variable`` (w: equal-population bins up to its 98th percentile, where the events are)."""
+    col, _, scale = PROFILE_VARIABLES[variable]
+    frames = [d for d in methods.values() if col in d.columns]
+    if not frames:
+        raise ValueError(f"no frame has the column {col}")
+    allx = np.concatenate([finite(d[col]) * scale for d in frames])
+    lo, hi = np.percentile(allx, [1, 99]) if allx.size else (0.0, 1.0)
+    if not hi > lo:
+        raise ValueError(f"{variable} is constant ({lo:g}): no profile to draw")
+    if variable == "w":
+        return np.unique(np.percentile(allx, np.linspace(0, 98, n_bins + 1)))
+    return np.linspace(lo, hi, n_bins + 1)
+
+
+def resolution_profile_table(
+    methods: Mapping[str, pd.DataFrame],  # noqa: F821
+    variable: str,
+    edges: np.ndarray | Sequence[float],
+    n_boot: int = 30,
+    observables: Sequence[str] | None = None,
+) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """observable -> method -> per bin of the true ``variable`` (``edges`` in axis units: MeV for
+    the energy) the :func:`xec.metrics.binned_resolution` of that residual (68 % half-width
+    ``width68`` and Gaussian core ``sigma_core``, bootstrap errors, ``n``), in the units of
+    xec.summary.OBSERVABLES. Methods are compared on the events they were given (match them on
+    (run, event) first: xec.summary)."""
+    col, _, scale = PROFILE_VARIABLES[variable]
+    frames = {n: d for n, d in methods.items() if col in d.columns}
+    if not frames:
+        raise ValueError(f"no frame has the column {col}")
+    edges = np.asarray(edges, dtype=np.float64)
+    out: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for key in observables or OBSERVABLES:
+        res = _residuals(frames, key)
+        if res:
+            out[key] = {
+                name: binned_resolution(frames[name][col].to_numpy(np.float64) * scale, r, edges, n_boot=n_boot)
+                for name, r in res.items()
+            }
+    if not out:
+        raise ValueError("no residuals to profile: the frames have no pred_/true_ column pairs")
+    return out
+
+
 def resolution_profiles(
     methods: Mapping[str, pd.DataFrame],
     variable: str,
     out: str | os.PathLike,  # noqa: F821
     n_bins: int = 8,
     n_boot: int = 30,
+    edges: np.ndarray | Sequence[float] | None = None,
+    title: str = "",
     formats: Sequence[str] = DEFAULT_FORMATS,
     dpi: int = 110,
 ) -> list[Path]:
-    """68 % width (bootstrap error bars) of every residual in bins of the true ``variable``
-    (theta, phi, u, v, w or energy), one panel per residual, one line per method."""
-    col, xlabel = PROFILE_VARIABLES[variable]
-    frames = {n: d for n, d in methods.items() if col in d.columns}
-    if not frames:
-        raise ValueError(f"no frame has the column {col}")
-    allx = np.concatenate([finite(d[col]) for d in frames.values()])
-    lo, hi = np.percentile(allx, [1, 99]) if allx.size else (0.0, 1.0)
-    if not hi > lo:
-        raise ValueError(f"{variable} is constant ({lo:g}): no profile to draw")
-    if variable == "w":  # depth: finer bins where the events are
-        edges = np.unique(np.percentile(allx, np.linspace(0, 98, n_bins + 1)))
-    else:
-        edges = np.linspace(lo, hi, n_bins + 1)
-    keys = [k for k in OBSERVABLES if _residuals(frames, k)]
-    fig, axes = _grid(len(keys))
-    for ax, key in zip(axes, keys):
-        for i, (name, r) in enumerate(_residuals(frames, key).items()):
-            prof = binned_resolution(frames[name][col].to_numpy(np.float64), r, edges, n_boot=n_boot)
+    """Resolution in bins of the true ``variable`` (theta, phi, u, v, w or energy), one panel
+    per residual, ML and classical in the same panel: 68 % half-width (filled markers, solid,
+    bootstrap error bars) and Gaussian core sigma (open markers, dashed). The numbers go to
+    ``out``.json (:func:`resolution_profile_table`, with the edges). ``edges`` default:
+    :func:`profile_edges`."""
+    _, xlabel, _ = PROFILE_VARIABLES[variable]
+    edges = profile_edges(methods, variable, n_bins) if edges is None else np.asarray(edges, np.float64)
+    table = resolution_profile_table(methods, variable, edges, n_boot=n_boot)
+    fig, axes = _grid(len(table))
+    half = np.diff(edges) / 2
+    for ax, (key, per_method) in zip(axes, table.items()):
+        for i, (name, prof) in enumerate(per_method.items()):
+            c = color(name, i)
             x = np.array([p["centre"] for p in prof])
-            y = np.array([p["width68"] for p in prof])
-            e = np.array([p["width68_err"] for p in prof])
-            ax.errorbar(
-                x, y, yerr=np.nan_to_num(e), xerr=np.diff(edges) / 2, fmt="o", ms=3, color=color(name, i), label=name
-            )
+            for stat, marker, ls, dx in (("width68", "o", "-", -0.15), ("sigma_core", "s", "--", 0.15)):
+                y = np.array([p[stat] for p in prof])
+                e = np.nan_to_num(np.array([p[f"{stat}_err"] for p in prof]))
+                ax.errorbar(
+                    x + dx * half,
+                    y,
+                    yerr=e,
+                    xerr=half if stat == "width68" else None,
+                    fmt=marker,
+                    ls=ls,
+                    lw=0.8,
+                    ms=3.5,
+                    color=c,
+                    mfc=c if stat == "width68" else "none",
+                    label=f"{name} {'68 %' if stat == 'width68' else 'core'}",
+                )
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(LABEL[key].replace("residual", "68% width").replace("E_reco/E_true - 1", "sigma_E/E"))
+        ax.set_ylabel(LABEL[key].replace("residual", "resolution").replace("E_reco/E_true - 1", "sigma_E/E"))
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"resolution vs {variable}")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(title or f"resolution vs {variable} (filled: 68 % half-width, open/dashed: Gaussian core)")
     fig.tight_layout()
-    return save_figure(fig, out, formats, dpi)
+    files = save_figure(fig, out, formats, dpi)
+    from xec.utils import finite_or_none, write_json
+
+    path = Path(out)
+    write_json(
+        path.with_name(path.name + ".json"),
+        finite_or_none({"variable": variable, "axis": xlabel, "edges": edges.tolist(), "observables": table}),
+    )
+    return files
 
 
 def energy_response(
