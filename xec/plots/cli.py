@@ -11,7 +11,10 @@ Reads (each optional; a plot whose inputs are missing is skipped with a log line
   inference/realdata.parquet, inference/realdata_noinpaint.parquet, baseline/realdata.parquet
                                                         real-data distributions (and residuals
                                                         when the file has truth)
-  regressor/predictions.parquet, baseline/val.parquet  resolution vs energy (val: 15-60 MeV)
+  regressor/predictions.parquet, baseline/val.parquet  resolution (68 % and core) vs true energy (val:
+                                                        plots.profile_energy_mev), matched on (run, event)
+  regressor/checkpoint.pt + shards/val/manifest.json   saliency per face and task (xec.plots.saliency,
+                                                        plots.saliency_events val events)
   {mae,inpainter,regressor}/metrics.json                training curves
   mae/checkpoint.pt, inpainter/checkpoint.pt + shards/val/manifest.json
                                                         MAE reconstructions, inpainter truth vs
@@ -294,6 +297,20 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
                 run.skip(f"{stage}_examples", f"{type(exc).__name__}: {exc}")
         else:
             run.skip(f"{stage}_examples", f"needs {ck} and {val_manifest}")
+
+    n_sal = int(sec["saliency_events"])
+    ck = results / "regressor" / "checkpoint.pt"
+    if n_sal and ck.exists() and val_manifest.exists():
+        try:
+            from xec.plots.saliency import run_saliency, saliency_bars
+
+            result = run_saliency(str(ck), str(val_manifest), n_sal)
+            log.info("saliency: %d val events in %.1f s", result["events"], result["seconds"])
+            run("saliency_regressor", saliency_bars, result)
+        except Exception as exc:  # a model problem must not cost the other plots
+            run.skip("saliency_regressor", f"{type(exc).__name__}: {exc}")
+    else:
+        run.skip("saliency_regressor", f"needs {ck} and {val_manifest} (and plots.saliency_events > 0)")
 
     index = {"made": run.made, "skipped": run.skipped}
     write_json(out / "index.json", index)
