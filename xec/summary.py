@@ -5,6 +5,8 @@
                 --realdata-predictions results/inference/realdata.parquet
                 --realdata-noinpaint-predictions results/inference/realdata_noinpaint.parquet
                 --realdata-baseline results/baseline/realdata.parquet
+                [--pileup-predictions results/inference/pileup.parquet
+                 --pileup-baseline results/baseline/pileup.parquet]
                 [--realdata-neighbour-predictions ... --realdata-solid-angle-predictions ...]
                 [--inpainting results/inpainting/summary.json] [--deadsweep results/deadsweep/summary.json]
                 --out results/summary.json [--markdown results/summary.md] [--html results/summary.html]
@@ -25,6 +27,9 @@ runs with four dead-sensor treatments (xec infer --fill): ``ml_inpainted`` (inpa
 ``ml_no_inpainting`` (sentinel), ``ml_neighbour_fill`` and ``ml_solid_angle_fill`` (the
 classical recoveries of xec.baseline; for these two the JSON has no ``sigma_core_err`` and no
 uncertainty entry, which keeps the summary's time: ``LIGHT_METHODS``).
+
+``--pileup-*`` (the pile-up sample: bench-like events, a second gamma in a fraction of them)
+gets the same tables as bench, in the ``pileup`` section.
 
 ``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
 and of the classical reconstruction vs the fraction of dead sensors on bench).
@@ -81,6 +86,10 @@ LABELS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-predictions", default=None, help="xec infer parquet of the bench sample (ML)")
     parser.add_argument("--bench-baseline", default=None, help="xec baseline parquet of the bench sample")
+    parser.add_argument(
+        "--pileup-predictions", default=None, help="xec infer parquet of the pile-up sample (ML; the 'pileup' section)"
+    )
+    parser.add_argument("--pileup-baseline", default=None, help="xec baseline parquet of the pile-up sample")
     parser.add_argument("--realdata-predictions", default=None, help="xec infer parquet of realdata, with inpainting")
     parser.add_argument(
         "--realdata-noinpaint-predictions", default=None, help="xec infer parquet of realdata, without inpainting"
@@ -149,6 +158,9 @@ def _match(frames: dict[str, pd.DataFrame], paths: dict[str, str]) -> dict[str, 
         out[name] = sel
     return out
 
+
+# the per-sample sections of the summary, in the order of the tables
+SAMPLE_SECTIONS = ("bench", "pileup", "realdata")
 
 match_events = _match  # public name (xec.plots matches its methods the same way)
 
@@ -448,7 +460,7 @@ UNCERTAINTY_NOTE = (
 
 def to_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Physics summary: ML vs classical reconstruction", "", NOTE, ""]
-    for name in ("bench", "realdata"):
+    for name in SAMPLE_SECTIONS:
         if name not in summary:
             continue
         s = summary[name]
@@ -751,7 +763,7 @@ def to_html(summary: dict[str, Any]) -> str:
         "<h2>Physics summary: ML vs classical reconstruction</h2>",
         f"<p>{html.escape(NOTE)}</p>",
     ]
-    for name in ("bench", "realdata"):
+    for name in SAMPLE_SECTIONS:
         if name not in summary:
             continue
         s = summary[name]
@@ -809,12 +821,16 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
         )
         if v
     }
-    if not bench and not real and not args.inpainting and not args.deadsweep:
+    pileup = {k: v for k, v in (("ml", args.pileup_predictions), ("baseline", args.pileup_baseline)) if v}
+    if not bench and not real and not pileup and not args.inpainting and not args.deadsweep:
         raise XecError(
-            "nothing to summarize: give --bench-*, --realdata-* parquet files, --inpainting and/or --deadsweep"
+            "nothing to summarize: give --bench-*, --pileup-*, --realdata-* parquet files, --inpainting "
+            "and/or --deadsweep"
         )
     if bench:
         out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
+    if pileup:  # bench with a second gamma in a fraction of the events: the same tables
+        out["pileup"] = sample_summary(pileup, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
     if real:
         out["realdata"] = sample_summary(
             real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, light=LIGHT_METHODS

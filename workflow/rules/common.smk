@@ -19,10 +19,13 @@ from xec.scans import expand_scans as _expand_scans
 from xec.scatter import FAILURE_SUFFIX as _FAILURE_SUFFIX
 from xec.scatter import read_failure_record as _read_failure_record
 
-SAMPLES = ["train", "val", "bench", "realdata"]
+# the pile-up evaluation sample (issue 13): evaluated like bench when configured (files in
+# data.pileup or simulation.samples.pileup)
+PILEUP = ["pileup"] if config["data"]["pileup"] or "pileup" in config["simulation"]["samples"] else []
+SAMPLES = ["train", "val", "bench", "realdata", *PILEUP]
 # the classical baseline's samples; val: over 15-60 MeV, for the resolution-vs-energy plot next to
 # the ML val predictions
-BASELINE_SAMPLES = ["bench", "realdata", "val"]
+BASELINE_SAMPLES = ["bench", "realdata", "val", *PILEUP]
 
 # ---- run directories: the main run and the points of the configured scans ------------------------
 # The stage rules write under a run directory `{rundir}`, which is `results` (the main run) or
@@ -105,6 +108,7 @@ NODES = {
             "baseline:realdata",
             "inpainting",
             "deadsweep",
+            *(f"{kind}:pileup" for kind in ("inference", "baseline") if PILEUP),
         ],
     ),
 }

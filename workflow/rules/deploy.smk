@@ -12,6 +12,8 @@ INFERENCE_RUNS = {
     "realdata_neighbour": {"sample": "realdata", "fill": "neighbour"},
     "realdata_solid_angle": {"sample": "realdata", "fill": "solid_angle"},
     "bench": {"sample": "bench", "fill": "sentinel"},
+    # the pile-up sample, like bench (regressor only)
+    **{s: {"sample": s, "fill": "sentinel"} for s in PILEUP},
 }
 
 

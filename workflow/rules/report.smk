@@ -177,6 +177,9 @@ rule summary:
         real_baseline=lambda w: at(w.rundir, "baseline:realdata", "baseline/realdata.parquet"),
         inpainting=lambda w: at(w.rundir, "inpainting", "inpainting/summary.json"),
         deadsweep=lambda w: at(w.rundir, "deadsweep", "deadsweep/summary.json"),
+        pileup=lambda w: [
+            at(w.rundir, f"{kind}:pileup", f"{kind}/pileup.parquet") for kind in ("inference", "baseline") if PILEUP
+        ],
     output:
         json=f"{{rundir}}/summary.json",
         markdown=f"{{rundir}}/summary.md",
@@ -194,13 +197,16 @@ rule summary:
     params:
         cfg=lambda w: resolved_config(w.rundir),
         values=lambda w: command_values("summary", w.rundir),
+        pileup=lambda w, input: (
+            f"--pileup-predictions {input.pileup[0]} --pileup-baseline {input.pileup[1]}" if input.pileup else ""
+        ),
     shell:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
         " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
         " --realdata-neighbour-predictions {input.real_neighbour}"
         " --realdata-solid-angle-predictions {input.real_solid_angle}"
-        " --inpainting {input.inpainting} --deadsweep {input.deadsweep}"
+        " --inpainting {input.inpainting} --deadsweep {input.deadsweep} {params.pileup}"
         " --out {output.json} --markdown {output.markdown} --html {output.html} --log {log}"
 
 
@@ -216,6 +222,7 @@ PLOT_INPUTS = {
     "mae": f"{RESULTS}/mae/metrics.json",
     "inpainter": f"{RESULTS}/inpainter/metrics.json",
     "val_manifest": f"{RESULTS}/shards/val/manifest.json",
+    **{f"pileup_{kind}": f"{RESULTS}/{kind}/pileup.parquet" for kind in ("inference", "baseline") if PILEUP},
 }
 
 

@@ -8,6 +8,7 @@ Reads (each optional; a plot whose inputs are missing is skipped with a log line
                                                         timing, opening angle, worst events,
                                                         pulls and resolution vs the fraction
                                                         kept by a cut on the ML sigma
+  inference/pileup.parquet, baseline/pileup.parquet   pile-up sample residuals
   inference/realdata.parquet, inference/realdata_noinpaint.parquet, baseline/realdata.parquet
                                                         real-data distributions (and residuals
                                                         when the file has truth)
@@ -201,6 +202,18 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         run("opening_angle_bench", P.opening_angle_distribution, bench)
     else:
         run.skip("bench", "no bench predictions (inference/bench.parquet, baseline/bench.parquet)")
+
+    pileup = {
+        k: v
+        for k, v in (
+            ("ML", _read(results / "inference" / "pileup.parquet", "pile-up ML")),
+            ("baseline", _read(results / "baseline" / "pileup.parquet", "pile-up baseline")),
+        )
+        if v is not None
+    }
+    if pileup:
+        title = "pile-up sample (bench with a second gamma in a fraction of the events): residuals"
+        run("residuals_pileup", P.residual_distributions, _matched(pileup, "pileup"), title=title)
 
     val = {
         k: v

@@ -180,6 +180,7 @@ def simulate_block(
     energy = rng.uniform(lo, hi, n) if hi > lo else np.full(n, lo)
     t0 = rng.uniform(0.0, params.trigger_window_ns, n)
     truth, groups = _shower_light(rng, vertex, energy, t0, params, sensors)
+    pileup_truth = {}
     if spec.pileup_probability > 0:
         has_pu = rng.random(n) < spec.pileup_probability
         pu_energy = rng.uniform(*params.pileup_energy_mev, n)
@@ -193,6 +194,12 @@ def simulate_block(
                 t = np.full((n, geo.N_SENSORS), np.inf, np.float32)
                 mean[idx], t[idx] = g.mean_pe, g.time_ns
                 groups.append(_Group(mean, t))
+        # what was piled up (only in files of samples with pile-up): the second gamma's energy
+        # (GeV, 0 = none) and emission time relative to the main gamma's (ns)
+        pileup_truth = {
+            "pileupEnergyTruth": np.where(has_pu, pu_energy * 1e-3, 0.0).astype(np.float32),
+            "pileupTimeTruth": np.where(has_pu, pu_t0 - t0, 0.0).astype(np.float32),
+        }
     # detector response, in sub-blocks of RESPONSE_SUB events so that the ~30 passes over the
     # (events x sensors) arrays stay in cache; the draws happen sub-block by sub-block (a fixed
     # order: RESPONSE_SUB is part of the format, like BLOCK_SIZE)
@@ -222,6 +229,7 @@ def simulate_block(
             "xyzVTX": vertex.astype(np.float32),
             "run": np.full(n, spec.seed, np.int32),
             "event": (block * BLOCK_SIZE + np.arange(n)).astype(np.int32),
+            **pileup_truth,
         }
     )
     return out
