@@ -166,3 +166,124 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
     assert "event_display_worst" in index["skipped"] and "mae_examples" in index["skipped"]
     assert "constant" in index["skipped"]["profile_vs_energy_bench"]
     assert main(["plots", "--results", str(tmp_path / "nope")]) == 2
+
+
+# ---- issue 13 part 4: physics validation plots ----------------------------------------------------
+
+
+def test_resolution_profile_reproduces_a_known_width_per_bin(tmp_path):
+    """Synthetic residuals whose width grows with the true energy: u resolution 1 + 0.1 E[MeV] mm,
+    energy sigma_E/E 4 % / sqrt(E / 10 MeV); every bin of the profile (68 % and core) gives it
+    back, for ML and classical alike, on the same events."""
+    n = 24_000
+    rng = np.random.default_rng(3)
+    e_mev = rng.uniform(15, 60, n)
+    df = pd.DataFrame({"run": np.zeros(n, np.int64), "event": np.arange(n, dtype=np.int64)})
+    df["true_energy_energy"] = e_mev / 1000
+    df["true_uvwFI_u"] = rng.uniform(-20, 20, n)
+    methods = {}
+    for name, scale in (("ML", 1.0), ("baseline", 2.0)):
+        d = df.copy()
+        d["pred_uvwFI_u"] = d.true_uvwFI_u + rng.normal(0, 1, n) * scale * (1 + 0.1 * e_mev) / 10  # cm
+        d["pred_energy_energy"] = d.true_energy_energy * (1 + rng.normal(0, 1, n) * scale * 0.04 / np.sqrt(e_mev / 10))
+        methods[name] = d
+    edges = np.linspace(15, 60, 6)
+    table = P.resolution_profile_table(methods, "energy", edges, n_boot=0)
+    assert set(table) == {"u_mm", "energy_pct"} and set(table["u_mm"]) == {"ML", "baseline"}
+    for name, scale in (("ML", 1.0), ("baseline", 2.0)):
+        for b in table["u_mm"][name]:
+            # the expected width in a bin: the average of 1 + 0.1 E over it (uniform E), in mm
+            want = scale * (1 + 0.1 * b["centre"])
+            assert b["lo"] >= 15 and b["hi"] <= 60 and b["n"] > 4000
+            assert b["width68"] == pytest.approx(want, rel=0.05), (name, b)
+            assert b["sigma_core"] == pytest.approx(want, rel=0.06), (name, b)
+        for b in table["energy_pct"][name]:
+            lo, hi = b["lo"], b["hi"]
+            # sigma ~ 1/sqrt(E): mixing over the bin; the bin's rms sigma (%) is close to sigma(centre)
+            want = scale * 4.0 * np.sqrt(10 * np.log(hi / lo) / (hi - lo))
+            assert b["width68"] == pytest.approx(want, rel=0.06), (name, b)
+            assert b["sigma_core"] == pytest.approx(want, rel=0.06), (name, b)
+    files = P.resolution_profiles(methods, "energy", tmp_path / "prof", edges=edges, n_boot=3, formats=FMT)
+    _check(files)
+    saved = json.loads((tmp_path / "prof.json").read_text())
+    assert saved["edges"] == pytest.approx(edges.tolist()) and saved["axis"] == "true energy (MeV)"
+    assert saved["observables"]["u_mm"]["ML"][0]["width68"] == pytest.approx(table["u_mm"]["ML"][0]["width68"])
+
+
+def test_saliency_per_face_is_finite_and_nonzero_on_every_face(tmp_path):
+    """The tiny regressor (random weights) on synthetic normalized events: every task has a finite,
+    non-zero saliency on each of the six faces for npho and for time, the shares sum to 1 per
+    task, sentinel inputs are left out, and the plot + JSON are written; cheap (< 10 s, 1 thread)."""
+    import time
+
+    import torch
+
+    from xec.geometry import FACE_NAMES
+    from xec.models.presets import get_preset
+    from xec.models.regressor import XECRegressor
+    from xec.plots.saliency import saliency_per_face
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = XECRegressor(get_preset("tiny"), ["angle", "energy", "timing", "uvwFI"]).eval()
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(32, N_SENSORS, 2, generator=g)
+        x[:, :, 1] = torch.randn(32, N_SENSORS, generator=g) * 0.3
+        x[:, :50, :] = -1.0  # dead sensors: both inputs at the sentinel
+        t0 = time.perf_counter()
+        res = saliency_per_face(model, x, sentinel=-1.0, batch_size=16)
+        seconds = time.perf_counter() - t0
+        # no sensor of the US face with a time: its time saliency is 0 (sentinels left out), npho's not
+        us = torch.from_numpy(get_geometry().face == FACE_NAMES.index("us"))
+        x_us = x[:4].clone()
+        x_us[:, us, 1] = -1.0
+        no_us_time = saliency_per_face(model, x_us, sentinel=-1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert seconds < 10, seconds
+    assert res["events"] == 32 and res["components"] == {"angle": 2, "energy": 1, "timing": 1, "uvwFI": 3}
+    for task, entry in res["tasks"].items():
+        for key in ("mean", "total"):
+            for inp in ("npho", "time"):
+                vals = np.array([entry[key][inp][f] for f in FACE_NAMES])
+                assert np.all(np.isfinite(vals)) and np.all(vals > 0), (task, key, inp, vals)
+        share = sum(entry["share"][inp][f] for inp in ("npho", "time") for f in FACE_NAMES)
+        total = sum(entry["total_share"][inp][f] for inp in ("npho", "time") for f in FACE_NAMES)
+        assert share == pytest.approx(1.0) and total == pytest.approx(1.0), task
+    for task, entry in no_us_time["tasks"].items():
+        assert entry["mean"]["time"]["us"] == 0.0 and entry["mean"]["npho"]["us"] > 0, task
+    _check(P.saliency_bars(res, tmp_path / "sal", formats=FMT))
+    saved = json.loads((tmp_path / "sal.json").read_text())
+    assert saved["tasks"]["energy"]["mean"]["npho"]["inner"] == pytest.approx(
+        res["tasks"]["energy"]["mean"]["npho"]["inner"]
+    )
+
+
+@pytest.mark.slow
+def test_xec_plots_resolution_vs_energy_on_val_matches_events(tmp_path):
+    """The val ML predictions (regressor/predictions.parquet, short column names) and the
+    classical val (another order, 10 % fewer events) are matched on (run, event): every bin of
+    profile_vs_energy_val.json counts the same events for both, in 15-60 MeV bins."""
+    from xec.cli import main
+
+    res = tmp_path / "results"
+    (res / "regressor").mkdir(parents=True)
+    (res / "baseline").mkdir()
+    ml = _frame(n=1200, energy_range=True)
+    short = {c: c.replace("uvwFI_", "").replace("angle_", "").replace("timing_", "") for c in ml.columns}
+    short = {c: s.replace("energy_energy", "energy") for c, s in short.items()}
+    ml.drop(columns=["opening_angle_deg"]).rename(columns=short).to_parquet(res / "regressor" / "predictions.parquet")
+    base = _frame(n=1200, scale=2.0, seed=1, energy_range=True)
+    base[[c for c in base.columns if c.startswith("true_")]] = ml[[c for c in base.columns if c.startswith("true_")]]
+    base.sample(frac=0.9, random_state=0).to_parquet(res / "baseline" / "val.parquet")
+    (tmp_path / "cfg.yaml").write_text("plots: {formats: [png], profile_bins: 3, n_boot: 0, worst_events: 0}\n")
+    assert main(["plots", "--results", str(res), "--config", str(tmp_path / "cfg.yaml")]) == 0
+    assert (res / "plots" / "profile_vs_energy_val.png").stat().st_size > 1000
+    prof = json.loads((res / "plots" / "profile_vs_energy_val.json").read_text())
+    assert prof["edges"] == [15.0, 30.0, 45.0, 60.0]
+    assert set(prof["observables"]) >= {"u_mm", "v_mm", "w_mm", "energy_pct", "time_ps", "theta_deg", "phi_deg"}
+    for obs in prof["observables"].values():
+        n_ml = [b["n"] for b in obs["ML"]]
+        assert n_ml == [b["n"] for b in obs["baseline"]] and sum(n_ml) == 1080, obs

@@ -11,12 +11,15 @@ from xec.plots.models import inpainter_truth_vs_prediction, mae_reconstruction
 from xec.plots.physics import (
     energy_response,
     opening_angle_distribution,
+    profile_edges,
     realdata_distributions,
     residual_distributions,
+    resolution_profile_table,
     resolution_profiles,
     run_stability,
     timing_residuals,
 )
+from xec.plots.saliency import saliency_bars
 from xec.plots.training import training_curves
 from xec.plots.uncertainty import kept_fraction, pull_distributions
 
@@ -31,7 +34,10 @@ __all__ = [
     "opening_angle_distribution",
     "realdata_distributions",
     "residual_distributions",
+    "profile_edges",
+    "resolution_profile_table",
     "resolution_profiles",
+    "saliency_bars",
     "run_stability",
     "timing_residuals",
     "training_curves",
