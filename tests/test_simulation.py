@@ -379,3 +379,48 @@ def test_failure_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     rc, err = _run_cli(capsys, "--sample", "bench", "--events", "600", "--chunk-size", "256", "--out", str(out))
     assert rc == 2 and "simulated failure" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pileup_sample_has_the_configured_fraction_of_second_gammas(tmp_path):
+    """The default config's pile-up evaluation sample (simulation.samples.pileup): the fraction
+    of events with a second gamma, read from the truth the simulator writes (pileupEnergyTruth
+    > 0), is the configured pileup_probability within 4 binomial sigmas; the second gamma's
+    energy and time lie in simulation.physics.pileup_energy_mev / pileup_window_ns; samples
+    without pile-up carry no such branches; the main gamma is drawn as without pile-up."""
+    import uproot
+
+    from xec.config import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG)
+    spec = cfg["simulation"]["samples"]["pileup"]
+    p = spec["pileup_probability"]
+    assert 0 < p < 1
+    n = 1024
+    out = tmp_path / "pileup.root"
+    assert (
+        xec_main(
+            ["simulate", "--config", str(DEFAULT_CONFIG), "--sample", "pileup", "--events", str(n)]
+            + ["--out", str(out), "--workers", "1"]
+        )
+        == 0
+    )
+    with uproot.open(out) as f:
+        a = f["tree"].arrays(["pileupEnergyTruth", "pileupTimeTruth", "energyTruth"], library="np")
+    e_pu, t_pu = a["pileupEnergyTruth"], a["pileupTimeTruth"]
+    has = e_pu > 0
+    frac = has.mean()
+    assert abs(frac - p) < 4 * np.sqrt(p * (1 - p) / n), (frac, p)
+    lo, hi = cfg["simulation"]["physics"]["pileup_energy_mev"]
+    assert np.all((e_pu[has] >= lo * 1e-3 * (1 - 1e-6)) & (e_pu[has] <= hi * 1e-3 * (1 + 1e-6)))
+    w_lo, w_hi = cfg["simulation"]["physics"]["pileup_window_ns"]
+    assert np.all((t_pu[has] >= w_lo - 1e-3) & (t_pu[has] <= w_hi + 1e-3)) and np.all(t_pu[~has] == 0)
+    assert np.allclose(a["energyTruth"], spec["energy_mev"] * 1e-3)
+    # without pile-up: no pile-up branches, the same main-gamma truth
+    base = SampleSpec("nopu", BLOCK_SIZE, 21, (52.8, 52.8))
+    plain = simulate_block(0, base, PhysicsParams(), gen.detector_state(base))
+    assert not any(k.startswith("pileup") for k in plain)
+    piled = simulate_block(
+        0, dataclasses.replace(base, pileup_probability=p), PhysicsParams(), gen.detector_state(base)
+    )
+    np.testing.assert_array_equal(plain["uvwTruth"], piled["uvwTruth"])
+    assert (piled["pileupEnergyTruth"] > 0).sum() > 0

@@ -227,3 +227,32 @@ def test_realdata_dead_sensor_fills_sit_next_to_the_classical_reconstruction(tmp
         assert (u["sigma_core_err"] is None) == (name in ("ml_neighbour_fill", "ml_solid_angle_fill")), name
     header = next(line for line in (tmp_path / "s.md").read_text().splitlines() if "ml_solid_angle_fill" in line)
     assert "ml_neighbour_fill" in header and "ml_inpainted" in header
+
+
+def test_pileup_section_next_to_bench(files):
+    """--pileup-*: the pile-up sample gets the bench tables (same structure) in its own section,
+    with its own numbers: here the ML is 1.5x and the classical 3x the bench widths."""
+    tmp, p = files
+    truth = _truth(9)
+    for name, scale, seed in (("pu_ml", 1.5, 11), ("pu_base", 3.0, 12)):
+        p[name] = tmp / f"pileup_{name}.parquet"
+        _method(truth, scale, seed).to_parquet(p[name])
+    out, md = tmp / "summary.json", tmp / "summary.md"
+    args = ["summary", "--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"])]
+    args += ["--pileup-predictions", str(p["pu_ml"]), "--pileup-baseline", str(p["pu_base"])]
+    assert main([*args, "--out", str(out), "--markdown", str(md), "--config", str(p["cfg"])]) == 0
+    s = json.loads(out.read_text())
+    bench, pileup = s["bench"], s["pileup"]
+    assert pileup["events"] == N and pileup["reference"] == "truth"
+
+    def shape(d):
+        return {k: shape(v) for k, v in d.items()} if isinstance(d, dict) else type(d).__name__
+
+    assert shape(pileup["methods"]) == shape(bench["methods"])
+    assert pileup["methods"]["ml"]["u_mm"]["all"]["width68"] == pytest.approx(3.0, rel=0.06)
+    assert pileup["methods"]["baseline"]["u_mm"]["all"]["width68"] == pytest.approx(6.0, rel=0.06)
+    text = md.read_text()
+    assert text.index("## bench") < text.index("## pileup")
+    # the pile-up sample alone is a summary too
+    assert main(["summary", "--pileup-predictions", str(p["pu_ml"]), "--out", str(tmp / "pu.json")]) == 0
+    assert set(json.loads((tmp / "pu.json").read_text())) == {"meta", "pileup"}
