@@ -148,8 +148,9 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     n_local = rule_counts.get("all", 0)
     n_scatter = sum(rule_counts.get(r, 0) for r in SCATTER_RULES)
     n_groups = rule_counts["scatter_chunk"]  # one per group: it joins its chunk's per-file jobs
-    assert rule_counts["inference"] == 4 * 3 + 1 and rule_counts["baseline"] == 3 + 2, rule_counts
-    assert n_groups == 3 * 4 + 3, rule_counts
+    # + bench and pileup (inference), bench, val and pileup (baseline): one file, one group each
+    assert rule_counts["inference"] == 4 * 3 + 2 and rule_counts["baseline"] == 3 + 3, rule_counts
+    assert n_groups == 3 * 4 + 5, rule_counts
     assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
     assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
 

@@ -102,14 +102,14 @@ def copy_run(tiny_run, dest: Path) -> Path:
 def test_default_dag_builds_every_stage_output(tiny_run):
     work = tiny_run["dir"]
     jobs = tiny_run["jobs"]
-    assert jobs["simulate"] == 4 and jobs["shards_part"] == 3 and jobs["shards"] == 3, jobs
+    assert jobs["simulate"] == 5 and jobs["shards_part"] == 3 and jobs["shards"] == 3, jobs
     # the stage table of docs/architecture.md
-    expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata")]
+    expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata", "pileup")]
     expected += [f"shards/{s}/manifest.json" for s in ("train", "val", "bench")]
     expected += ["reweighting/weights.npz", "summary.json", "plots"]
     expected += [f"{st}/{f}" for st in ("mae", "inpainter", "regressor") for f in ("checkpoint.pt", "metrics.json")]
     expected += ["regressor/model.onnx", "inpainter/model.onnx", "regressor/predictions.parquet"]
-    expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata")]
+    expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata", "pileup")]
     expected += [
         "inference/realdata/realdata.root",
         "inference/realdata/realdata.parquet",
@@ -240,7 +240,7 @@ def test_dead_sensor_rules_fill_realdata_four_ways_and_sweep_the_dead_fraction(t
 
     results = tiny_run["dir"] / "results"
     jobs = tiny_run["jobs"]
-    assert jobs["inference"] == 5 and jobs["deadsweep"] == 1, jobs
+    assert jobs["inference"] == 6 and jobs["deadsweep"] == 1, jobs
     summary = json.loads((results / "summary.json").read_text())
     real = summary["realdata"]
     # the simulated realdata has truth: every method against it (real files: against the baseline)
@@ -355,6 +355,56 @@ def test_realdata_finetuning_feeds_the_realdata_inference_and_the_inpainting_tab
     assert proc.returncode != 0 and "finetune.holdout_fraction" in proc.stdout + proc.stderr
 
 
+def _bench_seconds(path: Path) -> float:
+    return float(path.read_text().splitlines()[1].split("\t")[0])
+
+
+def test_validation_plots_and_pileup_sample(tiny_run):
+    """Issue 13, part 4: the resolution profiles (68 % and core, ML and classical), the regressor
+    saliency per face and task, and the pile-up sample (simulated with its second-gamma truth,
+    through the per-file inference and baseline like bench, a 'pileup' summary section with the
+    bench structure); prints what the pile-up jobs and the plots cost."""
+    import uproot
+
+    results = tiny_run["dir"] / "results"
+    plots = results / "plots"
+    index = json.loads((plots / "index.json").read_text())
+    for name in ("profile_vs_energy_val", "profile_vs_u_bench", "saliency_regressor", "residuals_pileup"):
+        assert name in index["made"], (name, index["skipped"].get(name))
+    prof = json.loads((plots / "profile_vs_energy_val.json").read_text())
+    assert prof["edges"][0] == 15.0 and prof["edges"][-1] == 60.0
+    assert set(prof["observables"]["energy_pct"]) == {"ML", "baseline"}
+    sal = json.loads((plots / "saliency_regressor.json").read_text())
+    assert sal["events"] == 64 and set(sal["tasks"]) == {"angle", "energy", "timing", "uvwFI"}
+    for task, entry in sal["tasks"].items():
+        npho = [entry["mean"]["npho"][f] for f in sal["faces"]]
+        assert all(v is not None and math.isfinite(v) and v > 0 for v in npho), (task, npho)
+        total = sum(entry["share"][i][f] or 0.0 for i in ("npho", "time") for f in sal["faces"])
+        assert total == pytest.approx(1.0), task
+
+    cfg = yaml.safe_load((results / "config.yaml").read_text())
+    p = cfg["simulation"]["samples"]["pileup"]["pileup_probability"]
+    with uproot.open(results / "data" / "pileup.root") as f:
+        e_pu = f["tree"]["pileupEnergyTruth"].array(library="np")
+    assert len(e_pu) == 256 and abs((e_pu > 0).mean() - p) < 4 * math.sqrt(p * (1 - p) / 256)
+    summary = json.loads((results / "summary.json").read_text())
+    pileup, bench = summary["pileup"], summary["bench"]
+    assert pileup["events"] == 256 and set(pileup["methods"]) == set(bench["methods"]) == {"ml", "baseline"}
+    for m in pileup["methods"].values():
+        assert m["u_mm"]["all"]["n"] == 256 and math.isfinite(m["energy_pct"]["all"]["width68"])
+        assert set(m) == set(bench["methods"]["ml"])
+    assert "## pileup" in (results / "summary.md").read_text()
+    bench_dir = results / "benchmarks"
+    costs = {
+        "simulate pileup": bench_dir / "simulate" / "pileup.tsv",
+        "inference pileup": bench_dir / "inference" / "pileup" / "pileup.tsv",
+        "baseline pileup": bench_dir / "baseline" / "pileup" / "pileup.tsv",
+        "plots": bench_dir / "plots.tsv",
+        "summary": bench_dir / "summary.tsv",
+    }
+    print("\n[test_workflow] " + ", ".join(f"{k} {_bench_seconds(v):.1f} s" for k, v in costs.items()))
+
+
 def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tmp_path):
     results = tiny_run["dir"] / "results"
     cfg = yaml.safe_load((results / "config.yaml").read_text())
@@ -389,7 +439,7 @@ def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
 
 def _input_files(tmp_path: Path) -> dict[str, list[str]]:
     files = {}
-    for sample in ("train", "val", "bench", "realdata"):
+    for sample in ("train", "val", "bench", "realdata", "pileup"):
         path = tmp_path / "data" / f"{sample}.root"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"")  # existence is all the DAG needs
