@@ -148,9 +148,11 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     n_local = rule_counts.get("all", 0)
     n_scatter = sum(rule_counts.get(r, 0) for r in SCATTER_RULES)
     n_groups = rule_counts["scatter_chunk"]  # one per group: it joins its chunk's per-file jobs
-    # + bench and pileup (inference), bench, val and pileup (baseline): one file, one group each
+    # + bench and pileup (inference), bench, val and pileup (baseline): one file, one group each;
+    # groups: 5 realdata folders (4 inference fills, baseline) x 2 chunks + those 5 (a local dry run
+    # of this config counts 15 scatter_chunk jobs; 13 before the pile-up sample)
     assert rule_counts["inference"] == 4 * 3 + 2 and rule_counts["baseline"] == 3 + 3, rule_counts
-    assert n_groups == 3 * 4 + 5, rule_counts
+    assert n_groups == 5 * 2 + 5, rule_counts
     assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
     assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
 
