@@ -108,6 +108,18 @@ def test_realdata_reader_and_loader(tmp_path):
     assert not torch.equal(first[0], next(iter(loader))[0])
 
 
+def test_an_unreadable_realdata_file_is_left_out_and_listed(tmp_path):
+    """A truncated file fails its own inference job, not the fine-tuning: the reader skips it,
+    keeps the events of the others, and names it with its error."""
+    good = toy_file(tmp_path / "good.root", 40, seed=5)
+    bad = toy_file(tmp_path / "bad.root", 40, seed=6)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    later = toy_file(tmp_path / "later.root", 30, seed=7)
+    ev = read_realdata([str(good), str(bad), str(later)], get_normalizer("meg2"), chunk_size=16)
+    assert len(ev) == 70 and ev.files == [str(good), str(later)]
+    assert list(ev.skipped) == [str(bad)] and "bad.root" in ev.skipped[str(bad)]
+
+
 # ----------------------------------------------------------------------------- dead sensors
 def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path):
     """The realdata's own dead sensors: never hidden, never scored, and the model is told to fill

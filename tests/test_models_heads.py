@@ -339,7 +339,12 @@ def test_models_run_under_bf16_autocast_on_cpu(tiny):
         assert torch.isfinite(low["reg"][t]).all()
         scale = ref["reg"][t].abs().max()
         assert (low["reg"][t].float() - ref["reg"][t]).abs().max() < 0.05 * scale + 0.05
-    assert (low["inp"].float() - ref["inp"]).abs().max() < 0.1
+    # a filled time at the npho threshold may round to the other side (sentinel vs a time) in
+    # bf16: count those flips, compare the rest
+    lo, hi = low["inp"].float(), ref["inp"]
+    flips = (lo == SENTINEL) ^ (hi == SENTINEL)
+    assert int(flips.sum()) <= 2
+    assert (lo - hi).abs()[~flips].max() < 0.1
     mae = XECMAE(tiny).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = mae(x)["loss"]

@@ -548,10 +548,10 @@ def test_bad_scan_fails_before_any_job_naming_scan_and_key(tmp_path):
 # ---- scans -----------------------------------------------------------------------------------------
 # Two regressor learning rates, neither the main run's: both points retrain the regressor and
 # everything after it, and reuse the main run's simulation, shards, reweighting, MAE, inpainter
-# and baseline.
+# and baseline. Per point: inference of realdata (4 dead-sensor treatments), bench and pileup.
 SCAN = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
 SCAN_TARGET = "results/scans/lr/summary.json"
-PER_POINT = Counter(regressor=1, export=1, inference=5, scatter_chunk=5, inference_merge=5, deadsweep=1, summary=1)
+PER_POINT = Counter(regressor=1, export=1, inference=6, scatter_chunk=6, inference_merge=6, deadsweep=1, summary=1)
 
 
 def _with_scan(work: Path, scan: dict) -> None:
@@ -866,8 +866,9 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     period = work / "runs" / "period.txt"
     period.write_text("# a test run period\n" + "".join(f"{p.name}\n" for p in runs))
-    # the inpainting evaluation reads only the first files holding its max_events: run7001 here
-    edit_config(work, **{"data.realdata": [str(period)], "inpainting.max_events": 64})
+    # the inpainting evaluation and the fine-tuning read only the first files holding their
+    # max_events (run7001, and run7001-7002 here): a growing run period reruns neither
+    edit_config(work, **{"data.realdata": [str(period)], "inpainting.max_events": 64, "finetune.max_events": 128})
     targets = ["results/summary.json", "results/plots"]
 
     first = snakemake(work, "--keep-going", *targets, check=False)
@@ -903,7 +904,7 @@ def test_run_period_per_file_jobs_bad_file_and_incremental(tiny_run, tmp_path):
     jobs = planned_jobs(snakemake(work, "--dry-run", "--printshellcmds", *targets))
     assert jobs["inference"] == 4 and jobs["baseline"] == 1, jobs  # the new file only, its four dead-sensor fills
     assert jobs["inference_merge"] == 4 and jobs["baseline_merge"] == 1 and jobs["summary"] == 1, jobs
-    assert "inpainting" not in jobs, jobs  # a growing run period does not rerun the evaluation
+    assert "inpainting" not in jobs and "inpainter_finetune" not in jobs, jobs  # nor the evaluation, fine-tuning
 
     period.write_text("".join(f"{p.name}\n" for p in runs if p not in (bad, runs[0])))
     snakemake(work, "results/inference/realdata.parquet")

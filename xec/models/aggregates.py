@@ -115,9 +115,10 @@ class PhysicsAggregates(nn.Module):
         x_n = x[..., 0]
         live = x_n != self.sentinel
         n = torch.where(live, self.normalizer.npho_inverse(x_n.clamp_min(0.0)), torch.zeros_like(x_n))
-        # eager skips the fill when nothing is dead (simulated training data); a traced or exported
-        # graph always has it
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or live.is_meta or not bool(live.all()):
+        # eager skips the fill when nothing is dead (simulated training data); a traced, exported
+        # or compiled graph always has it (no data-dependent branch)
+        static = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+        if static or live.is_meta or not bool(live.all()):
             n = torch.where(live, n, self._neighbour_mean(n, live))
         return n, n @ self.face_onehot
 

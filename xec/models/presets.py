@@ -90,7 +90,7 @@ class ModelConfig:
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
     peak_hidden: int = 512  # width of that local-fit MLP (0.47M parameters at window 11)
     # energy and time heads correct a light sum and a TOF-corrected sensor time (xec.models.aggregates)
-    physics_aggregates: bool = False
+    physics_aggregates: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -106,9 +106,10 @@ class XECRegressor(nn.Module):
             self.times_from_sensors = "timing" in self.tasks and "uvwFI" in self.tasks
             if self.times_from_sensors:
                 # per-event offset (cm) of the light centroid from the shifted first interaction,
-                # learned through the time loss alone; starts at zero
+                # learned through the time loss alone; starts near zero
                 self.centroid_head = TaskHead(in_dim, loc_dim, cfg.head_hidden, 3)
-                nn.init.zeros_(self.centroid_head.fc2.weight)
+                with torch.no_grad():  # small, not zero: gradients reach the head's first layer
+                    self.centroid_head.fc2.weight.mul_(0.01)
                 nn.init.zeros_(self.centroid_head.fc2.bias)
                 nn.init.zeros_(self.centroid_head.skip.weight)
                 nn.init.zeros_(self.centroid_head.skip.bias)

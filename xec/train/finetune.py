@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xec.errors import XecError
+from xec.errors import InputFileError, XecError
 from xec.geometry import FACE_NAMES, get_geometry
 from xec.inpainting.holdout import ID_BRANCHES, check_fraction, event_ids, holdout_flags
 from xec.models.mae import npho_threshold_normalized
@@ -65,12 +65,13 @@ class RealdataEvents:
     run: np.ndarray
     event: np.ndarray
     files: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> its error
 
     def __len__(self) -> int:
         return len(self.x)
 
     def select(self, keep: np.ndarray) -> RealdataEvents:
-        return RealdataEvents(self.x[keep], self.dead[keep], self.run[keep], self.event[keep], self.files)
+        return RealdataEvents(self.x[keep], self.dead[keep], self.run[keep], self.event[keep], self.files, self.skipped)
 
 
 def read_realdata(
@@ -83,48 +84,67 @@ def read_realdata(
     chunk_size: int = 1000,
 ) -> RealdataEvents:
     """The first ``max_events`` events (all for None) of ``files``, normalized, with their dead
-    sensors (npho > 9e9 or NaN) and (run, event) ids. An event without any live sensor on a face
-    is an XecError naming the file and the event (nothing to learn from or fill with there)."""
+    sensors (npho > 9e9 or NaN) and (run, event) ids. A file that cannot be read (InputFileError:
+    missing, truncated, wrong tree or branches) is left out and listed in ``skipped``; an event
+    without any live sensor on a face is an XecError naming the file and the event (nothing to
+    learn from or fill with there)."""
     from xec.rootio import iterate_events
 
     g = get_geometry()
     faces = np.asarray(g.face)
     xs, deads, runs, events = [], [], [], []
+    skipped: dict[str, str] = {}
     total = 0
-    entry: dict[str, int] = {}
-    for path, arrays in iterate_events(
-        list(files), tree, (npho_branch, time_branch), optional_branches=ID_BRANCHES, step_size=chunk_size
-    ):
-        npho, t = arrays[npho_branch], arrays[time_branch]
-        if max_events is not None:
-            npho, t = npho[: max_events - total], t[: max_events - total]
-        n = len(npho)
-        if n == 0:
-            if max_events is not None and total >= max_events:
-                break
+    for path in files:
+        if max_events is not None and total >= max_events:
+            break
+        # a file that cannot be read fails its own inference job, not the fine-tuning: it is
+        # left out here (and listed in the metrics), whatever part of it was read
+        parts: tuple[list, list, list, list] = ([], [], [], [])
+        n_file = 0
+        try:
+            for _, arrays in iterate_events(
+                [path], tree, (npho_branch, time_branch), optional_branches=ID_BRANCHES, step_size=chunk_size
+            ):
+                npho, t = arrays[npho_branch], arrays[time_branch]
+                if max_events is not None:
+                    npho, t = npho[: max_events - total - n_file], t[: max_events - total - n_file]
+                n = len(npho)
+                if n == 0:
+                    break
+                first = n_file
+                dead = np.isnan(npho) | (npho > INVALID_ABOVE)
+                for f, face in enumerate(FACE_NAMES):
+                    empty = dead[:, faces == f].all(axis=1)
+                    if empty.any():
+                        i = int(np.flatnonzero(empty)[0])
+                        raise XecError(
+                            f"{path}: entry {first + i} has no live sensor on the {face} face ({int(empty.sum())} "
+                            f"such events in entries {first}..{first + n - 1}); a realdata sample for `xec "
+                            "finetune` needs live sensors on every face"
+                        )
+                run, event = event_ids({k: v[:n] for k, v in arrays.items() if k in ID_BRANCHES}, first, n)
+                parts[0].append(normalizer.normalize_events(npho, t).astype(np.float32, copy=False))
+                parts[1].append(dead)
+                parts[2].append(run)
+                parts[3].append(event)
+                n_file += n
+        except InputFileError as exc:
+            log.warning("finetune: %s left out: %s", path, exc)
+            skipped[str(path)] = str(exc)
             continue
-        first = entry.get(path, 0)
-        entry[path] = first + len(arrays[npho_branch])
-        dead = np.isnan(npho) | (npho > INVALID_ABOVE)
-        for f, face in enumerate(FACE_NAMES):
-            empty = dead[:, faces == f].all(axis=1)
-            if empty.any():
-                i = int(np.flatnonzero(empty)[0])
-                raise XecError(
-                    f"{path}: entry {first + i} has no live sensor on the {face} face ({int(empty.sum())} such "
-                    f"events in entries {first}..{first + n - 1}); a realdata sample for `xec finetune` needs "
-                    f"live sensors on every face"
-                )
-        run, event = event_ids({k: v[:n] for k, v in arrays.items() if k in ID_BRANCHES}, first, n)
-        xs.append(normalizer.normalize_events(npho, t).astype(np.float32, copy=False))
-        deads.append(dead)
-        runs.append(run)
-        events.append(event)
-        total += n
+        for store, part in zip((xs, deads, runs, events), parts):
+            store.extend(part)
+        total += n_file
     if total == 0:
         raise XecError(f"{', '.join(files)}: no realdata events to fine-tune on (tree {tree!r})")
     return RealdataEvents(
-        np.concatenate(xs), np.concatenate(deads), np.concatenate(runs), np.concatenate(events), list(files)
+        np.concatenate(xs),
+        np.concatenate(deads),
+        np.concatenate(runs),
+        np.concatenate(events),
+        [f for f in files if str(f) not in skipped],
+        skipped,
     )
 
 
@@ -283,7 +303,9 @@ def run_finetune(
             f"{int((~held).sum())} events to fine-tune on and {int(held.sum())} to hold out of {len(events)}; "
             "both must be > 0 (read more events: finetune.max_events)"
         )
-    stage.info.update(files=files, holdout_fraction=fraction, events_read=len(events))
+    stage.info.update(
+        files=events.files, skipped_files=events.skipped, holdout_fraction=fraction, events_read=len(events)
+    )
     hp = stage.hparams(cfg)
     train_loader = EventArrayLoader(events.select(~held), int(sec["batch_size"]), shuffle=True, seed=hp["seed"])
     val_loader = EventArrayLoader(events.select(held), int(sec["batch_size"]), shuffle=False)
