@@ -216,7 +216,12 @@ def opening_angle_deg(theta1, phi1, theta2, phi2) -> np.ndarray:
 
 
 def binned_resolution(
-    values: np.ndarray, residuals: np.ndarray, edges: np.ndarray | Sequence[float], n_boot: int = 50, seed: int = 0
+    values: np.ndarray,
+    residuals: np.ndarray,
+    edges: np.ndarray | Sequence[float],
+    n_boot: int = 50,
+    seed: int = 0,
+    n_boot_core: int | None = None,
 ) -> list[dict[str, float]]:
     """:func:`resolution` of ``residuals`` in bins of ``values`` (for resolution profiles);
     each dict also carries the bin's ``lo``, ``hi`` and ``centre``."""
@@ -226,7 +231,7 @@ def binned_resolution(
     out = []
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         sel = (values >= lo) & ((values < hi) if i < len(edges) - 2 else (values <= hi))
-        r = resolution(residuals[sel], n_boot=n_boot, seed=seed + i)
+        r = resolution(residuals[sel], n_boot=n_boot, seed=seed + i, n_boot_core=n_boot_core)
         r.update(lo=float(lo), hi=float(hi), centre=float(0.5 * (lo + hi)))
         out.append(r)
     return out

@@ -167,6 +167,7 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     sec = cfg["plots"]
     run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
     n_bins, n_boot = int(sec["profile_bins"]), int(sec["n_boot"])
+    n_core = int(sec["n_boot_core"])
     cap = cfg["summary"]["max_events"]
 
     def _read(path: Path, what: str):  # every sample at most summary.max_events events (xec.runs)
@@ -190,7 +191,16 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
             run("residuals_bench_fiducial", P.residual_distributions, fid, title=title)
         for var in ("theta", "phi", "u", "v", "w", "energy"):
             title = f"bench (52.8 MeV): resolution vs true {var} (filled: 68 % half-width, open: Gaussian core)"
-            run(f"profile_vs_{var}_bench", P.resolution_profiles, bench, var, n_bins=n_bins, n_boot=n_boot, title=title)
+            run(
+                f"profile_vs_{var}_bench",
+                P.resolution_profiles,
+                bench,
+                var,
+                n_bins=n_bins,
+                n_boot=n_boot,
+                n_boot_core=n_core,
+                title=title,
+            )
         run("energy_response_bench", P.energy_response, bench)
         ml = bench.get("ML")
         if ml is not None and any(c.startswith("sigma_") for c in ml.columns):
@@ -235,6 +245,7 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
             val,
             "energy",
             n_boot=n_boot,
+            n_boot_core=n_core,
             edges=np.linspace(lo, hi, n_bins + 1),
             title=f"val: resolution vs true energy ({lo:g}-{hi:g} MeV; filled: 68 % half-width, open: core)",
         )

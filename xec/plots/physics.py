@@ -123,6 +123,7 @@ def resolution_profile_table(
     edges: np.ndarray | Sequence[float],
     n_boot: int = 30,
     observables: Sequence[str] | None = None,
+    n_boot_core: int | None = None,
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
     """observable -> method -> per bin of the true ``variable`` (``edges`` in axis units: MeV for
     the energy) the :func:`xec.metrics.binned_resolution` of that residual (68 % half-width
@@ -139,7 +140,9 @@ def resolution_profile_table(
         res = _residuals(frames, key)
         if res:
             out[key] = {
-                name: binned_resolution(frames[name][col].to_numpy(np.float64) * scale, r, edges, n_boot=n_boot)
+                name: binned_resolution(
+                    frames[name][col].to_numpy(np.float64) * scale, r, edges, n_boot=n_boot, n_boot_core=n_boot_core
+                )
                 for name, r in res.items()
             }
     if not out:
@@ -155,6 +158,7 @@ def resolution_profiles(
     n_boot: int = 30,
     edges: np.ndarray | Sequence[float] | None = None,
     title: str = "",
+    n_boot_core: int | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
     dpi: int = 110,
 ) -> list[Path]:
@@ -165,7 +169,7 @@ def resolution_profiles(
     :func:`profile_edges`."""
     _, xlabel, _ = PROFILE_VARIABLES[variable]
     edges = profile_edges(methods, variable, n_bins) if edges is None else np.asarray(edges, np.float64)
-    table = resolution_profile_table(methods, variable, edges, n_boot=n_boot)
+    table = resolution_profile_table(methods, variable, edges, n_boot=n_boot, n_boot_core=n_boot_core)
     fig, axes = _grid(len(table))
     half = np.diff(edges) / 2
     for ax, (key, per_method) in zip(axes, table.items()):
