@@ -134,23 +134,26 @@ def test_unchanged_rerun_has_nothing_to_do(tiny_run):
     assert planned_jobs(proc) == Counter(), (proc.stdout + proc.stderr)[-3000:]
 
 
+# what a regressor-only change reruns: the regressor and everything that reads its model
+REGRESSOR_DOWNSTREAM = {
+    "regressor",
+    "export",
+    "inference",
+    "scatter_chunk",
+    "inference_merge",
+    "deadsweep",
+    "plots",
+    "summary",
+}
+
+
 def test_regressor_lr_change_reruns_only_its_dependents(tiny_run, tmp_path):
     if "regressor" not in tiny_run["jobs"]:
         pytest.skip("the regressor is not part of the default DAG yet")
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"regressor.lr": 1.234e-3})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {
-        "regressor",
-        "export",
-        "inference",
-        "scatter_chunk",
-        "inference_merge",
-        "deadsweep",
-        "plots",
-        "summary",
-    }
-    assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
+    assert set(jobs) - {"all"} == REGRESSOR_DOWNSTREAM & set(tiny_run["jobs"]), jobs
     assert jobs["regressor"] == 1
 
 
@@ -162,17 +165,7 @@ def test_regressor_head_change_leaves_the_mae_alone(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"model.peak_hidden": 64})
     jobs = planned_jobs(snakemake(work, "--dry-run"))
-    downstream = {
-        "regressor",
-        "export",
-        "inference",
-        "scatter_chunk",
-        "inference_merge",
-        "deadsweep",
-        "plots",
-        "summary",
-    }
-    assert set(jobs) - {"all"} == downstream & set(tiny_run["jobs"]), jobs
+    assert set(jobs) - {"all"} == REGRESSOR_DOWNSTREAM & set(tiny_run["jobs"]), jobs
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,9 @@ class Stage:
     @classmethod
     def hparams(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """The Trainer hyperparameters: `train` defaults, then the stage section's own keys."""
-        train, sec = cfg["train"], cfg[cls.name]
+        # a stage may take its hyperparameters from another section than its name (the
+        # real-data fine-tuning of the inpainter: `finetune`)
+        train, sec = cfg["train"], cfg[getattr(cls, "hparams_section", None) or cls.name]
         hp = {k: train[k] for k in OVERRIDABLE}
         hp.update({k: sec[k] for k in OVERRIDABLE if k in sec and sec[k] is not None})
         hp.update(

@@ -46,7 +46,6 @@ from xec.geometry import FACE_NAMES, get_geometry
 from xec.inpainting.holdout import ID_BRANCHES, check_fraction, event_ids, holdout_flags
 from xec.models.mae import npho_threshold_normalized
 from xec.normalization import INVALID_ABOVE, Normalizer
-from xec.train.base import OVERRIDABLE
 from xec.train.checkpoint import load_checkpoint
 from xec.train.inpainter import InpainterStage
 
@@ -188,6 +187,7 @@ class RealdataFinetuneStage(InpainterStage):
     hyperparameters come from the ``finetune`` section (``hparams``)."""
 
     section = "finetune"
+    hparams_section = section  # epochs, lr, batch size: Stage.hparams reads them here
     seed_offset = 4
     help = "fine-tune the inpainter on the realdata sample (self-supervised, on its live sensors)"
 
@@ -214,19 +214,6 @@ class RealdataFinetuneStage(InpainterStage):
         self.val_manifest = None
         self.info: dict[str, Any] = {"source_checkpoint": self.source}
         self.initial: dict[str, float] = {}
-
-    @classmethod
-    def hparams(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        train, sec = cfg["train"], cfg[cls.section]
-        hp = {k: train[k] for k in OVERRIDABLE}
-        hp.update({k: sec[k] for k in OVERRIDABLE if k in sec and sec[k] is not None})
-        hp.update(
-            epochs=int(sec["epochs"]),
-            lr=float(sec["lr"]),
-            seed=int(cfg["seed"]) * 10 + cls.seed_offset,
-            find_unused_parameters=cls.find_unused_parameters,
-        )
-        return hp
 
     def model_args(self) -> dict[str, Any]:
         return {**dict(self.ckpt.get("model_args") or {}), "freeze_encoder": self.freeze}
