@@ -268,7 +268,7 @@ class RegressorStage(Stage):
             agg = core.aggregates
             log.info(
                 "regressor: light sum calibrated on the first batch: face weights %s, log scale %.4f",
-                [round(float(w), 3) for w in torch.nn.functional.softplus(agg.face_weight)],
+                [round(float(w), 3) for w in torch.nn.functional.softplus(agg.face_weight.detach())],
                 float(agg.energy_log_scale),
             )
         if self.channel_dropout > 0:
