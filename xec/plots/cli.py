@@ -173,14 +173,11 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     def _read(path: Path, what: str):  # every sample at most summary.max_events events (xec.runs)
         return _read_capped(path, what, cap)
 
-    bench = {
-        k: v
-        for k, v in (
-            ("ML", _read(results / "inference" / "bench.parquet", "bench ML")),
-            ("baseline", _read(results / "baseline" / "bench.parquet", "bench baseline")),
-        )
-        if v is not None
-    }
+    def _methods(ml: Path, baseline: Path, sample: str) -> dict:  # the ML and classical frames present
+        frames = (("ML", _read(ml, f"{sample} ML")), ("baseline", _read(baseline, f"{sample} baseline")))
+        return {k: v for k, v in frames if v is not None}
+
+    bench = _methods(results / "inference" / "bench.parquet", results / "baseline" / "bench.parquet", "bench")
     if bench:
         bench = _matched(bench, "bench")
         run("residuals_bench", P.residual_distributions, bench, title="bench (52.8 MeV): residuals")
@@ -214,26 +211,12 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
     else:
         run.skip("bench", "no bench predictions (inference/bench.parquet, baseline/bench.parquet)")
 
-    pileup = {
-        k: v
-        for k, v in (
-            ("ML", _read(results / "inference" / "pileup.parquet", "pile-up ML")),
-            ("baseline", _read(results / "baseline" / "pileup.parquet", "pile-up baseline")),
-        )
-        if v is not None
-    }
+    pileup = _methods(results / "inference" / "pileup.parquet", results / "baseline" / "pileup.parquet", "pile-up")
     if pileup:
         title = "pile-up sample (bench with a second gamma in a fraction of the events): residuals"
         run("residuals_pileup", P.residual_distributions, _matched(pileup, "pileup"), title=title)
 
-    val = {
-        k: v
-        for k, v in (
-            ("ML", _read(results / "regressor" / "predictions.parquet", "regressor val predictions")),
-            ("baseline", _read(results / "baseline" / "val.parquet", "val baseline")),
-        )
-        if v is not None
-    }
+    val = _methods(results / "regressor" / "predictions.parquet", results / "baseline" / "val.parquet", "val")
     if val:
         val = _matched(val, "val")
         run("residuals_val", P.residual_distributions, val, title="val (15-60 MeV): residuals")

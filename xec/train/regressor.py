@@ -170,6 +170,9 @@ class RegressorStage(Stage):
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
+        # the light-sum scale is checked on the first step only: reading the model's flag every
+        # step would be a device-to-host sync per step on a GPU
+        self.light_sum_checked = False
 
     @classmethod
     def build(cls, spec: Mapping[str, Any]) -> nn.Module:
@@ -264,7 +267,8 @@ class RegressorStage(Stage):
 
     def training_step(self, model, x, targets, weights, generator):
         core = _unwrapped(model)
-        if "energy" in targets and core.init_energy_scale(x, targets["energy"]):
+        first, self.light_sum_checked = not self.light_sum_checked, True
+        if first and "energy" in targets and core.init_energy_scale(x, targets["energy"]):
             agg = core.aggregates
             log.info(
                 "regressor: light sum calibrated on the first batch: face weights %s, log scale %.4f",
