@@ -20,8 +20,8 @@ pipeline: setup
 PHYSICS_DIR ?= runs/physics
 physics: setup
 	mkdir -p $(PHYSICS_DIR)
-	$(VENV)/bin/snakemake --profile $(CURDIR)/profiles/local --cores $(CORES) -s $(CURDIR)/workflow/Snakefile \
-		--directory $(PHYSICS_DIR) --configfile $(CURDIR)/config/physics.yaml $(TARGET)
+	$(VENV)/bin/snakemake $(TARGET) --profile $(CURDIR)/profiles/local --cores $(CORES) -s $(CURDIR)/workflow/Snakefile \
+		--directory $(PHYSICS_DIR) --configfile $(CURDIR)/config/physics.yaml
 	@if [ "$(TARGET)" = "all" ]; then $(VENV)/bin/snakemake --profile $(CURDIR)/profiles/local -s $(CURDIR)/workflow/Snakefile \
 		--directory $(PHYSICS_DIR) --configfile $(CURDIR)/config/physics.yaml --report results/report.html; fi
 
