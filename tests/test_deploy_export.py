@@ -22,6 +22,7 @@ from xec.deploy.infer import run_inference
 from xec.deploy.onnx_meta import read_metadata
 from xec.deploy.runtime import make_session
 from xec.errors import XecError
+from xec.models import sigma_calibration as SC
 from xec.normalization import get_normalizer
 from xec.targets import TargetStandardizer
 
@@ -35,7 +36,13 @@ TS = {
 
 
 SIGMA_TASKS = ("energy", "timing", "uvwFI")
-SIGMA_CAL = {"energy": [1.5], "timing": [0.8], "uvwFI": [1.0, 1.2, 2.0]}
+# energy: a three-knot monotone map around the random heads' sigma (~0.012 GeV); the others in
+# the older one-scale-per-column form
+SIGMA_CAL = {
+    "energy": {"log_sigma": [[-6.0, -4.4, -3.0]], "log_factor": [[0.5, 0.0, 0.3]]},
+    "timing": [0.8],
+    "uvwFI": [1.0, 1.2, 2.0],
+}
 
 
 def _spec(stage: str, sigma: bool = False) -> dict:
@@ -300,8 +307,8 @@ def test_sigma_outputs_through_export_and_infer(setup, tmp_path):
     meta = read_metadata(out, expected_stage="regressor")
     assert meta.outputs == tuple(names) and meta.sigma_tasks == SIGMA_TASKS
     assert meta.units["timing"] == "ns" and meta.sigma_calibration.keys() == SIGMA_CAL.keys()
-    for t, scale in SIGMA_CAL.items():
-        assert meta.sigma_calibration[t] == pytest.approx(scale, rel=1e-6)  # float32 in the graph
+    for t, cal in SIGMA_CAL.items():
+        assert meta.sigma_calibration[t] == SC.normalize(cal, len(TS[t]["mean"]), t)
     x = _val_events(setup["manifest"], 5)
     got = dict(
         zip([o.name for o in make_session(out, "cpu").get_outputs()], make_session(out, "cpu").run(None, {"input": x}))
@@ -313,9 +320,14 @@ def test_sigma_outputs_through_export_and_infer(setup, tmp_path):
         assert sig.shape == (5, len(ref[t][0])) and (sig > 0).all()
         np.testing.assert_allclose(sig, ref[f"{t}_sigma"].numpy(), rtol=1e-4, atol=1e-7)
     with torch.no_grad():  # the calibration scale is in the graph: sigma = exp(logvar / 2) * std * scale
-        logvar = ema(torch.from_numpy(x))["uvwFI_logvar"].numpy()
-    std = TargetStandardizer.from_dict(TS).std["uvwFI"]
-    np.testing.assert_allclose(got["output_uvwFI_sigma"], np.exp(0.5 * logvar) * std * SIGMA_CAL["uvwFI"], rtol=1e-4)
+        logvar = ema(torch.from_numpy(x))
+    std = TargetStandardizer.from_dict(TS).std
+    raw_u = np.exp(0.5 * logvar["uvwFI_logvar"].numpy()) * std["uvwFI"]
+    np.testing.assert_allclose(got["output_uvwFI_sigma"], raw_u * SIGMA_CAL["uvwFI"], rtol=1e-4)
+    raw_e = np.exp(0.5 * logvar["energy_logvar"].numpy()) * std["energy"]
+    expected_e = SC.apply_numpy(SC.normalize(SIGMA_CAL["energy"], 1, "energy"), raw_e)
+    assert not np.allclose(expected_e, raw_e, rtol=0.05)  # the map does something at these sigmas
+    np.testing.assert_allclose(got["output_energy_sigma"], expected_e, rtol=1e-4)
 
     data = write_root_file(tmp_path / "real.root", n_events=12, seed=5)
     run_inference(str(out), [str(data)], str(tmp_path / "inf.root"), batch_size=8)

@@ -132,8 +132,9 @@ def test_physical_sigma_units_and_calibration():
     assert torch.allclose(phys["energy_sigma"], expected)
     assert torch.allclose(cal["energy_sigma"], 2 * expected)
     assert torch.allclose(cal["uvwFI_sigma"][:, 2], 0.5 * phys["uvwFI_sigma"][:, 2])
-    assert model.sigma_calibration() == {"energy": [2.0], "uvwFI": [1.0, 1.0, 0.5]}
-    assert "sigma_scale_energy" not in model.state_dict()  # travels as sigma_calibration instead
+    # the older form (one scale per column) reads as a one-knot map
+    assert model.sigma_calibration()["energy"] == {"log_sigma": [[0.0]], "log_factor": [[pytest.approx(np.log(2.0))]]}
+    assert not [k for k in model.state_dict() if k.startswith("sigma_knots")]  # travels as sigma_calibration instead
     with pytest.raises(XecError, match="positive"):
         model.set_sigma_calibration({"energy": [0.0]})
 

@@ -231,17 +231,18 @@ def test_sigma_heads_do_not_change_the_point_estimates(mae_run, data, tmp_path):
         np.testing.assert_array_equal(plain[c].to_numpy(), sig[c].to_numpy(), err_msg=c)
     for c in ("energy", "time", "u", "v", "w"):
         assert (sig[f"sigma_{c}"] > 0).all(), c
-        assert width68(pulls(sig[f"pred_{c}"], sig[f"true_{c}"], sig[f"sigma_{c}"])) == pytest.approx(1.0, abs=1e-3)
+        # unit pull width in each sigma bin makes the whole val's close to 1 (exactly 1 with one bin)
+        assert width68(pulls(sig[f"pred_{c}"], sig[f"true_{c}"], sig[f"sigma_{c}"])) == pytest.approx(1.0, abs=0.1)
     assert "sigma_theta" not in sig.columns
     val = summaries["sigma"]["val"]
     assert val["val_loss_uvwFI"] == summaries["plain"]["val"]["val_loss_uvwFI"]
     assert np.isfinite(val["val_loss_uvwFI_sigma"]) and val["val_sigma_scale_u"] > 0
-    assert np.isfinite(val["val_pull68_w_uncal"]) and val["val_pull68_w"] == pytest.approx(1.0, abs=1e-3)
+    assert np.isfinite(val["val_pull68_w_uncal"]) and val["val_pull68_w"] == pytest.approx(1.0, abs=0.1)
     ck = load_checkpoint(tmp_path / "sigma" / "checkpoint.pt", expected_stage="regressor")
     assert ck["model_args"]["sigma_tasks"] == ["energy", "timing", "uvwFI"]
-    assert ck["sigma_calibration"]["uvwFI"] == [val[f"val_sigma_scale_{c}"] for c in "uvw"]
+    assert len(ck["sigma_calibration"]["uvwFI"]["log_sigma"]) == 3
     model = build_model_from_checkpoint(ck)
-    assert model.sigma_calibration()["energy"] == pytest.approx([val["val_sigma_scale_energy"]], rel=1e-6)
+    assert model.sigma_calibration() == ck["sigma_calibration"]
 
 
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):

@@ -23,9 +23,12 @@ units                  JSON {task: unit} (angle deg, energy GeV, timing ns, uvwF
 columns                JSON {task: [column names]} (angle: theta, phi; uvwFI: u, v, w ...)
 target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied inside the graph;
                        kept for reference only)
-sigma_calibration      JSON {task: [scale per column]}: the factor fitted on the val split (68 %
-                       half-width of the val pulls = 1) that is already applied inside the graph;
-                       kept for reference only
+sigma_calibration      JSON {task: {"log_sigma": [[knots] per column], "log_factor": [[c] per
+                       column]}}: the monotone map fitted on the val split (68 % half-width of
+                       the val pulls = 1 in each quantile bin of the raw sigma; log sigma_cal =
+                       log sigma + c, c piecewise linear in log sigma, constant outside the
+                       knots; xec.models.sigma_calibration), already applied inside the graph;
+                       kept for reference only (older files: {task: [scale per column]})
 io_units               "normalized" (inputs/outputs in the preset's normalized units; absent in
                        older files: the same) or "raw" (inpainter with the normalization inside
                        the graph: raw photons and seconds in and out, ``units`` per tensor)
@@ -67,7 +70,7 @@ class ModelMetadata:
     target_standardization: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     sigma_tasks: tuple[str, ...] = ()
-    sigma_calibration: dict[str, list[float]] | None = None
+    sigma_calibration: dict[str, Any] | None = None
     io_units: str = "normalized"
     description: str = ""
 
@@ -167,7 +170,7 @@ def regressor_metadata(
     target_standardization: dict | None,
     versions: Mapping[str, str],
     sigma_tasks: Sequence[str] = (),
-    sigma_calibration: Mapping[str, Sequence[float]] | None = None,
+    sigma_calibration: Mapping[str, Any] | None = None,
 ) -> ModelMetadata:
     """Metadata of an exported regressor (units and columns come from xec.targets)."""
     task_objs = [get_task(t) for t in tasks]
@@ -180,7 +183,7 @@ def regressor_metadata(
         inputs=("input",),
         outputs=regressor_outputs(tasks, sigma_tasks),
         sigma_tasks=tuple(sigma_tasks),
-        sigma_calibration=None if sigma_calibration is None else {k: list(v) for k, v in sigma_calibration.items()},
+        sigma_calibration=None if sigma_calibration is None else dict(sigma_calibration),
         tasks=tuple(t.name for t in task_objs),
         units={t.name: t.unit for t in task_objs},
         columns={t.name: t.columns for t in task_objs},

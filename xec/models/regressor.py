@@ -10,10 +10,11 @@ Per-event uncertainties: for each task of ``sigma_tasks`` a second head of the s
 predicts log(sigma^2) of the standardized target per event and component (output key
 ``<task>_logvar``). It reads the fused tokens and the peak-window features DETACHED, so its
 loss (a Gaussian NLL, xec.train.regressor) cannot move the encoder or the point estimates;
-``forward_physical`` adds ``<task>_sigma`` = exp(logvar / 2) * target std * calibration scale,
-in the task's physical units. The calibration scale (1 until set) is the post-hoc factor that
-the regressor stage fits on the val split; it is not part of the state dict (it travels in the
-checkpoint as ``sigma_calibration`` and is baked into the exported graph).
+``forward_physical`` adds ``<task>_sigma`` = calibrated(exp(logvar / 2) * target std),
+in the task's physical units, through the post-hoc monotone calibration that the regressor stage
+fits on the val split (xec.models.sigma_calibration; identity until set). It is not part of the
+state dict: it travels in the checkpoint as ``sigma_calibration`` and is baked into the exported
+graph.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from xec.errors import XecError
+from xec.models import sigma_calibration as SC
 from xec.models.aggregates import PhysicsAggregates, uvw_to_xyz_torch
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import PeakWindowFit
@@ -127,8 +129,8 @@ class XECRegressor(nn.Module):
         self.sigma_heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.sigma_tasks}
         )
-        for t in self.sigma_tasks:
-            self.register_buffer(f"sigma_scale_{t}", torch.ones(TASKS[t].dim), persistent=False)
+        self._sigma_calibration: dict[str, dict] = {}
+        self.set_sigma_calibration(None)
 
     def set_standardization(self, standardizer: TargetStandardizer | Mapping) -> None:
         """Copy per-task mean/std into the buffers (a TargetStandardizer or its to_dict())."""
@@ -152,17 +154,21 @@ class XECRegressor(nn.Module):
             std={t: getattr(self, f"target_std_{t}").cpu().numpy().copy() for t in self.tasks},
         )
 
-    def set_sigma_calibration(self, scales: Mapping[str, Sequence[float]] | None) -> None:
-        """Per-task, per-component factors applied to the predicted sigma (None: all 1)."""
+    def set_sigma_calibration(self, calibration: Mapping[str, object] | None) -> None:
+        """Per-task calibration of the predicted sigma (xec.models.sigma_calibration: the JSON
+        form, or the older one scale per column; None or a missing task: identity)."""
         for t in self.sigma_tasks:
-            value = np.ones(TASKS[t].dim, np.float32) if not scales or t not in scales else scales[t]
-            value = np.asarray(value, dtype=np.float32).reshape(-1)
-            if value.size != TASKS[t].dim or not np.all(np.isfinite(value)) or not np.all(value > 0):
-                raise XecError(f"sigma calibration of {t!r} must be {TASKS[t].dim} positive numbers, got {value}")
-            getattr(self, f"sigma_scale_{t}").copy_(torch.from_numpy(value))
+            entry = SC.normalize((calibration or {}).get(t), TASKS[t].dim, t)
+            knots, log_factor = SC.as_tensors(entry)
+            old = getattr(self, f"sigma_knots_{t}", None)
+            device = old.device if old is not None else None
+            # not in the state dict: the calibration travels in the checkpoint as sigma_calibration
+            self.register_buffer(f"sigma_knots_{t}", knots.to(device), persistent=False)
+            self.register_buffer(f"sigma_log_factor_{t}", log_factor.to(device), persistent=False)
+            self._sigma_calibration[t] = entry
 
-    def sigma_calibration(self) -> dict[str, list[float]]:
-        return {t: getattr(self, f"sigma_scale_{t}").cpu().tolist() for t in self.sigma_tasks}
+    def sigma_calibration(self) -> dict[str, dict]:
+        return {t: self._sigma_calibration[t] for t in self.sigma_tasks}
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction} plus
@@ -215,12 +221,16 @@ class XECRegressor(nn.Module):
 
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Physical units of every task in ``preds``, and ``<task>_sigma`` for every
-        ``<task>_logvar`` in it (calibration scale applied)."""
+        ``<task>_logvar`` in it (calibration applied)."""
         out = {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}") for t in self.tasks}
         for t in self.sigma_tasks:
             if f"{t}_logvar" in preds:
                 sigma_z = torch.exp(0.5 * preds[f"{t}_logvar"].clamp(*LOGVAR_RANGE))
-                out[f"{t}_sigma"] = sigma_z * getattr(self, f"target_std_{t}") * getattr(self, f"sigma_scale_{t}")
+                out[f"{t}_sigma"] = SC.apply_torch(
+                    sigma_z * getattr(self, f"target_std_{t}"),
+                    getattr(self, f"sigma_knots_{t}"),
+                    getattr(self, f"sigma_log_factor_{t}"),
+                )
         return out
 
     def forward_physical(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -15,10 +15,12 @@ trained by an extra term sigma.weight * NLL(detached prediction, target, log-var
 sigma.beta, so the point estimates and their loss are exactly those of a model without it (its
 parameters are also gradient-clipped on their own: ``Stage.separate_clip_prefixes``). The NLL's
 optimum is sigma^2(x) = E[(pred - true)^2 | x], the conditional RMS, which tails make wider than
-the 68 % width physicists quote; so after training the stage fits, on the val split, one scale
-per component (the 68 % half-width of the val pulls (pred - true) / sigma) that makes the val
-pull width 1, stores it in the checkpoint (``sigma_calibration``) and applies it to every sigma
-it writes (predictions.parquet ``sigma_<col>``, the exported ``output_<task>_sigma``).
+the 68 % width physicists quote, and by a factor that changes with the sigma itself; so after
+training the stage fits, on the val split, a monotone map per component
+(xec.models.sigma_calibration: the 68 % half-width of the val pulls in ``sigma.calibration_bins``
+quantile bins of the raw sigma; 1 bin = one scale), stores it in the checkpoint
+(``sigma_calibration``) and applies it to every sigma it writes (predictions.parquet
+``sigma_<col>``, the exported ``output_<task>_sigma``).
 
 Validation metrics (physical units, via xec.metrics): theta/phi bias, RMS, skewness, width68
 (deg) and the 68 % quantile of the opening angle (deg); energy bias and resolution (68 % width
@@ -45,6 +47,7 @@ from xec import metrics as M
 from xec.data.loader import ShardLoader
 from xec.errors import XecError
 from xec.models import XECRegressor
+from xec.models import sigma_calibration as SC
 from xec.models.regressor import LOGVAR_RANGE
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
@@ -166,7 +169,7 @@ class RegressorStage(Stage):
         self.losses = task_losses(self.sec, self.tasks)
         self.sigma = sigma_spec(self.sec, self.tasks)
         self.sigma_tasks = tuple(t for t in self.tasks if t in self.sigma["tasks"])
-        self.sigma_calibration: dict[str, list[float]] | None = None  # fitted on val by finalize()
+        self.sigma_calibration: dict[str, dict] | None = None  # fitted on val by finalize()
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
@@ -273,7 +276,7 @@ class RegressorStage(Stage):
             log.info(
                 "regressor: light sum calibrated on the first batch: face weights %s, log scale %.4f",
                 [round(float(w), 3) for w in torch.nn.functional.softplus(agg.face_weight.detach())],
-                float(agg.energy_log_scale),
+                float(agg.energy_log_scale.detach()),
             )
         if self.channel_dropout > 0:
             drop = torch.rand(x.shape[:2], generator=generator).to(x.device) < self.channel_dropout
@@ -333,18 +336,20 @@ class RegressorStage(Stage):
         cols = val_predictions(model, self, ctx.device)
         metrics: dict[str, float] = {}
         calibration = {}
+        bins = int(self.sigma["calibration_bins"]) if self.sigma["calibrate"] else 0
         for t in self.sigma_tasks:
             names = get_task(t).columns
             p = np.stack([cols[f"pred_{c}"] for c in names], 1)
             y = np.stack([cols[f"true_{c}"] for c in names], 1)
             s = np.stack([cols[f"sigma_{c}"] for c in names], 1)
-            scale = pull_widths(p, y, s) if self.sigma["calibrate"] else np.ones(len(names))
-            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-            calibration[t] = [float(v) for v in scale]
+            calibration[t] = SC.fit(p, y, s, bins) if bins else SC.normalize(None, len(names), t)
+            s_cal = SC.apply_numpy(calibration[t], s)
+            median = np.median(s, axis=0, keepdims=True)
+            at_median = SC.apply_numpy(calibration[t], median)[0] / median[0]  # the one scale of bins = 1
             for i, c in enumerate(names):
-                cols[f"sigma_{c}"] = (s[:, i] * scale[i]).astype(np.float32)
-                metrics[f"val_sigma_scale_{c}"] = float(scale[i])
-            for c, w in zip(names, pull_widths(p, y, s * scale)):
+                cols[f"sigma_{c}"] = s_cal[:, i].astype(np.float32)
+                metrics[f"val_sigma_scale_{c}"] = float(at_median[i])
+            for c, w in zip(names, pull_widths(p, y, s_cal)):
                 metrics[f"val_pull68_{c}"] = float(w)
         if self.sigma_tasks:
             self.sigma_calibration = calibration
