@@ -256,3 +256,38 @@ def test_pileup_section_next_to_bench(files):
     # the pile-up sample alone is a summary too
     assert main(["summary", "--pileup-predictions", str(p["pu_ml"]), "--out", str(tmp / "pu.json")]) == 0
     assert set(json.loads((tmp / "pu.json").read_text())) == {"meta", "pileup"}
+
+
+def test_pileup_split_by_the_second_gamma_truth(files):
+    """pileup_energy_truth > 0 marks the events with a second gamma: the summary gives each part
+    its own resolutions, which recover the widths the two parts were drawn with (ML u 2 mm clean,
+    20 mm piled-up), and the markdown lists both parts."""
+    tmp, p = files
+    truth = _truth(13)
+    piled = np.random.default_rng(14).random(N) < 0.2
+    truth["pileup_energy_truth"] = np.where(piled, 0.03, 0.0).astype(np.float32)
+    ml = _method(truth, 1.0, 15).sort_values("event")
+    ml["pred_uvwFI_u"] = np.where(
+        piled, truth["true_uvwFI_u"] + np.random.default_rng(16).normal(0, 2.0, N), ml["pred_uvwFI_u"]
+    )
+    ml["pileup_energy_truth"] = truth["pileup_energy_truth"]
+    ml.to_parquet(tmp / "pu_ml.parquet")
+    _method(truth, 2.0, 17).to_parquet(tmp / "pu_base.parquet")  # the baseline frame lacks the column
+    out = tmp / "summary.json"
+    args = [
+        "summary",
+        "--pileup-predictions",
+        str(tmp / "pu_ml.parquet"),
+        "--pileup-baseline",
+        str(tmp / "pu_base.parquet"),
+    ]
+    assert main([*args, "--out", str(out), "--markdown", str(tmp / "s.md"), "--config", str(p["cfg"])]) == 0
+    split = json.loads(out.read_text())["pileup"]["pileup_split"]
+    assert split["with_pileup"]["events"] == piled.sum() and split["without_pileup"]["events"] == N - piled.sum()
+    with_u = split["with_pileup"]["methods"]["ml"]["u_mm"]["all"]["width68"]
+    without_u = split["without_pileup"]["methods"]["ml"]["u_mm"]["all"]["width68"]
+    assert with_u == pytest.approx(20.0, rel=0.1) and without_u == pytest.approx(2.0, rel=0.06)
+    assert split["without_pileup"]["methods"]["baseline"]["u_mm"]["all"]["width68"] == pytest.approx(4.0, rel=0.06)
+    assert "fiducial" in split["with_pileup"]["methods"]["ml"]["u_mm"]
+    text = (tmp / "s.md").read_text()
+    assert "events with a piled-up gamma" in text and "events without" in text

@@ -387,6 +387,10 @@ def test_validation_plots_and_pileup_sample(tiny_run):
         assert m["u_mm"]["all"]["n"] == 256 and math.isfinite(m["energy_pct"]["all"]["width68"])
         assert set(m) == set(bench["methods"]["ml"])
     assert "## pileup" in (results / "summary.md").read_text()
+    # the per-file inference copies the pile-up truth; the summary splits the sample with it
+    split = pileup["pileup_split"]
+    n_pu = int((e_pu > 0).sum())
+    assert (split["with_pileup"]["events"], split["without_pileup"]["events"]) == (n_pu, 256 - n_pu)
     bench_dir = results / "benchmarks"
     costs = {
         "simulate pileup": bench_dir / "simulate" / "pileup.tsv",

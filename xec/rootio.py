@@ -38,8 +38,11 @@ RECO_BRANCHES: dict[str, tuple[int, ...]] = {
     "uvwRecoFI": (3,),
     "xyzRecoFI": (3,),
 }
+# Written by the simulation for samples with pile-up only: the second gamma's energy (GeV, 0 =
+# none) and its time relative to the main gamma's (ns).
+PILEUP_BRANCHES: dict[str, tuple[int, ...]] = {"pileupEnergyTruth": (), "pileupTimeTruth": ()}
 INT_BRANCHES = ("run", "event")
-EVENT_BRANCHES = {**TRUTH_BRANCHES, **RECO_BRANCHES}
+EVENT_BRANCHES = {**TRUTH_BRANCHES, **RECO_BRANCHES, **PILEUP_BRANCHES}
 
 
 def open_tree(path: str | os.PathLike, tree: str = "tree"):

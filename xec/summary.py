@@ -29,7 +29,9 @@ classical recoveries of xec.baseline; for these two the JSON has no ``sigma_core
 uncertainty entry, which keeps the summary's time: ``LIGHT_METHODS``).
 
 ``--pileup-*`` (the pile-up sample: bench-like events, a second gamma in a fraction of them)
-gets the same tables as bench, in the ``pileup`` section.
+gets the same tables as bench, in the ``pileup`` section, plus ``pileup_split``: the same
+resolutions for the events with and without the second gamma (by its truth, the
+``pileup_energy_truth`` column that xec infer and xec baseline copy from the simulated file).
 
 ``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
 and of the classical reconstruction vs the fraction of dead sensors on bench).
@@ -304,6 +306,37 @@ def fiducial_mask(df, limits: Mapping[str, Any], prefix: str) -> np.ndarray:
     return inside
 
 
+PILEUP_PARTS = {"with_pileup": "events with a piled-up gamma", "without_pileup": "events without"}
+
+
+def pileup_split(
+    frames: Mapping[str, Any],
+    fid_mask: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    w_split: float,
+    tail_nsigma: float,
+) -> dict[str, Any] | None:
+    """The resolutions of the events with a second gamma and of those without, per method
+    (classes all and fiducial; no core-fit bootstrap), by the simulation's pile-up truth
+    (``pileup_energy_truth`` > 0); None when no frame has that column."""
+    src = next((df for df in frames.values() if "pileup_energy_truth" in df.columns), None)
+    if src is None:
+        return None
+    piled = src["pileup_energy_truth"].to_numpy() > 0
+    out = {}
+    for part, sel in (("with_pileup", piled), ("without_pileup", ~piled)):
+        fid = None if fid_mask is None else fid_mask[sel]
+        methods = {
+            name: method_summary(
+                df[sel].reset_index(drop=True), None, None, n_boot, seed, w_split, tail_nsigma, 0, fiducial=fid
+            )
+            for name, df in frames.items()
+        }
+        out[part] = {"events": int(sel.sum()), "methods": methods}
+    return out
+
+
 def sample_summary(
     inputs: dict[str, str],
     reference_method: str,
@@ -366,6 +399,9 @@ def sample_summary(
     }
     if uncertainty:
         out["uncertainty"] = {"pull_goal": list(PULL_GOAL), "methods": uncertainty}
+    split = pileup_split(frames, fid_mask, n_boot, seed, w_split, tail_nsigma) if has_truth else None
+    if split:
+        out["pileup_split"] = split
     return out
 
 
@@ -425,6 +461,11 @@ def _tables(sample: dict[str, Any]) -> list[tuple[str, tuple[list[str], list[lis
         )
         out.append((title, table_rows(sample, fiducial=True)))
     out.append(("all events", table_rows(sample)))
+    for part, label in PILEUP_PARTS.items():
+        if part in sample.get("pileup_split", {}):
+            s = sample["pileup_split"][part]
+            header, fid_rows = table_rows(s, fiducial=True)
+            out.append((f"{label} ({s['events']}), fiducial volume then all", (header, fid_rows + table_rows(s)[1])))
     return out
 
 

@@ -44,6 +44,15 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+# pile-up truth branch -> output column of xec infer / xec baseline (read by the summary's split)
+PILEUP_COLUMNS = {"pileupEnergyTruth": "pileup_energy_truth", "pileupTimeTruth": "pileup_time_truth"}
+
+
+def pileup_columns(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The pile-up truth columns (float32) of the branches present in ``arrays``."""
+    return {col: np.asarray(arrays[b], np.float32).reshape(-1) for b, col in PILEUP_COLUMNS.items() if b in arrays}
+
+
 def targets_from_branches(
     arrays: Mapping[str, np.ndarray], tasks=tuple(TASKS), reco: bool = False
 ) -> dict[str, np.ndarray]:

@@ -21,6 +21,8 @@ chi2ndf, fit_status    fit quality; status 0 converged, 1 iteration limit, 2 no 
 n_dead, n_time         dead sensors in the event; sensors used for the time
 true_<task>_<col>      truth, when the file has it (emiAng, energyTruth, timeTruth, uvwTruth)
 opening_angle_deg      angle between the reconstructed and the true direction (needs emiAng)
+pileup_energy_truth,   pile-up gamma energy (GeV, 0 = none) and relative time (ns), when the
+pileup_time_truth      file has pileupEnergyTruth/pileupTimeTruth (simulated pile-up samples)
 =====================  ======================================================================
 
 ``--root-out`` writes a copy of the input (all per-sensor and truth branches present) with the
@@ -93,9 +95,10 @@ def _event_ids(arrays: dict[str, np.ndarray], first: int) -> dict[str, np.ndarra
 def reco_columns(reco: dict[str, np.ndarray], arrays: dict[str, np.ndarray], first: int) -> dict[str, np.ndarray]:
     """Parquet columns of one chunk (names: module docstring)."""
     from xec.metrics import opening_angle_deg
-    from xec.targets import targets_from_branches
+    from xec.targets import pileup_columns, targets_from_branches
 
     cols = _event_ids(arrays, first)
+    cols.update(pileup_columns(arrays))
     f32 = np.float32
     for j, c in enumerate("uvw"):
         cols[f"pred_uvwFI_{c}"] = reco["uvw"][:, j].astype(f32)
@@ -143,7 +146,7 @@ def iterate_reco(
     """Yield (reco, arrays) per chunk; arrays holds the branches read (truth where present)."""
     from tqdm import tqdm
 
-    from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, count_events, iterate_events
+    from xec.rootio import PILEUP_BRANCHES, RECO_BRANCHES, TRUTH_BRANCHES, count_events, iterate_events
 
     npho_b, time_b = section["npho_branch"], section["time_branch"]
     sensor = tuple(dict.fromkeys((npho_b, time_b, *extra_sensor)))
@@ -155,7 +158,7 @@ def iterate_reco(
             f"{files[0]}: no events in tree {tree!r}" if len(files) == 1 else f"{', '.join(files)}: no events"
         )
     seen = 0
-    optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
+    optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES, *PILEUP_BRANCHES})
     with tqdm(total=total, desc=desc, unit="ev", disable=not progress_enabled()) as bar:
         for _path, arrays in iterate_events(
             files, tree, sensor, optional_branches=optional, step_size=int(section["chunk_size"])
@@ -241,7 +244,7 @@ def run_baseline(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xec.rootio import SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
+    from xec.rootio import PILEUP_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
 
     bcfg, section = _settings(cfg)
     tree = cfg["data"]["tree"]
@@ -260,7 +263,7 @@ def run_baseline(
             writer.write_table(table)
             if rw is not None:
                 copy = {b: arrays[b] for b in extra}
-                copy.update({b: v for b, v in arrays.items() if b in TRUTH_BRANCHES})
+                copy.update({b: v for b, v in arrays.items() if b in TRUTH_BRANCHES or b in PILEUP_BRANCHES})
                 copy.update(
                     energyReco=reco["energy"].astype(np.float32),
                     timeReco=reco["time"].astype(np.float32),

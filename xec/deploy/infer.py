@@ -35,6 +35,8 @@ true_<task>_<col>     MC truth of the same quantity, when the file has the truth
 reco_<task>_<col>     classical reconstruction (energyReco, timeReco, uvwRecoFI), when present
 opening_angle_deg     angle (deg) between the predicted and the true emission direction
                       (needs the angle task and ``emiAng``), via xec.metrics.opening_angle_deg
+pileup_energy_truth,  the simulated pile-up gamma's energy (GeV, 0 = none) and time relative
+pileup_time_truth     to the main gamma (ns), when the file has pileupEnergyTruth/TimeTruth
 ====================  =======================================================================
 """
 
@@ -206,9 +208,9 @@ def prediction_columns(
     """pred_/sigma_/true_/reco_ columns and the opening angle for one chunk (names: module
     docstring); ``preds`` maps output names without ``output_`` (``energy``, ``energy_sigma``)."""
     from xec.metrics import opening_angle_deg
-    from xec.targets import get_task, targets_from_branches
+    from xec.targets import get_task, pileup_columns, targets_from_branches
 
-    cols: dict[str, np.ndarray] = {}
+    cols: dict[str, np.ndarray] = pileup_columns(arrays)
     truth = targets_from_branches(arrays, meta.tasks)
     reco = targets_from_branches(arrays, meta.tasks, reco=True)
     for task in meta.tasks:
@@ -400,7 +402,7 @@ def iterate_predictions(
     """Yield one dict of output columns per chunk. Validates the models and every input file
     before the first chunk; ``times`` (optional) accumulates the seconds per stage (the
     classical fills count as ``inpaint``); ``fill``/``baseline``: :class:`Predictor`."""
-    from xec.rootio import RECO_BRANCHES, TRUTH_BRANCHES, expand_inputs, iterate_events
+    from xec.rootio import PILEUP_BRANCHES, RECO_BRANCHES, TRUTH_BRANCHES, expand_inputs, iterate_events
 
     if batch_size < 1 or chunk_size < 1:
         raise XecError(f"batch size and chunk size must be >= 1 (got {batch_size}, {chunk_size})")
@@ -418,7 +420,7 @@ def iterate_predictions(
     )
     files = expand_inputs(inputs)
     _validate_inputs(files, tree, (npho_branch, time_branch))
-    optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES})
+    optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES, *PILEUP_BRANCHES})
     times = times if times is not None else StageTimes()
     seen = 0
     chunks = iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size)
