@@ -405,3 +405,26 @@ def test_time_threshold_flips_are_counted_not_failed():
     out = [got]
     assert _threshold_flips(meta, out, [ref], rtol=1e-4, atol=1e-4) == 1
     assert out[0][0, 0, 1] == ref[0, 0, 1] and out[0][0, 1, 1] == np.float32(norm.sentinel)
+
+
+def test_ill_conditioned_events_are_told_from_export_errors():
+    """An event on a discontinuity of the network (here a step in the brightest sensor's value,
+    like the peak window's argmax between two equal sensors) moves in PyTorch alone under 1e-6
+    input rounding: counted as unstable. A smooth model whose ONNX output is off is not."""
+    from xec.deploy.export import _unstable
+
+    class Step(torch.nn.Module):
+        def forward(self, x):
+            return (x[..., 0].amax(1, keepdim=True) > 0.5).float(), x[..., 0].mean(1, keepdim=True)
+
+    x = np.full((3, 10, 2), 0.2, np.float32)
+    x[0, 3, 0] = 0.5  # on the step: 1e-6 rounding decides the side
+    x[1, 3, 0] = 0.9
+    x[2, 4, 0] = -1.0  # a sentinel sensor stays untouched
+    with torch.no_grad():
+        ref = [o.numpy() for o in Step()(torch.from_numpy(x))]
+    names, std = ("output_a", "output_b"), {}
+    deviation = np.array([1.0, 1.0, 1e-3])  # what ONNX Runtime would have differed by
+    rng = np.random.default_rng(0)
+    ill = _unstable(Step(), x, ref, deviation, names, std, sentinel=-1.0, rng=rng, draws=8)
+    assert ill.tolist() == [True, False, False]
