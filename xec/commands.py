@@ -34,11 +34,19 @@ class Command:
     runtime: tuple[str, ...] = ()
 
 
-def _train(stage: str, help_text: str) -> Command:
+def _train(stage: str, help_text: str, extra: tuple[str, ...] = ()) -> Command:
     model_keys = tuple(f"model.{k}" for k in (*ENCODER_FIELDS, *STAGE_FIELDS[stage]))
     return Command(
-        "xec.train.cli", help_text, reads=("seed", "train", "normalization", stage, *model_keys), runtime=("mlflow",)
+        "xec.train.cli",
+        help_text,
+        reads=("seed", "train", "normalization", stage, *model_keys, *extra),
+        runtime=("mlflow",),
     )
+
+
+# the dead-sensor augmentation of the inpainter and regressor kills whole readout boards: the
+# boards of the dead-fraction sweep (xec.inpainting.boards), one key for both
+BOARDS = ("deadsweep.board_size",)
 
 
 # Top-level names are the CLI's subcommands; "train <stage>" are the training subcommands.
@@ -72,9 +80,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command("xec.train.cli", "train a stage: mae, inpainter or regressor"),
     "train mae": _train("mae", "masked-autoencoder pretraining of the encoder"),
-    "train inpainter": _train("inpainter", "dead-channel inpainter (encoder from the MAE, frozen by default)"),
+    "train inpainter": _train("inpainter", "dead-channel inpainter (encoder from the MAE, frozen by default)", BOARDS),
     "train regressor": _train(
-        "regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE"
+        "regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE", BOARDS
     ),
     "finetune": Command(
         "xec.train.finetune_cli",

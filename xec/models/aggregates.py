@@ -9,7 +9,8 @@ poolings that are built to forget absolute scale, and on a small budget it does 
 their physical constants as learnable parameters, and the heads predict only a correction:
 
 - energy = L exp(b + c h), L = sum_f softplus(a_f) S_f the weighted face sums of the photons
-  (a dead sensor counts as the mean of its K nearest live neighbours on the same face), a_f and b
+  (a dead sensor counts as the mean of its K nearest live neighbours on the same face; a whole
+  dead board fills from its rim inwards), a_f and b
   fitted on the first training batch (ActNorm-style data-dependent init), h the energy
   head's output, c = 0.1 (a correction, not the measurement);
 - time = T - |x_FI| / c_light + head output, T the weighted mean over the sensors i that have a
@@ -44,6 +45,7 @@ from xec.normalization import Normalizer
 C_LIGHT_CM_NS = 29.9792458
 N_FACES = 6
 FILL_NEIGHBOURS = 6
+FILL_PASSES = 3  # rim-inwards passes of the dead-sensor fill: a dead 4 x 4 board needs 2
 LOG_LIGHT_OFFSET = 11.0  # log(photons) of a typical face sum: O(1) features
 ENERGY_CORRECTION_SCALE = 0.1
 
@@ -119,16 +121,27 @@ class PhysicsAggregates(nn.Module):
         # or compiled graph always has it (no data-dependent branch)
         static = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
         if static or live.is_meta or not bool(live.all()):
-            n = torch.where(live, n, self._neighbour_mean(n, live))
+            n = self._fill(n, live)
         return n, n @ self.face_onehot
 
-    def _neighbour_mean(self, n: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        # gathered sensor-major: whole rows of the (S, B) layout, 3x faster than columns of (B, S)
+    def _fill(self, n: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Dead sensors <- the mean of their known K nearest same-face neighbours, in
+        FILL_PASSES passes: a pass fills the dead sensors that have a known neighbour (live, or
+        filled by an earlier pass), so a whole dead readout board fills from its rim inwards
+        (one pass left the inner sensors of a 4 x 4 board, whose six nearest neighbours are all
+        on the board, at 0 photons). Sensor-major (S, B): gathers of whole rows, 3x faster than
+        columns of (B, S)."""
         s, b = n.shape[1], n.shape[0]
-        num = n.t().contiguous().index_select(0, self.fill_index).view(s, FILL_NEIGHBOURS, b).sum(1)
-        lt = live.to(n.dtype).t().contiguous()
-        den = lt.index_select(0, self.fill_index).view(s, FILL_NEIGHBOURS, b).sum(1)
-        return (num / den.clamp_min(1.0)).t()
+        nt = n.t().contiguous()
+        known = live.t().contiguous()
+        for _ in range(FILL_PASSES):
+            # nt is 0 wherever the value is not known yet: the sum needs no mask
+            num = nt.index_select(0, self.fill_index).view(s, FILL_NEIGHBOURS, b).sum(1)
+            den = known.to(n.dtype).index_select(0, self.fill_index).view(s, FILL_NEIGHBOURS, b).sum(1)
+            new = ~known & (den > 0)
+            nt = torch.where(new, num / den.clamp_min(1.0), nt)
+            known = known | new
+        return nt.t()
 
     def light(self, sums: torch.Tensor) -> torch.Tensor:
         """(B,) log of the weighted light sum, log L."""

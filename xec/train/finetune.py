@@ -204,6 +204,7 @@ class RealdataFinetuneStage(InpainterStage):
         self.init_checkpoint = None
         self.init_ckpt = None
         self.mask_ratio = float(self.sec["mask_ratio"])
+        self.dead_aug = None  # the random mask alone (inpainter.dead_sensors is the simulation stage's)
         self.loss_kind = self.sec["loss"]
         freeze = self.fsec["freeze_encoder"]
         self.freeze = bool(self.ckpt["model_args"]["freeze_encoder"] if freeze is None else freeze)

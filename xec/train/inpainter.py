@@ -2,7 +2,11 @@
 
 Training masks a realistic dead-channel density (``inpainter.mask_ratio``, default 5 %) of the
 sensors that have a reading (xec.models.mae.random_mask, maskable="npho_valid": low-light
-sensors can die too; their time is not scored). Loss on the hidden sensors only: npho always,
+sensors can die too; their time is not scored). With ``inpainter.dead_sensors`` a share of the
+training events also has whole readout boards (or random sensors) hidden
+(xec.inpainting.deadaug): a dead board leaves no live neighbour next to most of its sensors,
+which the random mask never shows. Validation keeps the random mask alone (its metrics stay
+comparable between runs and with the real-data fine-tuning). Loss on the hidden sensors only: npho always,
 time where the true time is valid and the true npho is above the normalizer's threshold.
 With ``relative_loss_weight`` w > 0 the loss adds w x the mean relative error |pred - true| / true
 of npho in photons over the hidden sensors with true npho >= the normalizer's npho_threshold: in
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from xec.data.loader import ShardLoader
+from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECInpainter
 from xec.models.mae import elementwise_loss, npho_threshold_normalized, random_mask
 from xec.normalization import Normalizer
@@ -63,6 +68,9 @@ class InpainterStage(Stage):
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
         super().__init__(cfg, normalizer, init_checkpoint)
         self.mask_ratio = float(self.sec["mask_ratio"])
+        self.dead_aug = DeadSensorAugment.from_config(
+            self.sec["dead_sensors"], int(cfg["deadsweep"]["board_size"]), "inpainter.dead_sensors"
+        )
         self.loss_kind = self.sec["loss"]
         self.freeze = bool(self.sec["freeze_encoder"])
         self.time_thr = npho_threshold_normalized(normalizer)
@@ -131,6 +139,10 @@ class InpainterStage(Stage):
 
     def training_step(self, model, x, targets, weights, generator):
         hidden, fill = self.masks(x, targets, generator)
+        if self.dead_aug is not None:
+            # training only: also hide whole readout boards / random sensors (those with a reading)
+            dead = self.dead_aug.mask(x.shape[0], generator).to(x.device) & (x[..., 0] != self.normalizer.sentinel)
+            hidden, fill = hidden | dead, fill | dead
         pred = model(x, fill)  # the _Predict view (possibly DDP-wrapped)
         return self._loss(pred, x, hidden)
 

@@ -1,6 +1,12 @@
 """Regressor fine-tuning stage: multi-task loss on standardized targets, reweighting weights,
 channel-dropout augmentation, encoder initialized from the MAE, metrics in physical units.
 
+Dead-sensor augmentation (``regressor.dead_sensors``, xec.inpainting.deadaug): a share of the
+training events gets dead sensors, whole readout boards (the boards of `xec deadsweep`,
+``deadsweep.board_size``) or random ones, set to the normalization's sentinel as a dead channel
+arrives; ``channel_dropout`` (independent sensors, every event) is the older, simpler form.
+Validation always sees the events as they are.
+
 Loss per task (standardized units, mean over the task's components, then a weighted mean over
 events with the reweighting weights): smooth_l1 (beta), l1, mse, huber (delta = beta) or
 gaussian_nll. Gaussian NLL needs a variance: the model's ``<task>_logvar`` output when it has
@@ -46,6 +52,7 @@ from torch import nn
 from xec import metrics as M
 from xec.data.loader import ShardLoader
 from xec.errors import XecError
+from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECRegressor
 from xec.models import sigma_calibration as SC
 from xec.models.regressor import LOGVAR_RANGE
@@ -171,6 +178,9 @@ class RegressorStage(Stage):
         self.sigma_tasks = tuple(t for t in self.tasks if t in self.sigma["tasks"])
         self.sigma_calibration: dict[str, dict] | None = None  # fitted on val by finalize()
         self.channel_dropout = float(self.sec["channel_dropout"])
+        self.dead_aug = DeadSensorAugment.from_config(
+            self.sec["dead_sensors"], int(cfg["deadsweep"]["board_size"]), "regressor.dead_sensors"
+        )
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
         # the light-sum scale is checked on the first step only: reading the model's flag every
@@ -281,6 +291,10 @@ class RegressorStage(Stage):
         if self.channel_dropout > 0:
             drop = torch.rand(x.shape[:2], generator=generator).to(x.device) < self.channel_dropout
             x = torch.where(drop.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+        if self.dead_aug is not None:
+            # whole readout boards or random sensors dead (npho and time at the sentinel)
+            dead = self.dead_aug.mask(x.shape[0], generator).to(x.device)
+            x = torch.where(dead.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
         out = model(x)
         return self._loss(model, out, targets, weights)
 

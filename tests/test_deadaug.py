@@ -1,0 +1,227 @@
+"""Dead sensors as a training augmentation (xec.inpainting.deadaug): whole readout boards or
+random sensors per event, its expected dead fraction, seeding, the config keys, and how the
+regressor and inpainter stages use it; the light sum's fill of a whole dead board
+(xec.models.aggregates)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from xec.config import load_config, validate_config
+from xec.errors import XecError
+from xec.geometry import N_SENSORS
+from xec.inpainting.boards import readout_boards
+from xec.inpainting.deadaug import DeadSensorAugment, board_of_sensor
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _board_dead_counts(mask: np.ndarray, board_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(N, n_boards) dead sensors per board, and the boards' sizes."""
+    idx = board_of_sensor(board_size)
+    n_boards = idx.max() + 1
+    counts = np.stack([np.bincount(idx[row], minlength=n_boards) for row in mask])
+    return counts, np.bincount(idx, minlength=n_boards)
+
+
+def test_board_of_sensor_inverts_the_boards():
+    idx = board_of_sensor(16)
+    boards = readout_boards(16)
+    assert idx.shape == (N_SENSORS,) and idx.min() == 0 and idx.max() == len(boards) - 1
+    for i, b in enumerate(boards):
+        assert (idx[b] == i).all()
+
+
+@pytest.mark.parametrize("board_size", [16, 4])
+def test_clustered_kills_whole_boards_only(board_size):
+    aug = DeadSensorAugment(events=1.0, max_fraction=0.3, clustered=1.0, board_size=board_size)
+    mask = aug.mask(300, _gen(1)).numpy()
+    assert mask.dtype == bool and mask.shape == (300, N_SENSORS)
+    counts, sizes = _board_dead_counts(mask, board_size)
+    # every killed sensor's board is fully dead: each board is either untouched or all dead
+    assert np.all((counts == 0) | (counts == sizes[None, :]))
+    assert mask.sum() > 300 * 0.1 * N_SENSORS  # mean fraction 0.15: plenty of boards died
+    assert (mask.sum(1) > 0).mean() > 0.9
+
+
+def test_random_kills_sensors_not_boards():
+    aug = DeadSensorAugment(events=1.0, max_fraction=0.3, clustered=0.0)
+    mask = aug.mask(300, _gen(2)).numpy()
+    counts, sizes = _board_dead_counts(mask)
+    partial = (counts > 0) & (counts < sizes[None, :])
+    assert partial.mean() > 0.3  # most touched boards are only partly dead
+    np.testing.assert_allclose(mask.mean(), 0.15, atol=0.01)
+
+
+@pytest.mark.parametrize(("events", "max_fraction", "clustered"), [(0.5, 0.2, 0.5), (1.0, 0.1, 1.0), (0.25, 0.4, 0.0)])
+def test_expected_dead_fraction_matches_the_config(events, max_fraction, clustered):
+    aug = DeadSensorAugment(events=events, max_fraction=max_fraction, clustered=clustered)
+    n = 6000
+    mask = aug.mask(n, _gen(3)).numpy()
+    frac = mask.mean(1)
+    assert aug.expected_fraction == pytest.approx(events * max_fraction / 2)
+    # per-event fraction: mean events x max / 2; its spread over 6000 events gives < 0.002
+    np.testing.assert_allclose(frac.mean(), aug.expected_fraction, atol=0.003)
+    # share of events with dead sensors: `events`, less those whose small fraction f killed
+    # nothing: E[(1 - f)^n] = 1 / ((n + 1) max_fraction) over n boards or sensors
+    none = [1.0 / ((k + 1) * max_fraction) for k in (aug.n_boards, N_SENSORS)]
+    expect = events * (1.0 - clustered * none[0] - (1.0 - clustered) * none[1])
+    assert (frac > 0).mean() == pytest.approx(expect, abs=0.02)
+    # the affected events' fractions are uniform in [0, max_fraction]: mean and quartiles
+    # (up to the binomial spread of the sensors / 320 boards that die at a given fraction)
+    hit = frac[frac > 0]
+    np.testing.assert_allclose(hit.mean(), max_fraction / 2, atol=0.006)
+    np.testing.assert_allclose(np.quantile(hit, [0.25, 0.75]), [0.25 * max_fraction, 0.75 * max_fraction], atol=0.015)
+    if clustered == 1.0:
+        counts, sizes = _board_dead_counts(mask[:500])
+        assert np.all((counts == 0) | (counts == sizes[None, :]))
+
+
+def test_seeded_masks_are_reproducible():
+    aug = DeadSensorAugment(events=0.5, max_fraction=0.2, clustered=0.5)
+    a, b = aug.mask(64, _gen(7)), aug.mask(64, _gen(7))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, aug.mask(64, _gen(8)))
+    # a generator's successive batches differ (one stream per epoch in the training loop)
+    g = _gen(7)
+    first, second = aug.mask(64, g), aug.mask(64, g)
+    assert torch.equal(first, a) and not torch.equal(first, second)
+
+
+def test_off_and_bad_values():
+    sec = {"events": 0.0, "max_fraction": 0.2, "clustered": 0.5}
+    assert DeadSensorAugment.from_config(sec, 16, "regressor.dead_sensors") is None
+    assert DeadSensorAugment.from_config({**sec, "events": 0.5, "max_fraction": 0.0}, 16, "x") is None
+    assert DeadSensorAugment.from_config({**sec, "events": 0.5}, 16, "x") is not None
+    with pytest.raises(XecError, match=r"regressor.dead_sensors.events = 1.5: must be in \[0, 1\]"):
+        DeadSensorAugment.from_config({**sec, "events": 1.5}, 16, "regressor.dead_sensors")
+    with pytest.raises(XecError, match="board_size = 0"):
+        DeadSensorAugment(0.5, 0.2, 0.5, board_size=0)
+
+
+def test_schema_defaults_and_rejects_bad_values():
+    cfg = validate_config({})
+    for stage in ("regressor", "inpainter"):
+        sec = cfg[stage]["dead_sensors"]
+        assert set(sec) == {"events", "max_fraction", "clustered"}
+        assert 0.0 <= sec["events"] <= 1.0
+    for key, value, msg in (
+        ("events", 1.5, "1.5 is greater than the maximum of 1"),
+        ("max_fraction", -0.1, "-0.1 is less than the minimum of 0"),
+        ("clustered", "all", "'all' is not of type 'number'"),
+    ):
+        with pytest.raises(XecError, match=rf"regressor.dead_sensors.{key}: {msg}"):
+            validate_config({"regressor": {"dead_sensors": {key: value}}})
+    with pytest.raises(XecError, match=r"inpainter.dead_sensors: Additional properties .*'pattern'"):
+        validate_config({"inpainter": {"dead_sensors": {"pattern": "clustered"}}})
+
+
+def test_training_commands_declare_the_board_size():
+    from xec.config import command_params
+
+    cfg = load_config()
+    for cmd in ("train regressor", "train inpainter"):
+        params = command_params(cfg, cmd)
+        assert params["deadsweep"] == {"board_size": 16}
+        assert "dead_sensors" in params[cmd.split()[1]]
+
+
+# ---------------------------------------------------------------- the stages
+def _cfg(stage: str, **dead) -> dict:
+    cfg = copy.deepcopy(load_config())
+    cfg[stage]["dead_sensors"].update(dead)
+    return cfg
+
+
+def _batch(n: int = 8) -> torch.Tensor:
+    x = torch.rand(n, N_SENSORS, 2) + 0.5
+    x[:, :50] = -1.0  # already dead in the file (meg2 sentinel)
+    return x
+
+
+def test_regressor_training_step_sets_dead_boards_to_the_sentinel():
+    from xec.normalization import normalizer_from_config
+    from xec.train.regressor import RegressorStage
+
+    cfg = _cfg("regressor", events=1.0, max_fraction=0.3, clustered=1.0)
+    norm = normalizer_from_config(cfg)
+    stage = RegressorStage(cfg, norm)
+    assert stage.dead_aug is not None and stage.dead_aug.board_size == 16
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return {}
+
+    stage.light_sum_checked = True
+    stage._loss = lambda model, out, targets, weights: (torch.zeros(()), {})
+    x = _batch()
+    stage.training_step(Probe(), x, {}, {}, _gen(5))
+    got = seen[0]
+    dead = (got == norm.sentinel).all(-1)
+    expect = stage.dead_aug.mask(len(x), _gen(5)) | (x == norm.sentinel).all(-1)
+    assert torch.equal(dead, expect)  # npho and time both at the sentinel, exactly the mask's sensors
+    assert torch.equal(got[~dead], x[~dead])  # the others untouched
+    counts, sizes = _board_dead_counts(stage.dead_aug.mask(len(x), _gen(5)).numpy())
+    assert np.all((counts == 0) | (counts == sizes[None, :]))
+
+
+def test_inpainter_training_hides_live_board_sensors_and_validation_does_not():
+    from xec.normalization import normalizer_from_config
+    from xec.train.inpainter import InpainterStage
+
+    cfg = _cfg("inpainter", events=1.0, max_fraction=0.3, clustered=1.0)
+    norm = normalizer_from_config(cfg)
+    stage = InpainterStage(cfg, norm)
+    got = {}
+
+    def model(x, fill):
+        got["fill"] = fill
+        return torch.zeros_like(x)
+
+    def loss(pred, x, hidden):
+        got["hidden"] = hidden
+        return torch.zeros(()), {}
+
+    stage._loss = loss
+    x = _batch()
+    stage.training_step(model, x, {}, {}, _gen(6))
+    gen = _gen(6)
+    random_part = stage.make_mask(x, gen)
+    boards = stage.dead_aug.mask(len(x), gen)
+    live = x[..., 0] != norm.sentinel
+    assert torch.equal(got["hidden"], random_part | (boards & live))
+    assert torch.equal(got["fill"], got["hidden"])
+    assert not (got["hidden"] & ~live).any()  # a sensor dead in the file is never scored
+    assert got["hidden"].float().mean() > 0.1  # boards on top of the 5 % random mask
+    # validation: the random mask alone
+    hidden, _ = stage.masks(x, {}, _gen(6))
+    assert torch.equal(hidden, stage.make_mask(x, _gen(6)))
+
+
+# ---------------------------------------------------------------- the light sum's fill
+def test_light_sum_fills_a_whole_dead_board():
+    from xec.geometry import get_geometry
+    from xec.models.aggregates import PhysicsAggregates
+    from xec.normalization import get_normalizer
+
+    norm = get_normalizer("meg2")
+    agg = PhysicsAggregates(get_geometry(), norm)
+    flat = np.full((1, N_SENSORS), 500.0)
+    dead = flat.copy()
+    boards = readout_boards(16)
+    killed = np.concatenate([boards[0], boards[100], boards[-1]])  # inner-face and PMT boards
+    dead[0, killed] = 1e10
+    t = np.full_like(flat, 3e-8)
+    n_dead, s_dead = agg.photons(torch.from_numpy(norm.normalize_events(dead, t)))
+    _, s_flat = agg.photons(torch.from_numpy(norm.normalize_events(flat, t)))
+    # every sensor of the dead boards, the inner ones too, gets the field's value: sums unchanged
+    np.testing.assert_allclose(n_dead[0, killed].numpy(), 500.0, rtol=1e-4)
+    np.testing.assert_allclose(s_dead.numpy(), s_flat.numpy(), rtol=1e-5)
