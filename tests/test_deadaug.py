@@ -225,3 +225,46 @@ def test_light_sum_fills_a_whole_dead_board():
     # every sensor of the dead boards, the inner ones too, gets the field's value: sums unchanged
     np.testing.assert_allclose(n_dead[0, killed].numpy(), 500.0, rtol=1e-4)
     np.testing.assert_allclose(s_dead.numpy(), s_flat.numpy(), rtol=1e-5)
+
+
+def test_regressor_dead_fill_inpainter_hands_the_regressor_the_inpainted_event(tmp_path):
+    from test_finetune import random_inpainter
+
+    from xec.normalization import normalizer_from_config
+    from xec.train.regressor import RegressorStage
+
+    over = {"regressor.dead_sensors": {"events": 0.5, "max_fraction": 0.3, "clustered": 1.0}}
+    cfg = load_config(None, overrides={**over, "regressor.dead_fill": "inpainter"})
+    norm = normalizer_from_config(cfg)
+    stage = RegressorStage(cfg, norm)
+    with pytest.raises(XecError, match=r"regressor.dead_fill is 'inpainter': give --inpainter"):
+        stage.attach_inpainter(None, "cpu")
+    ckpt = random_inpainter(tmp_path / "inp.pt", cfg)
+    stage.attach_inpainter(str(ckpt), "cpu")
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return {}
+
+    stage.light_sum_checked = True
+    stage._loss = lambda model, out, targets, weights: (torch.zeros(()), {})
+    x = _batch(12)
+    stage.training_step(Probe(), x, {}, {}, _gen(9))
+    got = seen[0]
+    dead = stage.dead_aug.mask(len(x), _gen(9))
+    rows = dead.any(1)
+    assert 0 < int(rows.sum()) < len(x)
+    x_dead = torch.where(dead.unsqueeze(-1), torch.full_like(x, norm.sentinel), x)
+    with torch.no_grad():
+        expect = stage.fill_model(x_dead[rows], dead[rows])
+    torch.testing.assert_close(got[rows], expect)
+    assert (got[rows][dead[rows]][:, 0] != norm.sentinel).all()  # the dead sensors are filled
+    assert torch.equal(got[~rows], x[~rows])  # events without augmentation: as they were
+    # the stage's inpainter is frozen: no gradient reaches it
+    assert not any(p.requires_grad for p in stage.fill_model.parameters())
+    # an inpainter with the default dead_fill (sentinel) is an error, not silently ignored
+    plain_stage = RegressorStage(load_config(None, overrides=over), norm)
+    with pytest.raises(XecError, match=r"--inpainter .* is used only with config regressor.dead_fill: inpainter"):
+        plain_stage.attach_inpainter(str(ckpt), "cpu")

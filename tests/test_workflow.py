@@ -434,6 +434,19 @@ def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     assert jobs == Counter(simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
 
 
+def test_regressor_dead_fill_inpainter_trains_on_the_inpainter(tmp_path):
+    """regressor.dead_fill: inpainter: the regressor waits for the inpainter checkpoint and is
+    handed it (--inpainter); with the default (sentinel) it is neither."""
+    work = new_workdir(tmp_path / "fresh", **{"regressor.dead_fill": "inpainter"})
+    proc = snakemake(work, "--dry-run", "results/regressor/model.onnx")
+    jobs = planned_jobs(proc)
+    assert jobs == Counter(
+        simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, inpainter=1, regressor=1, export=1
+    ), jobs
+    commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "xec train regressor" in line]
+    assert commands and all("--inpainter results/inpainter/checkpoint.pt" in c for c in commands), commands
+
+
 def _input_files(tmp_path: Path) -> dict[str, list[str]]:
     files = {}
     for sample in ("train", "val", "bench", "realdata", "pileup"):

@@ -80,6 +80,9 @@ def _node(rundir, node):
         inpainter = inference_inpainter(arg, rundir)
         models = ["export:regressor"] + ([f"export:{inpainter}"] if inpainter else [])
         return infer_command(arg), {}, [*models, f"data:{run['sample']}"]
+    if node == "regressor" and RUN_CONFIGS[rundir]["regressor"]["dead_fill"] == "inpainter":
+        command, fields, upstream = NODES[node]
+        return command, fields, [*upstream, "inpainter"]
     if node == "inpainting" and RUN_CONFIGS[rundir]["finetune"]["enabled"]:
         command, fields, upstream = NODES[node]
         return command, fields, [*upstream, "export:inpainter_finetune"]
@@ -112,6 +115,14 @@ NODES = {
         ],
     ),
 }
+
+
+def regressor_fill_inpainter(rundir=RESULTS):
+    """The inpainter checkpoint the regressor's augmentation fills dead sensors with
+    (regressor.dead_fill: inpainter), as a list of input files: none with dead_fill sentinel."""
+    if RUN_CONFIGS[rundir]["regressor"]["dead_fill"] != "inpainter":
+        return []
+    return [at(rundir, "inpainter", "inpainter/checkpoint.pt")]
 
 
 def inference_inpainter(name, rundir=RESULTS):

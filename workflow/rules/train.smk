@@ -70,6 +70,8 @@ rule regressor:
         weights=lambda w: at(w.rundir, "reweighting", "reweighting/weights.npz"),
         train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
         val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
+        # regressor.dead_fill: inpainter: the augmentation's dead sensors are filled by the inpainter
+        inpainter=lambda w: regressor_fill_inpainter(w.rundir),
     output:
         checkpoint=f"{{rundir}}/regressor/checkpoint.pt",
         metrics=report(
@@ -92,9 +94,11 @@ rule regressor:
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train regressor", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
+        inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     shell:
         "xec train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
-        " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags} --log {log}"
+        " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags}"
+        " {params.inpainter} --log {log}"
 
 
 # Self-supervised fine-tuning of the inpainter on the realdata sample itself (issue 14 part 4;

@@ -67,6 +67,7 @@ class Stage:
     headline: ClassVar[tuple[str, ...]] = ()  # val metrics logged after each epoch
     takes_init: ClassVar[bool] = False  # accepts --init: start from an MAE checkpoint's encoder
     takes_weights: ClassVar[bool] = False  # accepts --weights: per-event reweighting weights
+    takes_inpainter: ClassVar[bool] = False  # accepts --inpainter: an inpainter checkpoint (attach_inpainter)
     find_unused_parameters: ClassVar[bool] = False  # DDP setting
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):

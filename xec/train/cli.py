@@ -74,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         if stage.takes_weights:
             p.add_argument("--weights", default=None, help="reweighting weights .npz (results/reweighting/weights.npz)")
+        if stage.takes_inpainter:
+            p.add_argument(
+                "--inpainter",
+                default=None,
+                metavar="CKPT",
+                help="inpainter checkpoint that fills the augmentation's dead sensors "
+                "(config regressor.dead_fill: inpainter)",
+            )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
         resume=args.resume,
         init=getattr(args, "init", None),
         weights=getattr(args, "weights", None),
+        inpainter=getattr(args, "inpainter", None),
     )
     return 0
 
@@ -143,11 +152,13 @@ def run_stage(
     train_manifest: str | Path | None = None,
     val_manifest: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
+    inpainter: str | None = None,
 ) -> dict[str, Any]:
     """Train one stage end to end; returns the metrics summary (also written to OUT/metrics.json).
     ``cfg``: the validated config (only the keys `train <stage>` declares are read); ``init``: MAE
     checkpoint whose encoder the stage starts from (None or 'none': random); the train/val
-    manifests default to ``shards``/train and ``shards``/val; ``tags``: extra MLflow tags."""
+    manifests default to ``shards``/train and ``shards``/val; ``tags``: extra MLflow tags;
+    ``inpainter``: inpainter checkpoint of a stage that takes one (the regressor's dead_fill)."""
     stage_cls = get_stage(stage)
     cfg = command_config(cfg, f"train {stage}")
     out = Path(out or f"results/{stage}")
@@ -159,6 +170,11 @@ def run_stage(
     try:
         hp = stage_cls.hparams(cfg)
         st = stage_cls(cfg, normalizer, init_checkpoint=init)
+        inpainter = _ckpt_arg(inpainter)
+        if stage_cls.takes_inpainter:
+            st.attach_inpainter(inpainter, ctx.device)
+        elif inpainter is not None:
+            raise XecError(f"stage {stage} takes no --inpainter")
         use_weights = weights if (stage_cls.takes_weights and sec["weights"]) else None
         if use_weights and not Path(use_weights).exists():
             raise XecError(f"{use_weights}: reweighting weights not found")
@@ -213,7 +229,7 @@ def run_stage(
             ctx.device,
             ctx.world_size,
         )
-        fp = fingerprint(cfg, stage, train_loader.manifest["_path"], [init, use_weights])
+        fp = fingerprint(cfg, stage, train_loader.manifest["_path"], [init, use_weights, inpainter])
         trainer = Trainer(
             st,
             model,

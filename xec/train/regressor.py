@@ -4,8 +4,9 @@ channel-dropout augmentation, encoder initialized from the MAE, metrics in physi
 Dead-sensor augmentation (``regressor.dead_sensors``, xec.inpainting.deadaug): a share of the
 training events gets dead sensors, whole readout boards (the boards of `xec deadsweep`,
 ``deadsweep.board_size``) or random ones, set to the normalization's sentinel as a dead channel
-arrives; ``channel_dropout`` (independent sensors, every event) is the older, simpler form.
-Validation always sees the events as they are.
+arrives, or, with ``dead_fill: inpainter``, then filled by the frozen inpainter (``--inpainter``
+checkpoint) as `xec infer` fills them; ``channel_dropout`` (independent sensors, every event) is
+the older, simpler form. Validation always sees the events as they are.
 
 Loss per task (standardized units, mean over the task's components, then a weighted mean over
 events with the reweighting weights): smooth_l1 (beta), l1, mse, huber (delta = beta) or
@@ -153,6 +154,7 @@ class RegressorStage(Stage):
     seed_offset = 3
     takes_init = True
     takes_weights = True
+    takes_inpainter = True
     headline = (
         "val_theta_deg_res",
         "val_phi_deg_res",
@@ -181,6 +183,8 @@ class RegressorStage(Stage):
         self.dead_aug = DeadSensorAugment.from_config(
             self.sec["dead_sensors"], int(cfg["deadsweep"]["board_size"]), "regressor.dead_sensors"
         )
+        self.dead_fill = str(self.sec["dead_fill"])
+        self.fill_model: nn.Module | None = None  # the inpainter of dead_fill: inpainter (attach_inpainter)
         self.standardizer: TargetStandardizer | None = None
         self.val_manifest: str | None = None
         # the light-sum scale is checked on the first step only: reading the model's flag every
@@ -215,6 +219,29 @@ class RegressorStage(Stage):
             ],
             "sigma_tasks": list(self.sigma_tasks),
         }
+
+    def attach_inpainter(self, path: str | None, device) -> None:
+        """With ``dead_fill: inpainter``, the inpainter checkpoint (its EMA weights, frozen, in
+        eval mode: the model `xec export` exports) that fills the augmentation's dead sensors."""
+        if self.dead_fill != "inpainter":
+            if path is not None:
+                raise XecError(
+                    f"--inpainter {path} is used only with config regressor.dead_fill: inpainter "
+                    f"(it is {self.dead_fill!r})"
+                )
+            return
+        if path is None:
+            raise XecError(
+                "config regressor.dead_fill is 'inpainter': give --inpainter CKPT (the inpainter checkpoint)"
+            )
+        from xec.train.checkpoint import load_checkpoint
+        from xec.train.inpainter import InpainterStage
+
+        ckpt = load_checkpoint(path, expected_stage="inpainter", expected_normalizer=self.normalizer)
+        model = InpainterStage.build(ckpt)
+        model.load_state_dict(ckpt.get("ema_state") or ckpt["model_state"])
+        self.fill_model = model.to(device).eval().requires_grad_(False)
+        log.info("regressor: the dead sensors of the augmentation are filled by the inpainter %s", path)
 
     def attach_data(self, train_loader, val_loader) -> None:
         std = train_loader.standardizer  # from the train manifest's target_stats
@@ -295,6 +322,12 @@ class RegressorStage(Stage):
             # whole readout boards or random sensors dead (npho and time at the sentinel)
             dead = self.dead_aug.mask(x.shape[0], generator).to(x.device)
             x = torch.where(dead.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+            if self.fill_model is not None:
+                # dead_fill inpainter: what inference (xec infer --fill inpainter) hands the regressor
+                rows = torch.nonzero(dead.any(dim=1)).squeeze(1)
+                if len(rows):
+                    with torch.no_grad():
+                        x[rows] = self.fill_model(x[rows], dead[rows]).to(x.dtype)
         out = model(x)
         return self._loss(model, out, targets, weights)
 
