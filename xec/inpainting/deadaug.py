@@ -67,10 +67,17 @@ class DeadSensorAugment:
         """(batch, 4760) bool on the generator's device: the sensors dead in each event."""
         dev = generator.device if generator is not None else torch.device("cpu")
         u = torch.rand(batch, 3, generator=generator, device=dev)
-        frac = torch.where(u[:, 0] < self.events, u[:, 1] * self.max_fraction, torch.zeros(()))
+        hit = u[:, 0] < self.events
+        frac = u[:, 1] * self.max_fraction
         clustered = u[:, 2] < self.clustered
-        sensor_u = torch.rand(batch, N_SENSORS, generator=generator, device=dev)
-        board_u = torch.rand(batch, self.n_boards, generator=generator, device=dev)
-        board_u = board_u.index_select(1, self.board_index.to(dev))  # one draw per board, on its sensors
-        u_dead = torch.where(clustered[:, None], board_u, sensor_u)
-        return u_dead < frac[:, None]
+        out = torch.zeros(batch, N_SENSORS, dtype=torch.bool, device=dev)
+        # draws for the affected events only (the cost follows `events`)
+        rows = torch.nonzero(hit & clustered).squeeze(1)
+        if len(rows):
+            board_u = torch.rand(len(rows), self.n_boards, generator=generator, device=dev)
+            board_dead = board_u < frac[rows, None]
+            out[rows] = board_dead.index_select(1, self.board_index.to(dev))  # a board's sensors die with it
+        rows = torch.nonzero(hit & ~clustered).squeeze(1)
+        if len(rows):
+            out[rows] = torch.rand(len(rows), N_SENSORS, generator=generator, device=dev) < frac[rows, None]
+        return out
