@@ -6,8 +6,9 @@ sensors can die too; their time is not scored). With ``inpainter.dead_sensors`` 
 training events also has whole readout boards (or random sensors) hidden
 (xec.inpainting.deadaug): a dead board leaves no live neighbour next to most of its sensors,
 which the random mask never shows. Validation keeps the random mask alone (its metrics stay
-comparable between runs and with the real-data fine-tuning). Loss on the hidden sensors only: npho always,
-time where the true time is valid and the true npho is above the normalizer's threshold.
+comparable between runs and with the real-data fine-tuning). Loss on the hidden sensors only:
+npho always, time where the true time is valid and the true npho is above the normalizer's
+threshold.
 With ``relative_loss_weight`` w > 0 the loss adds w x the mean relative error |pred - true| / true
 of npho in photons over the hidden sensors with true npho >= the normalizer's npho_threshold: in
 normalized (log1p) units a 2,500-photon sensor predicted as 600 costs about as much as a few
