@@ -145,14 +145,8 @@ def _batch(n: int = 8) -> torch.Tensor:
     return x
 
 
-def test_regressor_training_step_sets_dead_boards_to_the_sentinel():
-    from xec.normalization import normalizer_from_config
-    from xec.train.regressor import RegressorStage
-
-    cfg = _cfg("regressor", events=1.0, max_fraction=0.3, clustered=1.0)
-    norm = normalizer_from_config(cfg)
-    stage = RegressorStage(cfg, norm)
-    assert stage.dead_aug is not None and stage.dead_aug.board_size == 16
+def _input_seen_by_the_model(stage, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The batch a regressor stage's training step hands to its model (loss stubbed out)."""
     seen = []
 
     class Probe(torch.nn.Module):
@@ -162,9 +156,20 @@ def test_regressor_training_step_sets_dead_boards_to_the_sentinel():
 
     stage.light_sum_checked = True
     stage._loss = lambda model, out, targets, weights: (torch.zeros(()), {})
+    stage.training_step(Probe(), x, {}, {}, generator)
+    return seen[0]
+
+
+def test_regressor_training_step_sets_dead_boards_to_the_sentinel():
+    from xec.normalization import normalizer_from_config
+    from xec.train.regressor import RegressorStage
+
+    cfg = _cfg("regressor", events=1.0, max_fraction=0.3, clustered=1.0)
+    norm = normalizer_from_config(cfg)
+    stage = RegressorStage(cfg, norm)
+    assert stage.dead_aug is not None and stage.dead_aug.board_size == 16
     x = _batch()
-    stage.training_step(Probe(), x, {}, {}, _gen(5))
-    got = seen[0]
+    got = _input_seen_by_the_model(stage, x, _gen(5))
     dead = (got == norm.sentinel).all(-1)
     expect = stage.dead_aug.mask(len(x), _gen(5)) | (x == norm.sentinel).all(-1)
     assert torch.equal(dead, expect)  # npho and time both at the sentinel, exactly the mask's sensors
@@ -241,18 +246,8 @@ def test_regressor_dead_fill_inpainter_hands_the_regressor_the_inpainted_event(t
         stage.attach_inpainter(None, "cpu")
     ckpt = random_inpainter(tmp_path / "inp.pt", cfg)
     stage.attach_inpainter(str(ckpt), "cpu")
-    seen = []
-
-    class Probe(torch.nn.Module):
-        def forward(self, x):
-            seen.append(x.clone())
-            return {}
-
-    stage.light_sum_checked = True
-    stage._loss = lambda model, out, targets, weights: (torch.zeros(()), {})
     x = _batch(12)
-    stage.training_step(Probe(), x, {}, {}, _gen(9))
-    got = seen[0]
+    got = _input_seen_by_the_model(stage, x, _gen(9))
     dead = stage.dead_aug.mask(len(x), _gen(9))
     rows = dead.any(1)
     assert 0 < int(rows.sum()) < len(x)
