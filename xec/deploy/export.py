@@ -389,17 +389,19 @@ MAX_UNSTABLE_FRACTION = 0.02
 INPUT_ROUNDING = 1e-6  # relative input perturbation of the stability probe (float32 reassociation)
 
 
-def _event_ratios(
+def _event_diffs(
     got: Sequence[np.ndarray], ref: Sequence[np.ndarray], names: Sequence[str], std, rtol: float, atol: float
-) -> np.ndarray:
-    """(B,) worst |diff| / (atol + rtol |ref|) of each event over all outputs, in judged units."""
-    worst = np.zeros(len(ref[0]))
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per event, over all outputs in judged units: the worst |diff| / (atol + rtol |ref|) and the
+    largest standardized |diff| (both (B,))."""
+    ratio, z_max = np.zeros(len(ref[0])), np.zeros(len(ref[0]))
     for name, o, r in zip(names, got, ref):
         mean, sd = std.get(name, (0.0, 1.0))
-        z_diff = np.abs(o.astype(np.float64) - r.astype(np.float64)) / sd
-        z_ref = np.abs((r.astype(np.float64) - mean) / sd)
-        worst = np.maximum(worst, (z_diff / (atol + rtol * z_ref)).reshape(len(r), -1).max(1))
-    return worst
+        z_diff = (np.abs(o.astype(np.float64) - r.astype(np.float64)) / sd).reshape(len(r), -1)
+        z_ref = np.abs((r.astype(np.float64) - mean) / sd).reshape(len(r), -1)
+        ratio = np.maximum(ratio, (z_diff / (atol + rtol * z_ref)).max(1))
+        z_max = np.maximum(z_max, z_diff.max(1))
+    return ratio, z_max
 
 
 def _unstable(
@@ -420,23 +422,11 @@ def _unstable(
     live = x != np.float32(sentinel)
     for _ in range(draws):
         noise = (1.0 + INPUT_ROUNDING * rng.standard_normal(x.shape)).astype(np.float32)
-        xp = np.where(live, x * noise, x)
         with torch.no_grad():
-            out = graph(torch.from_numpy(xp))
+            out = graph(torch.from_numpy(np.where(live, x * noise, x)))
         out = [out] if isinstance(out, torch.Tensor) else list(out)
-        for name, o, r in zip(names, out, ref):
-            sd = std.get(name, (0.0, 1.0))[1]
-            d = (np.abs(o.numpy().astype(np.float64) - r.astype(np.float64)) / sd).reshape(len(r), -1).max(1)
-            moved = np.maximum(moved, d)
+        moved = np.maximum(moved, _event_diffs([o.numpy() for o in out], ref, names, std, 0.0, 1.0)[1])
     return moved >= 0.5 * deviation
-
-
-def _max_z_diff(got, ref, names, std) -> np.ndarray:
-    out = np.zeros(len(ref[0]))
-    for name, o, r in zip(names, got, ref):
-        sd = std.get(name, (0.0, 1.0))[1]
-        out = np.maximum(out, (np.abs(o.astype(np.float64) - r.astype(np.float64)) / sd).reshape(len(r), -1).max(1))
-    return out
 
 
 class _Errors:
@@ -525,15 +515,14 @@ def check_parity(
             flips += _threshold_flips(meta, got, ref, rtol, atol)
             keep = slice(None)
             if meta.stage == "regressor":
-                ratio = _event_ratios(got, ref, meta.outputs, std, rtol, atol)
+                ratio, deviation = _event_diffs(got, ref, meta.outputs, std, rtol, atol)
                 bad = np.flatnonzero(ratio > 1.0)
                 if bad.size:
-                    x_bad = f["input"][bad]
                     ill = _unstable(
                         graph,
-                        x_bad,
+                        f["input"][bad],
                         [r[bad] for r in ref],
-                        _max_z_diff([o[bad] for o in got], [r[bad] for r in ref], meta.outputs, std),
+                        deviation[bad],
                         meta.outputs,
                         std,
                         meta.normalizer.sentinel,
