@@ -305,6 +305,10 @@ class RegressorStage(Stage):
                 total = total + float(self.sigma["weight"]) * ls
         return total, logs
 
+    def _kill(self, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """x with the (B, S) ``dead`` sensors as a dead channel arrives: npho and time at the sentinel."""
+        return torch.where(dead.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+
     def training_step(self, model, x, targets, weights, generator):
         core = _unwrapped(model)
         first, self.light_sum_checked = not self.light_sum_checked, True
@@ -317,11 +321,11 @@ class RegressorStage(Stage):
             )
         if self.channel_dropout > 0:
             drop = torch.rand(x.shape[:2], generator=generator).to(x.device) < self.channel_dropout
-            x = torch.where(drop.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+            x = self._kill(x, drop)
         if self.dead_aug is not None:
-            # whole readout boards or random sensors dead (npho and time at the sentinel)
+            # whole readout boards or random sensors dead
             dead = self.dead_aug.mask(x.shape[0], generator).to(x.device)
-            x = torch.where(dead.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
+            x = self._kill(x, dead)
             if self.fill_model is not None:
                 # dead_fill inpainter: what inference (xec infer --fill inpainter) hands the regressor
                 rows = torch.nonzero(dead.any(dim=1)).squeeze(1)
