@@ -204,12 +204,20 @@ def component_shares(preset: str, b: int, threads: int, reps: int = 3) -> dict[s
     tokens = torch.randn(b, enc.num_tokens, enc.cfg.token_dim)
     flat = tokens.flatten(1)
     feats = mae.encoder.forward_features(x)
+    with torch.no_grad():
+        loc = reg.peak(x) if reg.peak is not None else None
+        if reg.aggregates is not None:
+            _, sums = reg.aggregates.photons(x)
+            agg = reg.aggregates.features(sums, reg.aggregates.light(sums))
+            loc = agg if loc is None else torch.cat([loc, agg], dim=1)
     parts = {
         "faces gather": lambda: enc.gather_cells(x),
         "rect backbones": lambda: [enc.rect_face(cells, f) for f in enc.layout.rect],
         "hex backbone": lambda: enc.hex_faces(cells),
         "fusion": lambda: enc.fuse(tokens),
-        "regressor heads": lambda: reg.to_physical({t: reg.heads[t](flat) for t in reg.tasks}),
+        "peak-window fit": lambda: reg.peak(x) if reg.peak is not None else None,
+        "physics aggregates": lambda: reg.aggregates.photons(x) if reg.aggregates is not None else None,
+        "regressor heads": lambda: reg.to_physical({t: reg.heads[t](flat, loc) for t in reg.tasks}),
         "MAE decoders": lambda: mae.decoder(feats),
     }
     out = {}
@@ -217,6 +225,9 @@ def component_shares(preset: str, b: int, threads: int, reps: int = 3) -> dict[s
         for name, fn in parts.items():
             fn()
             out[name] = 1e3 * min(_timed(fn) for _ in range(reps)) / b
+        whole = 1e3 * min(_timed(lambda: reg(x)) for _ in range(reps)) / b
+    # what the parts above leave out: the time-of-flight time aggregate, the sigma heads, masks
+    out["rest of the regressor"] = max(whole - sum(v for k, v in out.items() if k != "MAE decoders"), 0.0)
     return out
 
 

@@ -113,7 +113,8 @@ rule inpainting:
         f"{{rundir}}/benchmarks/inpainting.tsv"
     conda:
         SOFTWARE_ENV
-    threads: 2
+    # one thread: it runs beside the plots job instead of after it (the summary waits for it)
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=20,
@@ -124,7 +125,8 @@ rule inpainting:
         finetuned=lambda w, input: f"--finetuned {input.finetuned} --holdout-sample realdata" if input.finetuned else "",
     shell:
         "xec inpainting --config {params.cfg} --inpainter {input.model} {params.finetuned} {params.samples}"
-        " --out {output.json} --markdown {output.markdown} --html {output.html} --plots {output.plots} --log {log}"
+        " --out {output.json} --markdown {output.markdown} --html {output.html} --plots {output.plots}"
+        " --threads {threads} --log {log}"
 
 
 # Robustness to dead sensors (issue 14): ML (exported models, `xec infer`'s code path, inpainter)
@@ -242,7 +244,9 @@ rule plots:
         f"{RESULTS}/benchmarks/plots.tsv"
     conda:
         SOFTWARE_ENV
-    threads: 2
+    # matplotlib draws on one core: two threads would only keep the inpainting and summary jobs
+    # waiting behind it
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=20,

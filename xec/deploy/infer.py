@@ -55,7 +55,7 @@ import numpy as np
 from xec.commands import INFER_FILL_COMMANDS, infer_command
 from xec.config import add_config_argument, load_config
 from xec.deploy.onnx_meta import ModelMetadata, read_metadata
-from xec.deploy.runtime import make_session, run_batched
+from xec.deploy.runtime import add_threads_argument, make_session, run_batched, threads_from
 from xec.errors import InputFileError, XecError
 from xec.normalization import Normalizer
 from xec.scatter import add_failure_record_argument
@@ -93,13 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="ONNX Runtime device (default: config inference.device)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="ONNX Runtime intra-op threads (default: config inference.intra_op_threads; the workflow passes "
-        "its job's threads)",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--log", default=None, help="log file")
     add_failure_record_argument(parser)
     add_config_argument(parser)
@@ -131,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or icfg["batch_size"],
         chunk_size=icfg["chunk_size"],
         device=args.device or icfg["device"],
-        intra_op_threads=icfg["intra_op_threads"] if args.threads is None else args.threads,
+        intra_op_threads=threads_from(args, icfg),
         optimization=icfg["graph_optimization"],
         allow_spinning=icfg["allow_spinning"],
         tree=data["tree"],

@@ -17,6 +17,24 @@ log = logging.getLogger("xec.deploy")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
+def add_threads_argument(parser) -> None:
+    """``--threads``: the ONNX Runtime intra-op threads of a command (the workflow passes its
+    job's threads, so that jobs side by side do not oversubscribe the cores)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: config inference.intra_op_threads; the workflow passes "
+        "its job's threads)",
+    )
+
+
+def threads_from(args, inference_cfg) -> int:
+    """The intra-op threads of a command: ``--threads`` when given, else the config's."""
+    threads = getattr(args, "threads", None)
+    return int(inference_cfg["intra_op_threads"] if threads is None else threads)
+
+
 def providers_for(device: str = "auto") -> list[str]:
     """Execution providers for ``device`` in {"auto", "cpu", "cuda"}."""
     import onnxruntime as ort

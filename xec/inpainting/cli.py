@@ -3,7 +3,7 @@
     xec inpainting --inpainter results/inpainter/model.onnx
                    --sample val results/data/val.root --sample realdata results/data/realdata.root
                    --out results/inpainting/summary.json [--markdown ...md] [--html ...html]
-                   [--plots DIR] [--config CFG] [--log LOG]
+                   [--plots DIR] [--threads N] [--config CFG] [--log LOG]
                    [--finetuned results/inpainter_finetune/model.onnx --holdout-sample realdata]
 
 Per sample, live sensors are hidden (config ``inpainting.hide``, per face and event, among the
@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from xec.config import add_config_argument, load_config
+from xec.deploy.runtime import add_threads_argument, threads_from
 from xec.errors import XecError
 from xec.utils import setup_logging
 
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", default=None, help="also write the table as HTML (Snakemake report)")
     parser.add_argument("--plots", default=None, help="directory for one plot per face (<face>.png)")
     parser.add_argument("--log", default=None, help="log file")
+    add_threads_argument(parser)
     parser.add_argument(
         "--finetuned",
         default=None,
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     if meta.io_units != "normalized":
         raise XecError(f"{args.inpainter}: a {meta.io_units}-unit inpainter; give the normalized export (model.onnx)")
     icfg = cfg["inference"]
-    session = make_session(args.inpainter, icfg["device"], icfg["intra_op_threads"])
+    session = make_session(args.inpainter, icfg["device"], threads_from(args, icfg))
     finetuned, fraction = None, None
     if args.finetuned:
         if args.holdout_sample not in samples:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         if fmeta.io_units != "normalized":
             raise XecError(f"{args.finetuned}: a {fmeta.io_units}-unit inpainter; give the normalized export")
         fmeta.normalizer.check_compatible(meta.normalizer, where=f"{args.finetuned} vs {args.inpainter}")
-        finetuned = make_session(args.finetuned, icfg["device"], icfg["intra_op_threads"])
+        finetuned = make_session(args.finetuned, icfg["device"], threads_from(args, icfg))
     bcfg = BaselineConfig.from_dict(plain(cfg["baseline"]))
     max_events = sec["max_events"]
     result: dict[str, Any] = {

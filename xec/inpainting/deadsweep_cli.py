@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from xec.config import add_config_argument, load_config
+from xec.deploy.runtime import add_threads_argument, threads_from
 from xec.errors import XecError
 from xec.utils import setup_logging
 
@@ -39,12 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", default=None, help="also write the table as markdown")
     parser.add_argument("--html", default=None, help="also write the table as HTML (Snakemake report)")
     parser.add_argument("--plot", default=None, help="resolution vs dead fraction plot (PNG; a PDF next to it)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="ONNX Runtime intra-op threads (default: config inference.intra_op_threads)",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--log", default=None, help="log file")
     add_config_argument(parser)
 
@@ -73,7 +69,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     calib = load_calibration(args.calibration)
     bcfg = BaselineConfig.from_dict(plain(cfg["baseline"]))
     icfg = cfg["inference"]
-    threads = icfg["intra_op_threads"] if args.threads is None else args.threads
+    threads = threads_from(args, icfg)
     batch = int(sec["batch_size"])
     predictors = {
         f"ml_{fill}": Predictor(

@@ -116,7 +116,9 @@ class PhysicsAggregates(nn.Module):
         """(B, S) photons with dead sensors filled by their neighbours' mean, and (B, 6) face sums."""
         x_n = x[..., 0]
         live = x_n != self.sentinel
-        n = torch.where(live, self.normalizer.npho_inverse(x_n.clamp_min(0.0)), torch.zeros_like(x_n))
+        # a product with the mask, not torch.where: the same numbers (the values are finite) at a
+        # third of the cost on CPU, where the three (B, S) wheres were ~10 % of the forward pass
+        n = self.normalizer.npho_inverse(x_n.clamp_min(0.0)) * live.to(x_n.dtype)
         # eager skips the fill when nothing is dead (simulated training data); a traced, exported
         # or compiled graph always has it (no data-dependent branch)
         static = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
@@ -210,7 +212,7 @@ class PhysicsAggregates(nn.Module):
         """(B, 1) gamma time at the target (ns, the inputs' reference) from the sensor times,
         the (B, 3) first interaction ``fi`` and light ``centroid`` (xyz, cm)."""
         t_n = x[..., 1]
-        has_time = t_n != self.sentinel
+        has_time = (t_n != self.sentinel).to(t_n.dtype)  # a 0/1 factor: see photons()
         t_ns = self.normalizer.time_inverse(t_n) * 1e9
         # |x_i - c| through one (B, 3) x (3, S) product: no (B, S, 3) temporaries
         path2 = self.pos_norm2 + centroid.square().sum(1, keepdim=True) - 2.0 * centroid @ self.positions.t()
@@ -218,7 +220,7 @@ class PhysicsAggregates(nn.Module):
         delay = torch.exp(self.log_delay)[self.sensor_type] / photons.clamp_min(1.0)
         # the weights are fixed by the physics constants: learned ones cost a (B, S) reduction each
         with torch.no_grad():
-            w = torch.where(has_time, self.type_weight / (delay * delay + self.jitter2), torch.zeros_like(delay))
+            w = has_time * (self.type_weight / (delay * delay + self.jitter2))
             w = w / w.sum(1, keepdim=True).clamp_min(1e-30)
-        t_c = torch.where(has_time, t_ns - path * torch.exp(self.log_inv_velocity) - delay, torch.zeros_like(t_ns))
+        t_c = has_time * (t_ns - path * torch.exp(self.log_inv_velocity) - delay)
         return (w * t_c).sum(1, keepdim=True) - fi.norm(dim=1, keepdim=True) / C_LIGHT_CM_NS
