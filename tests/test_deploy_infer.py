@@ -336,6 +336,38 @@ def test_bad_chunk_midway_leaves_nothing(models, root_file, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_writing_error_midway_leaves_nothing(models, root_file, tmp_path, monkeypatch):
+    """Chunks are written by a thread beside the models: an error there still surfaces as the
+    command's error and removes both outputs."""
+    import pyarrow.parquet as pq
+
+    original = pq.ParquetWriter.write_table
+    calls = {"n": 0}
+
+    def failing(self, table, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full in chunk 2")
+        return original(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), chunk_size=32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sessions_take_the_jobs_thread_count(models, monkeypatch):
+    """intra_op_threads 0 follows OMP_NUM_THREADS (set by Snakemake and SLURM to the job's
+    allocation); an explicit count wins."""
+    from xec.deploy.runtime import make_session
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert make_session(models["regressor"]).get_session_options().intra_op_num_threads == 1
+    assert make_session(models["regressor"], intra_op_threads=2).get_session_options().intra_op_num_threads == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert make_session(models["regressor"]).get_session_options().intra_op_num_threads == 0
+
+
 def test_provider_choice(monkeypatch):
     import onnxruntime as ort
 

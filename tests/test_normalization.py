@@ -139,3 +139,29 @@ def test_torch_and_numpy_share_the_formulas(transform):
     valid = ref_n != n.sentinel
     back = n.npho_inverse(torch.from_numpy(ref_n[valid].astype(np.float64))).numpy()
     np.testing.assert_allclose(back, n.denormalize_npho(ref_n[valid]), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("transform", ["log1p", "sqrt", "anscombe", "linear"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_events_equals_apply_bit_for_bit(transform, dtype):
+    """The in-place fast path of normalize_events gives apply's numbers on every invalid-value
+    case (dead 1e10 and NaN npho, negative and -inf npho, the threshold edge, 1e10/NaN/inf
+    times), leaves its inputs untouched and fills a given ``out``."""
+    n = get_normalizer("meg2", npho_transform=transform)
+    rng = np.random.default_rng(7)
+    npho = rng.exponential(500.0, (40, 4760))
+    npho[:, ::50], npho[:, 1::50], npho[:, 2::50], npho[:, 3::50] = 1e10, np.nan, -3.0, -np.inf
+    npho[:, 4::50] = n.npho_threshold
+    time = rng.normal(3e-8, 1e-8, (40, 4760))
+    time[:, 5::50], time[:, 6::50], time[:, 7::50] = 1e10, np.nan, -np.inf
+    npho, time = npho.astype(dtype), time.astype(dtype)
+    before = npho.copy(), time.copy()
+    ref_n, ref_t = n.normalize(npho, time)
+    out = np.full((40, 4760, 2), 123.0, np.float32)
+    got = n.normalize_events(npho, time, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got[..., 0], ref_n)
+    np.testing.assert_array_equal(got[..., 1], ref_t)
+    np.testing.assert_array_equal(npho, before[0])
+    np.testing.assert_array_equal(time, before[1])
+    assert (got[:, ::50, 0] == n.sentinel).all() and (got[:, 3::50, 0] == 0.0).all()

@@ -32,7 +32,9 @@ rule export:
         stage="regressor|inpainter|inpainter_finetune",
     conda:
         SOFTWARE_ENV
-    threads: 2
+    # one thread (torch and the parity check's ONNX Runtime, through OMP_NUM_THREADS): a few
+    # seconds either way, and it pairs with the other one-thread jobs instead of waiting for both cores
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=15,

@@ -223,7 +223,9 @@ def prediction_columns(
 
 class StageTimes:
     """Wall seconds per inference stage (read, normalize, inpaint, regress, columns, write):
-    logged by ``xec infer`` and tabulated by benchmarks/inference.py."""
+    logged by ``xec infer`` and tabulated by benchmarks/inference.py. ``xec infer`` runs three
+    threads side by side (read + classical fill + normalize; the models; write), so the stages
+    add up to more than the wall time; ``read`` is the time the models waited for a chunk."""
 
     STAGES = ("read", "normalize", "inpaint", "regress", "columns", "write")
 
@@ -244,9 +246,9 @@ class StageTimes:
 
 
 def read_ahead(chunks: Iterator[Any], times: StageTimes | None = None) -> Iterator[Any]:
-    """Yield ``chunks`` while a thread reads the next one: ROOT decompression (lz4/zstd in C,
-    without the GIL) overlaps the ONNX Runtime calls on the chunk before. ``times`` gets the
-    time the consumer waited for a chunk, i.e. the reading that was not hidden."""
+    """Yield ``chunks`` while a thread produces the next one: ROOT decompression (lz4/zstd in
+    C) and numpy, without the GIL, overlap the ONNX Runtime calls on the chunk before. ``times``
+    gets the time the consumer waited for a chunk, i.e. the production that was not hidden."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xec-read") as pool:
@@ -270,7 +272,7 @@ def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray
 
     x = np.empty((len(npho), N_SENSORS, 2), np.float32)
     for s in range(0, len(npho), block):
-        x[s : s + block] = normalizer.normalize_events(npho[s : s + block], time_[s : s + block])
+        normalizer.normalize_events(npho[s : s + block], time_[s : s + block], out=x[s : s + block])
     return x
 
 
@@ -362,7 +364,14 @@ class Predictor:
         """(predictions, n_dead) of raw chunk arrays: {output name without ``output_``: array}
         and the (N,) int32 number of dead sensors per event."""
         times = times if times is not None else StageTimes()
-        x, dead = self.inputs(npho, time_s, times)
+        return self.run(*self.inputs(npho, time_s, times), times)
+
+    def run(
+        self, x: np.ndarray, dead: np.ndarray, times: StageTimes | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """:meth:`predict` from :meth:`inputs`' (x, dead): the inpainter (x is filled in place)
+        and the regressor, the ONNX Runtime part alone."""
+        times = times if times is not None else StageTimes()
         if self.inp is not None:
             with times("inpaint"):
                 rows = np.flatnonzero(dead.any(axis=1))  # events without dead sensors need no filling
@@ -418,8 +427,15 @@ def iterate_predictions(
     times = times if times is not None else StageTimes()
     seen = 0
     chunks = iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size)
-    for _path, arrays in read_ahead(chunks, times):
-        preds, n_dead = predictor.predict(arrays[npho_branch], arrays[time_branch], times)
+
+    def prepared() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
+        # runs in read_ahead's thread: reading, the classical fills and the normalization of
+        # the next chunk overlap ONNX Runtime on this one (numpy and decompression release the GIL)
+        for _path, arrays in chunks:
+            yield (arrays, *predictor.inputs(arrays[npho_branch], arrays[time_branch], times))
+
+    for arrays, x, dead in read_ahead(prepared(), times):
+        preds, n_dead = predictor.run(x, dead, times)
         with times("columns"):
             cols = _event_columns(arrays, seen)
             cols["n_dead"] = n_dead
@@ -431,6 +447,8 @@ def iterate_predictions(
 def run_inference(model: str, inputs: list[str], out: str, parquet: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Stream predictions into a ROOT TTree and a parquet file, both written atomically: on
     any error neither output exists (and an older one is left untouched)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -450,17 +468,27 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
         bar.total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
         writer = stack.enter_context(tree_writer(out, "tree", title="xec inference"))
         pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
-        pq_writer = None
-        while cols is not None:
+        table = pa.table(cols)
+        pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
+
+        def write(cols: dict[str, np.ndarray]) -> None:
             with times("write"):
-                table = pa.table(cols)
-                if pq_writer is None:
-                    pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
-                pq_writer.write_table(table)
+                pq_writer.write_table(pa.table(cols))
                 writer.extend(cols)
+
+        # chunk k is written while chunk k+1 runs through the models; the pool is entered after
+        # the writers, so it is joined before they close (or are discarded on an error)
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="xec-write"))
+        pending = None
+        while cols is not None:
+            if pending is not None:
+                pending.result()  # re-raises a writing error; at most one chunk in flight
+            pending = pool.submit(write, cols)
             n += len(cols["run"])
             bar.update(len(cols["run"]))
             cols = next(predictions, None)
+        if pending is not None:
+            pending.result()
     seconds = time.perf_counter() - t0
     log.info("time per stage: %s", times.shares())
     return {

@@ -52,6 +52,12 @@ def providers_for(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _job_threads() -> int:
+    """The job's OMP_NUM_THREADS (a positive integer), else 0."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
 def make_session(
     path: str | os.PathLike,
     device: str = "auto",
@@ -60,7 +66,9 @@ def make_session(
     allow_spinning: bool = False,
 ):
     """An ``onnxruntime.InferenceSession`` for ``path``; XecError naming the file on failure.
-    ``intra_op_threads`` 0 lets ONNX Runtime choose (one per core). Spin-waiting worker threads
+    ``intra_op_threads`` 0: the job's ``OMP_NUM_THREADS`` when set (Snakemake and SLURM jobs set
+    it to their allocation; ONNX Runtime's own choice, one thread per physical core of the node,
+    would crowd the other jobs there), else ONNX Runtime's choice. Spin-waiting worker threads
     are off by default: on a shared or oversubscribed CPU they burn the cores the other thread
     needs (measurements: docs/performance.md, "Inference")."""
     import onnxruntime as ort
@@ -74,7 +82,7 @@ def make_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
-    opts.intra_op_num_threads = int(intra_op_threads)
+    opts.intra_op_num_threads = int(intra_op_threads) or _job_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here

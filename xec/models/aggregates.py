@@ -119,12 +119,13 @@ class PhysicsAggregates(nn.Module):
         # a product with the mask, not torch.where: the same numbers (the values are finite) at a
         # third of the cost on CPU, where the three (B, S) wheres were ~10 % of the forward pass
         n = self.normalizer.npho_inverse(x_n.clamp_min(0.0)) * live.to(x_n.dtype)
-        # eager skips the fill when nothing is dead (simulated training data); a traced, exported
-        # or compiled graph always has it (no data-dependent branch)
-        static = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-        if static or live.is_meta:
+        # eager skips the fill when nothing is dead (simulated training data). A traced or
+        # exported graph has the sparse fill without that branch (NonZero and ScatterND: its
+        # cost grows with the dead sensors; the dense one was ~a quarter of the exported
+        # regressor); a compiled one the dense fill (static shapes)
+        if torch.compiler.is_compiling() or live.is_meta:
             n = self._fill(n, live)
-        elif not bool(live.all()):
+        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or not bool(live.all()):
             n = self._fill_sparse(n, live)
         return n, n @ self.face_onehot
 

@@ -15,9 +15,20 @@ so it exports to ONNX (opset 17) and traces under ``torch.compile``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
+
+
+def fill_sensors(x: torch.Tensor, where: torch.Tensor, value: float | Sequence[torch.Tensor]) -> torch.Tensor:
+    """``x`` (B, S, C) with the sensors where ``where`` (B, S) is true set to ``value``: a float,
+    or one (B, S) tensor per channel. Channel by channel: the same numbers as ``torch.where``
+    with a (B, S, 1) mask, but that broadcast over a last axis of 2 runs ~10x slower in ONNX
+    Runtime (176 vs 19 us/event at batch 128, one thread): it was a fifth of the inpainter graph."""
+    values = [value] * x.shape[-1] if isinstance(value, (int, float)) else list(value)
+    return torch.stack([torch.where(where, v, x[..., c]) for c, v in enumerate(values)], dim=-1)
 
 
 class GRN(nn.Module):

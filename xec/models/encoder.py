@@ -10,7 +10,7 @@ Pipeline
    the sentinel here, so the encoder is blind to their values. There are no separate
    validity-flag channels: the npho-valid pattern reaches the network through the FCMAE keep
    maps.
-2. One gather (``gather_idx``, a registered buffer) builds every face from the flat vector:
+2. One gather (``gather_rows``: xec.models.faces.gather_rows) builds every face from the flat vector:
    inner 93x44, the outer face as ``geometry.outer_grid(outer_pool)`` (default 24x9, the PMTs
    sharing a cell stacked as input channels, see faces.py), US/DS 24x6, and the top/bottom
    hex node lists; rectangular faces are padded to a multiple of their total stride with
@@ -38,20 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xec.models.blocks import ConvNeXtV2Block, HexNeXtBlock, LayerNorm2d, TransformerLayer
-from xec.models.faces import HEX_FACES, RECT_FACES, FaceLayout, build_face_layout
+from xec.models.blocks import ConvNeXtV2Block, HexNeXtBlock, LayerNorm2d, TransformerLayer, fill_sensors
+from xec.models.faces import HEX_FACES, RECT_FACES, FaceLayout, build_face_layout, gather_rows
 from xec.models.presets import ModelConfig
 
 IN_CHANNELS = 2
 FACE_ORDER = RECT_FACES + HEX_FACES  # == xec.geometry.FACE_NAMES
 FACE_TYPES = {"inner": 0, "outer": 1, "us": 1, "ds": 1, "top": 2, "bottom": 2}
-
-
-def flat_gather_index(index: np.ndarray, channels: int) -> torch.Tensor:
-    """Row index (L,) into (B, N, C) -> element index (L*C,) into its (B, N*C) view: gathering
-    single floats of a flattened row is faster on CPU than gathering C-float rows."""
-    idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
-    return (idx[:, None] * channels + torch.arange(channels)).reshape(-1)
 
 
 def masked_mean_2d(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -93,7 +86,8 @@ class XECEncoder(nn.Module):
             geometry, cfg.stem_stride, cfg.outer_stem_stride, cfg.small_stem_stride, cfg.outer_pool
         )
         self.n_sensors = self.layout.n_sensors
-        self.register_buffer("gather_idx", flat_gather_index(self.layout.gather_idx, IN_CHANNELS), persistent=False)
+        rows = torch.as_tensor(np.asarray(self.layout.gather_idx, dtype=np.int64))
+        self.register_buffer("gather_rows", rows, persistent=False)
         c1, c2 = cfg.rect_dims
         d = cfg.token_dim
         n_rect_blocks = sum(cfg.rect_depths)
@@ -161,10 +155,8 @@ class XECEncoder(nn.Module):
     def gather_cells(self, x: torch.Tensor, fill: float | None = None) -> torch.Tensor:
         """(B, N, 2) per-sensor values -> (B, L, 2) concatenated face slots; empty slots and
         padding read ``fill`` (default: the sentinel, i.e. "no reading")."""
-        b, n, c = x.shape
         fill = self.sentinel if fill is None else fill
-        padded = F.pad(x, (0, 0, 0, 1), value=fill).reshape(b, (n + 1) * c)
-        return padded.index_select(1, self.gather_idx).reshape(b, -1, c)
+        return gather_rows(F.pad(x, (0, 0, 0, 1), value=fill), self.gather_rows)
 
     def rect_cells(self, cells: torch.Tensor, face) -> torch.Tensor:
         """(B, L, C) -> (B, K*C, Hp, Wp) view of one rectangular face (channels_last memory;
@@ -223,7 +215,7 @@ class XECEncoder(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.n_sensors or x.shape[2] != IN_CHANNELS:
             raise ValueError(f"XECEncoder expects (B, {self.n_sensors}, 2) input, got {tuple(x.shape)}")
         if mask is not None:
-            x = x.masked_fill(mask.bool().unsqueeze(-1), self.sentinel)
+            x = fill_sensors(x, mask.bool(), self.sentinel)
         cells = self.gather_cells(x)
         tokens, rect = [], {}
         for face in self.layout.rect:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xec.models.blocks import fill_sensors
 from xec.models.decoders import FaceDecoder
 from xec.models.encoder import XECEncoder
 from xec.models.presets import ModelConfig
@@ -70,7 +71,6 @@ class XECInpainter(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         pred = self.predict(x, mask)
-        fill = self.fill_mask(x, mask).unsqueeze(-1)
-        npho = pred[..., 0:1].clamp_min(0.0)
-        time = torch.where(npho > self.time_npho_threshold, pred[..., 1:2], torch.full_like(npho, self.sentinel))
-        return torch.where(fill, torch.cat([npho, time], dim=-1), x)
+        npho = pred[..., 0].clamp_min(0.0)
+        time = torch.where(npho > self.time_npho_threshold, pred[..., 1], self.sentinel)
+        return fill_sensors(x, self.fill_mask(x, mask), (npho, time))

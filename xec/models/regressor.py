@@ -28,6 +28,7 @@ from torch import nn
 from xec.errors import XecError
 from xec.models import sigma_calibration as SC
 from xec.models.aggregates import PhysicsAggregates, uvw_to_xyz_torch
+from xec.models.blocks import fill_sensors
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import PeakWindowFit
 from xec.models.presets import ModelConfig
@@ -174,7 +175,7 @@ class XECRegressor(nn.Module):
         """x (B, 4760, 2) normalized -> {task: (B, dim) standardized prediction} plus
         {<task>_logvar: (B, dim)} for the uncertainty tasks."""
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
-            x = x.masked_fill(mask.bool().unsqueeze(-1), self.encoder.sentinel)
+            x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
         z = self.encoder(x).flatten(1)
         loc = self.peak(x) if self.peak is not None else None
         if self.aggregates is not None:
