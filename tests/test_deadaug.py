@@ -266,8 +266,8 @@ def test_regressor_dead_fill_inpainter_hands_the_regressor_the_inpainted_event(t
 
 
 def test_light_sum_fill_sparse_equals_the_dense_graph():
-    """Eager training fills only the dead sensors (_fill_sparse); exported and traced graphs
-    run the dense form (_fill): the same passes, the same photons."""
+    """Eager and exported graphs fill only the dead sensors (_fill_sparse); compiled graphs run
+    the dense form (_fill): the same passes, the same photons."""
     from xec.geometry import get_geometry
     from xec.models.aggregates import PhysicsAggregates
     from xec.normalization import get_normalizer
@@ -281,3 +281,43 @@ def test_light_sum_fill_sparse_equals_the_dense_graph():
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-3)
     assert torch.equal(sparse[~dead], n[~dead])
     assert (sparse[dead] > 0).float().mean() > 0.99  # nearly every dead sensor reached in 3 passes
+
+
+def test_exported_light_sum_fill_matches_eager_on_dead_boards(tmp_path):
+    """The exported graph carries the sparse fill (NonZero, ScatterND) in all its passes: ONNX
+    Runtime fills whole dead boards (rim inwards) and random dead sensors as eager PyTorch does
+    (to float rounding of the exp in the inverse normalization); an event without dead sensors
+    rides along."""
+    import onnxruntime as ort
+
+    from xec.geometry import get_geometry
+    from xec.models.aggregates import PhysicsAggregates
+    from xec.normalization import get_normalizer
+
+    norm = get_normalizer("meg2")
+    agg = PhysicsAggregates(get_geometry(), norm).eval()
+
+    class Photons(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.agg = agg
+
+        def forward(self, x):
+            return self.agg.photons(x)[0]
+
+    gen = _gen(5)
+    npho = torch.rand(8, N_SENSORS, generator=gen, dtype=torch.float64) * 3000.0
+    dead = DeadSensorAugment(events=1.0, max_fraction=0.2, clustered=1.0).mask(8, gen)
+    dead[1] |= torch.rand(N_SENSORS, generator=gen) < 0.05
+    dead[7] = False
+    x = torch.from_numpy(norm.normalize_events(torch.where(dead, 1e10, npho).numpy(), np.zeros((8, N_SENSORS))))
+    path = tmp_path / "photons.onnx"
+    torch.onnx.export(
+        Photons(), (x,), str(path), input_names=["x"], dynamic_axes={"x": {0: "b"}}, opset_version=17, dynamo=False
+    )
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        ref = Photons()(x).numpy()
+    assert dead[:7].any(dim=1).all() and dead.sum() > 500
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+    assert (got[dead.numpy()] > 0).mean() > 0.99  # filled, whole boards included

@@ -134,7 +134,7 @@ class PhysicsAggregates(nn.Module):
         FILL_PASSES passes: a pass fills the dead sensors that have a known neighbour (live, or
         filled by an earlier pass), so a whole dead readout board fills from its rim inwards
         (one pass left the inner sensors of a 4 x 4 board, whose six nearest neighbours are all
-        on the board, at 0 photons). Dense, for static graphs (export, tracing): sensor-major
+        on the board, at 0 photons). Dense, for compiled graphs (static shapes): sensor-major
         (S, B), gathers of whole rows, 3x faster than columns of (B, S)."""
         s, b = n.shape[1], n.shape[0]
         nt = n.t().contiguous()
