@@ -468,8 +468,7 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
         bar.total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
         writer = stack.enter_context(tree_writer(out, "tree", title="xec inference"))
         pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
-        table = pa.table(cols)
-        pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, table.schema))
+        pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, pa.table(cols).schema))
 
         def write(cols: dict[str, np.ndarray]) -> None:
             with times("write"):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xec.models.blocks import ConvNeXtV2Block, HexNeXtBlock, LayerNorm2d, TransformerLayer, fill_sensors
-from xec.models.faces import HEX_FACES, RECT_FACES, FaceLayout, build_face_layout, gather_rows
+from xec.models.faces import HEX_FACES, RECT_FACES, FaceLayout, build_face_layout, flat_index, gather_rows
 from xec.models.presets import ModelConfig
 
 IN_CHANNELS = 2
@@ -88,6 +88,7 @@ class XECEncoder(nn.Module):
         self.n_sensors = self.layout.n_sensors
         rows = torch.as_tensor(np.asarray(self.layout.gather_idx, dtype=np.int64))
         self.register_buffer("gather_rows", rows, persistent=False)
+        self.register_buffer("gather_flat", flat_index(rows, IN_CHANNELS), persistent=False)
         c1, c2 = cfg.rect_dims
         d = cfg.token_dim
         n_rect_blocks = sum(cfg.rect_depths)
@@ -156,7 +157,7 @@ class XECEncoder(nn.Module):
         """(B, N, 2) per-sensor values -> (B, L, 2) concatenated face slots; empty slots and
         padding read ``fill`` (default: the sentinel, i.e. "no reading")."""
         fill = self.sentinel if fill is None else fill
-        return gather_rows(F.pad(x, (0, 0, 0, 1), value=fill), self.gather_rows)
+        return gather_rows(F.pad(x, (0, 0, 0, 1), value=fill), self.gather_rows, self.gather_flat)
 
     def rect_cells(self, cells: torch.Tensor, face) -> torch.Tensor:
         """(B, L, C) -> (B, K*C, Hp, Wp) view of one rectangular face (channels_last memory;

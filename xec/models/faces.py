@@ -230,17 +230,23 @@ def patch_order(hp: int, wp: int, k: int, stride: tuple[int, int]) -> np.ndarray
     return pos.reshape(-1)
 
 
-def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def flat_index(rows: torch.Tensor, channels: int) -> torch.Tensor:
+    """Row index (L,) into (B, N, C) -> element index (L*C,) into its (B, N*C) view."""
+    return (rows[:, None] * channels + torch.arange(channels, device=rows.device)).reshape(-1)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
     """``x[:, rows]`` for ``x`` (B, N, C): the encoder's face cells and the heads' way back to
-    sensors. The fastest form depends on the runtime, the numbers do not (pure copies): eager
-    PyTorch gathers single floats of the flattened rows (77 us/event forward + backward at batch
-    128, one thread; 147 sensor-major), ONNX Runtime whole C-float rows of a sensor-major copy
-    (29 vs 130 us/event flat), so traced and exported graphs get that form."""
+    sensors; ``flat`` = ``flat_index(rows, C)`` when the caller keeps it. The fastest form
+    depends on the runtime, the numbers do not (pure copies): eager PyTorch gathers single
+    floats of the flattened rows (77 us/event forward + backward at batch 128, one thread; 147
+    sensor-major), ONNX Runtime whole C-float rows of a sensor-major copy (29 vs 130 us/event
+    flat), so traced and exported graphs get that form."""
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return x.transpose(0, 1).index_select(0, rows).transpose(0, 1)
     b, n, c = x.shape
-    idx = (rows[:, None] * c + torch.arange(c, device=x.device)).reshape(-1)
-    return x.reshape(b, n * c).index_select(1, idx).reshape(b, -1, c)
+    flat = flat_index(rows, c) if flat is None else flat
+    return x.reshape(b, n * c).index_select(1, flat).reshape(b, -1, c)
 
 
 class FacesToFlat(torch.nn.Module):

@@ -23,6 +23,7 @@ class EMA:
         self.warmup = warmup
         self.num_updates = 0
         self.module = copy.deepcopy(model).eval()
+        self._key: tuple | None = None  # _pairs' cache key
         for p in self.module.parameters():
             p.requires_grad_(False)
 
@@ -35,32 +36,33 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         self.num_updates += 1
-        floats, others = self._pairs(model)
-        if floats:
-            shadows, live = zip(*floats)
+        shadows, live, others = self._pairs(model)
+        if shadows:
             # one multi-tensor lerp: the per-tensor loop over two state dicts took 2.4 ms per
-            # step for the tiny regressor, 0.3 ms this way (the same numbers)
-            torch._foreach_lerp_(list(shadows), list(live), 1.0 - d)
+            # step for the tiny regressor, 0.77 ms this way (the same numbers)
+            torch._foreach_lerp_(shadows, live, 1.0 - d)
         for shadow, src in others:
             shadow.copy_(src)
 
-    def _pairs(self, model: nn.Module) -> tuple[list, list]:
-        """(shadow, live) tensor pairs, floating point and other, matched by state-dict name;
-        rebuilt when a live tensor was replaced (e.g. a buffer re-assigned after a resume)."""
+    def _pairs(self, model: nn.Module) -> tuple[list, list, list]:
+        """The floating-point shadow and live tensors (two matched lists) and the other (shadow,
+        live) pairs, by state-dict name; rebuilt when a live tensor was replaced (e.g. a buffer
+        re-assigned after a resume)."""
         live = model.state_dict()
         key = tuple((name, t.data_ptr()) for name, t in live.items())
-        if getattr(self, "_pairs_key", None) != key:
-            floats, others = [], []
+        if self._key != key:
+            shadows, srcs, others = [], [], []
             for name, shadow in self.module.state_dict().items():
                 src = live[name].detach()
                 if shadow.dtype.is_floating_point:
                     if src.dtype != shadow.dtype or src.device != shadow.device:
                         raise ValueError(f"EMA: {name} is {src.dtype} on {src.device}, its copy {shadow.dtype}")
-                    floats.append((shadow, src))
+                    shadows.append(shadow)
+                    srcs.append(src)
                 else:
                     others.append((shadow, src))
-            self._pairs_key, self._pairs_cache = key, (floats, others)
-        return self._pairs_cache
+            self._key, self._cache = key, (shadows, srcs, others)
+        return self._cache
 
     def state_dict(self) -> dict[str, Any]:
         return self.module.state_dict()

@@ -77,8 +77,9 @@ def build_optimizer(
     The fused kernel is ~5x faster per step on CPU (the tiny regressor's 8.0 -> 1.2-2.0 ms) but
     not bitwise equal: its MAE weights differed by 6e-6, and the regressor trained from them
     landed on a bench energy resolution 28 % worse (fiducial 68 %, 1.14 -> 1.46 %; position and
-    time unchanged). Until a seed study tells that spread from a real effect, the default keeps
-    the optimizer the default pipeline's numbers were measured with (docs/performance.md)."""
+    time unchanged): within the spread of training seeds (0.83-1.12 of the classical energy,
+    docs/performance.md "Run-to-run spread"), so not a sign that the fused kernel trains worse,
+    but it changes every published number; the default keeps the optimizer they were measured with."""
     groups = param_groups(model, weight_decay, lr, lr_scales)
     for g in groups:
         g.pop("names")
