@@ -9,14 +9,20 @@
 #      whole DDP path);
 #   5. inference: ONNX Runtime's CUDA execution provider and PyTorch eager on the GPU vs ONNX
 #      Runtime on the CPU (benchmarks/inference.py);
-#   6. optionally (COMPILE=1) torch.compile'd training steps of the small preset.
+#   6. accuracy vs compute: per preset in ACC_PRESETS, MAE + regressor with one fixed recipe on the
+#      same training events (ACC_RECIPE), exported and run on the bench sample, ML vs classical
+#      (xec summary); the presets train side by side on the GPU; with "torchrun_acc" in PARTS the
+#      first preset's regressor trains under torchrun (DDP, NCCL);
+#   7. optionally (COMPILE=1) torch.compile'd training steps of the small preset.
 # Every part has its own time limit and log under OUTDIR; a failing part is reported and the
 # script goes on. The summary table at the end is also written to OUTDIR/summary.md.
 #
 #   benchmarks/gpu.sh [OUTDIR]          (default results/benchmarks/gpu; run from anywhere)
 #   env: PYTHON (python3), EVENTS (40000), PRESETS ("tiny small base large"),
 #        TRAIN_PRESETS ("small base"), TRAIN_BATCH (256), WORKERS (8), COMPILE (0),
-#        PARTS ("model data epoch torchrun inference": the parts to run)
+#        PARTS ("model data epoch torchrun inference": the parts to run; also "accuracy",
+#        "torchrun_acc"), ACC_PRESETS ("small base"), ACC_RECIPE (the accuracy part's training
+#        keys, YAML), ACC_LIMIT (420 s per preset), ACC_WAIT (180 s), COMPILE_LIMIT (400 s)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -75,6 +81,7 @@ simulation:
   samples:
     train: {events: $EVENTS, seed: 101, energy_mev: [15.0, 60.0]}
     val: {events: 4000, seed: 202, energy_mev: [15.0, 60.0]}
+    bench: {events: 4000, seed: 303, energy_mev: 52.8}
 regressor: {epochs: 1, batch_size: $TRAIN_BATCH}
 train: {num_workers: $WORKERS}
 mlflow: {enabled: false}
@@ -86,8 +93,22 @@ data() {
         "$PY" -m xec.cli shards --config "$DATA/common.yaml" --input "$DATA/$s.root" --split $s \
             --out "$DATA/shards/$s" --workers "$(nproc)" || return
     done
+    if has accuracy; then
+        # the accuracy part's bench sample, reweighting and classical reconstruction (CPU, in the
+        # background of the first training)
+        "$PY" -m xec.cli simulate --config "$DATA/common.yaml" --sample bench --out "$DATA/bench.root" \
+            --workers "$(nproc)" || return
+        "$PY" -m xec.cli reweight --config "$DATA/common.yaml" --manifest "$DATA/shards/train/manifest.json" \
+            --out "$DATA/weights.npz" --plot "$DATA/weights.png" || return
+        ("$PY" -m xec.cli baseline --config "$DATA/common.yaml" --calibrate-on "$DATA/train.root" \
+            --calibration "$DATA/calibration.json" &&
+            "$PY" -m xec.cli baseline --config "$DATA/common.yaml" --input "$DATA/bench.root" \
+                --calibration "$DATA/calibration.json" --out "$DATA/baseline_bench.parquet"
+            echo $? >"$DATA/baseline.rc") >"$DATA/baseline.log" 2>&1 &
+    fi
 }
-export -f data
+export -f data has
+export PARTS
 export PY DATA EVENTS TRAIN_BATCH WORKERS
 has data && part data 300 data
 
@@ -111,9 +132,64 @@ has torchrun && part "torchrun_${FIRST}_${NGPU}gpu" 300 train "$FIRST" "$PY" -c 
 has inference && part inference 300 "$PY" benchmarks/inference.py --devices cpu cuda --threads "$(nproc)" \
     --batch-sizes 256 1024 --opt-levels all --spinning 0 --events 4096 --repeats 2
 
+# accuracy vs compute: the same training events and recipe for each preset (the default config's
+# optimizer; batch and epochs sized for one GPU lease), then bench ML vs classical
+ACC_RECIPE=${ACC_RECIPE:-"mae: {epochs: 1, batch_size: 256}
+regressor: {epochs: 5, batch_size: 512}
+export: {parity_events: 64}"}
+export ACC_RECIPE
+# acc PRESET LAUNCHER...: MAE, regressor (through LAUNCHER), export, bench inference, summary
+acc() {
+    local preset=$1 d="$DATA/acc_$1"
+    shift
+    mkdir -p "$d"
+    { grep -v '^regressor:' "$DATA/common.yaml"; echo "model: {preset: $preset}"; echo "$ACC_RECIPE"; } >"$d/config.yaml"
+    "$PY" -m xec.cli train mae --config "$d/config.yaml" --shards "$DATA/shards" --out "$d/mae" --log "$d/mae.log" || return
+    "$@" train regressor --config "$d/config.yaml" --shards "$DATA/shards" --init "$d/mae/checkpoint.pt" \
+        --weights "$DATA/weights.npz" --out "$d/regressor" --log "$d/regressor.log" || return
+    # export, bench inference (ONNX Runtime, CPU) and the summary run beside the next preset's training
+    (
+        "$PY" -m xec.cli export --config "$d/config.yaml" --checkpoint "$d/regressor/checkpoint.pt" \
+            --val-shards "$DATA/shards/val/manifest.json" --out "$d/model.onnx" --log "$d/export.log" &&
+            "$PY" -m xec.cli infer --config "$d/config.yaml" --model "$d/model.onnx" --input "$DATA/bench.root" \
+                --out "$d/bench.root" --parquet "$d/bench.parquet" --threads 8 --log "$d/infer.log" &&
+            while [ ! -e "$DATA/baseline.rc" ]; do sleep 2; done && [ "$(cat "$DATA/baseline.rc")" = 0 ] &&
+            "$PY" -m xec.cli summary --config "$d/config.yaml" --bench-predictions "$d/bench.parquet" \
+                --bench-baseline "$DATA/baseline_bench.parquet" --out "$d/summary.json" \
+                --markdown "$d/summary.md" --log "$d/summary.log"
+        echo $? >"$d/evaluate.rc"
+    ) >"$d/evaluate.log" 2>&1 &
+}
+export -f acc
+if has accuracy; then
+    # the presets train side by side on the one GPU (each alone leaves it mostly idle at these
+    # batches): their accuracy is unaffected, their events/s are not clean single-job rates
+    FIRST_ACC=1
+    for p in ${ACC_PRESETS:-small base}; do
+        if [ $FIRST_ACC = 1 ] && has torchrun_acc; then
+            part "accuracy_$p" "${ACC_LIMIT:-420}" acc "$p" "$PY" -c "$TORCHRUN" "$NGPU" &
+        else
+            part "accuracy_$p" "${ACC_LIMIT:-420}" acc "$p" "$PY" -m xec.cli &
+        fi
+        FIRST_ACC=0
+        sleep 5
+    done
+    wait
+fi
+# (the GPU is free here while the accuracy part's evaluations run on the CPU)
 if [ "${COMPILE:-0}" = 1 ]; then
-    part compile 400 "$PY" benchmarks/model.py --devices cuda --presets small --kinds regressor --modes train \
+    part compile "${COMPILE_LIMIT:-400}" "$PY" benchmarks/model.py --devices cuda --presets small --kinds regressor --modes train \
         --compile --no-components --steps 5
+fi
+if has accuracy; then
+    # the evaluations run in the background of the parts: wait for them (at most ACC_WAIT s)
+    t0=$SECONDS
+    for p in ${ACC_PRESETS:-small base}; do
+        while [ -e "$DATA/acc_$p/regressor/checkpoint.pt" ] && [ ! -e "$DATA/acc_$p/evaluate.rc" ] &&
+            [ $((SECONDS - t0)) -lt "${ACC_WAIT:-180}" ]; do sleep 2; done
+        echo "accuracy_$p evaluation: exit $(cat "$DATA/acc_$p/evaluate.rc" 2>/dev/null || echo none)"
+        grep -E '^\| (u|v|w|sigma_E/E|time) .*\[fiducial\]' "$DATA/acc_$p/summary.md" 2>/dev/null
+    done
 fi
 
 # summary: one row per part
@@ -126,10 +202,17 @@ print("|---|---|")
 for line in (out / "parts.txt").read_text().splitlines():
     name, rc, secs = line.split()
     log = (out / f"{name}.log").read_text(errors="replace")
-    epoch = re.findall(r"epoch 1/1: .*?\| (\d+) events/s, data wait ([\d.]+)%", log)
+    epoch = re.findall(r"regressor epoch (\d+)/\1: .*?\| (\d+) events/s, data wait ([\d.]+)%", log)
     group = re.findall(r"process group (\w+)", log)
     if epoch:
-        res = f"{int(epoch[-1][0]):,} events/s (data wait {epoch[-1][1]} %)" + (f", process group {group[0]}" if group else "")
+        res = f"{int(epoch[-1][1]):,} events/s (data wait {epoch[-1][2]} %)" + (f", process group {group[0]}" if group else "")
+        acc = out / "data" / f"acc_{name.removeprefix('accuracy_')}" / "summary.json"
+        if name.startswith("accuracy_") and acc.exists():
+            m = json.loads(acc.read_text())["bench"]["methods"]
+            ratio = lambda o, k: m["ml"][o]["fiducial"][k] / m["baseline"][o]["fiducial"][k]
+            res += "; bench fiducial ML/classical 68 % (core): " + ", ".join(
+                f"{o.split('_')[0]} {ratio(o, 'width68'):.2f} ({ratio(o, 'sigma_core'):.2f})"
+                for o in ("u_mm", "v_mm", "w_mm", "energy_pct", "time_ps"))
     elif name == "model" and (out / "model.json").exists():
         rows = json.loads((out / "model.json").read_text())["rows"]
         ok = [r for r in rows if "error" not in r and r["mode"] == "train"]
