@@ -165,3 +165,30 @@ def test_normalize_events_equals_apply_bit_for_bit(transform, dtype):
     np.testing.assert_array_equal(npho, before[0])
     np.testing.assert_array_equal(time, before[1])
     assert (got[:, ::50, 0] == n.sentinel).all() and (got[:, 3::50, 0] == 0.0).all()
+
+
+@pytest.mark.parametrize("transform", ["log1p", "sqrt", "anscombe", "linear"])
+def test_normalize_events_float32_within_an_ulp_of_float64(transform):
+    """xec infer's float32 normalization: on float32 inputs (the ROOT branches' type) the same
+    sentinels and zeros on every invalid-value case, every value within 2 float32 ulp of the
+    float64 numbers in absolute terms (ulp of max(|value|, 1): near 0, log1p and the anscombe
+    shift cancel); an unknown precision is an error."""
+    n = get_normalizer("meg2", npho_transform=transform)
+    rng = np.random.default_rng(8)
+    npho = rng.exponential(500.0, (40, 4760))
+    npho[:, ::50], npho[:, 1::50], npho[:, 2::50], npho[:, 3::50] = 1e10, np.nan, -3.0, -np.inf
+    npho[:, 4::50] = n.npho_threshold
+    npho[:, 8::50] = 3e5  # bright sensors: the largest normalized values
+    time = rng.normal(3e-8, 1e-8, (40, 4760))
+    time[:, 5::50], time[:, 6::50], time[:, 7::50] = 1e10, np.nan, -np.inf
+    npho, time = npho.astype(np.float32), time.astype(np.float32)
+    exact = n.normalize_events(npho, time)
+    fast = n.normalize_events(npho, time, precision="float32")
+    assert fast.dtype == np.float32
+    special = (exact == n.sentinel) | (exact == 0.0)
+    np.testing.assert_array_equal(fast == n.sentinel, exact == n.sentinel)
+    np.testing.assert_array_equal(fast[special], exact[special])
+    ulp = np.spacing(np.maximum(np.abs(exact[~special]), np.float32(1.0)))
+    assert (np.abs(fast[~special] - exact[~special]) <= 2 * ulp).all()
+    with pytest.raises(XecError, match="precision"):
+        n.normalize_events(npho, time, precision="float16")

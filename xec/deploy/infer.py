@@ -265,14 +265,16 @@ def read_ahead(chunks: Iterator[Any], times: StageTimes | None = None) -> Iterat
 
 
 def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray, block: int = 256) -> np.ndarray:
-    """``normalizer.normalize_events`` block by block into one array: the same numbers, with
-    the float64 temporaries of a block in cache instead of a whole chunk's in memory (0.46 ->
-    0.34 CPU-ms/event at 512-event chunks; docs/performance.md)."""
+    """``normalizer.normalize_events`` in float32, block by block into one array: the
+    temporaries of a block in cache instead of a whole chunk's in memory (0.46 -> 0.34
+    CPU-ms/event at 512-event chunks), float32 another ~2x less (docs/performance.md)."""
     from xec.geometry import N_SENSORS
 
     x = np.empty((len(npho), N_SENSORS, 2), np.float32)
     for s in range(0, len(npho), block):
-        normalizer.normalize_events(npho[s : s + block], time_[s : s + block], out=x[s : s + block])
+        normalizer.normalize_events(
+            npho[s : s + block], time_[s : s + block], out=x[s : s + block], precision="float32"
+        )
     return x
 
 
