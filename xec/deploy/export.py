@@ -31,6 +31,10 @@
   argmax between two equally bright sensors) moves as much in PyTorch alone when its input is
   rounded differently (relative 1e-6): such events are counted (``unstable_events``, at most
   ``MAX_UNSTABLE_FRACTION`` of them, their own worst ratio reported) and left out of the verdict.
+  And a regressor event whose ONNX output is within the tolerance of the graph evaluated in
+  float64 passes: there PyTorch's own float32 rounding is the deviation (a light sum over 4,760
+  sensors in another order; seen: PyTorch 1.7e-4 standardized from float64, ONNX 1.4e-5),
+  counted as ``float32_reference_events``.
   Max abs / max
   relative errors in physical units (relative: over elements with |torch| >= atol / rtol,
   where the relative tolerance binds) go to the log and to the sidecar
@@ -411,6 +415,21 @@ def _event_diffs(
     return ratio, z_max
 
 
+def _float64_reference(graph: nn.Module, x: np.ndarray) -> list[np.ndarray] | None:
+    """The graph's outputs on ``x`` evaluated in float64 (a copy of the graph), or None where the
+    graph does not run in float64."""
+    import copy
+
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(graph).double()(torch.from_numpy(x.astype(np.float64)))
+    except (RuntimeError, TypeError) as err:  # an op with a fixed float32 dtype
+        log.debug("parity: no float64 reference (%s)", err)
+        return None
+    out = [out] if isinstance(out, torch.Tensor) else list(out)
+    return [o.numpy() for o in out]
+
+
 def _unstable(
     graph: nn.Module,
     x: np.ndarray,
@@ -507,7 +526,7 @@ def check_parity(
     errors = _Errors(meta.outputs, rtol, atol, std)
     rng = np.random.default_rng(seed)
     n_events, batch_sizes = 0, set()
-    passthrough, flips, unstable, unstable_ratio = True, 0, 0, 0.0
+    passthrough, flips, unstable, unstable_ratio, rounding = True, 0, 0, 0.0, 0
     for i, x in enumerate(batches):
         feeds = _feeds(meta, x, rng)
         splits = [feeds] + (
@@ -524,6 +543,13 @@ def check_parity(
             if meta.stage == "regressor":
                 ratio, deviation = _event_diffs(got, ref, meta.outputs, std, rtol, atol)
                 bad = np.flatnonzero(ratio > 1.0)
+                precise = _float64_reference(graph, f["input"][bad]) if bad.size else None
+                if precise is not None:  # ONNX right, PyTorch's float32 off: not an export error
+                    ratio64, _ = _event_diffs([o[bad] for o in got], precise, meta.outputs, std, rtol, atol)
+                    rounding += int((ratio64 <= 1.0).sum())
+                    passed64, bad = bad[ratio64 <= 1.0], bad[ratio64 > 1.0]
+                else:
+                    passed64 = bad[:0]
                 if bad.size:
                     ill = _unstable(
                         graph,
@@ -537,7 +563,8 @@ def check_parity(
                     )
                     unstable += int(ill.sum())
                     unstable_ratio = max(unstable_ratio, float(ratio[bad][ill].max(initial=0.0)))
-                    keep = np.setdiff1d(np.arange(len(ratio)), bad[ill])
+                    passed64 = np.concatenate([passed64, bad[ill]])
+                keep = np.setdiff1d(np.arange(len(ratio)), passed64)
             for name, o, r in zip(meta.outputs, got, ref):
                 errors.add(name, o[keep], r[keep])
             if meta.io_units == "raw":
@@ -571,6 +598,7 @@ def check_parity(
         # events on a discontinuity of the network (see the module docstring), left out of "outputs"
         report["unstable_events"] = unstable
         report["unstable_worst_ratio"] = unstable_ratio
+        report["float32_reference_events"] = rounding
     if meta.io_units == "raw":
         report["passthrough_exact"] = passthrough
     return report
