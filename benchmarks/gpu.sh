@@ -134,6 +134,7 @@ has inference && part inference 300 "$PY" benchmarks/inference.py --devices cpu 
 
 # accuracy vs compute: the same training events and recipe for each preset (the default config's
 # optimizer; batch and epochs sized for one GPU lease), then bench ML vs classical
+ACC_PRESETS=${ACC_PRESETS:-"small base"}
 ACC_RECIPE=${ACC_RECIPE:-"mae: {epochs: 1, batch_size: 256}
 regressor: {epochs: 5, batch_size: 512}
 export: {parity_events: 64}"}
@@ -165,7 +166,7 @@ if has accuracy; then
     # the presets train side by side on the one GPU (each alone leaves it mostly idle at these
     # batches): their accuracy is unaffected, their events/s are not clean single-job rates
     FIRST_ACC=1
-    for p in ${ACC_PRESETS:-small base}; do
+    for p in $ACC_PRESETS; do
         if [ $FIRST_ACC = 1 ] && has torchrun_acc; then
             part "accuracy_$p" "${ACC_LIMIT:-420}" acc "$p" "$PY" -c "$TORCHRUN" "$NGPU" &
         else
@@ -184,7 +185,7 @@ fi
 if has accuracy; then
     # the evaluations run in the background of the parts: wait for them (at most ACC_WAIT s)
     t0=$SECONDS
-    for p in ${ACC_PRESETS:-small base}; do
+    for p in $ACC_PRESETS; do
         while [ -e "$DATA/acc_$p/regressor/checkpoint.pt" ] && [ ! -e "$DATA/acc_$p/evaluate.rc" ] &&
             [ $((SECONDS - t0)) -lt "${ACC_WAIT:-180}" ]; do sleep 2; done
         echo "accuracy_$p evaluation: exit $(cat "$DATA/acc_$p/evaluate.rc" 2>/dev/null || echo none)"

@@ -77,9 +77,10 @@ def build_optimizer(
     The fused kernel is ~5x faster per step on CPU (the tiny regressor's 8.0 -> 1.2-2.0 ms) but
     not bitwise equal: its MAE weights differed by 6e-6, and the regressor trained from them
     landed on a bench energy resolution 28 % worse (fiducial 68 %, 1.14 -> 1.46 %; position and
-    time unchanged): within the spread of training seeds (0.83-1.12 of the classical energy,
-    docs/performance.md "Run-to-run spread"), so not a sign that the fused kernel trains worse,
-    but it changes every published number; the default keeps the optimizer they were measured with."""
+    time unchanged): within the spread of training seeds at equal loss weights (0.83-1.12 of
+    the classical energy, docs/performance.md "Run-to-run spread"), so not a sign that the fused
+    kernel trains worse, but it changes every published number; the default keeps the optimizer
+    they were measured with."""
     groups = param_groups(model, weight_decay, lr, lr_scales)
     for g in groups:
         g.pop("names")
