@@ -27,7 +27,10 @@ training the stage fits, on the val split, a monotone map per component
 (xec.models.sigma_calibration: the 68 % half-width of the val pulls in ``sigma.calibration_bins``
 quantile bins of the raw sigma; 1 bin = one scale), stores it in the checkpoint
 (``sigma_calibration``) and applies it to every sigma it writes (predictions.parquet
-``sigma_<col>``, the exported ``output_<task>_sigma``).
+``sigma_<col>``, the exported ``output_<task>_sigma``). The map is fitted on the val events with
+the true energy in ``sigma.calibration_energy_mev`` (the signal region by default): a sigma cannot
+be calibrated at every fixed true energy of a flat spectrum at once, because the L1 estimate of a
+poorly measured event is pulled towards the middle of the spectrum, and 52.8 MeV is near its top.
 
 Validation metrics (physical units, via xec.metrics): theta/phi bias, RMS, skewness, width68
 (deg) and the 68 % quantile of the opening angle (deg); energy bias and resolution (68 % width
@@ -379,6 +382,27 @@ class RegressorStage(Stage):
             metrics.update({f"pull68_{col}_uncal": float(w) for col, w in zip(get_task(t).columns, width)})
         return metrics
 
+    def calibration_rows(self, cols: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The val rows the sigma calibration is fitted on: those with the true energy in
+        sigma.calibration_energy_mev (None: every event, also when there is no energy truth)."""
+        window = self.sigma.get("calibration_energy_mev")
+        if window is None:
+            return None
+        if "true_energy" not in cols:
+            log.warning(
+                "regressor: sigma.calibration_energy_mev is set but energy is not a task (no energy truth "
+                "in the val shards): the sigma calibration uses every val event"
+            )
+            return None
+        rows = energy_window_rows(cols["true_energy"], window, int(self.sigma["calibration_bins"]))
+        log.info(
+            "regressor: sigma calibration on the %d of %d val events with true energy in [%g, %g] MeV",
+            int(rows.sum()),
+            rows.size,
+            *window,
+        )
+        return rows
+
     def finalize(self, model, val_loader, out_dir: Path, ctx: DistContext) -> dict[str, float]:
         """Fit the sigma calibration on val and write predictions.parquet of the whole val split
         with calibrated sigmas (rank 0; the checkpoint saved afterwards carries the calibration)."""
@@ -388,12 +412,19 @@ class RegressorStage(Stage):
         metrics: dict[str, float] = {}
         calibration = {}
         bins = int(self.sigma["calibration_bins"]) if self.sigma["calibrate"] else 0
+        fit_rows = self.calibration_rows(cols) if bins else None
+        if fit_rows is not None:
+            metrics["val_sigma_calibration_events"] = float(fit_rows.sum())
         for t in self.sigma_tasks:
             names = get_task(t).columns
             p = np.stack([cols[f"pred_{c}"] for c in names], 1)
             y = np.stack([cols[f"true_{c}"] for c in names], 1)
             s = np.stack([cols[f"sigma_{c}"] for c in names], 1)
-            calibration[t] = SC.fit(p, y, s, bins) if bins else SC.normalize(None, len(names), t)
+            if bins:
+                sel = slice(None) if fit_rows is None else fit_rows
+                calibration[t] = SC.fit(p[sel], y[sel], s[sel], bins)
+            else:
+                calibration[t] = SC.normalize(None, len(names), t)
             s_cal = SC.apply_numpy(calibration[t], s)
             median = np.median(s, axis=0, keepdims=True)
             at_median = SC.apply_numpy(calibration[t], median)[0] / median[0]  # the one scale of bins = 1
@@ -402,6 +433,9 @@ class RegressorStage(Stage):
                 metrics[f"val_sigma_scale_{c}"] = float(at_median[i])
             for c, w in zip(names, pull_widths(p, y, s_cal)):
                 metrics[f"val_pull68_{c}"] = float(w)
+            if fit_rows is not None:
+                for c, w in zip(names, pull_widths(p[fit_rows], y[fit_rows], s_cal[fit_rows])):
+                    metrics[f"val_pull68_{c}_calibration_window"] = float(w)
         if self.sigma_tasks:
             self.sigma_calibration = calibration
             getattr(model, "module", model).set_sigma_calibration(calibration)
@@ -411,6 +445,25 @@ class RegressorStage(Stage):
             )
         write_parquet(cols, Path(out_dir) / "predictions.parquet")
         return metrics
+
+
+def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any, bins: int) -> np.ndarray:
+    """Boolean rows of the val events whose true energy lies in ``window_mev`` = [lo, hi] MeV
+    (regressor.sigma.calibration_energy_mev); XecError when fewer than one bin's minimum
+    (xec.models.sigma_calibration fits fewer bins than ``bins`` when the events are few)."""
+    lo, hi = (float(v) for v in window_mev)
+    if not lo < hi:
+        raise XecError(f"config regressor.sigma.calibration_energy_mev: [{lo}, {hi}] is not an interval (lo < hi)")
+    e = 1e3 * np.asarray(true_energy_gev, dtype=np.float64)
+    rows = (e >= lo) & (e <= hi)
+    if rows.sum() < SC.MIN_EVENTS_PER_BIN:
+        raise XecError(
+            f"config regressor.sigma.calibration_energy_mev [{lo}, {hi}] MeV: {int(rows.sum())} of {rows.size} "
+            f"val events have their true energy in it; the sigma calibration needs at least "
+            f"{SC.MIN_EVENTS_PER_BIN} ({bins} bins: {bins * SC.MIN_EVENTS_PER_BIN}); widen it, set it to null "
+            f"(every val event) or simulate more val events"
+        )
+    return rows
 
 
 def pull_widths(pred: np.ndarray, true: np.ndarray, sigma: np.ndarray) -> np.ndarray:
