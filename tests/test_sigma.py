@@ -200,3 +200,39 @@ def test_bad_sigma_config_stops_the_regressor_before_writing(tmp_path, capsys):
     rc = main(["train", "regressor", "--config", str(cfg), "--init", "none", "--out", str(out)])
     assert rc != 0 and "regressor.sigma.weight" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_calibration_window_selects_the_signal_region_events():
+    """The sigma map is fitted on the val events with the true energy in
+    regressor.sigma.calibration_energy_mev: events whose pulls are twice as wide there give a
+    factor of 2, not the whole sample's mixture; null keeps every event; bad windows are errors."""
+    from xec.models import sigma_calibration as SC
+    from xec.train.regressor import RegressorStage, energy_window_rows
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    e_gev = rng.uniform(0.015, 0.060, n)
+    inside = (e_gev >= 0.045) & (e_gev <= 0.060)
+    sigma = np.full(n, 0.5e-3)
+    resid = rng.normal(0.0, 1.0, n) * sigma * np.where(inside, 2.0, 1.0)
+    cols = {"true_energy": e_gev, "pred_energy": e_gev + resid, "sigma_energy": sigma}
+
+    stage = RegressorStage.__new__(RegressorStage)  # only .sigma is read
+    stage.sigma = {"calibration_energy_mev": [45.0, 60.0], "calibration_bins": 4}
+    rows = stage.calibration_rows(cols)
+    assert rows.sum() == inside.sum() and np.array_equal(rows, inside)
+    fit = SC.fit(cols["pred_energy"][rows, None], e_gev[rows, None], sigma[rows, None], 4)
+    factor = SC.apply_numpy(fit, sigma[:1, None])[0, 0] / sigma[0]
+    assert factor == pytest.approx(2.0, rel=0.05)
+    mixture = SC.fit(cols["pred_energy"][:, None], e_gev[:, None], sigma[:, None], 4)
+    assert SC.apply_numpy(mixture, sigma[:1, None])[0, 0] / sigma[0] < 1.6  # what the whole sample gives
+
+    stage.sigma["calibration_energy_mev"] = None
+    assert stage.calibration_rows(cols) is None
+    stage.sigma["calibration_energy_mev"] = [45.0, 60.0]
+    assert stage.calibration_rows({k: v for k, v in cols.items() if k != "true_energy"}) is None  # no energy task
+
+    with pytest.raises(XecError, match=r"calibration_energy_mev.*not an interval"):
+        energy_window_rows(e_gev, [60.0, 45.0], 8)
+    with pytest.raises(XecError, match=r"calibration_energy_mev \[59.9, 60.0\] MeV: \d+ of 6000 val events"):
+        energy_window_rows(e_gev, [59.9, 60.0], 8)

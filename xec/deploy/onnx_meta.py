@@ -24,8 +24,9 @@ columns                JSON {task: [column names]} (angle: theta, phi; uvwFI: u,
 target_standardization JSON of ``TargetStandardizer.to_dict()`` (already applied inside the graph;
                        kept for reference only)
 sigma_calibration      JSON {task: {"log_sigma": [[knots] per column], "log_factor": [[c] per
-                       column]}}: the monotone map fitted on the val split (68 % half-width of
-                       the val pulls = 1 in each quantile bin of the raw sigma; log sigma_cal =
+                       column]}}: the monotone map fitted on val (its signal-region events,
+                       regressor.sigma.calibration_energy_mev; 68 % half-width of the val
+                       pulls = 1 in each quantile bin of the raw sigma; log sigma_cal =
                        log sigma + c, c piecewise linear in log sigma, constant outside the
                        knots; xec.models.sigma_calibration), already applied inside the graph;
                        kept for reference only (older files: {task: [scale per column]})
