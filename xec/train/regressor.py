@@ -394,7 +394,9 @@ class RegressorStage(Stage):
                 "in the val shards): the sigma calibration uses every val event"
             )
             return None
-        rows = energy_window_rows(cols["true_energy"], window, int(self.sigma["calibration_bins"]))
+        rows = energy_window_rows(cols["true_energy"], window)
+        if rows is None:
+            return None
         log.info(
             "regressor: sigma calibration on the %d of %d val events with true energy in [%g, %g] MeV",
             int(rows.sum()),
@@ -447,22 +449,26 @@ class RegressorStage(Stage):
         return metrics
 
 
-def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any, bins: int) -> np.ndarray:
+def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarray | None:
     """Boolean rows of the val events whose true energy lies in ``window_mev`` = [lo, hi] MeV
-    (regressor.sigma.calibration_energy_mev); XecError when fewer than one bin's minimum
-    (xec.models.sigma_calibration fits fewer bins than ``bins`` when the events are few)."""
+    (regressor.sigma.calibration_energy_mev); None, with a warning, when fewer than one quantile
+    bin's minimum lie in it (a small test sample): the calibration then uses every val event."""
     lo, hi = (float(v) for v in window_mev)
     if not lo < hi:
         raise XecError(f"config regressor.sigma.calibration_energy_mev: [{lo}, {hi}] is not an interval (lo < hi)")
     e = 1e3 * np.asarray(true_energy_gev, dtype=np.float64)
     rows = (e >= lo) & (e <= hi)
     if rows.sum() < SC.MIN_EVENTS_PER_BIN:
-        raise XecError(
-            f"config regressor.sigma.calibration_energy_mev [{lo}, {hi}] MeV: {int(rows.sum())} of {rows.size} "
-            f"val events have their true energy in it; the sigma calibration needs at least "
-            f"{SC.MIN_EVENTS_PER_BIN} ({bins} bins: {bins * SC.MIN_EVENTS_PER_BIN}); widen it, set it to null "
-            f"(every val event) or simulate more val events"
+        log.warning(
+            "regressor: only %d of %d val events have their true energy in sigma.calibration_energy_mev "
+            "[%g, %g] MeV (a calibration bin needs %d): the sigma calibration uses every val event",
+            int(rows.sum()),
+            rows.size,
+            lo,
+            hi,
+            SC.MIN_EVENTS_PER_BIN,
         )
+        return None
     return rows
 
 
