@@ -207,8 +207,9 @@ def test_calibration_window_selects_the_signal_region_events():
     regressor.sigma.calibration_energy_mev: events whose pulls are twice as wide there give a
     factor of 2, not the whole sample's mixture; null, a window with too few events or no energy
     truth keep every event; a reversed window is an error."""
+    from xec.config import load_config
     from xec.models import sigma_calibration as SC
-    from xec.train.regressor import RegressorStage, energy_window_rows
+    from xec.train.regressor import RegressorStage, energy_window_rows, sigma_spec
 
     rng = np.random.default_rng(3)
     n = 6000
@@ -233,6 +234,9 @@ def test_calibration_window_selects_the_signal_region_events():
     stage.sigma["calibration_energy_mev"] = [45.0, 60.0]
     assert stage.calibration_rows({k: v for k, v in cols.items() if k != "true_energy"}) is None  # no energy task
 
+    # a reversed window stops the stage at its construction, not after the training
+    sec = load_config(None)["regressor"]
+    sec = {**sec, "sigma": {**sec["sigma"], "calibration_energy_mev": [60.0, 45.0]}}
     with pytest.raises(XecError, match=r"calibration_energy_mev.*not an interval"):
-        energy_window_rows(e_gev, [60.0, 45.0])
+        sigma_spec(sec, sec["tasks"])
     assert energy_window_rows(e_gev, [59.9, 60.0]) is None  # ~13 events: every val event, with a warning

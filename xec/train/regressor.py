@@ -116,6 +116,10 @@ def sigma_spec(sec: Mapping[str, Any], tasks) -> dict[str, Any]:
     """The `regressor.sigma` section, its tasks checked against regressor.tasks."""
     spec = dict(sec["sigma"])
     spec["tasks"] = list(spec["tasks"])
+    window = spec.get("calibration_energy_mev")
+    if window is not None and not float(window[0]) < float(window[1]):
+        # checked here, at the stage's construction: the window is used only after training
+        raise XecError(f"config regressor.sigma.calibration_energy_mev: {list(window)} is not an interval (lo < hi)")
     unknown = [t for t in spec["tasks"] if t not in tasks]
     if unknown:
         raise XecError(
@@ -415,6 +419,7 @@ class RegressorStage(Stage):
         calibration = {}
         bins = int(self.sigma["calibration_bins"]) if self.sigma["calibrate"] else 0
         fit_rows = self.calibration_rows(cols) if bins else None
+        fit_sel = slice(None) if fit_rows is None else fit_rows
         if fit_rows is not None:
             metrics["val_sigma_calibration_events"] = float(fit_rows.sum())
         for t in self.sigma_tasks:
@@ -422,11 +427,9 @@ class RegressorStage(Stage):
             p = np.stack([cols[f"pred_{c}"] for c in names], 1)
             y = np.stack([cols[f"true_{c}"] for c in names], 1)
             s = np.stack([cols[f"sigma_{c}"] for c in names], 1)
-            if bins:
-                sel = slice(None) if fit_rows is None else fit_rows
-                calibration[t] = SC.fit(p[sel], y[sel], s[sel], bins)
-            else:
-                calibration[t] = SC.normalize(None, len(names), t)
+            calibration[t] = (
+                SC.fit(p[fit_sel], y[fit_sel], s[fit_sel], bins) if bins else SC.normalize(None, len(names), t)
+            )
             s_cal = SC.apply_numpy(calibration[t], s)
             median = np.median(s, axis=0, keepdims=True)
             at_median = SC.apply_numpy(calibration[t], median)[0] / median[0]  # the one scale of bins = 1
@@ -454,8 +457,6 @@ def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarr
     (regressor.sigma.calibration_energy_mev); None, with a warning, when fewer than one quantile
     bin's minimum lie in it (a small test sample): the calibration then uses every val event."""
     lo, hi = (float(v) for v in window_mev)
-    if not lo < hi:
-        raise XecError(f"config regressor.sigma.calibration_energy_mev: [{lo}, {hi}] is not an interval (lo < hi)")
     e = 1e3 * np.asarray(true_energy_gev, dtype=np.float64)
     rows = (e >= lo) & (e <= hi)
     if rows.sum() < SC.MIN_EVENTS_PER_BIN:
