@@ -245,6 +245,39 @@ def test_sigma_heads_do_not_change_the_point_estimates(mae_run, data, tmp_path):
     assert model.sigma_calibration() == ck["sigma_calibration"]
 
 
+def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
+    """regressor.head_refit: the saved model carries the refitted uvwFI head (its width in
+    model_args, the same shapes in model_state and ema_state); the other tasks' predictions are
+    bit-identical to a run without the refit, and the val metrics are those of the new head."""
+    import pandas as pd
+
+    from xec.metrics import width68
+
+    out, _ = mae_run
+    preds, summaries = {}, {}
+    refit = {"tasks": ["uvwFI"], "hidden": 24, "epochs": 2, "max_events": 64}
+    for name, spec in (("plain", {"tasks": []}), ("refit", refit)):
+        cfg = make_cfg(data, **{"train.max_train_events": 96, "regressor.head_refit": spec, "mlflow.enabled": False})
+        summaries[name] = run_stage(
+            "regressor", cfg, shards=data / "shards", out=tmp_path / name, init=str(out / "checkpoint.pt")
+        )
+        preds[name] = pd.read_parquet(tmp_path / name / "predictions.parquet")
+    plain, new = preds["plain"], preds["refit"]
+    for c in ("pred_theta", "pred_phi", "pred_energy", "true_u"):
+        np.testing.assert_array_equal(plain[c].to_numpy(), new[c].to_numpy(), err_msg=c)
+    assert not np.array_equal(plain["pred_u"].to_numpy(), new["pred_u"].to_numpy())
+    val = summaries["refit"]["val"]
+    assert val["val_u_mm_res"] == pytest.approx(10 * width68(new["pred_u"] - new["true_u"]))
+    assert val["val_u_mm_res"] != summaries["refit"]["history"][-1]["val_u_mm_res"]  # the last epoch, before
+    ck = load_checkpoint(tmp_path / "refit" / "checkpoint.pt", expected_stage="regressor")
+    assert ck["model_args"]["head_hidden"] == {"uvwFI": 24}
+    for state in ("model_state", "ema_state"):
+        assert ck[state]["heads.uvwFI.fc1.weight"].shape[0] == 24, state
+        assert ck[state]["heads.angle.fc1.weight"].shape[0] == 64, state
+    model = build_model_from_checkpoint(ck)
+    assert model.head_hidden["uvwFI"] == 24
+
+
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     import uproot
 

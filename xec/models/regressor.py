@@ -53,6 +53,10 @@ class TaskHead(nn.Module):
 
     def forward(self, z: torch.Tensor, loc: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm(z) if loc is None else torch.cat([self.norm(z), loc], dim=1)
+        return self.from_normed(h, loc)
+
+    def from_normed(self, h: torch.Tensor, loc: torch.Tensor | None) -> torch.Tensor:
+        """The head after its LayerNorm: h = [norm(z), loc] (the head refit trains on a cached h)."""
         y = self.fc2(self.act(self.fc1(h)))
         return y if self.skip is None else y + self.skip(loc)
 
@@ -67,9 +71,12 @@ class XECRegressor(nn.Module):
         geometry=None,
         normalizer=None,
         sigma_tasks: Sequence[str] = (),
+        head_hidden: Mapping[str, int] | None = None,
     ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``;
-        ``sigma_tasks``: tasks that also get a per-event uncertainty head."""
+        ``sigma_tasks``: tasks that also get a per-event uncertainty head; ``head_hidden``: the
+        hidden width of some tasks' heads instead of ``cfg.head_hidden`` (the heads replaced by
+        the regressor's head refit, xec.train.refit)."""
         super().__init__()
         if normalizer is not None:
             sentinel = float(normalizer.sentinel)
@@ -116,7 +123,11 @@ class XECRegressor(nn.Module):
                 nn.init.zeros_(self.centroid_head.fc2.bias)
                 nn.init.zeros_(self.centroid_head.skip.weight)
                 nn.init.zeros_(self.centroid_head.skip.bias)
-        self.heads = nn.ModuleDict({t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.tasks})
+        self.head_in_dims = (in_dim, loc_dim)
+        self.head_hidden = {t: int((head_hidden or {}).get(t, cfg.head_hidden)) for t in self.tasks}
+        self.heads = nn.ModuleDict(
+            {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
+        )
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
@@ -176,13 +187,7 @@ class XECRegressor(nn.Module):
         {<task>_logvar: (B, dim)} for the uncertainty tasks."""
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
-        z = self.encoder(x).flatten(1)
-        loc = self.peak(x) if self.peak is not None else None
-        if self.aggregates is not None:
-            photons, sums = self.aggregates.photons(x)
-            log_light = self.aggregates.light(sums)
-            feats = self.aggregates.features(sums, log_light)
-            loc = feats if loc is None else torch.cat([loc, feats], dim=1)
+        z, loc, photons, log_light = self._trunk(x)
         out = {t: self.heads[t](z, loc) for t in self.tasks}
         if self.aggregates is not None:
             self._apply_aggregates(out, x, photons, log_light, z, loc)
@@ -190,6 +195,24 @@ class XECRegressor(nn.Module):
             zd, locd = z.detach(), None if loc is None else loc.detach()
             out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
         return out
+
+    def _trunk(self, x: torch.Tensor):
+        """The heads' inputs: fused tokens z (B, in_dim), peak-window and aggregate features loc
+        (B, loc_dim) or None, and the aggregates' photons and log light sum (None without them)."""
+        z = self.encoder(x).flatten(1)
+        loc = self.peak(x) if self.peak is not None else None
+        photons = log_light = None
+        if self.aggregates is not None:
+            photons, sums = self.aggregates.photons(x)
+            log_light = self.aggregates.light(sums)
+            feats = self.aggregates.features(sums, log_light)
+            loc = feats if loc is None else torch.cat([loc, feats], dim=1)
+        return z, loc, photons, log_light
+
+    def head_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z, loc): what every task head reads for the normalized events x (B, 4760, 2)."""
+        z, loc, _, _ = self._trunk(x)
+        return z, loc
 
     def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:
         return (y - getattr(self, f"target_mean_{task}")) / getattr(self, f"target_std_{task}")

@@ -57,7 +57,10 @@ class Stage:
       ``lr_scales()`` -> [(parameter-name prefix, lr factor)]
       ``separate_clip_prefixes()`` -> parameter-name prefixes whose gradients are norm-clipped
           on their own (modules trained on detached inputs, e.g. the regressor's sigma heads)
-      ``finalize(model, val_loader, out_dir, ctx)`` -> extra final metrics (e.g. after writing predictions)
+      ``finalize(model, val_loader, out_dir, ctx)`` -> extra final metrics (e.g. after writing
+          predictions); it may replace modules of the evaluated model (the regressor's head refit)
+      ``sync_replaced(raw, evaluated)`` -> copies those modules into the raw (non-EMA) model, so
+          that the checkpoint's model_state and ema_state keep the same shapes
     """
 
     name: ClassVar[str]
@@ -158,6 +161,9 @@ class Stage:
 
     def finalize(self, model: nn.Module, val_loader: Any, out_dir: Path, ctx: Any) -> dict[str, float]:
         return {}
+
+    def sync_replaced(self, raw: nn.Module, evaluated: nn.Module) -> None:
+        """Copy the modules ``finalize`` replaced in ``evaluated`` into ``raw`` (none here)."""
 
 
 def model_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:

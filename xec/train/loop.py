@@ -449,6 +449,8 @@ class Trainer:
         self.eval_model.eval()
         with torch.no_grad(), self._autocast():
             extra = self.stage.finalize(self.eval_model, self.val_loader, self.out_dir, self.ctx)
+        if self.ema is not None:
+            self.stage.sync_replaced(self.model, self.ema.module)
         last = self.history[-1] if self.history else {}
         summary = {
             "stage": self.stage.name,

@@ -43,6 +43,7 @@ the calibration scales (``sigma_scale_<col>``) and the calibrated val pull width
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,6 +65,7 @@ from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
 from xec.train.base import Stage, model_config_of
 from xec.train.distributed import DistContext, all_reduce_sum, gather_arrays
+from xec.train.refit import refit_heads, refit_spec
 from xec.utils import atomic_path
 
 log = logging.getLogger("xec.train")
@@ -186,6 +188,9 @@ class RegressorStage(Stage):
         self.sigma = sigma_spec(self.sec, self.tasks)
         self.sigma_tasks = tuple(t for t in self.tasks if t in self.sigma["tasks"])
         self.sigma_calibration: dict[str, dict] | None = None  # fitted on val by finalize()
+        self.head_refit = refit_spec(self.sec["head_refit"], self.tasks, self.losses)
+        self.head_hidden: dict[str, int] = {}  # widths of the heads refitted by finalize()
+        self.train_loader = None
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.dead_aug = DeadSensorAugment.from_config(
             self.sec["dead_sensors"], int(cfg["deadsweep"]["board_size"]), "regressor.dead_sensors"
@@ -209,6 +214,7 @@ class RegressorStage(Stage):
             std,
             normalizer=norm,
             sigma_tasks=list(args.get("sigma_tasks", ())),  # absent in checkpoints older than the heads
+            head_hidden=args.get("head_hidden"),  # heads refitted after training (xec.train.refit)
         )
         model.set_sigma_calibration(spec.get("sigma_calibration"))
         nll = list(args["nll_tasks"])
@@ -225,6 +231,7 @@ class RegressorStage(Stage):
                 t for t, s in self.losses.items() if s["type"] == "gaussian_nll" and t not in self.sigma_tasks
             ],
             "sigma_tasks": list(self.sigma_tasks),
+            "head_hidden": dict(self.head_hidden),
         }
 
     def attach_inpainter(self, path: str | None, device) -> None:
@@ -256,6 +263,7 @@ class RegressorStage(Stage):
             {t: std.mean[t] for t in self.tasks}, {t: std.std[t] for t in self.tasks}
         )
         self.val_manifest = val_loader.manifest["_path"]
+        self.train_loader = train_loader  # read again by the head refit
         self.val_batch = val_loader.batch_size
 
     def payload(self) -> dict[str, Any]:
@@ -414,8 +422,19 @@ class RegressorStage(Stage):
         with calibrated sigmas (rank 0; the checkpoint saved afterwards carries the calibration)."""
         if not ctx.is_main:
             return {}
-        cols = val_predictions(model, self, ctx.device)
         metrics: dict[str, float] = {}
+        if self.head_refit["tasks"]:
+            self.refit(_unwrapped(model), ctx.device)
+        cols = val_predictions(model, self, ctx.device)
+        if self.head_hidden:
+            # the val resolutions of the model as it is saved and exported (the last epoch's
+            # numbers, before the refit, stay in the history)
+            p, y = {}, {}
+            for t in self.tasks:
+                names = get_task(t).columns
+                p[t] = np.stack([cols[f"pred_{c}"] for c in names], 1)
+                y[t] = np.stack([cols[f"true_{c}"] for c in names], 1)
+            metrics.update({f"val_{k}": v for k, v in physics_metrics(p, y, self.standardizer).items()})
         calibration = {}
         bins = int(self.sigma["calibration_bins"]) if self.sigma["calibrate"] else 0
         fit_rows = self.calibration_rows(cols) if bins else None
@@ -450,6 +469,31 @@ class RegressorStage(Stage):
             )
         write_parquet(cols, Path(out_dir) / "predictions.parquet")
         return metrics
+
+    def refit(self, model: XECRegressor, device) -> None:
+        """Replace the heads of regressor.head_refit.tasks by heads refitted on the trained trunk."""
+        losses = {
+            t: (lambda pred, z, s=self.losses[t]: elementwise(s["type"], pred, z, float(s["beta"])))
+            for t in self.head_refit["tasks"]
+        }
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(0)
+        widths = refit_heads(
+            model,
+            self.train_loader,
+            self.head_refit,
+            losses,
+            lambda t, y: _standardize(self.standardizer, t, y),
+            int(self.cfg["seed"]) * 10 + self.seed_offset,
+            device,
+        )
+        self.head_hidden.update(widths)
+
+    def sync_replaced(self, raw: nn.Module, evaluated: nn.Module) -> None:
+        raw, evaluated = _unwrapped(raw), _unwrapped(evaluated)
+        for t in self.head_hidden:
+            raw.heads[t] = copy.deepcopy(evaluated.heads[t])
+            raw.head_hidden[t] = self.head_hidden[t]
 
 
 def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarray | None:
