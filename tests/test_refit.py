@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xec.errors import XecError
-from xec.train.refit import fit_head, refit_spec
+from xec.train.refit import fit_heads, refit_spec
 
 L1 = lambda pred, y: (pred - y).abs()  # noqa: E731
 
@@ -24,7 +24,7 @@ def synthetic_cache(n: int = 2048, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_fit_head_learns_a_known_function():
     cache = synthetic_cache()
     start = L1(torch.zeros_like(cache["y_uvwFI"]), cache["y_uvwFI"]).mean().item()
-    head, last = fit_head(cache, "uvwFI", 32, L1, 20, 3e-3, 64, seed=1, device=torch.device("cpu"))
+    head, last = fit_heads(cache, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=torch.device("cpu"))["uvwFI"]
     assert not head.training
     with torch.no_grad():
         err = L1(head(cache["z"], cache["loc"]), cache["y_uvwFI"]).mean().item()
@@ -36,17 +36,33 @@ def test_fit_head_learns_a_known_function():
 
 def test_fit_head_is_seeded_and_follows_the_weights():
     cache = synthetic_cache(512)
-    heads = [fit_head(cache, "uvwFI", 16, L1, 2, 1e-3, 64, seed=5, device=torch.device("cpu"))[0] for _ in range(2)]
+    heads = [
+        fit_heads(cache, {"uvwFI": L1}, 16, 2, 1e-3, 64, seed=5, device=torch.device("cpu"))["uvwFI"][0]
+        for _ in range(2)
+    ]
     for p, q in zip(heads[0].parameters(), heads[1].parameters()):
         assert torch.equal(p, q)
     # half the events carry garbage targets at weight 0: the head fits the other half as if alone
     bad = synthetic_cache(1024, seed=3)
     bad["y_uvwFI"][512:] = 100.0
     bad["w_uvwFI"][512:] = 0.0
-    head, _ = fit_head(bad, "uvwFI", 32, L1, 20, 3e-3, 64, seed=1, device=torch.device("cpu"))
+    head, _ = fit_heads(bad, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=torch.device("cpu"))["uvwFI"]
     with torch.no_grad():
         pred = head(bad["z"][:512], bad["loc"][:512])
     assert L1(pred, bad["y_uvwFI"][:512]).mean().item() < 0.15
+
+
+def test_heads_fitted_together_equal_heads_fitted_alone():
+    """One loop for several heads (summed loss, one optimizer step) trains each as if alone."""
+    cache = synthetic_cache(512)
+    cache["y_angle"] = -2.0 * cache["y_uvwFI"][:, :2]
+    cache["w_angle"] = torch.rand(512, generator=torch.Generator().manual_seed(4))
+    cpu = torch.device("cpu")
+    together = fit_heads(cache, {"uvwFI": L1, "angle": L1}, 16, 2, 1e-3, 64, seed=7, device=cpu)
+    alone = fit_heads(cache, {"uvwFI": L1}, 16, 2, 1e-3, 64, seed=7, device=cpu)
+    for p, q in zip(together["uvwFI"][0].parameters(), alone["uvwFI"][0].parameters()):
+        torch.testing.assert_close(p, q)
+    assert together["angle"][0].fc2.out_features == 2
 
 
 @pytest.mark.parametrize(

@@ -71,58 +71,74 @@ def cache_head_inputs(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def fit_head(
+def fit_heads(
     cache: Mapping[str, torch.Tensor],
-    task: str,
+    losses: Mapping[str, Loss],
     hidden: int,
-    loss: Loss,
     epochs: int,
     lr: float,
     batch_size: int,
     seed: int,
     device: torch.device,
     weight_decay: float = 0.01,
-) -> tuple[TaskHead, float]:
-    """A new TaskHead (width ``hidden``) for ``task`` trained on ``cache``; returns it (eval
-    mode, on ``device``) and its weighted loss over the cache in the last epoch."""
+) -> dict[str, tuple[TaskHead, float]]:
+    """A new TaskHead (width ``hidden``) per task of ``losses`` trained on ``cache``; returns
+    {task: (head in eval mode on ``device``, its weighted loss over the cache in the last epoch)}.
+
+    The heads share nothing but the batches: one loop, one summed loss and one optimizer step
+    for all of them (Adam normalizes each parameter on its own, so this is the same as training
+    each alone on that batch order, at a shared per-step cost)."""
+    tasks = list(losses)
     z = cache["z"].to(device)
     loc = cache["loc"].to(device) if "loc" in cache else None
-    y, w = cache[f"y_{task}"].to(device), cache[f"w_{task}"].to(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = TaskHead(z.shape[1], 0 if loc is None else loc.shape[1], hidden, y.shape[1]).to(device)
-    # The LayerNorm's affine map is left at the identity (an affine map before fc1 adds nothing
-    # fc1 cannot learn), so its output is computed once: 1.7x fewer ops per step, and AdamW's
-    # fused kernel another 1.3x (h256, batch 64, on 2 CPU cores: 1.08 -> 0.48 s per 40k-event epoch).
-    head.norm.requires_grad_(False)
-    h = F.layer_norm(z, z.shape[1:], eps=head.norm.eps)
+    ys = {t: cache[f"y_{t}"].to(device) for t in tasks}
+    ws = {t: cache[f"w_{t}"].to(device) for t in tasks}
+    heads = {}
+    for i, t in enumerate(tasks):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + i)
+            heads[t] = TaskHead(z.shape[1], 0 if loc is None else loc.shape[1], hidden, ys[t].shape[1]).to(device)
+        # The LayerNorm's affine map stays the identity (an affine map before fc1 adds nothing
+        # fc1 cannot learn), so its output is computed once below: 1.7x fewer ops per step, and
+        # AdamW's fused kernel another 1.3x (hidden 256, batch 64, 2 CPU cores: 1.08 -> 0.48 s
+        # per 40,000-event epoch).
+        heads[t].norm.requires_grad_(False)
+    h = F.layer_norm(z, z.shape[1:], eps=heads[tasks[0]].norm.eps)
     h = h if loc is None else torch.cat([h, loc], dim=1)
     n = z.shape[0]
-    params = [p for p in head.parameters() if p.requires_grad]
+    params = [p for t in tasks for p in heads[t].parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s / steps, 1.0))))
     gen = torch.Generator().manual_seed(seed)
-    last = torch.zeros(())
-    # finalize runs under no_grad (and autocast on a GPU): the head trains with gradients, in float32
+    last = {t: torch.zeros(()) for t in tasks}
+    # finalize runs under no_grad (and autocast on a GPU): the heads train with gradients, in float32
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        head.train()
+        for head in heads.values():
+            head.train()
         for _ in range(epochs):
             order = torch.randperm(n, generator=gen).to(device)
-            total = torch.zeros((), device=device)
+            totals = {t: torch.zeros((), device=device) for t in tasks}
             for i in range(0, n, batch_size):
                 rows = order[i : i + batch_size]
-                wb = w[rows]
-                per_event = loss(head.from_normed(h[rows], None if loc is None else loc[rows]), y[rows]).mean(dim=-1)
-                lb = (per_event * wb).sum() / wb.sum().clamp_min(1e-12)
+                hb, lb_loc = h[rows], None if loc is None else loc[rows]
+                total_loss = 0.0
+                for t in tasks:
+                    wb = ws[t][rows]
+                    per_event = losses[t](heads[t].from_normed(hb, lb_loc), ys[t][rows]).mean(dim=-1)
+                    lt = (per_event * wb).sum() / wb.sum().clamp_min(1e-12)
+                    totals[t] += lt.detach() * wb.sum()  # no host sync per step
+                    total_loss = total_loss + lt
                 opt.zero_grad(set_to_none=True)
-                lb.backward()
+                total_loss.backward()
                 opt.step()
                 sched.step()
-                total += lb.detach() * wb.sum()  # no host sync per step
-            last = total / w.sum().clamp_min(1e-12)
-    head.requires_grad_(True)
-    return head.eval(), float(last)
+            last = {t: totals[t] / ws[t].sum().clamp_min(1e-12) for t in tasks}
+    out = {}
+    for t in tasks:
+        heads[t].requires_grad_(True)
+        out[t] = (heads[t].eval(), float(last[t]))
+    return out
 
 
 def refit_heads(
@@ -149,19 +165,18 @@ def refit_heads(
         n,
         sum(v.numel() * v.element_size() for v in cache.values()) / 1e6,
     )
+    fitted = fit_heads(
+        cache,
+        {t: losses[t] for t in tasks},
+        int(spec["hidden"]),
+        int(spec["epochs"]),
+        float(spec["lr"]),
+        int(spec["batch_size"]),
+        seed,
+        device,
+    )
     widths = {}
-    for i, t in enumerate(tasks):
-        head, last = fit_head(
-            cache,
-            t,
-            int(spec["hidden"]),
-            losses[t],
-            int(spec["epochs"]),
-            float(spec["lr"]),
-            int(spec["batch_size"]),
-            seed + i,
-            device,
-        )
+    for t, (head, last) in fitted.items():
         old: nn.Module = model.heads[t]
         model.heads[t] = head.to(next(old.parameters()).dtype)
         model.head_hidden[t] = widths[t] = int(spec["hidden"])
