@@ -2,17 +2,16 @@
 trunk (``regressor.head_refit``).
 
 Why: a head trained jointly with the encoder chases features that move under it until the last
-epoch. A wider head trained afterwards, on the converged and frozen features at a lower learning
-rate, measured 6-8 % better on v, 3-6 % on u and 10-13 % on w (val, bench and freshly simulated
-events), while the same width trained jointly was not better (docs/performance.md, "Position
-heads").
+epoch. Wider heads trained afterwards on the converged, frozen features made u, v, w 6-12 % and
+phi 2-5 % better on freshly simulated events (the default: 11 epochs + refit against 12 epochs),
+while the same width trained jointly was not better (docs/performance.md, "Head refit").
 
 How: the evaluated model (the EMA weights) runs once, without gradients, over the first
 ``max_events`` training events and keeps what every head reads (fused tokens z and peak-window /
 aggregate features loc, ``XECRegressor.head_inputs``), the standardized targets and the
-reweighting weights: (in_dim + loc_dim) floats per event, 67 MB for 40,000 events with the tiny
-preset. A fresh ``TaskHead`` of width ``hidden`` per task is trained on that cache (the task's
-loss, AdamW, cosine decay, seeded) and replaces the model's head; the stage records the width in
+reweighting weights: (in_dim + loc_dim) floats per event, 56 MB for 40,000 events with the tiny
+preset. A fresh ``TaskHead`` of width ``hidden`` per task is trained on that cache (all tasks in
+one loop; the task's loss, AdamW, cosine decay, seeded) and replaces the model's head; the stage records the width in
 the checkpoint's model_args, so everything after it (sigma calibration, predictions.parquet,
 export) uses the new head. Only tasks whose head output is the prediction can be refitted: the
 energy and time heads are corrections on top of the physics aggregates.
@@ -27,9 +26,11 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from xec.errors import XecError
 from xec.models.regressor import TaskHead, XECRegressor
+from xec.utils import progress_enabled
 
 log = logging.getLogger("xec.train")
 
@@ -116,7 +117,9 @@ def fit_heads(
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for head in heads.values():
             head.train()
-        for _ in range(epochs):
+        for _ in tqdm(
+            range(epochs), desc=f"head refit {'+'.join(tasks)}", unit="epoch", disable=not progress_enabled()
+        ):
             order = torch.randperm(n, generator=gen).to(device)
             totals = {t: torch.zeros((), device=device) for t in tasks}
             for i in range(0, n, batch_size):
