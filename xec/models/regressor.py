@@ -123,7 +123,6 @@ class XECRegressor(nn.Module):
                 nn.init.zeros_(self.centroid_head.fc2.bias)
                 nn.init.zeros_(self.centroid_head.skip.weight)
                 nn.init.zeros_(self.centroid_head.skip.bias)
-        self.head_in_dims = (in_dim, loc_dim)
         self.head_hidden = {t: int((head_hidden or {}).get(t, cfg.head_hidden)) for t in self.tasks}
         self.heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
