@@ -484,7 +484,7 @@ class RegressorStage(Stage):
             self.head_refit,
             losses,
             lambda t, y: _standardize(self.standardizer, t, y),
-            int(self.cfg["seed"]) * 10 + self.seed_offset,
+            int(self.hparams(self.cfg)["seed"]),  # the stage seed (Stage.hparams)
             device,
         )
         self.head_hidden.update(widths)
