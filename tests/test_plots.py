@@ -165,6 +165,16 @@ def test_xec_plots_cli_makes_what_exists(tmp_path):
     # no bench ROOT file, no checkpoints, monochromatic energy: skipped with a reason
     assert "event_display_worst" in index["skipped"] and "mae_examples" in index["skipped"]
     assert "constant" in index["skipped"]["profile_vs_energy_bench"]
+    # the pipeline's two plot jobs split that list between them
+    parts = {}
+    for part in ("physics", "training"):
+        out = tmp_path / part
+        args = ["plots", "--results", str(res), "--out", str(out), "--part", part]
+        assert main([*args, "--config", str(tmp_path / "cfg.yaml")]) == 0
+        parts[part] = json.loads((out / "index.json").read_text())
+    assert set(parts["training"]["made"]) == {"training_curves"}
+    assert set(parts["physics"]["made"]) == set(index["made"]) - {"training_curves"}
+    assert {**parts["physics"]["skipped"], **parts["training"]["skipped"]} == index["skipped"]
     assert main(["plots", "--results", str(tmp_path / "nope")]) == 2
 
 

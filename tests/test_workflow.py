@@ -106,7 +106,7 @@ def test_default_dag_builds_every_stage_output(tiny_run):
     # the stage table of docs/architecture.md
     expected = [f"data/{s}.root" for s in ("train", "val", "bench", "realdata", "pileup")]
     expected += [f"shards/{s}/manifest.json" for s in ("train", "val", "bench")]
-    expected += ["reweighting/weights.npz", "summary.json", "plots"]
+    expected += ["reweighting/weights.npz", "summary.json", "plots", "training_plots"]
     expected += [f"{st}/{f}" for st in ("mae", "inpainter", "regressor") for f in ("checkpoint.pt", "metrics.json")]
     expected += ["regressor/model.onnx", "inpainter/model.onnx", "regressor/predictions.parquet"]
     expected += [f"baseline/{s}.parquet" for s in ("bench", "realdata", "pileup")]
@@ -143,6 +143,7 @@ REGRESSOR_DOWNSTREAM = {
     "inference_merge",
     "deadsweep",
     "plots",
+    "training_plots",
     "summary",
 }
 
@@ -360,14 +361,18 @@ def test_validation_plots_and_pileup_sample(tiny_run):
     import uproot
 
     results = tiny_run["dir"] / "results"
-    plots = results / "plots"
+    plots, training_plots = results / "plots", results / "training_plots"
     index = json.loads((plots / "index.json").read_text())
-    for name in ("profile_vs_energy_val", "profile_vs_u_bench", "saliency_regressor", "residuals_pileup"):
+    for name in ("profile_vs_energy_val", "profile_vs_u_bench", "residuals_pileup"):
         assert name in index["made"], (name, index["skipped"].get(name))
+    training = json.loads((training_plots / "index.json").read_text())
+    for name in ("training_curves", "mae_reconstruction_0", "inpainter_truth_vs_prediction", "saliency_regressor"):
+        assert name in training["made"], (name, training["skipped"].get(name))
+    assert not set(index["made"]) & set(training["made"]), "a plot made by both plot jobs"
     prof = json.loads((plots / "profile_vs_energy_val.json").read_text())
     assert prof["edges"][0] == 15.0 and prof["edges"][-1] == 60.0
     assert set(prof["observables"]["energy_pct"]) == {"ML", "baseline"}
-    sal = json.loads((plots / "saliency_regressor.json").read_text())
+    sal = json.loads((training_plots / "saliency_regressor.json").read_text())
     assert sal["events"] == 64 and set(sal["tasks"]) == {"angle", "energy", "timing", "uvwFI"}
     for task, entry in sal["tasks"].items():
         npho = [entry["mean"]["npho"][f] for f in sal["faces"]]
@@ -397,6 +402,7 @@ def test_validation_plots_and_pileup_sample(tiny_run):
         "inference pileup": bench_dir / "inference" / "pileup" / "pileup.tsv",
         "baseline pileup": bench_dir / "baseline" / "pileup" / "pileup.tsv",
         "plots": bench_dir / "plots.tsv",
+        "training plots": bench_dir / "training_plots.tsv",
         "summary": bench_dir / "summary.tsv",
     }
     print("\n[test_workflow] " + ", ".join(f"{k} {_bench_seconds(v):.1f} s" for k, v in costs.items()))
@@ -759,9 +765,12 @@ def test_html_report(tiny_run, tmp_path):
     snakemake(work, "--report", "results/report.html")
     html = (work / "results" / "report.html").read_text(errors="replace")
     assert len(html) > 10_000
-    # the plots (every PNG of results/plots), the physics summary table, the training metrics
-    pngs = sorted((work / "results" / "plots").glob("*.png"))
-    assert pngs
+    # the plots (every PNG of results/plots and results/training_plots), the physics summary
+    # table, the training metrics
+    pngs = sorted((work / "results" / "plots").glob("*.png")) + sorted(
+        (work / "results" / "training_plots").glob("*.png")
+    )
+    assert len(pngs) > 10
     missing = [p.name for p in pngs if p.name not in html]
     assert not missing, missing
     assert "summary.html" in html and "Physics summary" in html

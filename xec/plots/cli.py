@@ -1,7 +1,12 @@
 """`xec plots`: every plot that the files of a pipeline run allow.
 
     xec plots --results results --out results/plots [--bench-root results/data/bench.root]
-              [--config CFG] [--log LOG]
+              [--part all|physics|training] [--config CFG] [--log LOG]
+
+``--part physics`` makes the plots of the reconstructed samples (residuals, profiles, pulls,
+realdata, event displays), ``--part training`` those of the trained models (training curves,
+MAE and inpainter examples, saliency); the pipeline runs them as two jobs (`plots` and
+`training_plots`), so that the training half runs beside the inference jobs.
 
 Reads (each optional; a plot whose inputs are missing is skipped with a log line):
   inference/bench.parquet, baseline/bench.parquet       bench residuals, profiles, energy,
@@ -41,6 +46,7 @@ from xec.summary import fiducial_mask
 from xec.utils import setup_logging, write_json
 
 log = logging.getLogger("xec.plots")
+PARTS = ("all", "physics", "training")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="bench ROOT file(s) for the event displays (default: config data.bench or RESULTS/data/bench.root)",
     )
+    parser.add_argument("--part", choices=PARTS, default="all", help="which plots: all (default), physics or training")
     add_config_argument(parser)
     parser.add_argument("--log", default=None, help="log file")
 
@@ -160,12 +167,29 @@ def fetch_events(files: list[str], keys: list[tuple[int, int]], tree: str = "tre
     return found
 
 
-def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: list[str]) -> dict[str, Any]:
-    """Every plot the files under ``results`` allow, into ``out`` (``cfg``: a validated config)."""
+def make_plots(
+    results: Path, out: Path, cfg: Mapping[str, Any], bench_files: list[str], part: str = "all"
+) -> dict[str, Any]:
+    """Every plot of ``part`` (PARTS) that the files under ``results`` allow, into ``out``
+    (``cfg``: a validated config); writes and returns ``out``/index.json."""
+    if part not in PARTS:
+        raise XecError(f"plots part {part!r}: expected one of {', '.join(PARTS)}")
+    sec = cfg["plots"]
+    run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
+    if part in ("all", "physics"):
+        _physics_plots(run, results, cfg, bench_files)
+    if part in ("all", "training"):
+        _training_plots(run, results, cfg)
+    index = {"made": run.made, "skipped": run.skipped}
+    write_json(out / "index.json", index)
+    return index
+
+
+def _physics_plots(run: PlotRun, results: Path, cfg: Mapping[str, Any], bench_files: list[str]) -> None:
+    """Residuals, resolution profiles, pulls, pile-up, realdata and event displays."""
     from xec import plots as P
 
     sec = cfg["plots"]
-    run = PlotRun(out, tuple(sec["formats"]), int(sec["dpi"]))
     n_bins, n_boot = int(sec["profile_bins"]), int(sec["n_boot"])
     n_core = int(sec["n_boot_core"])
     cap = cfg["summary"]["max_events"]
@@ -262,17 +286,6 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
         except (XecError, OSError, ValueError) as exc:
             run.skip("run_stability_realdata", f"{type(exc).__name__}: {exc}")
 
-    metrics = {}
-    for stage in ("mae", "inpainter", "regressor"):
-        p = results / stage / "metrics.json"
-        if p.exists():
-            try:
-                metrics[stage] = json.loads(p.read_text())
-            except json.JSONDecodeError as exc:
-                run.skip(f"training_curves[{stage}]", f"{p}: not valid JSON ({exc})")
-    if metrics:
-        run("training_curves", P.training_curves, metrics)
-
     n_worst = int(sec["worst_events"])
     ranked_from = bench.get("ML", bench.get("baseline"))
     if n_worst and ranked_from is not None:
@@ -293,6 +306,24 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
                 run(f"event_display_worst_{i}", P.event_display, events[k]["npho"], events[k]["time_ns"], title=title)
         except (ValueError, FileNotFoundError, XecError) as exc:
             run.skip("event_display_worst", f"{type(exc).__name__}: {exc}")
+
+
+def _training_plots(run: PlotRun, results: Path, cfg: Mapping[str, Any]) -> None:
+    """Training curves, MAE and inpainter examples and the regressor saliency (the models run
+    on a few val events)."""
+    from xec import plots as P
+
+    sec = cfg["plots"]
+    metrics = {}
+    for stage in ("mae", "inpainter", "regressor"):
+        p = results / stage / "metrics.json"
+        if p.exists():
+            try:
+                metrics[stage] = json.loads(p.read_text())
+            except json.JSONDecodeError as exc:
+                run.skip(f"training_curves[{stage}]", f"{p}: not valid JSON ({exc})")
+    if metrics:
+        run("training_curves", P.training_curves, metrics)
 
     n_ex = int(sec["examples"])
     val_manifest = results / "shards" / "val" / "manifest.json"
@@ -319,10 +350,6 @@ def make_plots(results: Path, out: Path, cfg: Mapping[str, Any], bench_files: li
             run.skip("saliency_regressor", f"{type(exc).__name__}: {exc}")
     else:
         run.skip("saliency_regressor", f"needs {ck} and {val_manifest} (and plots.saliency_events > 0)")
-
-    index = {"made": run.made, "skipped": run.skipped}
-    write_json(out / "index.json", index)
-    return index
 
 
 def _mae_plots(run: PlotRun, ckpt: str, manifest: str, n: int) -> None:
@@ -363,6 +390,6 @@ def main(args: argparse.Namespace) -> int:
         raise XecError(f"{results}: results directory not found")
     out = Path(args.out) if args.out else results / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    index = make_plots(results, out, cfg, _bench_files(args, cfg, results))
+    index = make_plots(results, out, cfg, _bench_files(args, cfg, results), args.part)
     log.info("%d plots in %s, %d skipped", len(index["made"]), out, len(index["skipped"]))
     return 0
