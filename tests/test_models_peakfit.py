@@ -76,3 +76,59 @@ def test_regressor_with_and_without_peak_window(geo):
 def test_window_larger_than_the_face_is_rejected(geo):
     with pytest.raises(ValueError, match="does not fit"):
         PeakWindowFit(geo, window=45)
+
+
+def test_coarse_view_averages_2x2_blocks_of_valid_mppcs_around_the_peak(geo):
+    """The second view: block means over the valid MPPCs only (the sentinel where none is),
+    centred on the same peak's block, with the block's mean (u, v) as its centre."""
+    fit = PeakWindowFit(geo, window=5, sentinel=SENTINEL, coarse=3)
+    x = event_with_hot_mppc(geo, 40, 20)
+    block = [geo.inner_index[r, c] for r in (42, 43) for c in (20, 21)]  # the block below the peak's
+    x[0, block[0], :] = SENTINEL  # one dead MPPC: the mean of the other three
+    x[0, block[1:], 0] = torch.tensor([0.1, 0.2, 0.3])
+    patch, centre = fit.coarse_patch(x)
+    assert patch.shape == (1, 9, 2)
+    # peak (40, 20) -> block (20, 10), the middle of the 3 x 3 coarse patch; block (21, 10) below it
+    assert patch[0, 4, 0] == pytest.approx((0.3 + 3 * 0.2) / 4)
+    assert patch[0, 7, 0] == pytest.approx(0.2) and patch[0, 7, 1] == pytest.approx(0.05)
+    rows = [anchor_of(geo, r, c) for r in (40, 41) for c in (20, 21)]
+    np.testing.assert_allclose(centre[0].numpy(), np.mean(rows, axis=0), atol=1e-6)
+    x[0, block[1:], :] = SENTINEL  # a wholly dead block reads as the sentinel
+    assert (fit.coarse_patch(x)[0][0, 7] == SENTINEL).all()
+
+
+def test_coarse_view_at_the_odd_last_row_and_in_the_regressor(geo):
+    fit = PeakWindowFit(geo, window=11, sentinel=SENTINEL, coarse=9)
+    patch, centre = fit.coarse_patch(event_with_hot_mppc(geo, 92, 43))
+    # the last block row holds one MPPC row (93 rows): the mean of the peak (0.3) and its left
+    # neighbour (0.2), not diluted by the padding; the centre of the patch is clamped at the edge
+    assert patch[0, -1, 0] == pytest.approx(0.25)
+    corner = np.mean([anchor_of(geo, r, c) for r in (84, 85) for c in (34, 35)], axis=0)
+    np.testing.assert_allclose(centre[0].numpy(), corner, atol=1e-6)
+    x = event_with_hot_mppc(geo, 30, 12, b=2)
+    model = XECRegressor(model_config({"preset": "tiny", "peak_coarse": 9}), ["uvwFI"])
+    assert model.peak.out_dim == 32 + 2 * 16 + 2
+    model(x)["uvwFI"].square().sum().backward()
+    assert model.peak.coarse_log_tau.grad.abs().sum() > 0
+
+
+def test_coarse_view_exports_to_onnx_with_the_same_numbers(geo, tmp_path):
+    """The exported graph gathers and pools the same blocks (a batch of 2 exported, 5 run: the
+    batch axis is dynamic; peaks in the middle, at the odd last row and at a corner)."""
+    import warnings
+
+    import onnxruntime as ort
+
+    fit = PeakWindowFit(geo, window=5, sentinel=SENTINEL, coarse=4).eval()
+    x = torch.cat([event_with_hot_mppc(geo, r, c) for r, c in ((40, 20), (92, 43), (0, 0), (61, 3), (7, 40))])
+    x[1, geo.inner_index[91, 40], :] = SENTINEL
+    path = tmp_path / "peak.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            fit, (x[:2],), str(path), input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, fit(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -46,7 +46,7 @@ ENCODER_FIELDS = (
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
     "inpainter": ("inpaint_dim", "inpaint_depth"),
-    "regressor": ("head_hidden", "peak_window", "peak_hidden", "physics_aggregates"),
+    "regressor": ("head_hidden", "peak_window", "peak_hidden", "peak_coarse", "physics_aggregates"),
 }
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
@@ -89,6 +89,7 @@ class ModelConfig:
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
     peak_hidden: int = 512  # width of that local-fit MLP (0.47M parameters at window 11)
+    peak_coarse: int = 0  # side of its second view, 2 x 2-averaged MPPCs around the same peak (0 = off)
     # energy and time heads correct a light sum and a TOF-corrected sensor time (xec.models.aggregates)
     physics_aggregates: bool = True
 

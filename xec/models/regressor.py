@@ -95,7 +95,9 @@ class XECRegressor(nn.Module):
                 from xec.geometry import get_geometry
 
                 geometry = get_geometry()
-            self.peak = PeakWindowFit(geometry, cfg.peak_window, cfg.peak_hidden, sentinel=self.encoder.sentinel)
+            self.peak = PeakWindowFit(
+                geometry, cfg.peak_window, cfg.peak_hidden, sentinel=self.encoder.sentinel, coarse=cfg.peak_coarse
+            )
         else:
             self.peak = None
         loc_dim = self.peak.out_dim if self.peak is not None else 0
