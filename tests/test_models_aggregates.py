@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from xec.geometry import N_SENSORS, get_geometry, uvw_to_xyz
+from xec.geometry import N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz
 from xec.models import XECRegressor, model_config
-from xec.models.aggregates import C_LIGHT_CM_NS, PhysicsAggregates, uvw_to_xyz_torch
+from xec.models.aggregates import C_LIGHT_CM_NS, PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
 from xec.normalization import get_normalizer
 from xec.targets import TargetStandardizer
 
@@ -29,6 +29,48 @@ def test_uvw_to_xyz_torch_matches_geometry():
     uvw = np.array([[3.0, -20.0, 1.5], [-40.0, 60.0, 12.0]])
     got = uvw_to_xyz_torch(torch.tensor(uvw, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(got, uvw_to_xyz(uvw), rtol=1e-12)
+
+
+def test_direction_to_angles_torch_matches_geometry():
+    rng = np.random.default_rng(0)
+    uvw = np.stack([rng.uniform(-30, 30, 50), rng.uniform(-80, 80, 50), rng.uniform(0, 30, 50)], axis=1)
+    xyz = uvw_to_xyz(uvw)
+    got = direction_to_angles_torch(torch.tensor(xyz, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, np.stack(direction_to_angles(xyz), axis=1), atol=1e-12)
+    # the detector centre (u = v = w = 0) is seen at theta 90, phi 0 from the target centre
+    centre = direction_to_angles_torch(uvw_to_xyz_torch(torch.zeros(1, 3, dtype=torch.float64)))
+    np.testing.assert_allclose(centre.numpy(), [[90.0, 0.0]], atol=1e-12)
+
+
+def test_angle_from_position_corrects_the_direction_of_the_predicted_first_interaction(tmp_path):
+    """model.angle_from_position: at initialization the angle is the geometric direction of the
+    predicted first interaction (plus a correction < 0.1 deg), the angle loss does not reach the
+    position head (detached), and the graph exports with parity."""
+    from tests.test_models_heads import realistic_input, standardizer
+    from xec.deploy.export import RegressorGraph, check_parity, export_graph
+    from xec.deploy.onnx_meta import regressor_metadata
+
+    torch.manual_seed(0)
+    std = standardizer()
+    reg = XECRegressor(model_config({"preset": "tiny", "angle_from_position": True}), TASKS, std).eval()
+    assert reg.angles_from_position
+    x = realistic_input(4)
+    with torch.no_grad():
+        phys = reg.to_physical(reg(x))
+    geo = np.stack(direction_to_angles(uvw_to_xyz(phys["uvwFI"].double().numpy())), axis=1)
+    np.testing.assert_allclose(phys["angle"].numpy(), geo, atol=0.1)
+    reg.train()
+    reg(x)["angle"].square().sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in reg.heads["uvwFI"].parameters())
+    assert reg.heads["angle"].fc1.weight.grad.abs().sum() > 0
+
+    reg.eval()
+    graph = RegressorGraph(reg, TASKS).eval()
+    meta = regressor_metadata(get_normalizer("meg2"), TASKS, std.to_dict(), {})
+    path = tmp_path / "reg.onnx"
+    export_graph(graph, meta, (realistic_input(2),), path, opset=17)
+    report = check_parity(path, graph, meta, iter([realistic_input(5, seed=5).numpy()]), rtol=1e-4, atol=1e-5)
+    assert report["passed"], report
 
 
 def test_face_sums_and_dead_fill(agg):

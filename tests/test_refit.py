@@ -79,3 +79,13 @@ def test_refit_spec_errors_name_the_key(tasks, losses, message):
     with pytest.raises(XecError, match="regressor.head_refit.tasks") as err:
         refit_spec(spec, regressor_tasks, losses)
     assert message in str(err.value)
+
+
+def test_angle_is_not_refitted_when_it_corrects_the_geometric_angle():
+    spec = {"tasks": ["uvwFI", "angle"], "hidden": 8, "epochs": 1, "lr": 1e-3, "batch_size": 8, "max_events": None}
+    losses = {"uvwFI": {"type": "l1"}, "angle": {"type": "l1"}}
+    assert refit_spec(spec, ["angle", "uvwFI"], losses)["tasks"] == ["uvwFI", "angle"]
+    with pytest.raises(XecError, match="model.angle_from_position"):
+        refit_spec(spec, ["angle", "uvwFI"], losses, angle_from_position=True)
+    # without the position task there is no geometric angle: the angle head predicts it alone
+    assert refit_spec({**spec, "tasks": ["angle"]}, ["angle"], {"angle": {"type": "l1"}}, angle_from_position=True)

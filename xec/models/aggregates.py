@@ -70,6 +70,13 @@ def uvw_to_xyz_torch(uvw: torch.Tensor) -> torch.Tensor:
     return torch.stack([-r * torch.cos(phi), r * torch.sin(phi), uvw[:, 0]], dim=1)
 
 
+def direction_to_angles_torch(vec: torch.Tensor) -> torch.Tensor:
+    """xec.geometry.direction_to_angles for tensors: (B, 3) -> (B, 2) (theta, phi) in degrees."""
+    theta = torch.acos(torch.clamp(vec[:, 2] / torch.linalg.vector_norm(vec, dim=1), -1.0, 1.0))
+    phi = torch.atan2(vec[:, 1], -vec[:, 0])
+    return torch.stack([theta, phi], dim=1) * (180.0 / math.pi)  # no rad2deg: ONNX has none
+
+
 class PhysicsAggregates(nn.Module):
     """Light sums and the TOF-corrected sensor time from normalized inputs (module docstring)."""
 

@@ -46,7 +46,14 @@ ENCODER_FIELDS = (
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
     "inpainter": ("inpaint_dim", "inpaint_depth"),
-    "regressor": ("head_hidden", "peak_window", "peak_hidden", "peak_coarse", "physics_aggregates"),
+    "regressor": (
+        "head_hidden",
+        "peak_window",
+        "peak_hidden",
+        "peak_coarse",
+        "physics_aggregates",
+        "angle_from_position",
+    ),
 }
 PAIR_FIELDS = ("rect_dims", "rect_depths", "stem_stride", "outer_pool", "outer_stem_stride", "small_stem_stride")
 
@@ -92,6 +99,9 @@ class ModelConfig:
     peak_coarse: int = 0  # side of its second view, 2 x 2-averaged MPPCs around the same peak (0 = off)
     # energy and time heads correct a light sum and a TOF-corrected sensor time (xec.models.aggregates)
     physics_aggregates: bool = True
+    # the angle head corrects the direction from the target centre to the predicted first
+    # interaction (the classical angle) instead of predicting the angle on its own
+    angle_from_position: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -27,7 +27,7 @@ from torch import nn
 
 from xec.errors import XecError
 from xec.models import sigma_calibration as SC
-from xec.models.aggregates import PhysicsAggregates, uvw_to_xyz_torch
+from xec.models.aggregates import PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
 from xec.models.blocks import fill_sensors
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import PeakWindowFit
@@ -129,6 +129,18 @@ class XECRegressor(nn.Module):
         self.heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
         )
+        # angle = direction from the target centre to the predicted first interaction (detached:
+        # the angle does not pull on the position) + the angle head's correction, which starts
+        # near zero: the classical estimate, which the unknown vertex limits for both methods
+        self.angles_from_position = bool(cfg.angle_from_position) and {"angle", "uvwFI"} <= set(self.tasks)
+        if self.angles_from_position:
+            head = self.heads["angle"]
+            with torch.no_grad():  # small, not zero: gradients reach the head's first layer
+                head.fc2.weight.mul_(0.01)
+            nn.init.zeros_(head.fc2.bias)
+            if head.skip is not None:
+                nn.init.zeros_(head.skip.weight)
+                nn.init.zeros_(head.skip.bias)
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
@@ -192,6 +204,9 @@ class XECRegressor(nn.Module):
         out = {t: self.heads[t](z, loc) for t in self.tasks}
         if self.aggregates is not None:
             self._apply_aggregates(out, x, photons, log_light, z, loc)
+        if self.angles_from_position:
+            fi = uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
+            out["angle"] = out["angle"] + self._standardized("angle", direction_to_angles_torch(fi))
         if self.sigma_tasks:
             zd, locd = z.detach(), None if loc is None else loc.detach()
             out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})

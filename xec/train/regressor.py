@@ -63,7 +63,7 @@ from xec.models import sigma_calibration as SC
 from xec.models.regressor import LOGVAR_RANGE
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
-from xec.train.base import Stage, model_config_of
+from xec.train.base import Stage, model_config_of, model_meta
 from xec.train.distributed import DistContext, all_reduce_sum, gather_arrays
 from xec.train.refit import refit_heads, refit_spec
 from xec.utils import atomic_path
@@ -188,7 +188,9 @@ class RegressorStage(Stage):
         self.sigma = sigma_spec(self.sec, self.tasks)
         self.sigma_tasks = tuple(t for t in self.tasks if t in self.sigma["tasks"])
         self.sigma_calibration: dict[str, dict] | None = None  # fitted on val by finalize()
-        self.head_refit = refit_spec(self.sec["head_refit"], self.tasks, self.losses)
+        self.head_refit = refit_spec(
+            self.sec["head_refit"], self.tasks, self.losses, bool(model_meta(cfg)["angle_from_position"])
+        )
         self.head_hidden: dict[str, int] = {}  # widths of the heads refitted by finalize()
         self.train_loader = None
         self.channel_dropout = float(self.sec["channel_dropout"])
