@@ -47,8 +47,6 @@ def test_angle_from_position_corrects_the_direction_of_the_predicted_first_inter
     predicted first interaction (plus a correction < 0.1 deg), the angle loss does not reach the
     position head (detached), and the graph exports with parity."""
     from tests.test_models_heads import realistic_input, standardizer
-    from xec.deploy.export import RegressorGraph, check_parity, export_graph
-    from xec.deploy.onnx_meta import regressor_metadata
 
     torch.manual_seed(0)
     std = standardizer()
@@ -64,13 +62,7 @@ def test_angle_from_position_corrects_the_direction_of_the_predicted_first_inter
     assert all(p.grad is None or not p.grad.any() for p in reg.heads["uvwFI"].parameters())
     assert reg.heads["angle"].fc1.weight.grad.abs().sum() > 0
 
-    reg.eval()
-    graph = RegressorGraph(reg, TASKS).eval()
-    meta = regressor_metadata(get_normalizer("meg2"), TASKS, std.to_dict(), {})
-    path = tmp_path / "reg.onnx"
-    export_graph(graph, meta, (realistic_input(2),), path, opset=17)
-    report = check_parity(path, graph, meta, iter([realistic_input(5, seed=5).numpy()]), rtol=1e-4, atol=1e-5)
-    assert report["passed"], report
+    assert_exports_with_parity(reg.eval(), std, tmp_path)
 
 
 def test_face_sums_and_dead_fill(agg):
@@ -163,14 +155,21 @@ def test_timing_without_the_position_task_predicts_time_on_its_own():
 
 
 def test_regressor_with_aggregates_exports_with_parity(tmp_path):
-    from tests.test_models_heads import realistic_input, standardizer
-    from xec.deploy.export import RegressorGraph, check_parity, export_graph
-    from xec.deploy.onnx_meta import regressor_metadata
+    from tests.test_models_heads import standardizer
 
     cfg = model_config({"preset": "tiny", "physics_aggregates": True})
     torch.manual_seed(0)
     std = standardizer()
     reg = XECRegressor(cfg, TASKS, std, normalizer=get_normalizer("meg2")).eval()
+    assert_exports_with_parity(reg, std, tmp_path)
+
+
+def assert_exports_with_parity(reg, std, tmp_path) -> None:
+    """The regressor exports to ONNX and the graph agrees with PyTorch on fresh events."""
+    from tests.test_models_heads import realistic_input
+    from xec.deploy.export import RegressorGraph, check_parity, export_graph
+    from xec.deploy.onnx_meta import regressor_metadata
+
     graph = RegressorGraph(reg, TASKS).eval()
     meta = regressor_metadata(get_normalizer("meg2"), TASKS, std.to_dict(), {})
     path = tmp_path / "reg.onnx"
