@@ -61,6 +61,18 @@ class TaskHead(nn.Module):
         return y if self.skip is None else y + self.skip(loc)
 
 
+def _start_near_zero(head: TaskHead) -> TaskHead:
+    """A correction head that starts near zero: output layer x 0.01 (small, not zero, so that
+    gradients reach its first layer), biases and linear path zero."""
+    with torch.no_grad():
+        head.fc2.weight.mul_(0.01)
+    nn.init.zeros_(head.fc2.bias)
+    if head.skip is not None:
+        nn.init.zeros_(head.skip.weight)
+        nn.init.zeros_(head.skip.bias)
+    return head
+
+
 class XECRegressor(nn.Module):
     def __init__(
         self,
@@ -102,6 +114,7 @@ class XECRegressor(nn.Module):
             self.peak = None
         loc_dim = self.peak.out_dim if self.peak is not None else 0
         self.aggregates = None
+        self.times_from_sensors = False
         if cfg.physics_aggregates:
             if geometry is None:
                 from xec.geometry import get_geometry
@@ -119,12 +132,7 @@ class XECRegressor(nn.Module):
             if self.times_from_sensors:
                 # per-event offset (cm) of the light centroid from the shifted first interaction,
                 # learned through the time loss alone; starts near zero
-                self.centroid_head = TaskHead(in_dim, loc_dim, cfg.head_hidden, 3)
-                with torch.no_grad():  # small, not zero: gradients reach the head's first layer
-                    self.centroid_head.fc2.weight.mul_(0.01)
-                nn.init.zeros_(self.centroid_head.fc2.bias)
-                nn.init.zeros_(self.centroid_head.skip.weight)
-                nn.init.zeros_(self.centroid_head.skip.bias)
+                self.centroid_head = _start_near_zero(TaskHead(in_dim, loc_dim, cfg.head_hidden, 3))
         self.head_hidden = {t: int((head_hidden or {}).get(t, cfg.head_hidden)) for t in self.tasks}
         self.heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
@@ -134,13 +142,7 @@ class XECRegressor(nn.Module):
         # near zero: the classical estimate, which the unknown vertex limits for both methods
         self.angles_from_position = bool(cfg.angle_from_position) and {"angle", "uvwFI"} <= set(self.tasks)
         if self.angles_from_position:
-            head = self.heads["angle"]
-            with torch.no_grad():  # small, not zero: gradients reach the head's first layer
-                head.fc2.weight.mul_(0.01)
-            nn.init.zeros_(head.fc2.bias)
-            if head.skip is not None:
-                nn.init.zeros_(head.skip.weight)
-                nn.init.zeros_(head.skip.bias)
+            _start_near_zero(self.heads["angle"])
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
@@ -202,10 +204,11 @@ class XECRegressor(nn.Module):
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
         z, loc, photons, log_light = self._trunk(x)
         out = {t: self.heads[t](z, loc) for t in self.tasks}
+        # the predicted first interaction (cm, detached), read by the time and angle corrections
+        fi = self._first_interaction(out) if (self.angles_from_position or self.times_from_sensors) else None
         if self.aggregates is not None:
-            self._apply_aggregates(out, x, photons, log_light, z, loc)
+            self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
         if self.angles_from_position:
-            fi = uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
             out["angle"] = out["angle"] + self._standardized("angle", direction_to_angles_torch(fi))
         if self.sigma_tasks:
             zd, locd = z.detach(), None if loc is None else loc.detach()
@@ -233,8 +236,11 @@ class XECRegressor(nn.Module):
     def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:
         return (y - getattr(self, f"target_mean_{task}")) / getattr(self, f"target_std_{task}")
 
+    def _first_interaction(self, out: dict) -> torch.Tensor:
+        return uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
+
     def _apply_aggregates(
-        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc
+        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc, fi
     ) -> None:
         """Energy = light sum x exp(correction); time = TOF-corrected sensor time + correction,
         seen from the predicted first interaction (detached: time does not pull on position)
@@ -242,7 +248,6 @@ class XECRegressor(nn.Module):
         if "energy" in out:
             out["energy"] = self._standardized("energy", self.aggregates.energy(log_light, out["energy"]))
         if self.times_from_sensors:
-            fi = uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
             centroid = self.aggregates.light_centroid(fi, self.centroid_head(z, loc))
             time = self.aggregates.time(x, photons, fi, centroid)
             out["timing"] = out["timing"] + self._standardized("timing", time)
