@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from xec.errors import XecError
 from xec.geometry import N_SENSORS, direction_to_angles, get_geometry, uvw_to_xyz
 from xec.models import XECRegressor, model_config
 from xec.models.aggregates import C_LIGHT_CM_NS, PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
@@ -42,10 +43,11 @@ def test_direction_to_angles_torch_matches_geometry():
     np.testing.assert_allclose(centre.numpy(), [[90.0, 0.0]], atol=1e-12)
 
 
-def test_angle_from_position_corrects_the_direction_of_the_predicted_first_interaction(tmp_path):
-    """model.angle_from_position: at initialization the angle is the geometric direction of the
-    predicted first interaction (plus a correction < 0.1 deg), the angle loss does not reach the
-    position head (detached), and the graph exports with parity."""
+def test_angle_from_position_is_the_direction_of_the_predicted_first_interaction(tmp_path):
+    """model.angle_from_position: the angle output is the geometric direction of the predicted
+    first interaction; the angle head still trains (the angle_head output, which the loss reads)
+    without reaching the position head; the angle's input gradient is the position's; the graph
+    exports with parity."""
     from tests.test_models_heads import realistic_input, standardizer
 
     torch.manual_seed(0)
@@ -54,14 +56,27 @@ def test_angle_from_position_corrects_the_direction_of_the_predicted_first_inter
     assert reg.angles_from_position
     x = realistic_input(4)
     with torch.no_grad():
-        phys = reg.to_physical(reg(x))
+        out = reg(x)
+        phys = reg.to_physical(out)
     geo = np.stack(direction_to_angles(uvw_to_xyz(phys["uvwFI"].double().numpy())), axis=1)
-    np.testing.assert_allclose(phys["angle"].numpy(), geo, atol=0.1)
+    np.testing.assert_allclose(phys["angle"].numpy(), geo, atol=1e-4)  # float32, degrees
+    head = reg.to_physical({**out, "angle": out["angle_head"]})["angle"]
+    assert (head - phys["angle"]).abs().max() > 1.0  # an untrained head: not the output
+
     reg.train()
-    reg(x)["angle"].square().sum().backward()
+    out = reg(x)
+    out["angle_head"].square().sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in reg.heads["uvwFI"].parameters())
     assert reg.heads["angle"].fc1.weight.grad.abs().sum() > 0
 
+    reg.eval().zero_grad()
+    xg = x.clone().requires_grad_(True)
+    reg(xg)["angle"].sum().backward()
+    assert xg.grad.abs().sum() > 0  # saliency of the angle = that of the position
+    assert reg.heads["angle"].fc1.weight.grad is None or not reg.heads["angle"].fc1.weight.grad.any()
+
+    with pytest.raises(XecError, match="angle_from_position"):
+        XECRegressor(model_config({"preset": "tiny", "angle_from_position": True}), TASKS, std, sigma_tasks=["angle"])
     assert_exports_with_parity(reg.eval(), std, tmp_path)
 
 

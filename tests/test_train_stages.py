@@ -247,10 +247,12 @@ def test_sigma_heads_do_not_change_the_point_estimates(mae_run, data, tmp_path):
 
 def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     """regressor.head_refit: the saved model carries the refitted uvwFI head (its width in
-    model_args, the same shapes in model_state and ema_state); the other tasks' predictions are
-    bit-identical to a run without the refit, and the val metrics are those of the new head."""
+    model_args, the same shapes in model_state and ema_state); the energy is bit-identical to a
+    run without the refit, the angle is the direction to the new position, and the val metrics
+    are those of the new head."""
     import pandas as pd
 
+    from xec.geometry import direction_to_angles, uvw_to_xyz
     from xec.metrics import width68
 
     out, _ = mae_run
@@ -263,9 +265,14 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
         )
         preds[name] = pd.read_parquet(tmp_path / name / "predictions.parquet")
     plain, new = preds["plain"], preds["refit"]
-    for c in ("pred_theta", "pred_phi", "pred_energy", "true_u"):
+    for c in ("pred_energy", "true_u"):
         np.testing.assert_array_equal(plain[c].to_numpy(), new[c].to_numpy(), err_msg=c)
     assert not np.array_equal(plain["pred_u"].to_numpy(), new["pred_u"].to_numpy())
+    # model.angle_from_position (config.yaml): the angle follows the refitted position
+    theta, phi = direction_to_angles(uvw_to_xyz(new[["pred_u", "pred_v", "pred_w"]].to_numpy(np.float64)))
+    np.testing.assert_allclose(new["pred_theta"], theta, atol=1e-3)
+    np.testing.assert_allclose(new["pred_phi"], phi, atol=1e-3)
+    assert not np.array_equal(plain["pred_theta"].to_numpy(), new["pred_theta"].to_numpy())
     val = summaries["refit"]["val"]
     assert val["val_u_mm_res"] == pytest.approx(10 * width68(new["pred_u"] - new["true_u"]))
     assert val["val_u_mm_res"] != summaries["refit"]["history"][-1]["val_u_mm_res"]  # the last epoch, before

@@ -99,8 +99,9 @@ class ModelConfig:
     peak_coarse: int = 0  # side of its second view, 2 x 2-averaged MPPCs around the same peak (0 = off)
     # energy and time heads correct a light sum and a TOF-corrected sensor time (xec.models.aggregates)
     physics_aggregates: bool = True
-    # the angle head corrects the direction from the target centre to the predicted first
-    # interaction (the classical angle) instead of predicting the angle on its own
+    # the angle output is the direction from the target centre to the predicted first
+    # interaction (the classical angle); the angle head then only trains the trunk.
+    # False here: checkpoints written before the key existed rebuild as they were trained
     angle_from_position: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -137,12 +137,10 @@ class XECRegressor(nn.Module):
         self.heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
         )
-        # angle = direction from the target centre to the predicted first interaction (detached:
-        # the angle does not pull on the position) + the angle head's correction, which starts
-        # near zero: the classical estimate, which the unknown vertex limits for both methods
+        # angle = direction from the target centre to the predicted first interaction, as the
+        # classical reconstruction quotes it; the angle head still trains (the ``angle_head``
+        # output, an auxiliary task of the trunk) but is not the prediction
         self.angles_from_position = bool(cfg.angle_from_position) and {"angle", "uvwFI"} <= set(self.tasks)
-        if self.angles_from_position:
-            _start_near_zero(self.heads["angle"])
         for t in self.tasks:
             self.register_buffer(f"target_mean_{t}", torch.zeros(TASKS[t].dim))
             self.register_buffer(f"target_std_{t}", torch.ones(TASKS[t].dim))
@@ -153,6 +151,8 @@ class XECRegressor(nn.Module):
         if unknown:
             raise XecError(f"uncertainty heads requested for {unknown}, which are not among the tasks {list(tasks)}")
         self.sigma_tasks = tuple(t for t in self.tasks if t in set(sigma_tasks))
+        if self.angles_from_position and "angle" in self.sigma_tasks:
+            raise XecError("model.angle_from_position: the angle, the direction to uvwFI, has no uncertainty head")
         self.sigma_heads = nn.ModuleDict(
             {t: TaskHead(in_dim, loc_dim, cfg.head_hidden, TASKS[t].dim) for t in self.sigma_tasks}
         )
@@ -204,12 +204,14 @@ class XECRegressor(nn.Module):
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
         z, loc, photons, log_light = self._trunk(x)
         out = {t: self.heads[t](z, loc) for t in self.tasks}
-        # the predicted first interaction (cm, detached), read by the time and angle corrections
-        fi = self._first_interaction(out) if (self.angles_from_position or self.times_from_sensors) else None
         if self.aggregates is not None:
-            self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
+            self._apply_aggregates(out, x, photons, log_light, z, loc)
         if self.angles_from_position:
-            out["angle"] = out["angle"] + self._standardized("angle", direction_to_angles_torch(fi))
+            # not detached: nothing trains through it (the loss reads angle_head), and the
+            # angle's saliency is then that of the position it comes from
+            out["angle_head"] = out["angle"]
+            xyz = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
+            out["angle"] = self._standardized("angle", direction_to_angles_torch(xyz))
         if self.sigma_tasks:
             zd, locd = z.detach(), None if loc is None else loc.detach()
             out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
@@ -236,11 +238,11 @@ class XECRegressor(nn.Module):
     def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:
         return (y - getattr(self, f"target_mean_{task}")) / getattr(self, f"target_std_{task}")
 
-    def _first_interaction(self, out: dict) -> torch.Tensor:
-        return uvw_to_xyz_torch((out["uvwFI"] * self.target_std_uvwFI + self.target_mean_uvwFI).detach())
+    def _physical(self, task: str, z: torch.Tensor) -> torch.Tensor:
+        return z * getattr(self, f"target_std_{task}") + getattr(self, f"target_mean_{task}")
 
     def _apply_aggregates(
-        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc, fi
+        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc
     ) -> None:
         """Energy = light sum x exp(correction); time = TOF-corrected sensor time + correction,
         seen from the predicted first interaction (detached: time does not pull on position)
@@ -248,6 +250,7 @@ class XECRegressor(nn.Module):
         if "energy" in out:
             out["energy"] = self._standardized("energy", self.aggregates.energy(log_light, out["energy"]))
         if self.times_from_sensors:
+            fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]).detach())
             centroid = self.aggregates.light_centroid(fi, self.centroid_head(z, loc))
             time = self.aggregates.time(x, photons, fi, centroid)
             out["timing"] = out["timing"] + self._standardized("timing", time)
@@ -267,7 +270,7 @@ class XECRegressor(nn.Module):
     def to_physical(self, preds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Physical units of every task in ``preds``, and ``<task>_sigma`` for every
         ``<task>_logvar`` in it (calibration applied)."""
-        out = {t: preds[t] * getattr(self, f"target_std_{t}") + getattr(self, f"target_mean_{t}") for t in self.tasks}
+        out = {t: self._physical(t, preds[t]) for t in self.tasks}
         for t in self.sigma_tasks:
             if f"{t}_logvar" in preds:
                 sigma_z = torch.exp(0.5 * preds[f"{t}_logvar"].clamp(*LOGVAR_RANGE))

@@ -192,8 +192,8 @@ def refit_spec(
     sec: Mapping, tasks: Iterable[str], losses: Mapping[str, Mapping], angle_from_position: bool = False
 ) -> dict:
     """regressor.head_refit, checked against the regressor's tasks and losses (XecError naming
-    the key). ``angle_from_position``: model.angle_from_position (the angle head is then a
-    correction on the geometric angle, which the refit does not see)."""
+    the key). ``angle_from_position``: model.angle_from_position (the angle is then the direction
+    to the predicted first interaction: its head is no longer the prediction)."""
     spec = dict(sec)
     tasks = list(tasks)
     for t in spec["tasks"]:
@@ -201,9 +201,9 @@ def refit_spec(
             raise XecError(f"config regressor.head_refit.tasks: {t!r} is not among regressor.tasks {tasks}")
         if t == "angle" and angle_from_position and "uvwFI" in tasks:
             raise XecError(
-                "config regressor.head_refit.tasks: 'angle' cannot be refitted with model.angle_from_position "
-                "(its head is a correction on the angle of the predicted first interaction, which the refit "
-                "does not see); the angle follows the refitted uvwFI head"
+                "config regressor.head_refit.tasks: 'angle' is not refitted with model.angle_from_position "
+                "(the angle is then the direction to the predicted first interaction, not its head's output): "
+                "it follows the refitted uvwFI head; drop 'angle' from the list"
             )
         if t not in REFIT_TASKS:
             raise XecError(

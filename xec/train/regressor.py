@@ -304,7 +304,8 @@ class RegressorStage(Stage):
         for t in self.tasks:
             spec = self.losses[t]
             z = _standardize(self.standardizer, t, targets[t].float())
-            pred = out[t].float()
+            # a task whose prediction is derived (the angle from the position): its head trains
+            pred = out.get(f"{t}_head", out[t]).float()
             logvar = out.get(f"{t}_logvar")
             if spec["type"] == "gaussian_nll" and logvar is None:
                 logvar = core.loss_logvar[t][None, :]
