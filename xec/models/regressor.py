@@ -6,6 +6,11 @@ Heads read the concatenated fused face tokens and predict STANDARDIZED targets
 GeV, timing ns, uvwFI cm, angleVec unit-less) and an exported model needs nothing else. Only
 the heads of the active tasks are built.
 
+With ``model.angle_from_position`` the ``angle`` output is the direction from the target centre
+to the predicted first interaction (uvwFI), as the classical reconstruction quotes it; the angle
+head's own prediction is the ``angle_head`` output, which the training loss reads (an auxiliary
+task of the trunk; as the prediction it was 1-3 % worse in theta, docs/performance.md).
+
 Per-event uncertainties: for each task of ``sigma_tasks`` a second head of the same shape
 predicts log(sigma^2) of the standardized target per event and component (output key
 ``<task>_logvar``). It reads the fused tokens and the peak-window features DETACHED, so its
