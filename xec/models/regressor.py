@@ -209,14 +209,18 @@ class XECRegressor(nn.Module):
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
         z, loc, photons, log_light = self._trunk(x)
         out = {t: self.heads[t](z, loc) for t in self.tasks}
+        # the predicted first interaction (cm), read by the time correction (detached there) and
+        # the angle
+        fi = None
+        if self.angles_from_position or self.times_from_sensors:
+            fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
         if self.aggregates is not None:
-            self._apply_aggregates(out, x, photons, log_light, z, loc)
+            self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
         if self.angles_from_position:
             # not detached: nothing trains through it (the loss reads angle_head), and the
             # angle's saliency is then that of the position it comes from
             out["angle_head"] = out["angle"]
-            xyz = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
-            out["angle"] = self._standardized("angle", direction_to_angles_torch(xyz))
+            out["angle"] = self._standardized("angle", direction_to_angles_torch(fi))
         if self.sigma_tasks:
             zd, locd = z.detach(), None if loc is None else loc.detach()
             out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
@@ -247,7 +251,7 @@ class XECRegressor(nn.Module):
         return z * getattr(self, f"target_std_{task}") + getattr(self, f"target_mean_{task}")
 
     def _apply_aggregates(
-        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc
+        self, out: dict, x: torch.Tensor, photons: torch.Tensor, log_light: torch.Tensor, z: torch.Tensor, loc, fi
     ) -> None:
         """Energy = light sum x exp(correction); time = TOF-corrected sensor time + correction,
         seen from the predicted first interaction (detached: time does not pull on position)
@@ -255,7 +259,7 @@ class XECRegressor(nn.Module):
         if "energy" in out:
             out["energy"] = self._standardized("energy", self.aggregates.energy(log_light, out["energy"]))
         if self.times_from_sensors:
-            fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]).detach())
+            fi = fi.detach()
             centroid = self.aggregates.light_centroid(fi, self.centroid_head(z, loc))
             time = self.aggregates.time(x, photons, fi, centroid)
             out["timing"] = out["timing"] + self._standardized("timing", time)
