@@ -56,6 +56,8 @@ def _spec(stage: str, sigma: bool = False) -> dict:
         "target_standardization": None,
         "model_args": {"freeze_encoder": False},
     }  # the inpainter's constructor options, as training saves them
+    if stage == "inpainter":  # with the sensor-level correction, as config.yaml trains it
+        spec["model"]["inpaint_local_neighbours"] = 8
     if stage == "regressor":
         args = {"tasks": list(TASKS), "nll_tasks": [], **({"sigma_tasks": list(SIGMA_TASKS)} if sigma else {})}
         spec.update(tasks=list(TASKS), target_standardization=TS, model_args=args)

@@ -166,8 +166,10 @@ def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path):
 def test_finetuning_on_a_gain_miscalibrated_toy_reduces_the_held_out_error(tmp_path):
     """An inpainter trained (here from random weights, with the same machinery) on calibrated toy
     events, then fine-tuned on events whose gain is 3x off: the held-out relative MAE of the bright
-    hidden sensors is worse on the miscalibrated events before, and much lower after."""
-    cfg = _cfg(**{"finetune.epochs": 6, "finetune.lr": 5e-3})
+    hidden sensors is worse on the miscalibrated events before, and much lower after. Without the
+    sensor-level correction: that one reads its neighbours relative to each other, so a gain off
+    by the same factor everywhere does not hurt it (the next test)."""
+    cfg = _cfg(**{"finetune.epochs": 6, "finetune.lr": 5e-3, "model.inpaint_local_neighbours": 0})
     calib = toy_file(tmp_path / "calib.root", 512, seed=1)
     miscal = toy_file(tmp_path / "miscal.root", 512, seed=2, gain=3.0)
     sim = run_finetune(cfg, random_inpainter(tmp_path / "random.pt", cfg), [str(calib)], tmp_path / "sim")
@@ -187,6 +189,21 @@ def test_finetuning_on_a_gain_miscalibrated_toy_reduces_the_held_out_error(tmp_p
     assert ck["init_checkpoint"] == str(tmp_path / "sim" / "checkpoint.pt")
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["val"]["initial_rel_mae_npho_bright"] == pytest.approx(before)
+
+
+@pytest.mark.slow
+def test_local_correction_is_blind_to_a_common_gain(tmp_path):
+    """With the sensor-level correction (config.yaml's default) the same toy inpainter is as good
+    on the events whose gain is 3x off as on calibrated ones, before any fine-tuning."""
+    cfg = _cfg(**{"finetune.epochs": 6, "finetune.lr": 5e-3})
+    assert cfg["model"]["inpaint_local_neighbours"] > 0
+    calib = toy_file(tmp_path / "calib.root", 512, seed=1)
+    miscal = toy_file(tmp_path / "miscal.root", 512, seed=2, gain=3.0)
+    sim = run_finetune(cfg, random_inpainter(tmp_path / "random.pt", cfg), [str(calib)], tmp_path / "sim")
+    calibrated = sim["val"]["val_rel_mae_npho_bright"]
+    assert calibrated < 0.1  # flat light: the neighbours tell it
+    ft = run_finetune(cfg, tmp_path / "sim" / "checkpoint.pt", [str(miscal)], tmp_path / "ft")
+    assert ft["val"]["initial_rel_mae_npho_bright"] < 1.2 * calibrated
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -142,10 +142,24 @@ def test_encoder_hand_over_from_mae(tiny):
 
 
 # ---------------------------------------------------------------------------- inpainter
-def test_inpainter_fills_only_masked_and_dead(tiny):
+def _with_local_fill(cfg, local: bool):
+    """The config with the sensor-level correction (xec.models.local_fill) on or off."""
+    return model_config({**cfg.to_dict(), "inpaint_local_neighbours": 8 if local else 0})
+
+
+def _randomize_local(m: XECInpainter) -> None:
+    """A trained-looking correction (its last layer starts at zero: an identity to test nothing)."""
+    if m.local is not None:
+        with torch.no_grad():
+            m.local.mlp[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(9))
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_inpainter_fills_only_masked_and_dead(tiny, local):
     torch.manual_seed(0)
     norm = get_normalizer("meg2")
-    m = XECInpainter(tiny, normalizer=norm).eval()
+    m = XECInpainter(_with_local_fill(tiny, local), normalizer=norm).eval()
+    _randomize_local(m)
     x = realistic_input(2, seed=3)
     mask = torch.rand(2, N_SENSORS) < 0.1
     with torch.no_grad():
@@ -164,15 +178,21 @@ def test_inpainter_fills_only_masked_and_dead(tiny):
         assert torch.equal(m.predict(x2, mask), pred)
 
 
-def test_inpainter_frozen_encoder_gets_no_gradients(tiny):
+@pytest.mark.parametrize("local", [False, True])
+def test_inpainter_frozen_encoder_gets_no_gradients(tiny, local):
     torch.manual_seed(0)
-    m = XECInpainter(tiny, freeze_encoder=True).train()
+    m = XECInpainter(_with_local_fill(tiny, local), normalizer=get_normalizer("meg2"), freeze_encoder=True).train()
+    _randomize_local(m)  # past the first step: the zero-initialized last layer passes no gradient
     assert not m.encoder.training
     x = realistic_input(2)
     mask = torch.rand(2, N_SENSORS) < 0.1
-    (m.predict(x, mask) - x).square().mean().backward()
+    pred = m.predict(x, mask, with_heads=True)
+    # with the correction, training sees the heads' own prediction too (they keep their own loss)
+    assert pred.shape[-1] == (4 if local else 2)
+    (pred - x.repeat(1, 1, pred.shape[-1] // 2)).square().mean().backward()
     assert all(p.grad is None for p in m.encoder.parameters())
-    bad = [n for n, p in m.heads.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0]
+    trained = list(m.heads.named_parameters()) + (list(m.local.named_parameters()) if local else [])
+    bad = [n for n, p in trained if p.grad is None or float(p.grad.abs().sum()) == 0.0]
     assert not bad, bad
 
 
@@ -222,13 +242,15 @@ def test_regressor_onnx_parity_two_batch_sizes(tiny, tmp_path):
     assert report["passed"] and report["batch_sizes"] == [1, 5]
 
 
-def test_inpainter_onnx_parity_two_batch_sizes(tiny, tmp_path):
+@pytest.mark.parametrize("local", [False, True])
+def test_inpainter_onnx_parity_two_batch_sizes(tiny, tmp_path, local):
     from xec.deploy.export import InpainterGraph, check_parity, export_graph
     from xec.deploy.onnx_meta import inpainter_metadata
 
     torch.manual_seed(0)
     norm = get_normalizer("meg2")
-    inp = XECInpainter(tiny, normalizer=norm).eval()
+    inp = XECInpainter(_with_local_fill(tiny, local), normalizer=norm).eval()
+    _randomize_local(inp)
     graph = InpainterGraph(inp).eval()
     meta = inpainter_metadata(norm, {})
     ex = (realistic_input(2), (torch.rand(2, N_SENSORS) < 0.1).float())

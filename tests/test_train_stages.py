@@ -445,11 +445,12 @@ def test_mae_cli_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
 
 def test_inpainter_relative_loss_term_sees_the_bright_hidden_sensors():
     """relative_loss_weight adds the mean |pred - true| / true (photons) of the hidden sensors
-    with true npho >= the threshold (100): here 2 of them, off by -50 % and +10 %."""
+    with true npho >= the threshold (100): here 2 of them, off by -50 % and +10 %;
+    log_loss_weight the mean |log(1 + pred) - log(1 + true)| of every hidden one."""
     from xec.normalization import normalizer_from_config
     from xec.train.inpainter import InpainterStage
 
-    cfg = load_config(None, overrides={"inpainter.relative_loss_weight": 2.0})
+    cfg = load_config(None, overrides={"inpainter.relative_loss_weight": 2.0, "inpainter.log_loss_weight": 1.5})
     norm = normalizer_from_config(cfg)
     stage = InpainterStage(cfg, norm)
     true = np.array([[2500.0, 300.0, 50.0, 1000.0]])  # photons; the 4th is not hidden
@@ -460,4 +461,8 @@ def test_inpainter_relative_loss_term_sees_the_bright_hidden_sensors():
     mask = torch.tensor([[True, True, True, False]])
     loss, logs = stage._loss(pred, x, mask)
     assert float(logs["rel_mae_npho_bright"]) == pytest.approx((0.5 + 0.1) / 2, rel=1e-4)
-    assert float(loss) == pytest.approx(float(logs["loss_npho"] + logs["loss_time"]) + 2.0 * 0.3, rel=1e-4)
+    # log_loss_weight: the mean |log(1 + est) - log(1 + true)| of all three hidden sensors
+    log_err = np.abs(np.log1p(est) - np.log1p(true))[0, :3].mean()
+    assert float(logs["mae_log_npho"]) == pytest.approx(log_err, rel=1e-4)
+    base = float(logs["loss_npho"] + logs["loss_time"])
+    assert float(loss) == pytest.approx(base + 2.0 * 0.3 + 1.5 * log_err, rel=1e-4)

@@ -21,6 +21,7 @@ from torch import nn
 from xec.models.blocks import fill_sensors
 from xec.models.decoders import FaceDecoder
 from xec.models.encoder import XECEncoder
+from xec.models.local_fill import LocalFill
 from xec.models.presets import ModelConfig
 
 
@@ -44,6 +45,15 @@ class XECInpainter(nn.Module):
             time_npho_threshold = npho_threshold_normalized(normalizer)
         self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
         self.heads = FaceDecoder(self.encoder, cfg.inpaint_dim, cfg.inpaint_depth, level=1, use_skip=True)
+        self.local = None
+        if cfg.inpaint_local_neighbours:
+            if normalizer is None:
+                raise ValueError("XECInpainter: inpaint_local_neighbours needs the normalizer (it works in photons)")
+            if geometry is None:
+                from xec.geometry import get_geometry
+
+                geometry = get_geometry()
+            self.local = LocalFill(geometry, normalizer, cfg.inpaint_local_neighbours, cfg.inpaint_local_hidden)
         self.sentinel = float(sentinel)
         self.time_npho_threshold = float(time_npho_threshold)
         self.freeze_encoder = bool(freeze_encoder)
@@ -61,13 +71,20 @@ class XECInpainter(nn.Module):
         dead = x[..., 0] == self.sentinel
         return dead if mask is None else (dead | mask.bool())
 
-    def predict(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, mask: torch.Tensor | None = None, with_heads: bool = False) -> torch.Tensor:
+        """(B, 4760, 2) predictions; ``with_heads`` (training with the local correction): (B, 4760,
+        4), the heads' own prediction in the last two channels, so that they keep their own loss
+        (scored only through the correction, they drifted to values the correction had to undo)."""
         if self.freeze_encoder:
             with torch.no_grad():
                 feats = self.encoder.forward_features(x, mask)
         else:
             feats = self.encoder.forward_features(x, mask)
-        return self.heads(feats)
+        heads = self.heads(feats)
+        if self.local is None:
+            return heads
+        pred = self.local(x, heads, self.fill_mask(x, mask))
+        return torch.cat([pred, heads], dim=-1) if with_heads else pred
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         pred = self.predict(x, mask)

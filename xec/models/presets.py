@@ -45,7 +45,7 @@ ENCODER_FIELDS = (
 # the keys each stage adds on top of the encoder (decoders, inpainting heads, regression heads)
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
-    "inpainter": ("inpaint_dim", "inpaint_depth"),
+    "inpainter": ("inpaint_dim", "inpaint_depth", "inpaint_local_neighbours", "inpaint_local_hidden"),
     "regressor": (
         "head_hidden",
         "peak_window",
@@ -92,6 +92,10 @@ class ModelConfig:
     # inpainter heads
     inpaint_dim: int = 16
     inpaint_depth: int = 1
+    # sensor-level correction of the fill from the K nearest same-face sensors
+    # (xec.models.local_fill); 0 = off, as in checkpoints written before the key existed
+    inpaint_local_neighbours: int = 0
+    inpaint_local_hidden: int = 64
     # regressor heads
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)

@@ -211,6 +211,8 @@ class RealdataFinetuneStage(InpainterStage):
         self.time_thr = npho_threshold_normalized(normalizer)
         rel = self.fsec["relative_loss_weight"]
         self.rel_weight = float(self.sec["relative_loss_weight"] if rel is None else rel)
+        log_w = self.fsec["log_loss_weight"]
+        self.log_weight = float(self.sec["log_loss_weight"] if log_w is None else log_w)
         self.npho_cap = float(normalizer.npho_forward(np.float64(1e6)))
         self.val_manifest = None
         self.info: dict[str, Any] = {"source_checkpoint": self.source}
