@@ -21,12 +21,12 @@ and predicts log(1 + photons) as a correction to the reference, the mean log(1 +
 known neighbours (the heads' guess where none is known, e.g. inside a dead board), plus a
 correction to the heads' time; no time (the sentinel) where fewer than 3/4 of the neighbours are
 known, as inside a dead board, where the guessed times spoilt the regressor's event time. The
-last layer starts at zero, so an untrained correction gives
-the neighbours' geometric mean. Everything relative to the reference keeps the MLP's inputs and
-outputs O(1) at any brightness (relative to the heads' guess, a core MPPC the heads put at a few
-percent of its value was far outside what it had learned: 0.55 relative MAE above 10,000 photons
-against 0.36 now), makes the correction blind to a gain common to a region, and makes its error
-relative, the error ``xec inpainting`` scores.
+last layer starts at zero, so an untrained correction gives the neighbours' geometric mean.
+Everything relative to the reference keeps the MLP's inputs and outputs O(1) at any brightness
+(relative to the heads' guess, a core MPPC the heads put at a few percent of its value was far
+outside what it had learned: 0.55 relative MAE above 10,000 photons against 0.36 now), makes the
+correction blind to a gain common to a region, and makes its error relative, the error
+``xec inpainting`` scores.
 """
 
 from __future__ import annotations
