@@ -53,6 +53,7 @@ class LocalFill(nn.Module):
         self.normalizer = normalizer
         self.sentinel = float(normalizer.sentinel)
         self.k = int(neighbours)
+        self.npho_cap = float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))  # normalized
         positions = np.asarray(geometry.positions, np.float64)
         face = np.asarray(geometry.face)
         near = nearest_same_face(positions, face, self.k)  # (S, K)
@@ -70,8 +71,7 @@ class LocalFill(nn.Module):
 
     def log_photons(self, npho_n: torch.Tensor) -> torch.Tensor:
         """Normalized npho -> log(1 + photons)."""
-        cap = float(self.normalizer.npho_forward(np.float64(MAX_PHOTONS)))
-        return torch.log1p(self.normalizer.npho_inverse(npho_n.clamp(0.0, cap)))
+        return torch.log1p(self.normalizer.npho_inverse(npho_n.clamp(0.0, self.npho_cap)))
 
     def forward(self, x: torch.Tensor, pred: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """x (B, S, 2) normalized input, pred (B, S, 2) the heads' prediction, fill (B, S) bool

@@ -43,6 +43,7 @@ from torch import nn
 from xec.data.loader import ShardLoader
 from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECInpainter
+from xec.models.local_fill import MAX_PHOTONS
 from xec.models.mae import elementwise_loss, npho_threshold_normalized, random_mask
 from xec.normalization import Normalizer
 from xec.rootio import tree_writer
@@ -82,9 +83,9 @@ class InpainterStage(Stage):
         self.time_thr = npho_threshold_normalized(normalizer)
         self.rel_weight = float(self.sec["relative_loss_weight"])
         self.log_weight = float(self.sec["log_loss_weight"])
-        # predictions clamped to 1e6 photons before the relative term: expm1 of a wild early
+        # predictions clamped to MAX_PHOTONS (1e6) before the relative term: expm1 of a wild early
         # prediction would otherwise overflow the gradient
-        self.npho_cap = float(normalizer.npho_forward(np.float64(1e6)))
+        self.npho_cap = float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))
         if init_checkpoint is None and self.freeze:
             log.warning("inpainter: --init none with freeze_encoder: the encoder stays at its random initialization")
         self.val_manifest: str | None = None
@@ -122,9 +123,10 @@ class InpainterStage(Stage):
         time_ok = mask & ((x[..., 1] - s).abs() > 1e-4) & (x[..., 0] > self.time_thr)
         return mask, time_ok
 
-    def _base_loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inpainter.loss`` in normalized units: (npho term, time term)."""
-        sel_n, sel_t = self._scored(x, mask)
+    def _base_loss(
+        self, pred: torch.Tensor, x: torch.Tensor, sel_n: torch.Tensor, sel_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inpainter.loss`` in normalized units on the scored sensors (``_scored``): (npho, time) terms."""
         mn, mt = sel_n.to(pred.dtype), sel_t.to(pred.dtype)
         tgt = torch.where(torch.stack([mn, mt], -1) > 0, x, pred.detach())  # sentinel targets never enter
         el = elementwise_loss(pred.float(), tgt.float(), self.loss_kind)
@@ -137,11 +139,11 @@ class InpainterStage(Stage):
             # the local correction's output + the heads' own (XECInpainter.predict): the heads keep
             # the plain loss (a smooth estimate for the correction to start from), the output all terms
             loss, logs = self._loss(pred[..., :2], x, mask)
-            heads_loss = sum(self._base_loss(pred[..., 2:], x, mask))
+            heads_loss = sum(self._base_loss(pred[..., 2:], x, *self._scored(x, mask)))
             return loss + heads_loss, {**logs, "loss_heads": heads_loss.detach()}
-        sel_n, _ = self._scored(x, mask)
+        sel_n, sel_t = self._scored(x, mask)
         mn = sel_n.to(pred.dtype)
-        l_n, l_t = self._base_loss(pred, x, mask)
+        l_n, l_t = self._base_loss(pred, x, sel_n, sel_t)
         # relative npho error (photons) of the bright hidden sensors: the quantity that matters
         bright = (sel_n & (x[..., 0] >= self.time_thr)).to(pred.dtype)
         photons = self.normalizer.npho_inverse(x[..., 0].float().clamp_min(0.0))  # sentinels -> 0
