@@ -135,31 +135,42 @@ class InpainterStage(Stage):
         return l_n, l_t
 
     def _loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Training loss of (B, S, C) predictions on the ``mask`` (hidden) sensors."""
+        # every term scores the hidden sensors only (~5 % of B x 4760): gathered once, the loss
+        # costs a few ms per batch instead of 2/3 of the model's forward and backward
+        ev, sensor = torch.nonzero(mask, as_tuple=True)
+        return self._hidden_loss(pred[ev, sensor], x[ev, sensor])
+
+    def _hidden_loss(self, pred: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``_loss`` on the hidden sensors' (M, C) predictions and (M, 2) inputs."""
+        sel_n, sel_t = self._scored(x, torch.ones(len(x), dtype=torch.bool, device=x.device))
+        heads_loss = None
         if pred.shape[-1] == 4:
             # the local correction's output + the heads' own (XECInpainter.predict): the heads keep
             # the plain loss (a smooth estimate for the correction to start from), the output all terms
-            loss, logs = self._loss(pred[..., :2], x, mask)
-            heads_loss = sum(self._base_loss(pred[..., 2:], x, *self._scored(x, mask)))
-            return loss + heads_loss, {**logs, "loss_heads": heads_loss.detach()}
-        sel_n, sel_t = self._scored(x, mask)
-        mn = sel_n.to(pred.dtype)
+            heads_loss = sum(self._base_loss(pred[:, 2:], x, sel_n, sel_t))
+            pred = pred[:, :2]
         l_n, l_t = self._base_loss(pred, x, sel_n, sel_t)
         # relative npho error (photons) of the bright hidden sensors: the quantity that matters
-        bright = (sel_n & (x[..., 0] >= self.time_thr)).to(pred.dtype)
-        photons = self.normalizer.npho_inverse(x[..., 0].float().clamp_min(0.0))  # sentinels -> 0
+        bright = (x[:, 0] >= self.time_thr).to(pred.dtype)
+        photons = self.normalizer.npho_inverse(x[:, 0].float().clamp_min(0.0))  # sentinels -> 0
         true = photons.clamp_min(1.0)
-        est = self.normalizer.npho_inverse(pred[..., 0].float().clamp(0.0, self.npho_cap))
+        est = self.normalizer.npho_inverse(pred[:, 0].float().clamp(0.0, self.npho_cap))
         l_r = (((est - true) / true).abs() * bright).sum() / bright.sum().clamp_min(1.0)
         # log(1 + photons) of every hidden sensor, dim ones too: relative where it is bright,
         # absolute (photons) where it is dark, so the dim sensors' sum stays unbiased
-        l_log = ((torch.log1p(est) - torch.log1p(photons)).abs() * mn).sum() / mn.sum().clamp_min(1.0)
+        l_log = (torch.log1p(est) - torch.log1p(photons)).abs().sum() / max(len(x), 1)
         loss = l_n + l_t
         if self.rel_weight > 0:
             loss = loss + self.rel_weight * l_r
         if self.log_weight > 0:
             loss = loss + self.log_weight * l_log
         logs = {"loss_npho": l_n.detach(), "loss_time": l_t.detach(), "rel_mae_npho_bright": l_r.detach()}
-        return loss, {**logs, "mae_log_npho": l_log.detach()}
+        logs["mae_log_npho"] = l_log.detach()
+        if heads_loss is not None:
+            loss = loss + heads_loss
+            logs["loss_heads"] = heads_loss.detach()
+        return loss, logs
 
     def masks(self, x: torch.Tensor, targets, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden, fill): the sensors the loss scores, and those the model is told to fill.
