@@ -216,6 +216,22 @@ def test_inpainter_fills_dead_sensors_before_regressor(models, root_file, tmp_pa
     plain = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
     changed = ~np.isclose(df["pred_energy_energy"], _reference_preds(plain)["energy"][:, 0], rtol=1e-6, atol=0)
     np.testing.assert_array_equal(changed, dead.any(1))  # exactly the events with dead sensors change
+    # the timing comes from the second pass: filled npho, but the filled sensors without a time
+    live = x.copy()
+    live[..., 1][dead] = get_normalizer("meg2").sentinel
+    np.testing.assert_allclose(df["pred_timing_time"], _reference_preds(live)["timing"][:, 0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(df["pred_timing_time"][dead.any(1)], ref["timing"][dead.any(1), 0], rtol=1e-3)
+
+
+def test_timing_from_the_filled_input_when_asked(models, root_file, tmp_path):
+    """inference.time_from_live_sensors false: one pass, every output from the filled input."""
+    path, arrays = root_file
+    out = tmp_path / "i.root"
+    run_inference(str(models["regressor"]), [str(path)], str(out), inpainter=str(models["inpainter"]), time_from_live=False)
+    df = pd.read_parquet(tmp_path / "i.parquet")
+    x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
+    x[arrays["npho"] > 9e9] = 0.5
+    np.testing.assert_allclose(df["pred_timing_time"], _reference_preds(x)["timing"][:, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_cli_writes_outputs_and_custom_parquet(models, root_file, tmp_path, capsys):

@@ -129,6 +129,7 @@ COMMANDS: dict[str, Command] = {
         "resolution of the ML (with inpainter) and the classical reconstruction vs the fraction of dead sensors",
         reads=(
             *(f"deadsweep.{k}" for k in ("fractions", "patterns", "board_size", "ml_fills", "max_events", "n_boot")),
+            "inference.time_from_live_sensors",
             "baseline",
             "seed",
             *DATA_BRANCHES,

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             batch_size=batch,
             device=icfg["device"],
             intra_op_threads=threads,
+            time_from_live=icfg["time_from_live_sensors"],
         )
         for fill in fills
     }
