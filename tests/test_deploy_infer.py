@@ -227,7 +227,8 @@ def test_timing_from_the_filled_input_when_asked(models, root_file, tmp_path):
     """inference.time_from_live_sensors false: one pass, every output from the filled input."""
     path, arrays = root_file
     out = tmp_path / "i.root"
-    run_inference(str(models["regressor"]), [str(path)], str(out), inpainter=str(models["inpainter"]), time_from_live=False)
+    inp = str(models["inpainter"])
+    run_inference(str(models["regressor"]), [str(path)], str(out), inpainter=inp, time_from_live=False)
     df = pd.read_parquet(tmp_path / "i.parquet")
     x = get_normalizer("meg2").normalize_events(arrays["npho"], arrays["relative_time"])
     x[arrays["npho"] > 9e9] = 0.5
