@@ -342,6 +342,8 @@ class Predictor:
             make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
         )
         self.out_names = [o.name for o in self.reg.get_outputs()]
+        # the outputs the live-time pass replaces: timing and its sigma
+        self.timing_keys = [n[len("output_") :] for n in self.out_names if n.startswith("output_timing")]
         if sorted(self.out_names) != sorted(self.meta.outputs):
             raise XecError(
                 f"{model}: graph outputs {self.out_names} differ from its metadata {list(self.meta.outputs)}"
@@ -386,23 +388,21 @@ class Predictor:
         """:meth:`predict` from :meth:`inputs`' (x, dead): the inpainter (x is filled in place)
         and the regressor, the ONNX Runtime part alone."""
         times = times if times is not None else StageTimes()
+        rows = np.flatnonzero(dead.any(axis=1))  # events without dead sensors need no filling
         if self.inp is not None:
             with times("inpaint"):
-                rows = np.flatnonzero(dead.any(axis=1))  # events without dead sensors need no filling
                 if len(rows):
                     feeds = {"input": x[rows], "mask": dead[rows].astype(np.float32)}
                     (x[rows],) = run_batched(self.inp, feeds, self.batch_size)
         with times("regress"):
             outputs = run_batched(self.reg, {"input": x}, self.batch_size)
         preds = {name[len("output_") :]: val for name, val in zip(self.out_names, outputs)}
-        timing = [k for k in preds if k == "timing" or k.startswith("timing_")]  # + timing_sigma
-        rows = np.flatnonzero(dead.any(axis=1)) if self.time_from_live and timing else ()
-        if len(rows):
+        if self.time_from_live and self.timing_keys and len(rows):
             with times("regress"):
                 live = x[rows]  # a copy (fancy indexing)
                 live[..., 1][dead[rows]] = np.float32(self.normalizer.sentinel)
                 second = dict(zip(self.out_names, run_batched(self.reg, {"input": live}, self.batch_size)))
-            for k in timing:
+            for k in self.timing_keys:
                 preds[k][rows] = second[f"output_{k}"]
         return preds, dead.sum(axis=1).astype(np.int32)
 

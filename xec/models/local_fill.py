@@ -47,13 +47,19 @@ MAX_PHOTONS = 1.0e6  # predictions clamped here before the log (a wild early out
 TIME_MIN_KNOWN = 0.75  # share of the K neighbours that must be known for a filled time
 
 
+def npho_cap(normalizer: Normalizer) -> float:
+    """MAX_PHOTONS in ``normalizer``'s units: the clamp of predicted npho before any photon-space
+    term (the correction's logs, the inpainter losses' expm1)."""
+    return float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))
+
+
 class LocalFill(nn.Module):
     def __init__(self, geometry, normalizer: Normalizer, neighbours: int, hidden: int):
         super().__init__()
         self.normalizer = normalizer
         self.sentinel = float(normalizer.sentinel)
         self.k = int(neighbours)
-        self.npho_cap = float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))  # normalized
+        self.npho_cap = npho_cap(normalizer)
         positions = np.asarray(geometry.positions, np.float64)
         face = np.asarray(geometry.face)
         near = nearest_same_face(positions, face, self.k)  # (S, K)

@@ -44,7 +44,7 @@ from torch import nn
 from xec.errors import InputFileError, XecError
 from xec.geometry import FACE_NAMES, get_geometry
 from xec.inpainting.holdout import ID_BRANCHES, check_fraction, event_ids, holdout_flags
-from xec.models.local_fill import MAX_PHOTONS
+from xec.models.local_fill import npho_cap
 from xec.models.mae import npho_threshold_normalized
 from xec.normalization import INVALID_ABOVE, Normalizer
 from xec.train.checkpoint import load_checkpoint
@@ -214,7 +214,7 @@ class RealdataFinetuneStage(InpainterStage):
         self.rel_weight = float(self.sec["relative_loss_weight"] if rel is None else rel)
         log_w = self.fsec["log_loss_weight"]
         self.log_weight = float(self.sec["log_loss_weight"] if log_w is None else log_w)
-        self.npho_cap = float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))
+        self.npho_cap = npho_cap(normalizer)
         self.val_manifest = None
         self.info: dict[str, Any] = {"source_checkpoint": self.source}
         self.initial: dict[str, float] = {}

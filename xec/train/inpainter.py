@@ -43,7 +43,7 @@ from torch import nn
 from xec.data.loader import ShardLoader
 from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECInpainter
-from xec.models.local_fill import MAX_PHOTONS
+from xec.models.local_fill import npho_cap
 from xec.models.mae import elementwise_loss, npho_threshold_normalized, random_mask
 from xec.normalization import Normalizer
 from xec.rootio import tree_writer
@@ -85,7 +85,7 @@ class InpainterStage(Stage):
         self.log_weight = float(self.sec["log_loss_weight"])
         # predictions clamped to MAX_PHOTONS (1e6) before the relative term: expm1 of a wild early
         # prediction would otherwise overflow the gradient
-        self.npho_cap = float(normalizer.npho_forward(np.float64(MAX_PHOTONS)))
+        self.npho_cap = npho_cap(normalizer)
         if init_checkpoint is None and self.freeze:
             log.warning("inpainter: --init none with freeze_encoder: the encoder stays at its random initialization")
         self.val_manifest: str | None = None
