@@ -87,7 +87,8 @@ def tiny_run(tmp_path_factory):
     proc = snakemake(work, "--cores", "2", "--set-threads", *(f"{s}=1" for s in CONCURRENT_STAGES))
     elapsed = time.monotonic() - t0
     print(f"\n[test_workflow] tiny default DAG: {elapsed:.0f} s")
-    return {"dir": work, "proc": proc, "jobs": planned_jobs(proc), "elapsed": elapsed}
+    yield {"dir": work, "proc": proc, "jobs": planned_jobs(proc), "elapsed": elapsed}
+    shutil.rmtree(work.parent, ignore_errors=True)  # 170 MB, not needed past this module
 
 
 def copy_run(tiny_run, dest: Path) -> Path:
@@ -580,7 +581,8 @@ def scan_run(tiny_run, tmp_path_factory):
     _with_scan(work, SCAN)
     planned = planned_jobs(snakemake(work, "--dry-run", SCAN_TARGET))
     proc = snakemake(work, "--cores", "2", SCAN_TARGET)
-    return {"dir": work, "planned": planned, "proc": proc}
+    yield {"dir": work, "planned": planned, "proc": proc}
+    shutil.rmtree(work.parent, ignore_errors=True)
 
 
 def test_scan_trains_each_point_and_reuses_the_main_run(scan_run):
