@@ -5,7 +5,8 @@ munge on a fresh Debian machine, writes a one-node configuration with a fake GPU
 resource and starts munged, slurmctld and slurmd), then the pipeline runs on the tiny config
 through profiles/slurm-gh with the site names given the documented way (XEC_SLURM_* variables,
 deliberately NOT the profile's defaults, so the overrides are exercised) plus one speed knob
-(`--slurm-init-seconds-before-status-checks 3`, polling only). The checks: every job went through
+(`--slurm-init-seconds-before-status-checks 3` and no growing wait between status checks:
+tests/slurm_fixed_polling.py; polling only). The checks: every job went through
 sbatch to the partition its rule belongs to (slurmctld's job-completion record and squeue), the
 GPU rules got a GPU, each job ran in the profile's job environment, every output exists and a
 second run has nothing to do. The daemons are stopped at the end.
@@ -130,7 +131,7 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
         env.pop(var, None)
     snakemake = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
     run = subprocess.run(
-        snakemake
+        [sys.executable, str(REPO / "tests" / "slurm_fixed_polling.py"), *snakemake[3:]]
         + ["--profile", str(REPO / "profiles" / "slurm-gh"), "--slurm-init-seconds-before-status-checks", "3"],
         env=env,
         capture_output=True,
