@@ -291,3 +291,29 @@ def test_pileup_split_by_the_second_gamma_truth(files):
     assert "fiducial" in split["with_pileup"]["methods"]["ml"]["u_mm"]
     text = (tmp / "s.md").read_text()
     assert "events with a piled-up gamma" in text and "events without" in text
+
+
+def test_inpainting_goal_below_the_poisson_floor_is_said_so():
+    """A face whose goal (0.7 x the solid-angle rule's relative MAE) lies under its Poisson floor
+    is marked 'not met (below floor)'; a reachable miss stays 'not met'."""
+    from xec.inpainting.evaluate import Scores
+    from xec.summary import inpainting_rows
+
+    s = Scores([100.0, 1000.0])
+    one = np.ones(4)
+    for face, npe_true, sa_err, inp_err in ((0, 100.0, 0.30, 0.25), (1, 100.0, 0.14, 0.13)):
+        faces = np.full(4, face)
+        true = np.full(4, npe_true)
+        s.add_floor(faces, true, one)  # floor sqrt(2 / (pi 100)) = 0.080
+        t = np.zeros(4)
+        s.add("solid_angle", faces, true, true * (1 + sa_err), t, t)
+        s.add("neighbour_average", faces, true, true * (1 + sa_err), t, t)
+        s.add("inpainter", faces, true, true * (1 + inp_err), t, t)
+    res = s.result(0.5)
+    inner, outer = res["faces"]["inner"], res["faces"]["outer"]
+    assert inner["poisson_floor"] == pytest.approx(np.sqrt(2 / (np.pi * 100)))
+    assert not inner["goal_met"] and not inner["goal_below_floor"]  # 0.5 x 0.30 = 0.15 > 0.080
+    assert not outer["goal_met"] and outer["goal_below_floor"]  # 0.5 x 0.14 = 0.07 < 0.080
+    header, rows = inpainting_rows({"samples": {"val": res}})
+    goal = {r[1]: r[header.index("goal")] for r in rows}
+    assert goal == {"inner": "not met", "outer": "not met (below floor)"}, goal
