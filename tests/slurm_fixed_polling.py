@@ -7,16 +7,14 @@ cluster each DAG level's jobs take 15-30 s, so every level cost 3 + 13 + 23 = 39
 executor looks, not what it submits or how it reads the answer; if a future plugin stops using
 this property, the cap silently does nothing and the test is only slower.
 
-    python tests/slurm_fixed_polling.py SNAKEMAKE_ARGS...   (cap: XEC_TEST_SLURM_POLL_S, default 3)
+    python tests/slurm_fixed_polling.py SNAKEMAKE_ARGS...
 """
 
 from __future__ import annotations
 
-import os
-
 from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 
-CAP_S = float(os.environ.get("XEC_TEST_SLURM_POLL_S", "3"))
+CAP_S = 3.0
 _wait = RemoteExecutor.next_seconds_between_status_checks
 if isinstance(_wait, property) and _wait.fset is not None:
     RemoteExecutor.next_seconds_between_status_checks = property(

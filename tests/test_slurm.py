@@ -129,9 +129,10 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     )
     for var in ("XEC_ENV", "SLURM_CONF"):
         env.pop(var, None)
-    snakemake = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(work)]
+    args = ["-s", str(SNAKEFILE), "--directory", str(work)]
+    snakemake = [sys.executable, "-m", "snakemake", *args]
     run = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "slurm_fixed_polling.py"), *snakemake[3:]]
+        [sys.executable, str(REPO / "tests" / "slurm_fixed_polling.py"), *args]
         + ["--profile", str(REPO / "profiles" / "slurm-gh"), "--slurm-init-seconds-before-status-checks", "3"],
         env=env,
         capture_output=True,
