@@ -479,3 +479,72 @@ def test_fill_cli_reads_the_baseline_section_and_bad_combinations_are_errors(mod
     from xec.deploy.infer import resolve_fill
 
     assert resolve_fill(None, "inp.onnx") == "inpainter" and resolve_fill(None, None) == "sentinel"
+
+
+# ---------------------------------------------------------------- holes: the rule fills dead boards
+def test_hole_mask_marks_whole_boards_and_few_isolated_sensors():
+    from xec.baseline.fill import hole_mask
+    from xec.geometry import get_geometry
+    from xec.inpainting.boards import readout_boards
+
+    boards = readout_boards(16)
+    inner = [b for b in boards if (get_geometry().face[b] == 0).all()]
+    dead = np.zeros((3, N_SENSORS), bool)
+    dead[0, inner[40]] = True  # a whole inner-face board
+    dead[0, 4000] = True  # and one isolated inner MPPC far from it
+    dead[1, [44 * 30 + 10, 44 * 30 + 11]] = True  # two adjacent MPPCs: no hole
+    for b in boards:  # one board of every face but the inner
+        if get_geometry().face[b[0]] != 0 and not dead[2, get_geometry().face == get_geometry().face[b[0]]].any():
+            dead[2, b] = True
+    holes = hole_mask(dead)
+    assert len(inner[40]) == 16 and holes[0, inner[40]].all() and not holes[0, 4000]
+    assert not holes[1].any()
+    assert holes[2, dead[2]].mean() > 0.9  # boards of 16 PMTs / MPPCs on the other faces too
+    assert not (holes & ~dead).any()
+    # random 10 % dead sensors: P(>= 3 of 8 neighbours dead) = 3.8 %
+    rng = np.random.default_rng(3)
+    rand = rng.random((200, N_SENSORS)) < 0.10
+    share = hole_mask(rand).sum() / rand.sum()
+    assert 0.025 < share < 0.055, share
+
+
+def test_inpainter_fill_takes_the_rule_for_holes_and_the_inpainter_for_the_rest(models, root_file):
+    from xec.baseline.fill import fill_dead, hole_mask
+    from xec.baseline.reco import BaselineConfig
+    from xec.deploy.infer import Predictor
+    from xec.inpainting.boards import readout_boards
+
+    _, arrays = root_file
+    npho, time = arrays["npho"][40:70].copy(), arrays["relative_time"][40:70].copy()
+    board = readout_boards(16)[40]
+    npho[:10, board] = 1e10  # ten events with a dead board on top of their random dead sensors
+    time[:10, board] = 1e10
+    dead = npho > 9e9
+    holes = hole_mask(dead)
+    assert holes[:10, board].all() and holes[:10].sum() < 10 * len(board) + 5 and (dead & ~holes).sum() > 100
+
+    hybrid = Predictor(str(models["regressor"]), str(models["inpainter"]), "inpainter")  # hole_fill default
+    plain = Predictor(str(models["regressor"]), str(models["inpainter"]), "inpainter", hole_fill="inpainter")
+    x, d = hybrid.inputs(npho, time)
+    np.testing.assert_array_equal(d, dead)  # every dead sensor counts (n_dead, the live-time pass)
+    ref_npho, ref_time, _ = fill_dead(npho, time, "solid_angle", BaselineConfig(), only=holes)
+    expected = get_normalizer("meg2").normalize_events(ref_npho, ref_time)
+    # holes: the rule's values; the rest still the sentinel (float32 normalization vs float64 here)
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
+    assert (x[holes][:, 0] >= 0).all() and (x[dead & ~holes][:, 0] == -1.0).all()
+
+    preds, n_dead = hybrid.run(x.copy(), d)
+    filled = expected.copy()
+    filled[dead & ~holes] = 0.5  # the constant inpainter: only where no rule value is
+    np.testing.assert_allclose(preds["energy"][:, 0], _reference_preds(filled)["energy"][:, 0], rtol=1e-5, atol=1e-6)
+    live = filled.copy()
+    live[..., 1][dead] = -1.0  # the event time from live sensors: no filled time, rule or inpainter
+    np.testing.assert_allclose(preds["timing"][:, 0], _reference_preds(live)["timing"][:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(n_dead, dead.sum(1))
+
+    old, _ = plain.predict(npho, time)  # hole_fill inpainter: every dead sensor from the inpainter
+    everything = get_normalizer("meg2").normalize_events(npho, time)
+    everything[dead] = 0.5
+    np.testing.assert_allclose(old["energy"][:, 0], _reference_preds(everything)["energy"][:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(XecError, match="inference.hole_fill"):
+        Predictor(str(models["regressor"]), str(models["inpainter"]), "inpainter", hole_fill="neighbour")

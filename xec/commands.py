@@ -99,11 +99,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command("xec.deploy.export", "export a regressor or inpainter checkpoint to ONNX", reads=("export",)),
     "infer": Command("xec.deploy.infer", "run ONNX models on a ROOT file", reads=("inference", *DATA_BRANCHES)),
-    # `xec infer --fill neighbour|solid_angle`: the classical recoveries also read the baseline's
-    # position-fit and recovery parameters (so only those inference runs rerun when they change)
+    # `xec infer --fill neighbour|solid_angle|inpainter`: the classical recoveries (for the
+    # inpainter: of the holes, inference.hole_fill) also read the baseline's position-fit and
+    # recovery parameters (so only those inference runs rerun when they change)
     "infer classical-fill": Command(
         "xec.deploy.infer",
-        "xec infer with dead sensors filled by a classical recovery",
+        "xec infer with dead sensors filled by a classical recovery (all of them, or the inpainter's holes)",
         reads=("inference", *DATA_BRANCHES, "baseline"),
     ),
     "baseline": Command(
@@ -130,6 +131,7 @@ COMMANDS: dict[str, Command] = {
         reads=(
             *(f"deadsweep.{k}" for k in ("fractions", "patterns", "board_size", "ml_fills", "max_events", "n_boot")),
             "inference.time_from_live_sensors",
+            "inference.hole_fill",
             "baseline",
             "seed",
             *DATA_BRANCHES,
@@ -150,10 +152,11 @@ COMMANDS: dict[str, Command] = {
 
 
 # `xec infer --fill F` reads its config through this declaration (the classical fills of
-# xec.baseline.fill also read the `baseline` section); the workflow's inference rule uses it too
+# xec.baseline.fill also read the `baseline` section, the inpainter's for its holes); the
+# workflow's inference rule uses it too
 INFER_FILL_COMMANDS = {
     "sentinel": "infer",
-    "inpainter": "infer",
+    "inpainter": "infer classical-fill",
     "neighbour": "infer classical-fill",
     "solid_angle": "infer classical-fill",
 }

@@ -543,6 +543,20 @@ def flat_from_faces(faces: Mapping[str, np.ndarray], kind: GridKind = "npho") ->
     return out
 
 
+# ---- neighbourhoods ----------------------------------------------------------------------
+def nearest_same_face(positions: np.ndarray, face: np.ndarray, k: int) -> np.ndarray:
+    """(S, k) ids of the k nearest sensors of the same face (itself excluded)."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros((len(face), k), np.int64)
+    for f in np.unique(face):
+        ids = np.flatnonzero(face == f)
+        _, near = cKDTree(positions[ids]).query(positions[ids], k=min(k + 1, len(ids)))
+        near = ids[near[:, 1:]]
+        out[ids] = np.pad(near, ((0, 0), (0, k - near.shape[1])), mode="edge")
+    return out
+
+
 # ---- coordinate conversions ---------------------------------------------------------------
 def xyz_to_uvw(xyz: np.ndarray) -> np.ndarray:
     """(..., 3) MEG II xyz (cm) -> inner-face (u, v, w): u = z, v = R phi', w = r - R."""

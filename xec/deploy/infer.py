@@ -13,7 +13,9 @@ by the inpainter before the regressor sees the event. ``--fill`` chooses the dea
 (xec.deploy.infer.Predictor): ``sentinel`` (left as the preset's sentinel; the default without
 ``--inpainter``), ``neighbour`` or ``solid_angle`` (the classical recoveries of xec.baseline,
 solid angles seen from the classical position fit of the same event: xec.baseline.fill; config
-section ``baseline``) or ``inpainter`` (the default with ``--inpainter``). Memory is bounded by one chunk
+section ``baseline``) or ``inpainter`` (the default with ``--inpainter``; the dead sensors inside a
+hole, e.g. a dead readout board, are filled by the solid-angle rule first, config
+``inference.hole_fill``: xec.baseline.fill). Memory is bounded by one chunk
 (``inference.chunk_size`` events), whatever the size of the input files.
 
 Output columns (the same in the ROOT TTree ``tree`` of ``--out`` and in the parquet file; the
@@ -65,6 +67,7 @@ log = logging.getLogger("xec.infer")
 
 # dead-sensor treatments (--fill; xec.deploy.infer.Predictor): sentinel, inpainter, neighbour, solid_angle
 FILLS = tuple(INFER_FILL_COMMANDS)
+HOLE_FILLS = ("solid_angle", "inpainter")  # inference.hole_fill: what fills a dead board (Predictor)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,15 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from xec.baseline.fill import CLASSICAL_FILLS
-
     setup_logging(args.log)
     fill = resolve_fill(args.fill, args.inpainter)
     cfg = load_config(args.config, command=infer_command(fill))
     icfg = cfg["inference"]
     data = cfg["data"]
     baseline = None
-    if fill in CLASSICAL_FILLS:
+    if uses_rule(fill, icfg["hole_fill"]):
         from xec.baseline.reco import BaselineConfig
         from xec.config import plain
 
@@ -129,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
         optimization=icfg["graph_optimization"],
         allow_spinning=icfg["allow_spinning"],
         time_from_live=icfg["time_from_live_sensors"],
+        hole_fill=icfg["hole_fill"],
         tree=data["tree"],
         npho_branch=data["npho_branch"],
         time_branch=data["time_branch"],
@@ -279,6 +281,14 @@ def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray
     return x
 
 
+def uses_rule(fill: str, hole_fill: str | None) -> bool:
+    """Whether a run with this ``fill`` and ``inference.hole_fill`` calls the classical recovery
+    (and so needs the ``baseline`` parameters)."""
+    from xec.baseline.fill import CLASSICAL_FILLS
+
+    return fill in CLASSICAL_FILLS or (fill == "inpainter" and hole_fill == "solid_angle")
+
+
 def resolve_fill(fill: str | None, inpainter: str | None) -> str:
     """The dead-sensor treatment of a run: ``fill``, or without one ``inpainter`` when an
     inpainter is given (the behaviour of ``--inpainter`` alone) else ``sentinel``."""
@@ -308,7 +318,12 @@ class Predictor:
     (~0.2 ns) when its filled npho is bright; without a time it is skipped, as the classical
     reconstruction skips dead sensors. The encoder still wants the filled times for position and
     energy (without them: u x1.18, energy x1.21 at 10 % random dead sensors against x1.07, x1.09),
-    hence two passes; docs/performance.md, "The event time from live sensors"."""
+    hence two passes; docs/performance.md, "The event time from live sensors".
+
+    ``hole_fill`` (config ``inference.hole_fill``; with ``fill`` inpainter only): ``solid_angle``
+    fills the dead sensors inside a hole (a dead board: xec.baseline.fill.hole_mask) by the
+    solid-angle rule before the normalization, the inpainter then fills the rest with the rule's
+    values as context; ``inpainter``: the inpainter fills every dead sensor."""
 
     def __init__(
         self,
@@ -323,13 +338,15 @@ class Predictor:
         optimization: str = "all",
         allow_spinning: bool = False,
         time_from_live: bool = True,
+        hole_fill: str = "solid_angle",
     ):
-        from xec.baseline.fill import CLASSICAL_FILLS
-
         if batch_size < 1:
             raise XecError(f"batch size must be >= 1 (got {batch_size})")
+        if hole_fill not in HOLE_FILLS:
+            raise XecError(f"unknown inference.hole_fill {hole_fill!r}; choose one of {HOLE_FILLS}")
         self.fill = resolve_fill(fill, inpainter)
-        if self.fill in CLASSICAL_FILLS and baseline is None:
+        self.hole_fill = hole_fill if self.fill == "inpainter" else None
+        if uses_rule(self.fill, hole_fill) and baseline is None:
             from xec.baseline.reco import BaselineConfig
 
             baseline = BaselineConfig()
@@ -349,11 +366,12 @@ class Predictor:
                 f"{model}: graph outputs {self.out_names} differ from its metadata {list(self.meta.outputs)}"
             )
         log.info(
-            "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s",
+            "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
             self.reg.get_providers(),
             self.normalizer.preset,
             self.fill,
             f" ({inpainter})" if inpainter else "",
+            "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
         )
 
     def inputs(
@@ -361,17 +379,24 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(x, dead): the normalized (N, 4760, 2) input the regressor sees (before an inpainter),
         dead sensors treated by a classical ``fill``, and the (N, 4760) dead mask of the raw event."""
-        from xec.baseline.fill import CLASSICAL_FILLS, fill_dead
+        from xec.baseline.fill import CLASSICAL_FILLS, dead_mask, fill_dead, hole_mask
 
         times = times if times is not None else StageTimes()
-        dead = None
+        dead = holes = None
         if self.fill in CLASSICAL_FILLS:
             with times("inpaint"):
                 npho, time_s, dead = fill_dead(npho, time_s, self.fill, self.baseline)
+        elif self.hole_fill == "solid_angle":
+            with times("inpaint"):
+                holes = hole_mask(dead_mask(npho))
+                if holes.any():
+                    npho, time_s, _ = fill_dead(npho, time_s, "solid_angle", self.baseline, only=holes)
         with times("normalize"):
             x = normalize_blocks(self.normalizer, npho, time_s)
             if dead is None:
                 dead = x[..., 0] == np.float32(self.normalizer.sentinel)
+                if holes is not None:
+                    dead |= holes
         return x, dead
 
     def predict(
@@ -391,9 +416,12 @@ class Predictor:
         rows = np.flatnonzero(dead.any(axis=1))  # events without dead sensors need no filling
         if self.inp is not None:
             with times("inpaint"):
-                if len(rows):
-                    feeds = {"input": x[rows], "mask": dead[rows].astype(np.float32)}
-                    (x[rows],) = run_batched(self.inp, feeds, self.batch_size)
+                # the dead sensors still at the sentinel: not those a hole fill gave a value
+                todo = dead & (x[..., 0] == np.float32(self.normalizer.sentinel))
+                inp_rows = np.flatnonzero(todo.any(axis=1))
+                if len(inp_rows):
+                    feeds = {"input": x[inp_rows], "mask": todo[inp_rows].astype(np.float32)}
+                    (x[inp_rows],) = run_batched(self.inp, feeds, self.batch_size)
         with times("regress"):
             outputs = run_batched(self.reg, {"input": x}, self.batch_size)
         preds = {name[len("output_") :]: val for name, val in zip(self.out_names, outputs)}
@@ -425,6 +453,7 @@ def iterate_predictions(
     fill: str | None = None,
     baseline: Any = None,
     time_from_live: bool = True,
+    hole_fill: str = "solid_angle",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one dict of output columns per chunk. Validates the models and every input file
     before the first chunk; ``times`` (optional) accumulates the seconds per stage (the
@@ -445,6 +474,7 @@ def iterate_predictions(
         optimization,
         allow_spinning,
         time_from_live,
+        hole_fill,
     )
     files = expand_inputs(inputs)
     _validate_inputs(files, tree, (npho_branch, time_branch))

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
             device=icfg["device"],
             intra_op_threads=threads,
             time_from_live=icfg["time_from_live_sensors"],
+            hole_fill=icfg["hole_fill"],
         )
         for fill in fills
     }

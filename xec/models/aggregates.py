@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xec.geometry import INNER_RADIUS
+from xec.geometry import INNER_RADIUS, nearest_same_face
 from xec.normalization import Normalizer
 
 C_LIGHT_CM_NS = 29.9792458
@@ -48,19 +48,6 @@ FILL_NEIGHBOURS = 6
 FILL_PASSES = 3  # rim-inwards passes of the dead-sensor fill: a dead 4 x 4 board needs 2
 LOG_LIGHT_OFFSET = 11.0  # log(photons) of a typical face sum: O(1) features
 ENERGY_CORRECTION_SCALE = 0.1
-
-
-def nearest_same_face(positions: np.ndarray, face: np.ndarray, k: int) -> np.ndarray:
-    """(S, k) ids of the k nearest sensors of the same face (itself excluded)."""
-    from scipy.spatial import cKDTree
-
-    out = np.zeros((len(face), k), np.int64)
-    for f in np.unique(face):
-        ids = np.flatnonzero(face == f)
-        _, near = cKDTree(positions[ids]).query(positions[ids], k=min(k + 1, len(ids)))
-        near = ids[near[:, 1:]]
-        out[ids] = np.pad(near, ((0, 0), (0, k - near.shape[1])), mode="edge")
-    return out
 
 
 def uvw_to_xyz_torch(uvw: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xec.models.aggregates import N_FACES, nearest_same_face
+from xec.geometry import nearest_same_face
+from xec.models.aggregates import N_FACES
 from xec.normalization import Normalizer
 
 OFFSET_SCALE_CM = 10.0
