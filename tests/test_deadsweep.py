@@ -199,6 +199,7 @@ def test_sweep_gives_finite_resolutions_and_zero_dead_equals_the_plain_runs(samp
     # outputs: the table and the plot
     md = (out / "summary.md").read_text()
     assert "| clustered | 10 |" in md and "ML inpainter" in md and "(x" in md
+    assert result["meta"]["hole_fill"] == "solid_angle" and "filled by the solid-angle rule first" in md
     assert (out / "plot.png").stat().st_size > 10_000 and (out / "summary.html").exists()
     assert result["seconds"]["total"] > 0 and result["meta"]["boards"] == len(readout_boards(16))
 

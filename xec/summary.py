@@ -760,6 +760,11 @@ def _deadsweep_note(result: Mapping[str, Any]) -> str:
         patterns=", ".join(m.get("patterns", [])),
         board_size=m.get("board_size", "?"),
         ml=ml,
+    ) + (
+        " ML inpainter: the dead sensors inside a hole (a dead board) are filled by the solid-angle rule "
+        "first, the inpainter fills the rest (inference.hole_fill)."
+        if m.get("hole_fill") == "solid_angle" and "ml_inpainter" in result["methods"]
+        else ""
     )
 
 

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
         "board_size": board_size,
         "boards": len(boards),
         "ml_fills": fills,
+        "hole_fill": icfg["hole_fill"],
         "seed": int(cfg["seed"]),
         "max_events": int(sec["max_events"]),
         "metric": "68 % half-width of the residuals (xec.metrics.resolution) against the truth: u, v, w (mm), "
