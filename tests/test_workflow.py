@@ -274,16 +274,18 @@ def test_dead_sensor_rules_fill_realdata_four_ways_and_sweep_the_dead_fraction(t
     assert summary["deadsweep"]["points"][0]["fraction"] == 0.0
 
     # what reruns: the sweep's own keys rerun the sweep and the summary; a recovery parameter of
-    # the baseline reruns the classical fills of realdata, never the other inference runs
+    # the baseline reruns the realdata runs that use the rule (the classical fills and the
+    # inpainter's, for its holes: inference.hole_fill), never the sentinel ones (bench, pile-up)
     work = copy_run(tiny_run, tmp_path / "run")
     edit_config(work, **{"deadsweep.max_events": 100})
     assert set(planned_jobs(snakemake(work, "--dry-run"))) == {"deadsweep", "summary", "all"}
     edit_config(work, **{"deadsweep.max_events": 500, "baseline.dead_radius_cm": 15.0})
     proc = snakemake(work, "--dry-run", "--printshellcmds")
     jobs = planned_jobs(proc)
-    assert jobs["inference"] == 2 and jobs["inference_merge"] == 2 and jobs["deadsweep"] == 1, jobs
+    assert jobs["inference"] == 3 and jobs["inference_merge"] == 3 and jobs["deadsweep"] == 1, jobs
     text = proc.stdout + proc.stderr
-    assert "--fill neighbour" in text and "--fill solid_angle" in text and "--fill inpainter" not in text
+    assert "--fill neighbour" in text and "--fill solid_angle" in text and "--fill inpainter" in text
+    assert "--fill sentinel" not in text
     # a bad sweep value fails before any job, naming the key
     edit_config(work, **{"baseline.dead_radius_cm": 20.0, "deadsweep.fractions": [0.0, 1.0]})
     proc = snakemake(work, "--dry-run", check=False)
