@@ -382,21 +382,20 @@ class Predictor:
         from xec.baseline.fill import CLASSICAL_FILLS, dead_mask, fill_dead, hole_mask
 
         times = times if times is not None else StageTimes()
-        dead = holes = None
+        dead = None
         if self.fill in CLASSICAL_FILLS:
             with times("inpaint"):
                 npho, time_s, dead = fill_dead(npho, time_s, self.fill, self.baseline)
         elif self.hole_fill == "solid_angle":
             with times("inpaint"):
-                holes = hole_mask(dead_mask(npho))
+                dead = dead_mask(npho)  # the raw event's: the rule's holes no longer look dead after it
+                holes = hole_mask(dead)
                 if holes.any():
                     npho, time_s, _ = fill_dead(npho, time_s, "solid_angle", self.baseline, only=holes)
         with times("normalize"):
             x = normalize_blocks(self.normalizer, npho, time_s)
             if dead is None:
                 dead = x[..., 0] == np.float32(self.normalizer.sentinel)
-                if holes is not None:
-                    dead |= holes
         return x, dead
 
     def predict(
