@@ -165,6 +165,7 @@ def test_regressor_training_step_sets_dead_boards_to_the_sentinel():
     from xec.train.regressor import RegressorStage
 
     cfg = _cfg("regressor", events=1.0, max_fraction=0.3, clustered=1.0)
+    cfg["regressor"]["dead_fill"] = "sentinel"  # the default is time (test below)
     norm = normalizer_from_config(cfg)
     stage = RegressorStage(cfg, norm)
     assert stage.dead_aug is not None and stage.dead_aug.board_size == 16
@@ -321,3 +322,23 @@ def test_exported_light_sum_fill_matches_eager_on_dead_boards(tmp_path):
     assert dead[:7].any(dim=1).all() and dead.sum() > 500
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
     assert (got[dead.numpy()] > 0).mean() > 0.99  # filled, whole boards included
+
+
+def test_regressor_dead_fill_time_hides_only_the_time():
+    """dead_fill: time: the augmentation's sensors keep their light and lose their time, as in
+    the live-time pass of xec infer; nothing else of the event changes."""
+    from xec.normalization import normalizer_from_config
+    from xec.train.regressor import RegressorStage
+
+    over = {"regressor.dead_sensors": {"events": 0.5, "max_fraction": 0.3, "clustered": 0.5}}
+    cfg = load_config(None, overrides={**over, "regressor.dead_fill": "time"})
+    norm = normalizer_from_config(cfg)
+    stage = RegressorStage(cfg, norm)
+    stage.attach_inpainter(None, "cpu")  # no inpainter needed
+    x = _batch(12)
+    got = _input_seen_by_the_model(stage, x, _gen(9))
+    dead = stage.dead_aug.mask(len(x), _gen(9))
+    assert 0 < int(dead.any(1).sum()) < len(x)
+    assert torch.equal(got[..., 0], x[..., 0])  # every npho as it was
+    assert (got[..., 1][dead] == norm.sentinel).all()
+    assert torch.equal(got[..., 1][~dead], x[..., 1][~dead])

@@ -5,7 +5,9 @@ Dead-sensor augmentation (``regressor.dead_sensors``, xec.inpainting.deadaug): a
 training events gets dead sensors, whole readout boards (the boards of `xec deadsweep`,
 ``deadsweep.board_size``) or random ones, set to the normalization's sentinel as a dead channel
 arrives, or, with ``dead_fill: inpainter``, then filled by the frozen inpainter (``--inpainter``
-checkpoint) as `xec infer` fills them; ``channel_dropout`` (independent sensors, every event) is
+checkpoint) as `xec infer` fills them, or, with ``dead_fill: time``, only their time hidden (their
+light kept): what the live-time pass of `xec infer` (``inference.time_from_live_sensors``) hands
+the regressor once the dead sensors' light is filled; ``channel_dropout`` (independent sensors, every event) is
 the older, simpler form. Validation always sees the events as they are.
 
 Loss per task (standardized units, mean over the task's components, then a weighted mean over
@@ -327,6 +329,11 @@ class RegressorStage(Stage):
         """x with the (B, S) ``dead`` sensors as a dead channel arrives: npho and time at the sentinel."""
         return torch.where(dead.unsqueeze(-1), torch.full_like(x, self.normalizer.sentinel), x)
 
+    def _hide_time(self, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """x with the time of the (B, S) ``dead`` sensors at the sentinel, their npho kept."""
+        time = torch.where(dead, torch.full_like(x[..., 1], self.normalizer.sentinel), x[..., 1])
+        return torch.stack([x[..., 0], time], dim=-1)
+
     def training_step(self, model, x, targets, weights, generator):
         core = _unwrapped(model)
         first, self.light_sum_checked = not self.light_sum_checked, True
@@ -343,7 +350,7 @@ class RegressorStage(Stage):
         if self.dead_aug is not None:
             # whole readout boards or random sensors dead
             dead = self.dead_aug.mask(x.shape[0], generator).to(x.device)
-            x = self._kill(x, dead)
+            x = self._hide_time(x, dead) if self.dead_fill == "time" else self._kill(x, dead)
             if self.fill_model is not None:
                 # dead_fill inpainter: what inference (xec infer --fill inpainter) hands the regressor
                 rows = torch.nonzero(dead.any(dim=1)).squeeze(1)
