@@ -9,9 +9,9 @@ probability f). Every sensor thus dies with probability f, and the expected dead
 events is ``events`` x ``max_fraction`` / 2. The draws come from the training loop's seeded
 generator, so a run is reproducible.
 
-What a dead sensor becomes is the stage's business: the regressor sets npho and time to the
-normalization's sentinel (a dead channel after normalization, xec.normalization), the inpainter
-hides (and scores) the dead sensors that have a reading.
+What a dead sensor becomes is the stage's business: the regressor hides its time, or its npho
+and time, behind the normalization's sentinel (``regressor.dead_fill``: time, sentinel,
+inpainter), the inpainter hides (and scores) the dead sensors that have a reading.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ Dead-sensor augmentation (``regressor.dead_sensors``, xec.inpainting.deadaug): a
 training events gets dead sensors, whole readout boards (the boards of `xec deadsweep`,
 ``deadsweep.board_size``) or random ones, set to the normalization's sentinel as a dead channel
 arrives, or, with ``dead_fill: inpainter``, then filled by the frozen inpainter (``--inpainter``
-checkpoint) as `xec infer` fills them, or, with ``dead_fill: time``, only their time hidden (their
-light kept): what the live-time pass of `xec infer` (``inference.time_from_live_sensors``) hands
-the regressor once the dead sensors' light is filled; ``channel_dropout`` (independent sensors, every event) is
-the older, simpler form. Validation always sees the events as they are.
+checkpoint) as `xec infer` fills them, or, with ``dead_fill: time`` (the default config), only
+their time hidden (their light kept): what the live-time pass of `xec infer`
+(``inference.time_from_live_sensors``) hands the regressor once the dead sensors' light is
+filled; ``channel_dropout`` (independent sensors, every event) is the older, simpler form.
+Validation always sees the events as they are.
 
 Loss per task (standardized units, mean over the task's components, then a weighted mean over
 events with the reweighting weights): smooth_l1 (beta), l1, mse, huber (delta = beta) or
