@@ -27,6 +27,20 @@ def reference_geometry() -> Path:
     return SHARED_GEOMETRY
 
 
+@pytest.fixture(autouse=True)
+def _close_log_files():
+    """Close the log files that a CLI call's setup_logging opened during the test: its tmp_path is
+    deleted after a passing test, and a root-logger FileHandler left pointing there fails the
+    next test that logs (seen with `make test-fast`, whose order lacks the slow tests' own
+    setup_logging calls that used to replace it)."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for h in [h for h in root.handlers if isinstance(h, logging.FileHandler) and h not in before]:
+        root.removeHandler(h)
+        h.close()
+
+
 @pytest.fixture
 def restore_logging():
     """Undo the handlers that a CLI call's setup_logging installs on the root logger."""
