@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "slurm"
@@ -111,10 +112,17 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
             timeout=120,
         )
     (runs / "period.txt").write_text("".join(f"run{run}.root\n" for run in REAL_RUNS))
-    (work / "config.yaml").write_text(
-        TINY_CONFIG.read_text()
-        + f"scatter: {{files_per_job: {FILES_PER_JOB}}}\ndata: {{realdata: [{runs / 'period.txt'}]}}\n"
+    # Without the pile-up sample and the realdata fine-tuning (7 of 49 sbatch jobs; both run in
+    # the local tiny DAG of test_workflow.py): every job costs ~2 s of Snakemake start-up on top
+    # of its work, and the whole run shares the machine's 2 cores.
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    del cfg["simulation"]["samples"]["pileup"]
+    cfg.update(
+        scatter={"files_per_job": FILES_PER_JOB},
+        data={"realdata": [str(runs / "period.txt")]},
+        finetune={"enabled": False},
     )
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     # The profile's job environment is envs/aarch64-cuda (XEC_ENV default of profiles/slurm-gh);
     # "created once" here as this test's own environment, whatever the machine's architecture.
     (work / "envs").mkdir()
@@ -150,11 +158,12 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     n_local = rule_counts.get("all", 0)
     n_scatter = sum(rule_counts.get(r, 0) for r in SCATTER_RULES)
     n_groups = rule_counts["scatter_chunk"]  # one per group: it joins its chunk's per-file jobs
-    # + bench and pileup (inference), bench, val and pileup (baseline): one file, one group each;
-    # groups: 5 realdata folders (4 inference fills, baseline) x 2 chunks + those 5 (a local dry run
-    # of this config counts 15 scatter_chunk jobs; 13 before the pile-up sample)
-    assert rule_counts["inference"] == 4 * 3 + 2 and rule_counts["baseline"] == 3 + 3, rule_counts
-    assert n_groups == 5 * 2 + 5, rule_counts
+    # + bench (inference), bench and val (baseline): one file, one group each; groups: 5 realdata
+    # folders (4 inference fills, baseline) x 2 chunks + those 3 (a local dry run of this config
+    # counts 13 scatter_chunk jobs)
+    assert rule_counts["inference"] == 4 * 3 + 1 and rule_counts["baseline"] == 3 + 2, rule_counts
+    assert n_groups == 5 * 2 + 3, rule_counts
+    assert "inpainter_finetune" not in rule_counts and rule_counts["simulate"] == 3, rule_counts  # train, val, bench
     assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
     assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
 
