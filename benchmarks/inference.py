@@ -175,9 +175,11 @@ def main() -> int:
     if args.e2e_input:
         return end_to_end(args)
 
+    import numpy as np
+
     from xec.deploy.export import export_graph, parity_batches
     from xec.deploy.onnx_meta import regressor_metadata, software_versions
-    from xec.deploy.runtime import make_session
+    from xec.deploy.runtime import make_session, run_batched
     from xec.normalization import get_normalizer
     from xec.targets import DEFAULT_TASKS
 
@@ -216,11 +218,15 @@ def main() -> int:
                 for (opt, th_s, spin), sess in sessions.items():
                     if th_s != th:
                         continue
-                    eps = time_it(lambda b, s=sess: s.run(None, {"input": b}), batches, args.repeats)
+                    # the batches as `xec infer` runs them: sess.workers of them at once (run_batched)
+                    whole = np.concatenate(batches)
+                    eps = time_it(lambda b, s=sess, n=bs: run_batched(s, {"input": b}, n), [whole], args.repeats)
+                    intra = sess.get_session_options().intra_op_num_threads
                     rows.append(
                         (
                             bs,
-                            f"ORT CPU opt={opt}, intra_op_threads={th}, spinning={'on' if spin else 'off'}",
+                            f"ORT CPU opt={opt}, {th} thread(s) = {sess.workers} batch(es) at once x {intra} "
+                            f"intra-op, spinning={'on' if spin else 'off'}",
                             eps,
                             eps / eager_eps,
                         )

@@ -375,14 +375,40 @@ def test_a_writing_error_midway_leaves_nothing(models, root_file, tmp_path, monk
 
 def test_sessions_take_the_jobs_thread_count(models, monkeypatch):
     """intra_op_threads 0 follows OMP_NUM_THREADS (set by Snakemake and SLURM to the job's
-    allocation); an explicit count wins."""
-    from xec.deploy.runtime import make_session
+    allocation); an explicit count wins. The threads are split over concurrent batches: one per
+    thread up to MAX_BATCH_WORKERS, the rest as intra-op threads of each."""
+    from xec.deploy.runtime import MAX_BATCH_WORKERS, make_session
+
+    def plan(**kw):
+        s = make_session(models["regressor"], **kw)
+        return s.workers, s.get_session_options().intra_op_num_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert make_session(models["regressor"]).get_session_options().intra_op_num_threads == 1
-    assert make_session(models["regressor"], intra_op_threads=2).get_session_options().intra_op_num_threads == 2
+    assert plan() == (1, 1)
+    assert plan(intra_op_threads=2) == (2, 1)
+    assert plan(intra_op_threads=4 * MAX_BATCH_WORKERS) == (MAX_BATCH_WORKERS, 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert plan() == (3, 1)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert make_session(models["regressor"]).get_session_options().intra_op_num_threads == 0
+    assert plan() == (1, 0)  # ONNX Runtime's choice, one batch at a time
+
+
+def test_concurrent_batches_give_the_sequential_outputs_in_order(models):
+    from xec.deploy.runtime import Session, make_session, run_batched
+
+    x = np.random.default_rng(3).normal(size=(300, N_SENSORS, 2)).astype(np.float32)
+    two = make_session(models["regressor"], "cpu", 2)
+    assert two.workers == 2
+    one = Session(two.session, workers=1)
+    got, want = run_batched(two, {"input": x}, 32), run_batched(one, {"input": x}, 32)
+    assert [g.shape[0] for g in got] == [300] * len(two.get_outputs())
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # every row is its own event's prediction, not a neighbouring batch's
+    (first,) = [g for g, o in zip(got, two.get_outputs()) if o.name == "output_energy"]
+    alone = run_batched(one, {"input": x[250:251]}, 32)
+    (ref,) = [a for a, o in zip(alone, two.get_outputs()) if o.name == "output_energy"]
+    np.testing.assert_array_equal(first[250:251], ref)
 
 
 def test_provider_choice(monkeypatch):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +17,10 @@ from xec.errors import XecError
 log = logging.getLogger("xec.deploy")
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+# Batches a CPU session runs at once (one intra-op thread group each). Measured on 2 cores only
+# (docs/performance.md, "Concurrent batches"); the cap keeps the activations of many workers
+# out of a big node's memory and leaves wide nodes intra-op threads per batch.
+MAX_BATCH_WORKERS = 4
 
 
 def add_threads_argument(parser) -> None:
@@ -64,9 +70,10 @@ def make_session(
     intra_op_threads: int = 0,
     optimization: str = "all",
     allow_spinning: bool = False,
-):
-    """An ``onnxruntime.InferenceSession`` for ``path``; XecError naming the file on failure.
-    ``intra_op_threads`` 0: the job's ``OMP_NUM_THREADS`` when set (Snakemake and SLURM jobs set
+) -> Session:
+    """A :class:`Session` (an ``onnxruntime.InferenceSession``) for ``path``; XecError naming the
+    file on failure. ``intra_op_threads`` (the CPU threads, split over :func:`batch_workers`
+    concurrent batches) 0: the job's ``OMP_NUM_THREADS`` when set (Snakemake and SLURM jobs set
     it to their allocation; ONNX Runtime's own choice, one thread per physical core of the node,
     would crowd the other jobs there), else ONNX Runtime's choice. Spin-waiting worker threads
     are off by default: on a shared or oversubscribed CPU they burn the cores the other thread
@@ -82,7 +89,6 @@ def make_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
-    opts.intra_op_num_threads = int(intra_op_threads) or _job_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
@@ -90,6 +96,9 @@ def make_session(
     if not path.exists():
         raise XecError(f"{path}: no such file")
     asked = providers_for(device)
+    threads = int(intra_op_threads) or _job_threads()
+    workers = batch_workers(threads, asked[0])
+    opts.intra_op_num_threads = threads // workers
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
     except XecError:
@@ -98,7 +107,42 @@ def make_session(
         raise XecError(f"{path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {exc})") from exc
     running = session.get_providers()
     (log.info if running[:1] == asked[:1] else log.warning)("%s", provider_report(path, asked, running))
-    return session
+    if workers > 1:
+        log.info("%s: %d batches at once, %d intra-op thread(s) each", path, workers, threads // workers)
+    return Session(session, workers)
+
+
+def batch_workers(threads: int, provider: str = "CPUExecutionProvider") -> int:
+    """How many batches a session runs at once with ``threads`` CPU threads: one per thread up
+    to MAX_BATCH_WORKERS, each with ``threads // workers`` intra-op threads. Every op of these
+    graphs is small (batch 128: ~2,000 ops of a few to a few hundred us), so an intra-op thread
+    spends much of its time waking up and waiting at the op's end; two batches side by side at one
+    thread each ran the regressor graph 1.3x and the inpainter graph 1.4x faster than one batch at
+    two threads on 2 cores. 0 threads (ONNX Runtime's choice) and GPUs: one batch at a time."""
+    if provider != "CPUExecutionProvider" or threads < 2:
+        return 1
+    return min(threads, MAX_BATCH_WORKERS)
+
+
+class Session:
+    """An ONNX Runtime session (every attribute of ``onnxruntime.InferenceSession``) and the
+    number of batches :func:`run_batched` runs on it at once (ONNX Runtime's ``run`` is
+    thread-safe and releases the GIL)."""
+
+    def __init__(self, session: Any, workers: int = 1):
+        self.session, self.workers = session, max(1, int(workers))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+    def map(self, fn, items: list) -> list:
+        """``[fn(item) for item in items]``, ``workers`` at a time, in order."""
+        if self.workers == 1 or len(items) < 2:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xec-ort")
+        return list(self._pool.map(fn, items))
 
 
 def provider_report(path: str | os.PathLike, asked: list[str], running: list[str]) -> str:
@@ -116,12 +160,16 @@ def provider_report(path: str | os.PathLike, asked: list[str], running: list[str
 
 
 def run_batched(session, feeds: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Run ``session`` over the leading axis of ``feeds`` in batches; outputs concatenated in
-    the session's output order."""
+    """Run ``session`` (a :class:`Session`: its ``workers`` batches at once; or a plain ONNX Runtime
+    session) over the leading axis of ``feeds`` in batches; outputs concatenated in the session's
+    output order. Every batch is computed alone, so the numbers do not depend on the workers."""
     n = len(next(iter(feeds.values())))
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, n, batch_size):
-        parts.append(session.run(None, {k: v[start : start + batch_size] for k, v in feeds.items()}))
+
+    def batch(start: int) -> list[np.ndarray]:
+        return session.run(None, {k: v[start : start + batch_size] for k, v in feeds.items()})
+
+    starts = list(range(0, n, batch_size))
+    parts = session.map(batch, starts) if isinstance(session, Session) else [batch(s) for s in starts]
     if not parts:
         return [np.zeros((0,), np.float32) for _ in session.get_outputs()]
     return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
