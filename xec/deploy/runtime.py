@@ -134,6 +134,8 @@ class Session:
         self._pool: ThreadPoolExecutor | None = None
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("session", "workers", "_pool"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.session, name)
 
     def map(self, fn, items: list) -> list:
