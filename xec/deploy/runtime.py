@@ -18,7 +18,7 @@ log = logging.getLogger("xec.deploy")
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # Batches a CPU session runs at once (one intra-op thread group each). Measured on 2 cores only
-# (docs/performance.md, "Concurrent batches"); the cap keeps the activations of many workers
+# (docs/performance.md, "Batches side by side"); the cap keeps the activations of many workers
 # out of a big node's memory and leaves wide nodes intra-op threads per batch.
 MAX_BATCH_WORKERS = 4
 
