@@ -24,14 +24,14 @@ MAX_BATCH_WORKERS = 4
 
 
 def add_threads_argument(parser) -> None:
-    """``--threads``: the ONNX Runtime intra-op threads of a command (the workflow passes its
-    job's threads, so that jobs side by side do not oversubscribe the cores)."""
+    """``--threads``: the ONNX Runtime CPU threads of a command (the workflow passes its job's
+    threads, so that jobs side by side do not oversubscribe the cores; :func:`batch_workers`)."""
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="ONNX Runtime intra-op threads (default: config inference.intra_op_threads; the workflow passes "
-        "its job's threads)",
+        help="ONNX Runtime CPU threads, 2 or more run batches side by side (default: config "
+        "inference.intra_op_threads; the workflow passes its job's threads)",
     )
 
 
