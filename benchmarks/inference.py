@@ -206,6 +206,7 @@ def main() -> int:
                 rows.append((0, f"ORT CUDA: unavailable ({exc})", 0.0, 0.0))
         for bs in args.batch_sizes:
             batches = list(parity_batches(None, norm, args.events, bs, seed=1))
+            whole = np.concatenate(batches)  # the ORT rows: run_batched over all of them
 
             def eager(b):
                 with torch.inference_mode():
@@ -218,8 +219,7 @@ def main() -> int:
                 for (opt, th_s, spin), sess in sessions.items():
                     if th_s != th:
                         continue
-                    # the batches as `xec infer` runs them: sess.workers of them at once (run_batched)
-                    whole = np.concatenate(batches)
+                    # the batches as `xec infer` runs them: sess.workers of them at once
                     eps = time_it(lambda b, s=sess, n=bs: run_batched(s, {"input": b}, n), [whole], args.repeats)
                     intra = sess.get_session_options().intra_op_num_threads
                     rows.append(

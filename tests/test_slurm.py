@@ -165,7 +165,7 @@ def test_pipeline_through_slurm_gh_profile(slurm_cluster, tmp_path):
     assert n_groups == 5 * 2 + 3, rule_counts
     assert "inpainter_finetune" not in rule_counts and rule_counts["simulate"] == 3, rule_counts  # train, val, bench
     assert len(submitted) == int(stats.group(2)) - n_local - n_scatter + n_groups, (rule_counts, submitted)
-    assert len(submitted) >= 8  # simulate x4, shards x3, reweighting at least
+    assert len(submitted) >= 8  # simulate x3, shards x3, reweighting, mae at least
 
     # ... and SLURM ran each of them to completion, on the partition its rule belongs to, under
     # the overridden account; the GPU rules with a GPU of the configured model.
