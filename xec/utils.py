@@ -106,6 +106,23 @@ def write_tables(
     write_json(out, finite_or_none(obj))
 
 
+def arrow_table(columns: dict[str, np.ndarray]) -> Any:
+    """A ``pyarrow.Table`` of 1-D numpy columns, numeric ones wrapped without a copy. What
+    ``pa.table(columns)`` gives, without its pandas check: that imports pandas (~0.25 s, a tenth
+    of ``xec infer`` or ``xec baseline`` on a 4,000-event file)."""
+    import pyarrow as pa
+
+    arrays = []
+    for name, values in columns.items():
+        a = np.asarray(values)
+        if a.ndim != 1 or a.dtype.kind not in "iuf":
+            arrays.append(pa.array(a))  # bools (bit-packed in Arrow), strings, ...
+            continue
+        a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))  # ROOT's big-endian
+        arrays.append(pa.Array.from_buffers(pa.from_numpy_dtype(a.dtype), len(a), [None, pa.py_buffer(a)]))
+    return pa.Table.from_arrays(arrays, names=list(columns))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()

@@ -45,7 +45,7 @@ from xec.baseline.reco import BaselineConfig, Calibration, calibrate, reconstruc
 from xec.config import add_config_argument, load_config, plain
 from xec.errors import InputFileError, XecError
 from xec.scatter import add_failure_record_argument
-from xec.utils import atomic_path, progress_enabled, setup_logging, write_json
+from xec.utils import arrow_table, atomic_path, progress_enabled, setup_logging, write_json
 
 log = logging.getLogger("xec.baseline")
 
@@ -241,7 +241,6 @@ def run_baseline(
     """Reconstruct ``files`` into the parquet ``out`` (and the ROOT copy ``root_out``), both atomic."""
     import contextlib
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from xec.rootio import PILEUP_BRANCHES, SENSOR_BRANCHES, TRUTH_BRANCHES, tree_writer
@@ -257,7 +256,7 @@ def run_baseline(
         writer = None
         for reco, arrays in iterate_reco(files, section, bcfg, calib, tree, extra, max_events):
             cols = reco_columns(reco, arrays, n)
-            table = pa.table(cols)
+            table = arrow_table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)

@@ -61,7 +61,7 @@ from xec.deploy.runtime import add_threads_argument, make_session, run_batched, 
 from xec.errors import InputFileError, XecError
 from xec.normalization import Normalizer
 from xec.scatter import add_failure_record_argument
-from xec.utils import atomic_path, progress_enabled, setup_logging
+from xec.utils import arrow_table, atomic_path, progress_enabled, setup_logging
 
 log = logging.getLogger("xec.infer")
 
@@ -503,7 +503,6 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
     any error neither output exists (and an older one is left untouched)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -522,11 +521,11 @@ def run_inference(model: str, inputs: list[str], out: str, parquet: str | None =
         bar.total = count_events(expand_inputs(inputs), kwargs.get("tree", "tree"))
         writer = stack.enter_context(tree_writer(out, "tree", title="xec inference"))
         pq_tmp = stack.enter_context(atomic_path(parquet, suffix=".parquet"))
-        pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, pa.table(cols).schema))
+        pq_writer = stack.enter_context(pq.ParquetWriter(pq_tmp, arrow_table(cols).schema))
 
         def write(cols: dict[str, np.ndarray]) -> None:
             with times("write"):
-                pq_writer.write_table(pa.table(cols))
+                pq_writer.write_table(arrow_table(cols))
                 writer.extend(cols)
 
         # chunk k is written while chunk k+1 runs through the models; the pool is entered after

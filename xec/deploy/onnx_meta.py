@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,18 +251,63 @@ def set_metadata(model, meta: ModelMetadata) -> None:
         entry.key, entry.value = key, value
 
 
-def read_props(path: str | os.PathLike) -> dict[str, str]:
-    """The raw metadata_props of an ONNX file (weights are not loaded)."""
-    import onnx
+MODEL_METADATA_PROPS = 14  # onnx.proto: ModelProto.metadata_props (StringStringEntryProto: key 1, value 2)
 
+
+def read_props(path: str | os.PathLike) -> dict[str, str]:
+    """The raw metadata_props of an ONNX file, read from the protobuf wire format directly:
+    ``import onnx`` alone costs ~0.7 s (its ml_dtypes extension), a fifth of ``xec infer`` on a
+    4,000-event file; the ModelProto's other fields (the graph, the weights) are skipped unread."""
     path = Path(path)
     if not path.exists():
         raise XecError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # DecodeError, OSError ...
+        buf = memoryview(path.read_bytes())
+        props = {}
+        for number, value in _message_fields(buf, 0, len(buf)):
+            if number == MODEL_METADATA_PROPS:
+                entry = {f: v for f, v in _message_fields(buf, *value) if isinstance(v, tuple)}
+                key, val = (bytes(buf[slice(*entry.get(i, (0, 0)))]).decode() for i in (1, 2))
+                props[key] = val
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
         raise XecError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-    return {p.key: p.value for p in model.metadata_props}
+    return props
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError(f"bad varint at byte {pos}")
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _message_fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int | tuple[int, int] | None]]:
+    """(field number, value) of the protobuf message in buf[start:end]: varints as ints,
+    length-delimited fields as their (start, end) byte range (not copied), fixed-width ones None."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int] | None = None
+        if number == 0:
+            raise ValueError(f"field number 0 at byte {pos}")
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = (pos, pos + size), pos + size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire} at byte {pos}")
+        if pos > end:
+            raise ValueError(f"truncated field {number}")
+        yield number, value
 
 
 def read_metadata(path: str | os.PathLike, expected_stage: str | None = None) -> ModelMetadata:
