@@ -28,6 +28,7 @@ inside a hole (:func:`hole_mask`) by the rule first (config ``inference.hole_fil
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -52,10 +53,24 @@ def dead_mask(npho: np.ndarray) -> np.ndarray:
     return np.isnan(npho) | (npho > DEAD_NPHO)
 
 
-@functools.lru_cache(maxsize=1)
+_HOLES_LOCK = threading.Lock()  # one build of the table, also when warm_up_holes' thread runs
+
+
 def _hole_neighbours() -> np.ndarray:
+    with _HOLES_LOCK:
+        return _hole_neighbour_table()
+
+
+@functools.lru_cache(maxsize=1)
+def _hole_neighbour_table() -> np.ndarray:
     g = get_geometry()
     return nearest_same_face(np.asarray(g.positions), np.asarray(g.face), HOLE_NEIGHBOURS)
+
+
+def warm_up_holes() -> None:
+    """Build :func:`hole_mask`'s neighbour table in a background thread (a hole_mask call
+    meanwhile waits for it)."""
+    threading.Thread(target=_hole_neighbours, name="xec-holes", daemon=True).start()
 
 
 def hole_mask(dead: np.ndarray) -> np.ndarray:

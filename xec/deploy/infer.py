@@ -353,6 +353,12 @@ class Predictor:
         self.baseline = baseline
         self.model, self.batch_size = model, batch_size
         self.time_from_live = bool(time_from_live) and self.fill != "sentinel"
+        if self.hole_fill == "solid_angle":
+            # the holes' neighbour table (scipy's KD-tree: ~0.35 s with its import) is built
+            # while ONNX Runtime builds the sessions, not in front of the first chunk
+            from xec.baseline.fill import warm_up_holes
+
+            warm_up_holes()
         self.meta, self.inp_meta, self.normalizer = load_models(model, inpainter, preset)
         self.reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
         self.inp = (
