@@ -402,7 +402,7 @@ def test_optimizer_foreach_steps_equal_the_per_parameter_loop_bit_for_bit():
         for g in opt.param_groups:
             g["foreach"] = foreach
         x, y = torch.randn(64, 6, generator=torch.Generator().manual_seed(1)), torch.randn(64, 3)
-        for step in range(12):
+        for _ in range(12):
             for g in opt.param_groups:
                 g["lr"] = g["lr"] * 0.9
             opt.zero_grad()

@@ -113,7 +113,7 @@ def arrow_table(columns: dict[str, np.ndarray]) -> Any:
     import pyarrow as pa
 
     arrays = []
-    for name, values in columns.items():
+    for values in columns.values():
         a = np.asarray(values)
         if a.ndim != 1 or a.dtype.kind not in "iuf":
             arrays.append(pa.array(a))  # bools (bit-packed in Arrow), strings, ...
