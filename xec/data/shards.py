@@ -31,13 +31,13 @@ import logging
 import multiprocessing
 import os
 import shutil
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 import xec
@@ -120,6 +120,27 @@ def _check_finite_truth(arrays: dict[str, np.ndarray], path: str, first_entry: i
             )
 
 
+class ShardTarWriter:
+    """A WebDataset tar written with tarfile: one member ``<key>.<name>`` per array of a sample,
+    byte for byte what ``webdataset.TarWriter(f, user="xec", group="xec", mode=0o444,
+    encoder=False, mtime=0.0)`` writes (tests/test_data_shards.py compares them; importing
+    webdataset imports torch, ~2 s of every shard job)."""
+
+    def __init__(self, fileobj: Any):
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|")
+
+    def write(self, key: str, members: Mapping[str, bytes]) -> None:
+        for name in sorted(members):
+            data = members[name]
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mtime, info.mode = len(data), 0.0, 0o444
+            info.uname = info.gname = "xec"
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self.tar.close()
+
+
 def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict[str, Any]:
     """Convert one task (an entry range of one file) into ``out_dir/<task_stem>.tar``."""
     s = settings
@@ -134,7 +155,7 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
     entry = task.entry_start
 
     with open(target_path, "wb") as f:
-        writer = wds.TarWriter(f, user="xec", group="xec", mode=0o444, encoder=False, mtime=0.0)
+        writer = ShardTarWriter(f)
 
         def flush(n: int) -> None:
             nonlocal pending, n_pending
@@ -142,9 +163,7 @@ def convert_task(task: ShardTask, settings: ShardSettings, out_dir: str) -> dict
             take = {k: v[:n] for k, v in block.items()}
             rest = {k: v[n:] for k, v in block.items()}
             key = f"f{task.file_index:04d}e{task.entry_start:010d}b{len(units):05d}"
-            sample = {"__key__": key}
-            sample.update({f"{k}.npy": _npy_bytes(v) for k, v in take.items()})
-            writer.write(sample)
+            writer.write(key, {f"{k}.npy": _npy_bytes(v) for k, v in take.items()})
             units.append(n)
             pending = [rest] if len(rest["x"]) else []
             n_pending -= n
