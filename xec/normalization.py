@@ -83,9 +83,15 @@ class Normalizer:
             raise XecError(f"normalization sentinel must be negative, got {self.sentinel}")
 
     # ------------------------------------------------------------------ the formulas (numpy or torch)
-    def npho_forward(self, npho: Any) -> Any:
-        """Photons (>= 0) -> normalized npho, no invalid-value rules (numpy array or torch tensor)."""
+    def npho_forward(self, npho: Any, out: np.ndarray | None = None) -> Any:
+        """Photons (>= 0) -> normalized npho, no invalid-value rules (numpy array or torch tensor).
+        ``out`` (numpy): the result is written there; with log1p the steps then run in place,
+        ``npho`` overwritten on the way (no temporaries, the same numbers: normalize_events)."""
         xp = _namespace(npho)
+        if out is not None and self.npho_transform == "log1p":
+            np.divide(npho, self.npho_scale, out=npho)
+            np.log1p(npho, out=npho)
+            return np.divide(npho, self.npho_scale2, out=out, casting="unsafe")
         r = npho / self.npho_scale
         if self.npho_transform == "log1p":
             y = xp.log1p(r)
@@ -95,6 +101,9 @@ class Normalizer:
             y = 2.0 * xp.sqrt(r + 0.375) - 2.0 * math.sqrt(0.375)  # shifted so that npho 0 -> 0
         else:
             y = r
+        if out is not None:
+            out[...] = y / self.npho_scale2
+            return out
         return y / self.npho_scale2
 
     def npho_inverse(self, npho_n: Any) -> Any:
@@ -176,14 +185,9 @@ class Normalizer:
             no_time |= ~live
             t = np.abs(time, dtype=dtype)
             no_time |= ~(t <= INVALID_ABOVE)  # NaN-safe: a NaN time fails the comparison
-            # npho_forward's steps in place, the last one straight into the interleaved output;
-            # dead and timeless sensors are computed like the others, then overwritten
-            if self.npho_transform == "log1p":
-                np.divide(n, self.npho_scale, out=n)
-                np.log1p(n, out=n)
-                np.divide(n, self.npho_scale2, out=npho_out, casting="unsafe")
-            else:
-                npho_out[...] = self.npho_forward(n)
+            # straight into the interleaved output (n is a scratch copy); dead and timeless
+            # sensors are computed like the others, then overwritten
+            self.npho_forward(n, out=npho_out)
             np.copyto(npho_out, self.sentinel, where=~live)
             np.divide(time, self.time_scale, out=t, dtype=dtype)
             np.subtract(t, self.time_shift, out=time_out, casting="unsafe")
