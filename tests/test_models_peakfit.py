@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from xec.errors import XecError
 from xec.geometry import N_SENSORS, get_geometry, xyz_to_uvw
 from xec.models import XECRegressor, model_config
 from xec.models.peakfit import COORD_SCALE_CM, PeakWindowFit
@@ -132,3 +133,32 @@ def test_coarse_view_exports_to_onnx_with_the_same_numbers(geo, tmp_path):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, fit(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_refitted_peak_mlp_feeds_only_its_heads(geo):
+    """peak_refit_tasks: the uvwFI head reads the window through its own MLP (peak_mlp). A copy
+    of the shared MLP changes nothing; another MLP moves the position (and what follows it: the
+    angle, the time's TOF correction), never the energy."""
+    x = event_with_hot_mppc(geo, 30, 12, b=3)
+    cfg = model_config({"preset": "tiny", "angle_from_position": True, "physics_aggregates": True})
+    tasks = ["angle", "energy", "timing", "uvwFI"]
+    torch.manual_seed(0)
+    plain = XECRegressor(cfg, tasks).eval()
+    refit = XECRegressor(cfg, tasks, peak_refit_tasks=["uvwFI"]).eval()
+    assert refit.peak_refit_tasks == ("uvwFI",) and plain.peak_mlp is None
+    state = plain.state_dict()
+    state.update({f"peak_mlp.{k}": v for k, v in plain.peak.mlp.state_dict().items()})
+    refit.load_state_dict(state)  # strict: the checkpoint of a refitted model holds peak_mlp.*
+    with torch.no_grad():
+        a, b = plain(x), refit(x)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+        refit.peak_mlp[-1].bias.add_(0.5)
+        c = refit(x)
+    torch.testing.assert_close(c["energy"], a["energy"], rtol=0, atol=0)
+    for k in ("uvwFI", "angle", "timing"):
+        assert not torch.equal(c[k], a[k]), k
+    with pytest.raises(XecError, match="not among the tasks"):
+        XECRegressor(cfg, ["uvwFI"], peak_refit_tasks=["angle"])
+    with pytest.raises(XecError, match="peak_window"):
+        XECRegressor(model_config({"preset": "tiny", "peak_window": 0}), ["uvwFI"], peak_refit_tasks=["uvwFI"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -89,3 +91,38 @@ def test_angle_is_not_refitted_when_it_corrects_the_geometric_angle():
         refit_spec(spec, ["angle", "uvwFI"], losses, angle_from_position=True)
     # without the position task there is no geometric angle: the angle head predicts it alone
     assert refit_spec({**spec, "tasks": ["angle"]}, ["angle"], {"angle": {"type": "l1"}}, angle_from_position=True)
+
+
+def test_peak_mlp_is_trained_with_the_heads():
+    """fit_heads(peak_mlp=...): the heads read loc = [peak_mlp(window), passed, extra], and the
+    MLP learns with them: a target that only a new feature of the window explains is fitted,
+    which the same heads on the frozen MLP's features cannot do."""
+    g = torch.Generator().manual_seed(0)
+    n = 2048
+    window = torch.randn(n, 8, generator=g)
+    cache = {
+        "z": torch.randn(n, 6, generator=g),
+        "window": window,
+        "passed": torch.randn(n, 2, generator=g),
+        "extra": torch.randn(n, 1, generator=g),
+    }
+    cache["y_uvwFI"] = torch.stack([window[:, 0] * window[:, 1], window[:, 2].abs(), torch.sin(window[:, 3])], 1)
+    cache["w_uvwFI"] = torch.ones(n)
+    torch.manual_seed(3)
+    mlp0 = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 2))
+    with torch.no_grad():
+        mlp0[-1].weight.mul_(0.01)  # nearly blind to the window, as a badly trained shared MLP
+    frozen = dict(cache)
+    with torch.no_grad():
+        frozen["loc"] = torch.cat([mlp0(window), cache["passed"], cache["extra"]], 1)
+    cpu = torch.device("cpu")
+    mlp = copy.deepcopy(mlp0)
+    head_f, _ = fit_heads(frozen, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=cpu)["uvwFI"]
+    head_p, last = fit_heads(cache, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=cpu, peak_mlp=mlp)["uvwFI"]
+    assert not mlp.training and not torch.equal(mlp[0].weight, mlp0[0].weight)
+    with torch.no_grad():
+        err_f = L1(head_f(cache["z"], frozen["loc"]), cache["y_uvwFI"]).mean().item()
+        loc = torch.cat([mlp(window), cache["passed"], cache["extra"]], 1)
+        err_p = L1(head_p(cache["z"], loc), cache["y_uvwFI"]).mean().item()
+    assert err_p < 0.5 * err_f
+    assert last == pytest.approx(err_p, rel=0.5)

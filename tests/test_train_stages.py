@@ -258,7 +258,7 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     out, _ = mae_run
     preds, summaries = {}, {}
     refit = {"tasks": ["uvwFI"], "hidden": 24, "epochs": 2, "max_events": 64}
-    for name, spec in (("plain", {"tasks": []}), ("refit", refit)):
+    for name, spec in (("plain", {"tasks": []}), ("refit", refit), ("peak", {**refit, "peak": True})):
         cfg = make_cfg(data, **{"train.max_train_events": 96, "regressor.head_refit": spec, "mlflow.enabled": False})
         summaries[name] = run_stage(
             "regressor", cfg, shards=data / "shards", out=tmp_path / name, init=str(out / "checkpoint.pt")
@@ -283,6 +283,22 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
         assert ck[state]["heads.angle.fc1.weight"].shape[0] == 64, state
     model = build_model_from_checkpoint(ck)
     assert model.head_hidden["uvwFI"] == 24
+    assert ck["model_args"]["peak_refit_tasks"] == [] and model.peak_mlp is None
+
+    # head_refit.peak: the refitted head reads the window through its own refitted copy of the
+    # peak MLP; the shared MLP, and so the energy, stay as trained
+    peak = preds["peak"]
+    np.testing.assert_array_equal(plain["pred_energy"].to_numpy(), peak["pred_energy"].to_numpy())
+    assert not np.array_equal(new["pred_u"].to_numpy(), peak["pred_u"].to_numpy())
+    ckp = load_checkpoint(tmp_path / "peak" / "checkpoint.pt", expected_stage="regressor")
+    assert ckp["model_args"]["peak_refit_tasks"] == ["uvwFI"]
+    for state in ("model_state", "ema_state"):
+        assert torch.equal(ckp[state]["peak.mlp.0.weight"], ck[state]["peak.mlp.0.weight"]), state
+        assert ckp[state]["peak_mlp.0.weight"].shape == ck[state]["peak.mlp.0.weight"].shape, state
+        assert not torch.equal(ckp[state]["peak_mlp.0.weight"], ck[state]["peak.mlp.0.weight"]), state
+    model = build_model_from_checkpoint(ckp)
+    assert model.peak_refit_tasks == ("uvwFI",)
+    assert summaries["peak"]["val"]["val_u_mm_res"] == pytest.approx(10 * width68(peak["pred_u"] - peak["true_u"]))
 
 
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):

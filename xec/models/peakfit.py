@@ -150,8 +150,10 @@ class PeakWindowFit(nn.Module):
         spread = torch.sqrt((p @ (cell_rc * cell_rc) - mean * mean).clamp_min(0.0) + 1e-6)
         return rel, torch.cat([mean.flatten(1), spread.flatten(1)], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 4760, 2) normalized (invalid / hidden sensors = sentinel) -> (B, out_dim)."""
+    def window_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 4760, 2) normalized -> (the MLP's input (B, n_in), the features passed on as
+        they are: centroids and anchor (B, out_dim - MLP width)). The regressor's head refit
+        trains a second MLP on the same input (``peak_mlp``)."""
         peak = self.peak_index(x)
         patch, anchor = self.local_patch(x, peak)
         rel, cent = self._centroids(patch, self.log_tau, self.cell_rc)
@@ -161,4 +163,9 @@ class PeakWindowFit(nn.Module):
             crel, ccent = self._centroids(cpatch, self.coarse_log_tau, self.coarse_rc)
             feats += [cpatch.flatten(1), crel, centre - anchor, ccent]
             cent = torch.cat([cent, ccent], dim=1)
-        return torch.cat([self.mlp(torch.cat(feats, dim=1)), cent, anchor], dim=1)
+        return torch.cat(feats, dim=1), torch.cat([cent, anchor], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 4760, 2) normalized (invalid / hidden sensors = sentinel) -> (B, out_dim)."""
+        inputs, passed = self.window_features(x)
+        return torch.cat([self.mlp(inputs), passed], dim=1)

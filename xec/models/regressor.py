@@ -24,6 +24,7 @@ graph.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -89,11 +90,13 @@ class XECRegressor(nn.Module):
         normalizer=None,
         sigma_tasks: Sequence[str] = (),
         head_hidden: Mapping[str, int] | None = None,
+        peak_refit_tasks: Sequence[str] = (),
     ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``;
         ``sigma_tasks``: tasks that also get a per-event uncertainty head; ``head_hidden``: the
         hidden width of some tasks' heads instead of ``cfg.head_hidden`` (the heads replaced by
-        the regressor's head refit, xec.train.refit)."""
+        the regressor's head refit, xec.train.refit); ``peak_refit_tasks``: tasks whose heads
+        read the peak window through their own MLP (``peak_mlp``, refitted with them)."""
         super().__init__()
         if normalizer is not None:
             sentinel = float(normalizer.sentinel)
@@ -163,6 +166,22 @@ class XECRegressor(nn.Module):
         )
         self._sigma_calibration: dict[str, dict] = {}
         self.set_sigma_calibration(None)
+        self.peak_mlp: nn.Module | None = None
+        self.peak_refit_tasks: tuple[str, ...] = ()
+        if peak_refit_tasks:
+            self.set_peak_mlp(copy.deepcopy(self.peak.mlp) if self.peak is not None else None, peak_refit_tasks)
+
+    def set_peak_mlp(self, mlp: nn.Module | None, tasks: Sequence[str]) -> None:
+        """Let the heads of ``tasks`` read the peak window through ``mlp`` (same input and
+        output as ``peak.mlp``; the head refit trains it, xec.train.refit) instead of the
+        shared one."""
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise XecError(f"peak-window refit for {unknown}, which are not among the tasks {list(self.tasks)}")
+        if self.peak is None or mlp is None:
+            raise XecError("a refitted peak-window MLP needs the peak window (model.peak_window > 0)")
+        self.peak_mlp = mlp
+        self.peak_refit_tasks = tuple(t for t in self.tasks if t in set(tasks))
 
     def set_standardization(self, standardizer: TargetStandardizer | Mapping) -> None:
         """Copy per-task mean/std into the buffers (a TargetStandardizer or its to_dict())."""
@@ -207,8 +226,8 @@ class XECRegressor(nn.Module):
         {<task>_logvar: (B, dim)} for the uncertainty tasks."""
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
-        z, loc, photons, log_light = self._trunk(x)
-        out = {t: self.heads[t](z, loc) for t in self.tasks}
+        z, loc, photons, log_light, refit_loc = self._trunk(x)
+        out = {t: self.heads[t](z, refit_loc if t in self.peak_refit_tasks else loc) for t in self.tasks}
         # the predicted first interaction (cm), read by the time correction (detached there) and
         # the angle
         fi = None
@@ -228,20 +247,37 @@ class XECRegressor(nn.Module):
 
     def _trunk(self, x: torch.Tensor):
         """The heads' inputs: fused tokens z (B, in_dim), peak-window and aggregate features loc
-        (B, loc_dim) or None, and the aggregates' photons and log light sum (None without them)."""
-        z = self.encoder(x).flatten(1)
-        loc = self.peak(x) if self.peak is not None else None
-        photons = log_light = None
+        (B, loc_dim) or None, the aggregates' photons and log light sum (None without them), and
+        loc with the refitted peak MLP's features (None without ``peak_mlp``)."""
+        feats = self.head_features(x)
+        z, loc, refit_loc = feats["z"], None, None
+        if self.peak is not None:
+            loc = torch.cat([self.peak.mlp(feats["window"]), feats["passed"]], dim=1)
+            if self.peak_mlp is not None:
+                refit_loc = torch.cat([self.peak_mlp(feats["window"]), feats["passed"]], dim=1)
         if self.aggregates is not None:
-            photons, sums = self.aggregates.photons(x)
-            log_light = self.aggregates.light(sums)
-            feats = self.aggregates.features(sums, log_light)
-            loc = feats if loc is None else torch.cat([loc, feats], dim=1)
-        return z, loc, photons, log_light
+            loc = feats["extra"] if loc is None else torch.cat([loc, feats["extra"]], dim=1)
+            refit_loc = None if refit_loc is None else torch.cat([refit_loc, feats["extra"]], dim=1)
+        return z, loc, feats.get("photons"), feats.get("log_light"), refit_loc
+
+    def head_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the heads are computed from, for the normalized events x (B, 4760, 2): fused
+        tokens ``z``; with the peak window its MLP's input ``window`` and the features it passes
+        on as they are ``passed``; with the aggregates their features ``extra`` and ``photons``,
+        ``log_light``. loc = [peak.mlp(window), passed, extra] (xec.train.refit caches these)."""
+        out = {"z": self.encoder(x).flatten(1)}
+        if self.peak is not None:
+            out["window"], out["passed"] = self.peak.window_features(x)
+        if self.aggregates is not None:
+            out["photons"], sums = self.aggregates.photons(x)
+            out["log_light"] = self.aggregates.light(sums)
+            out["extra"] = self.aggregates.features(sums, out["log_light"])
+        return out
 
     def head_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(z, loc): what every task head reads for the normalized events x (B, 4760, 2)."""
-        z, loc, _, _ = self._trunk(x)
+        """(z, loc): what the task heads (those without a refitted peak MLP) read for the
+        normalized events x (B, 4760, 2)."""
+        z, loc, _, _, _ = self._trunk(x)
         return z, loc
 
     def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:

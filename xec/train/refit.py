@@ -19,6 +19,7 @@ energy and time heads are corrections on top of the physics aggregates.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -47,10 +48,12 @@ def cache_head_inputs(
     standardize: Callable[[str, torch.Tensor], torch.Tensor],
     max_events: int | None,
     device: torch.device,
+    peak: bool = False,
 ) -> dict[str, torch.Tensor]:
     """z, loc (absent without peak/aggregate features), and per task ``y_<t>`` (standardized)
     and ``w_<t>`` (weights, 1 when the loader has none) of the events in ``batches`` ((x,
-    targets, weights) as the training loader yields them), on the CPU."""
+    targets, weights) as the training loader yields them), on the CPU. With ``peak``, instead of
+    loc the peak MLP's input ``window``, ``passed`` and ``extra`` (XECRegressor.head_features)."""
     tasks = list(tasks)
     parts: dict[str, list[torch.Tensor]] = {}
     n = 0
@@ -58,10 +61,14 @@ def cache_head_inputs(
         if max_events is not None and n >= max_events:
             break
         keep = x.shape[0] if max_events is None else min(x.shape[0], max_events - n)
-        z, loc = model.head_inputs(x[:keep].to(device))
-        row = {"z": z.float().cpu()}
-        if loc is not None:
-            row["loc"] = loc.float().cpu()
+        if peak:
+            feats = model.head_features(x[:keep].to(device))
+            row = {k: feats[k].float().cpu() for k in ("z", "window", "passed", "extra") if k in feats}
+        else:
+            z, loc = model.head_inputs(x[:keep].to(device))
+            row = {"z": z.float().cpu()}
+            if loc is not None:
+                row["loc"] = loc.float().cpu()
         for t in tasks:
             row[f"y_{t}"] = standardize(t, targets[t][:keep].float())
             w = weights.get(t) if weights else None
@@ -82,16 +89,26 @@ def fit_heads(
     seed: int,
     device: torch.device,
     weight_decay: float = 0.01,
+    peak_mlp: nn.Module | None = None,
 ) -> dict[str, tuple[TaskHead, float]]:
     """A new TaskHead (width ``hidden``) per task of ``losses`` trained on ``cache``; returns
     {task: (head in eval mode on ``device``, its weighted loss over the cache in the last epoch)}.
 
     The heads share nothing but the batches: one loop, one summed loss and one optimizer step
     for all of them (Adam normalizes each parameter on its own, so this is the same as training
-    each alone on that batch order, at a shared per-step cost)."""
+    each alone on that batch order, at a shared per-step cost).
+
+    ``peak_mlp`` (a copy of the trained ``peak.mlp``, cache from ``cache_head_inputs(peak=True)``):
+    trained with the heads, which read loc = [peak_mlp(window), passed, extra] (left in eval mode)."""
     tasks = list(losses)
     z = cache["z"].to(device)
-    loc = cache["loc"].to(device) if "loc" in cache else None
+    if peak_mlp is not None:
+        window, passed = cache["window"].to(device), cache["passed"].to(device)
+        extra = cache["extra"].to(device) if "extra" in cache else None
+        with torch.no_grad():
+            loc = torch.cat([peak_mlp(window[:1]), passed[:1]] + ([] if extra is None else [extra[:1]]), dim=1)
+    else:
+        loc = cache["loc"].to(device) if "loc" in cache else None
     ys = {t: cache[f"y_{t}"].to(device) for t in tasks}
     ws = {t: cache[f"w_{t}"].to(device) for t in tasks}
     heads = {}
@@ -105,9 +122,13 @@ def fit_heads(
         # per 40,000-event epoch).
         heads[t].norm.requires_grad_(False)
     h = F.layer_norm(z, z.shape[1:], eps=heads[tasks[0]].norm.eps)
-    h = h if loc is None else torch.cat([h, loc], dim=1)
+    if peak_mlp is None:
+        h = h if loc is None else torch.cat([h, loc], dim=1)
+    else:
+        peak_mlp.to(device).requires_grad_(True)
     n = z.shape[0]
     params = [p for t in tasks for p in heads[t].parameters() if p.requires_grad]
+    params += [] if peak_mlp is None else list(peak_mlp.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -117,6 +138,8 @@ def fit_heads(
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for head in heads.values():
             head.train()
+        if peak_mlp is not None:
+            peak_mlp.train()
         for _ in tqdm(
             range(epochs), desc=f"head refit {'+'.join(tasks)}", unit="epoch", disable=not progress_enabled()
         ):
@@ -124,7 +147,12 @@ def fit_heads(
             totals = {t: torch.zeros((), device=device) for t in tasks}
             for i in range(0, n, batch_size):
                 rows = order[i : i + batch_size]
-                hb, lb_loc = h[rows], None if loc is None else loc[rows]
+                if peak_mlp is None:
+                    hb, lb_loc = h[rows], None if loc is None else loc[rows]
+                else:  # the loc features move with the MLP: built per batch
+                    parts = [peak_mlp(window[rows]), passed[rows]] + ([] if extra is None else [extra[rows]])
+                    lb_loc = torch.cat(parts, dim=1)
+                    hb = torch.cat([h[rows], lb_loc], dim=1)
                 total_loss = 0.0
                 for t in tasks:
                     wb = ws[t][rows]
@@ -141,6 +169,8 @@ def fit_heads(
     for t in tasks:
         heads[t].requires_grad_(True)
         out[t] = (heads[t].eval(), float(last[t]))
+    if peak_mlp is not None:
+        peak_mlp.eval()
     return out
 
 
@@ -158,9 +188,12 @@ def refit_heads(
     tasks = list(spec["tasks"])
     if not tasks:
         return {}
+    peak = bool(spec.get("peak", False))
+    if peak and model.peak is None:
+        raise XecError("config regressor.head_refit.peak: the model has no peak window to refit (model.peak_window is 0)")
     was_training = model.training
     model.eval()
-    cache = cache_head_inputs(model, batches, tasks, standardize, spec["max_events"], device)
+    cache = cache_head_inputs(model, batches, tasks, standardize, spec["max_events"], device, peak=peak)
     n = int(cache["z"].shape[0])
     log.info(
         "regressor: head refit of %s on the trunk features of %d training events (%.0f MB cached)",
@@ -168,6 +201,8 @@ def refit_heads(
         n,
         sum(v.numel() * v.element_size() for v in cache.values()) / 1e6,
     )
+    # the refitted heads' own copy of the trained peak-window MLP, trained with them
+    peak_mlp = copy.deepcopy(model.peak.mlp).float() if peak else None
     fitted = fit_heads(
         cache,
         {t: losses[t] for t in tasks},
@@ -177,6 +212,7 @@ def refit_heads(
         int(spec["batch_size"]),
         seed,
         device,
+        peak_mlp=peak_mlp,
     )
     widths = {}
     for t, (head, last) in fitted.items():
@@ -184,6 +220,9 @@ def refit_heads(
         model.heads[t] = head.to(next(old.parameters()).dtype)
         model.head_hidden[t] = widths[t] = int(spec["hidden"])
         log.info("regressor: head refit of %s: hidden %d, final training loss %.5g", t, widths[t], last)
+    if peak_mlp is not None:
+        model.set_peak_mlp(peak_mlp.to(next(model.peak.mlp.parameters()).dtype), tasks)
+        log.info("regressor: the refitted heads read the peak window through their own refitted MLP")
     model.train(was_training)
     return widths
 

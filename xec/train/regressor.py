@@ -195,6 +195,7 @@ class RegressorStage(Stage):
             self.sec["head_refit"], self.tasks, self.losses, bool(model_meta(cfg)["angle_from_position"])
         )
         self.head_hidden: dict[str, int] = {}  # widths of the heads refitted by finalize()
+        self.peak_refit_tasks: list[str] = []  # heads that read the peak window through a refitted MLP
         self.train_loader = None
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.dead_aug = DeadSensorAugment.from_config(
@@ -220,6 +221,7 @@ class RegressorStage(Stage):
             normalizer=norm,
             sigma_tasks=list(args.get("sigma_tasks", ())),  # absent in checkpoints older than the heads
             head_hidden=args.get("head_hidden"),  # heads refitted after training (xec.train.refit)
+            peak_refit_tasks=args.get("peak_refit_tasks", ()),  # and their own peak-window MLP
         )
         model.set_sigma_calibration(spec.get("sigma_calibration"))
         nll = list(args["nll_tasks"])
@@ -237,6 +239,7 @@ class RegressorStage(Stage):
             ],
             "sigma_tasks": list(self.sigma_tasks),
             "head_hidden": dict(self.head_hidden),
+            "peak_refit_tasks": list(self.peak_refit_tasks),
         }
 
     def attach_inpainter(self, path: str | None, device) -> None:
@@ -499,12 +502,16 @@ class RegressorStage(Stage):
             device,
         )
         self.head_hidden.update(widths)
+        if self.head_refit.get("peak"):
+            self.peak_refit_tasks = list(widths)
 
     def sync_replaced(self, raw: nn.Module, evaluated: nn.Module) -> None:
         raw, evaluated = _unwrapped(raw), _unwrapped(evaluated)
         for t in self.head_hidden:
             raw.heads[t] = copy.deepcopy(evaluated.heads[t])
             raw.head_hidden[t] = self.head_hidden[t]
+        if self.peak_refit_tasks:
+            raw.set_peak_mlp(copy.deepcopy(evaluated.peak_mlp), self.peak_refit_tasks)
 
 
 def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarray | None:
