@@ -190,7 +190,9 @@ def refit_heads(
         return {}
     peak = bool(spec.get("peak", False))
     if peak and model.peak is None:
-        raise XecError("config regressor.head_refit.peak: the model has no peak window to refit (model.peak_window is 0)")
+        raise XecError(
+            "config regressor.head_refit.peak: the model has no peak window to refit (model.peak_window is 0)"
+        )
     was_training = model.training
     model.eval()
     cache = cache_head_inputs(model, batches, tasks, standardize, spec["max_events"], device, peak=peak)
