@@ -102,13 +102,14 @@ def fit_heads(
     trained with the heads, which read loc = [peak_mlp(window), passed, extra] (left in eval mode)."""
     tasks = list(losses)
     z = cache["z"].to(device)
+    loc = cache["loc"].to(device) if "loc" in cache else None
     if peak_mlp is not None:
-        window, passed = cache["window"].to(device), cache["passed"].to(device)
-        extra = cache["extra"].to(device) if "extra" in cache else None
+        # loc = [peak_mlp(window), fixed]: only the MLP's part moves, so it is built per batch
+        peak_mlp.to(device).requires_grad_(True)
+        window = cache["window"].to(device)
+        fixed = torch.cat([cache[k] for k in ("passed", "extra") if k in cache], dim=1).to(device)
         with torch.no_grad():
-            loc = torch.cat([peak_mlp(window[:1]), passed[:1]] + ([] if extra is None else [extra[:1]]), dim=1)
-    else:
-        loc = cache["loc"].to(device) if "loc" in cache else None
+            loc = torch.cat([peak_mlp(window[:1]), fixed[:1]], dim=1)  # its width, for the heads
     ys = {t: cache[f"y_{t}"].to(device) for t in tasks}
     ws = {t: cache[f"w_{t}"].to(device) for t in tasks}
     heads = {}
@@ -122,10 +123,8 @@ def fit_heads(
         # per 40,000-event epoch).
         heads[t].norm.requires_grad_(False)
     h = F.layer_norm(z, z.shape[1:], eps=heads[tasks[0]].norm.eps)
-    if peak_mlp is None:
-        h = h if loc is None else torch.cat([h, loc], dim=1)
-    else:
-        peak_mlp.to(device).requires_grad_(True)
+    if peak_mlp is None and loc is not None:
+        h = torch.cat([h, loc], dim=1)
     n = z.shape[0]
     params = [p for t in tasks for p in heads[t].parameters() if p.requires_grad]
     params += [] if peak_mlp is None else list(peak_mlp.parameters())
@@ -149,9 +148,8 @@ def fit_heads(
                 rows = order[i : i + batch_size]
                 if peak_mlp is None:
                     hb, lb_loc = h[rows], None if loc is None else loc[rows]
-                else:  # the loc features move with the MLP: built per batch
-                    parts = [peak_mlp(window[rows]), passed[rows]] + ([] if extra is None else [extra[rows]])
-                    lb_loc = torch.cat(parts, dim=1)
+                else:
+                    lb_loc = torch.cat([peak_mlp(window[rows]), fixed[rows]], dim=1)
                     hb = torch.cat([h[rows], lb_loc], dim=1)
                 total_loss = 0.0
                 for t in tasks:
