@@ -9,7 +9,7 @@ End to end (``--e2e-input``): ``xec infer`` runs as a subprocess (ROOT read, nor
 inpainter on the events with dead sensors, regressor, ROOT + parquet write; start-up and imports
 included) with the regressor of ``--preset`` (random weights, exported with its metadata); its
 log gives the time per stage. "ORT only" runs the same sessions over the same, already
-normalized events (batch 256): the ceiling the command approaches.
+normalized events (the command's batch size): the ceiling the command approaches.
 
 Builds a regressor of the model preset (random weights: speed does not depend on training),
 exports it exactly as `xec export` does (xec.deploy.export.RegressorGraph), and times
@@ -117,6 +117,8 @@ def end_to_end(args) -> int:
     import re
     import subprocess
 
+    from xec.config import load_config
+
     rows = []
     with tempfile.TemporaryDirectory() as d:
         reg = export_regressor(args.preset, Path(d) / "regressor.onnx")
@@ -139,7 +141,9 @@ def end_to_end(args) -> int:
                 n, loop_eps = map(float, re.search(r"(\d+) events, (\d+) events/s", r.stdout).groups())
                 shares = re.search(r"time per stage: (.*)", log.read_text()).group(1)
                 torch.set_num_threads(th)
-                ceiling = ort_only(reg, args.e2e_inpainter, args.e2e_input, th)
+                # the same batch size as the command's (its config's inference.batch_size)
+                batch = load_config(cfg)["inference"]["batch_size"]
+                ceiling = ort_only(reg, args.e2e_inpainter, args.e2e_input, th, batch)
                 rows.append((th, n / wall, loop_eps, ceiling, load, shares))
     print(
         f"# xec infer end to end on {args.e2e_input} (inpainter: {args.e2e_inpainter or 'none'}), preset "

@@ -275,6 +275,22 @@ def test_model_without_metadata_is_an_error_naming_the_file(models, root_file, t
         read_metadata(models["bare"])
 
 
+def test_a_model_onnx_runtime_cannot_load_fails_before_any_output(models, root_file, tmp_path):
+    # the sessions are built in a thread beside the first chunk's reading: its error still
+    # names the file and surfaces before anything is written
+    import onnx
+
+    broken = onnx.load(str(models["regressor"]))
+    broken.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    for inpainter in (None, str(models["inpainter"])):
+        out = tmp_path / "o" / "o.root"
+        out.parent.mkdir(exist_ok=True)
+        with pytest.raises(XecError, match=r"broken\.onnx: ONNX Runtime cannot load the model"):
+            run_inference(str(tmp_path / "broken.onnx"), [str(root_file[0])], str(out), inpainter=inpainter)
+        _assert_nothing_written(out.parent)
+
+
 def test_preset_conflicts_are_errors(models, root_file, tmp_path, capsys):
     with pytest.raises(XecError, match=r"reg\.onnx.*'meg2'.*--preset 'legacy'"):
         run_inference(str(models["regressor"]), [str(root_file[0])], str(tmp_path / "o.root"), preset="legacy")

@@ -54,6 +54,15 @@ def test_write_read_round_trip_in_chunks(tmp_path):
     np.testing.assert_array_equal(npho, np.concatenate([a["npho"], b["npho"]]))
     assert chunks[0][1]["uvwTruth"].shape == (16, 3) and "timeReco" not in chunks[0][1]
     assert chunks[0][1]["run"].dtype.kind == "i"
+    # first_step splits only the stream's first chunk; the later chunks keep their boundaries
+    ramp = list(rootio.iterate_events([str(path)], optional_branches=["run"], step_size=16, first_step=5))
+    assert [len(c["npho"]) for _, c in ramp] == [5, 11, 16, 16, 2]
+    np.testing.assert_array_equal(np.concatenate([c["npho"] for _, c in ramp]), npho)
+    np.testing.assert_array_equal(np.concatenate([c["run"] for _, c in ramp]), np.concatenate([a["run"], b["run"]]))
+    window = rootio.iterate_events([str(path)], step_size=16, first_step=5, entry_start=10, entry_stop=40)
+    assert [len(c["npho"]) for _, c in window] == [5, 11, 14]
+    whole = rootio.iterate_events([str(path)], step_size=16, first_step=16)  # not smaller: no split
+    assert [len(c["npho"]) for _, c in whole] == [16, 16, 16, 2]
 
 
 def test_bad_files(tmp_path):

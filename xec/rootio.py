@@ -5,6 +5,7 @@ bad file always gets the same clear error naming the file and the problem."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -106,19 +107,35 @@ def iterate_events(
     step_size: int = 1000,
     entry_start: int | None = None,
     entry_stop: int | None = None,
+    first_step: int | None = None,
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """Stream (path, arrays) chunks of at most ``step_size`` events, file after file. Sensor
     branches come back as float32 (n, 4760); event branches as (n, *shape). Optional branches
-    are read where present. Memory is bounded by the chunk, not by the file."""
+    are read where present. Memory is bounded by the chunk, not by the file. ``first_step``
+    (smaller than ``step_size``): the stream's first chunk is split into ``first_step`` events
+    and the rest, so that a consumer waiting for it (``xec infer``'s models) starts sooner; the
+    later chunks keep their boundaries."""
+    first = first_step if first_step is not None and 0 < first_step < step_size else None
     for path in files:
         t = open_tree(path, tree)
         check_branches(t, path, sensor_branches, event_branches)
         present_optional = [b for b in optional_branches if b in t.keys() and b not in event_branches]
         names = [*sensor_branches, *event_branches, *present_optional]
+        start, stop = entry_start or 0, t.num_entries if entry_stop is None else min(entry_stop, t.num_entries)
+        steps = []
+        if first is not None and start < stop:
+            # the first chunk split in two, the rest on the usual boundaries (the same batches
+            # downstream)
+            mid, end = min(start + first, stop), min(start + step_size, stop)
+            steps = [(start, mid)] + ([(mid, end)] if mid < end else [])
+            start, first = end, None
         try:
-            for chunk in t.iterate(
-                names, step_size=step_size, library="np", entry_start=entry_start, entry_stop=entry_stop
-            ):
+            chunks = (t.arrays(names, library="np", entry_start=a, entry_stop=b) for a, b in steps)
+            if start < stop:
+                chunks = itertools.chain(
+                    chunks, t.iterate(names, step_size=step_size, library="np", entry_start=start, entry_stop=stop)
+                )
+            for chunk in chunks:
                 out = {b: _as_sensor_array(chunk[b], b, path) for b in sensor_branches}
                 out.update({b: _as_event_array(chunk[b], b, path) for b in (*event_branches, *present_optional)})
                 yield path, out

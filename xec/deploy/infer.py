@@ -360,25 +360,50 @@ class Predictor:
 
             warm_up_holes()
         self.meta, self.inp_meta, self.normalizer = load_models(model, inpainter, preset)
-        self.reg = make_session(model, device, intra_op_threads, optimization, allow_spinning)
-        self.inp = (
-            make_session(inpainter, device, intra_op_threads, optimization, allow_spinning) if inpainter else None
-        )
-        self.out_names = [o.name for o in self.reg.get_outputs()]
-        # the outputs the live-time pass replaces: timing and its sigma
-        self.timing_keys = [n[len("output_") :] for n in self.out_names if n.startswith("output_timing")]
-        if sorted(self.out_names) != sorted(self.meta.outputs):
-            raise XecError(
-                f"{model}: graph outputs {self.out_names} differ from its metadata {list(self.meta.outputs)}"
-            )
+        # ONNX Runtime builds the sessions (graph optimization: ~0.15-0.3 s per graph on one
+        # core) in a thread, while the caller reads and normalizes the first chunk; the first
+        # use of ``reg``/``inp`` waits for them and re-raises a loading error there
+        from concurrent.futures import ThreadPoolExecutor
+
+        session_args = (device, intra_op_threads, optimization, allow_spinning)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xec-sessions")
+        self._sessions = pool.submit(self._build_sessions, model, inpainter, session_args)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def _build_sessions(self, model: str, inpainter: str | None, session_args: tuple) -> tuple[Any, Any]:
+        reg = make_session(model, *session_args)
+        inp = make_session(inpainter, *session_args) if inpainter else None
+        out_names = [o.name for o in reg.get_outputs()]
+        if sorted(out_names) != sorted(self.meta.outputs):
+            raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(self.meta.outputs)}")
         log.info(
             "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
-            self.reg.get_providers(),
+            reg.get_providers(),
             self.normalizer.preset,
             self.fill,
             f" ({inpainter})" if inpainter else "",
             "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
         )
+        return reg, inp
+
+    @property
+    def reg(self) -> Any:
+        """The regressor's session (waits for the session thread)."""
+        return self._sessions.result()[0]
+
+    @property
+    def inp(self) -> Any:
+        """The inpainter's session, None without an inpainter (waits for the session thread)."""
+        return self._sessions.result()[1]
+
+    @property
+    def out_names(self) -> list[str]:
+        return [o.name for o in self.reg.get_outputs()]
+
+    @property
+    def timing_keys(self) -> list[str]:
+        """The outputs the live-time pass replaces: timing and its sigma."""
+        return [n[len("output_") :] for n in self.out_names if n.startswith("output_timing")]
 
     def inputs(
         self, npho: np.ndarray, time_s: np.ndarray, times: StageTimes | None = None
@@ -486,7 +511,16 @@ def iterate_predictions(
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES, *PILEUP_BRANCHES})
     times = times if times is not None else StageTimes()
     seen = 0
-    chunks = iterate_events(files, tree, (npho_branch, time_branch), optional_branches=optional, step_size=chunk_size)
+    # the first chunk is two batches (one per batch worker on two threads): the models start
+    # after reading and normalizing those instead of a whole chunk
+    chunks = iterate_events(
+        files,
+        tree,
+        (npho_branch, time_branch),
+        optional_branches=optional,
+        step_size=chunk_size,
+        first_step=2 * batch_size,
+    )
 
     def prepared() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
         # runs in read_ahead's thread: reading, the classical fills and the normalization of
