@@ -360,41 +360,43 @@ class Predictor:
 
             warm_up_holes()
         self.meta, self.inp_meta, self.normalizer = load_models(model, inpainter, preset)
-        # ONNX Runtime builds the sessions (graph optimization: ~0.15-0.3 s per graph on one
-        # core) in a thread, while the caller reads and normalizes the first chunk; the first
-        # use of ``reg``/``inp`` waits for them and re-raises a loading error there
+        # ONNX Runtime builds the sessions (its import and graph optimization: ~0.1-0.3 s per
+        # graph on one core) in threads, one per graph, while the caller reads and normalizes
+        # the first chunk; the first use of ``reg``/``inp`` waits and re-raises a loading error
         from concurrent.futures import ThreadPoolExecutor
 
         session_args = (device, intra_op_threads, optimization, allow_spinning)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xec-sessions")
-        self._sessions = pool.submit(self._build_sessions, model, inpainter, session_args)
-        pool.shutdown(wait=False)  # the thread ends with its one task
-
-    def _build_sessions(self, model: str, inpainter: str | None, session_args: tuple) -> tuple[Any, Any]:
-        reg = make_session(model, *session_args)
-        inp = make_session(inpainter, *session_args) if inpainter else None
-        out_names = [o.name for o in reg.get_outputs()]
-        if sorted(out_names) != sorted(self.meta.outputs):
-            raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(self.meta.outputs)}")
-        log.info(
-            "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
-            reg.get_providers(),
-            self.normalizer.preset,
-            self.fill,
-            f" ({inpainter})" if inpainter else "",
-            "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
-        )
-        return reg, inp
+        pool = ThreadPoolExecutor(max_workers=2 if inpainter else 1, thread_name_prefix="xec-sessions")
+        self._reg = pool.submit(make_session, model, *session_args)
+        self._inp = pool.submit(make_session, inpainter, *session_args) if inpainter else None
+        pool.shutdown(wait=False)  # the threads end with their one task each
+        self._model, self._inpainter, self._checked = model, inpainter, False
 
     @property
     def reg(self) -> Any:
-        """The regressor's session (waits for the session thread)."""
-        return self._sessions.result()[0]
+        """The regressor's session (waits for its thread; checked against the metadata once)."""
+        reg = self._reg.result()
+        if not self._checked:
+            out_names = [o.name for o in reg.get_outputs()]
+            if sorted(out_names) != sorted(self.meta.outputs):
+                raise XecError(
+                    f"{self._model}: graph outputs {out_names} differ from its metadata {list(self.meta.outputs)}"
+                )
+            self._checked = True
+            log.info(
+                "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
+                reg.get_providers(),
+                self.normalizer.preset,
+                self.fill,
+                f" ({self._inpainter})" if self._inpainter else "",
+                "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
+            )
+        return reg
 
     @property
     def inp(self) -> Any:
-        """The inpainter's session, None without an inpainter (waits for the session thread)."""
-        return self._sessions.result()[1]
+        """The inpainter's session, None without an inpainter (waits for its thread)."""
+        return None if self._inp is None else self._inp.result()
 
     @property
     def out_names(self) -> list[str]:
