@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # onnxruntime's import (~0.1 s) in a thread while the config is read and checked; the
+    # sessions' threads (Predictor) then find it done
+    threading.Thread(target=importlib.import_module, args=("onnxruntime",), name="xec-import-ort").start()
     setup_logging(args.log)
     fill = resolve_fill(args.fill, args.inpainter)
     cfg = load_config(args.config, command=infer_command(fill))
