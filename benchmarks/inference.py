@@ -126,6 +126,7 @@ def end_to_end(args) -> int:
             env = dict(os.environ, XEC_NO_PROGRESS="1", OMP_NUM_THREADS=str(th))
             cfg = Path(d) / f"cfg{th}.yaml"
             cfg.write_text(f"inference: {{intra_op_threads: {th}}}\n")
+            batch = load_config(cfg)["inference"]["batch_size"]  # the ORT-only ceiling runs at the command's
             for rep in range(args.repeats):
                 log = Path(d) / f"infer{th}_{rep}.log"
                 cmd = [sys.executable, "-m", "xec.cli", "infer", "--model", str(reg), "--input", args.e2e_input]
@@ -141,8 +142,6 @@ def end_to_end(args) -> int:
                 n, loop_eps = map(float, re.search(r"(\d+) events, (\d+) events/s", r.stdout).groups())
                 shares = re.search(r"time per stage: (.*)", log.read_text()).group(1)
                 torch.set_num_threads(th)
-                # the same batch size as the command's (its config's inference.batch_size)
-                batch = load_config(cfg)["inference"]["batch_size"]
                 ceiling = ort_only(reg, args.e2e_inpainter, args.e2e_input, th, batch)
                 rows.append((th, n / wall, loop_eps, ceiling, load, shares))
     print(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import logging
 import threading
@@ -372,42 +373,40 @@ class Predictor:
 
         session_args = (device, intra_op_threads, optimization, allow_spinning)
         pool = ThreadPoolExecutor(max_workers=2 if inpainter else 1, thread_name_prefix="xec-sessions")
-        self._reg = pool.submit(make_session, model, *session_args)
+        self._reg = pool.submit(self._regressor_session, model, inpainter, session_args)
         self._inp = pool.submit(make_session, inpainter, *session_args) if inpainter else None
         pool.shutdown(wait=False)  # the threads end with their one task each
-        self._model, self._inpainter, self._checked = model, inpainter, False
+
+    def _regressor_session(self, model: str, inpainter: str | None, session_args: tuple) -> Any:
+        reg = make_session(model, *session_args)
+        out_names = [o.name for o in reg.get_outputs()]
+        if sorted(out_names) != sorted(self.meta.outputs):
+            raise XecError(f"{model}: graph outputs {out_names} differ from its metadata {list(self.meta.outputs)}")
+        log.info(
+            "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
+            reg.get_providers(),
+            self.normalizer.preset,
+            self.fill,
+            f" ({inpainter})" if inpainter else "",
+            "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
+        )
+        return reg
 
     @property
     def reg(self) -> Any:
-        """The regressor's session (waits for its thread; checked against the metadata once)."""
-        reg = self._reg.result()
-        if not self._checked:
-            out_names = [o.name for o in reg.get_outputs()]
-            if sorted(out_names) != sorted(self.meta.outputs):
-                raise XecError(
-                    f"{self._model}: graph outputs {out_names} differ from its metadata {list(self.meta.outputs)}"
-                )
-            self._checked = True
-            log.info(
-                "ONNX Runtime providers: %s; normalization preset %s; dead sensors: %s%s%s",
-                reg.get_providers(),
-                self.normalizer.preset,
-                self.fill,
-                f" ({self._inpainter})" if self._inpainter else "",
-                "; holes (dead boards): solid-angle rule" if self.hole_fill == "solid_angle" else "",
-            )
-        return reg
+        """The regressor's session (waits for its thread, re-raises its error)."""
+        return self._reg.result()
 
     @property
     def inp(self) -> Any:
         """The inpainter's session, None without an inpainter (waits for its thread)."""
         return None if self._inp is None else self._inp.result()
 
-    @property
+    @functools.cached_property
     def out_names(self) -> list[str]:
         return [o.name for o in self.reg.get_outputs()]
 
-    @property
+    @functools.cached_property
     def timing_keys(self) -> list[str]:
         """The outputs the live-time pass replaces: timing and its sigma."""
         return [n[len("output_") :] for n in self.out_names if n.startswith("output_timing")]
