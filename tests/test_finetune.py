@@ -247,7 +247,7 @@ def test_inpainting_scores_the_finetuned_inpainter_on_the_held_out_events_only()
     from xec.inpainting.cli import finetune_result
     from xec.inpainting.evaluate import FINETUNED, evaluate_sample
     from xec.inpainting.masking import hide_sensors
-    from xec.summary import finetune_rows
+    from xec.summary_tables import finetune_rows
 
     cfg = load_config(None)
     norm = normalizer_from_config(cfg)

@@ -162,7 +162,8 @@ def test_sigma_tasks_outside_the_trained_tasks_is_an_error():
 def test_summary_uncertainty_section_known_answers(tmp_path):
     """Bench-like frames with sigma columns: a sigma of 1x and 2x the true per-event width gives
     pull widths 1 and 0.5; events with sigma 1 vs 3 give best/rest resolutions 1 and 3."""
-    from xec.summary import sample_summary, to_markdown
+    from xec.summary import sample_summary
+    from xec.summary_tables import to_markdown
 
     rng = np.random.default_rng(2)
     n = 4000

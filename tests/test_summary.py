@@ -297,7 +297,7 @@ def test_inpainting_goal_below_the_poisson_floor_is_said_so():
     """A face whose goal (0.7 x the solid-angle rule's relative MAE) lies under its Poisson floor
     is marked 'not met (below floor)'; a reachable miss stays 'not met'."""
     from xec.inpainting.evaluate import Scores
-    from xec.summary import inpainting_rows
+    from xec.summary_tables import inpainting_rows
 
     s = Scores([100.0, 1000.0])
     one = np.ones(4)

@@ -12,7 +12,7 @@ neighbour average and the solid-angle rule are scored on exactly those sensors
 (xec.inpainting.evaluate). The inpainter is the exported ONNX model, run through ONNX Runtime
 as `xec infer` runs it on real data: what is scored is what is deployed, with the
 normalization preset its metadata carries. Outputs (each atomic): the JSON, a markdown and an
-HTML table (xec.summary.inpainting_tables) and one plot per face (xec.plots.inpainting).
+HTML table (xec.summary_tables) and one plot per face (xec.plots.inpainting).
 
 With ``--finetuned`` (the inpainter fine-tuned on the realdata sample by `xec finetune`), the
 events of ``--holdout-sample`` that the fine-tuning held out (hash of run and event,
@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command="inpainting")
     result = run(args, cfg)
-    from xec.summary import inpainting_html, inpainting_markdown
+    from xec.summary_tables import inpainting_html, inpainting_markdown
     from xec.utils import write_tables
 
     md = inpainting_markdown(result)

@@ -11,7 +11,7 @@ Config ``deadsweep``: fractions, patterns (random, clustered readout boards of `
 adjacent sensors: xec.inpainting.boards), the ML's dead-sensor treatments ``ml_fills`` (default:
 the inpainter), ``max_events``; ``seed`` seeds the dead sensors; ``baseline``: the classical
 reconstruction. Outputs (each atomic): the JSON (points, wall seconds per method), a markdown and
-an HTML table (xec.summary.deadsweep_rows) and the plot (xec.plots.deadsweep).
+an HTML table (xec.summary_tables.deadsweep_rows) and the plot (xec.plots.deadsweep).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, command="deadsweep")
     t0 = time.perf_counter()
     result = run(args, cfg)
-    from xec.summary import deadsweep_html, deadsweep_markdown
+    from xec.summary_tables import deadsweep_html, deadsweep_markdown
     from xec.utils import write_tables
 
     md = deadsweep_markdown(result)
