@@ -258,7 +258,13 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     out, _ = mae_run
     preds, summaries = {}, {}
     refit = {"tasks": ["uvwFI"], "hidden": 24, "epochs": 2, "max_events": 64}
-    for name, spec in (("plain", {"tasks": []}), ("refit", refit), ("peak", {**refit, "peak": True})):
+    variants = (
+        ("plain", {"tasks": []}),
+        ("refit", refit),
+        ("peak", {**refit, "peak": True}),
+        ("solid", {**refit, "peak": True, "solid_fit": True}),
+    )
+    for name, spec in variants:
         cfg = make_cfg(data, **{"train.max_train_events": 96, "regressor.head_refit": spec, "mlflow.enabled": False})
         summaries[name] = run_stage(
             "regressor", cfg, shards=data / "shards", out=tmp_path / name, init=str(out / "checkpoint.pt")
@@ -299,6 +305,20 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     model = build_model_from_checkpoint(ckp)
     assert model.peak_refit_tasks == ("uvwFI",)
     assert summaries["peak"]["val"]["val_u_mm_res"] == pytest.approx(10 * width68(peak["pred_u"] - peak["true_u"]))
+
+    # head_refit.solid_fit: the refitted head also reads the in-graph solid-angle fit (5 more
+    # inputs); the rest of the model is the peak variant's (its export: tests/test_models_solidfit.py,
+    # on simulated showers; these random events leave the fit unconverged and chaotic)
+    solid = preds["solid"]
+    np.testing.assert_array_equal(plain["pred_energy"].to_numpy(), solid["pred_energy"].to_numpy())
+    assert not np.array_equal(peak["pred_u"].to_numpy(), solid["pred_u"].to_numpy())
+    cks = load_checkpoint(tmp_path / "solid" / "checkpoint.pt", expected_stage="regressor")
+    assert cks["model_args"]["solid_fit_tasks"] == ["uvwFI"]
+    for state in ("model_state", "ema_state"):
+        assert cks[state]["heads.uvwFI.fc1.weight"].shape[1] == ckp[state]["heads.uvwFI.fc1.weight"].shape[1] + 5
+    model = build_model_from_checkpoint(cks)
+    assert model.solid_fit_tasks == ("uvwFI",) and model.solid_fit is not None
+    assert summaries["solid"]["val"]["val_u_mm_res"] == pytest.approx(10 * width68(solid["pred_u"] - solid["true_u"]))
 
 
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from xec.errors import XecError
+from xec.utils import array_namespace
 
 NPHO_TRANSFORMS = ("log1p", "sqrt", "anscombe", "linear")
 INVALID_ABOVE = 9e9  # MEG II files mark dead/missing values with 1e10
@@ -87,7 +88,7 @@ class Normalizer:
         """Photons (>= 0) -> normalized npho, no invalid-value rules (numpy array or torch tensor).
         ``out`` (numpy): the result is written there; with log1p the steps then run in place,
         ``npho`` overwritten on the way (no temporaries, the same numbers: normalize_events)."""
-        xp = _namespace(npho)
+        xp = array_namespace(npho)
         if out is not None and self.npho_transform == "log1p":
             np.divide(npho, self.npho_scale, out=npho)
             np.log1p(npho, out=npho)
@@ -108,7 +109,7 @@ class Normalizer:
 
     def npho_inverse(self, npho_n: Any) -> Any:
         """Normalized npho -> photons, no sentinel handling (numpy array or torch tensor)."""
-        xp = _namespace(npho_n)
+        xp = array_namespace(npho_n)
         z = npho_n * self.npho_scale2
         if self.npho_transform == "log1p":
             # torch: exp - 1, as ONNX (opset 17) has no Expm1; the absolute difference is ~1e-7
@@ -133,7 +134,7 @@ class Normalizer:
     def apply(self, npho: Any, time: Any) -> tuple[Any, Any]:
         """Raw npho (photons) and time (s) -> normalized (npho, time) with the invalid-sensor
         rules, in the arrays' own type and precision (numpy array or torch tensor)."""
-        xp = _namespace(npho)
+        xp = array_namespace(npho)
         zero, sentinel = xp.zeros_like(npho), xp.full_like(npho, self.sentinel)
         dead = xp.isnan(npho) | (npho > INVALID_ABOVE)
         clean = xp.where(dead | (npho < 0.0), zero, npho)  # below the domain (also -inf): no light
@@ -232,15 +233,6 @@ class Normalizer:
                 if getattr(self, k) != getattr(other_n, k)
             ]
             raise XecError(f"normalization mismatch with {where}: " + "; ".join(diffs))
-
-
-def _namespace(a: Any) -> Any:
-    """numpy or torch: the module whose functions apply to ``a`` (torch imported only for tensors)."""
-    if type(a).__module__.startswith("torch"):
-        import torch
-
-        return torch
-    return np
 
 
 def get_normalizer(preset: str = "meg2", **overrides: Any) -> Normalizer:

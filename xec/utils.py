@@ -158,3 +158,13 @@ def seed_everything(seed: int) -> None:
 def progress_enabled() -> bool:
     """tqdm bars unless XEC_NO_PROGRESS is set (e.g. in tests)."""
     return not os.environ.get("XEC_NO_PROGRESS")
+
+
+def array_namespace(a: Any) -> Any:
+    """numpy or torch: the module whose functions apply to ``a`` (torch imported only for tensors),
+    for the formulas shared by the numpy pipeline and the models."""
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np

@@ -10,10 +10,12 @@ classical reconstruction (position fit, xec.baseline.reco) and the dead-sensor r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from xec.geometry import MPPC_SIDE, PMT_DIAMETER, get_geometry, xyz_to_uvw
+from xec.utils import array_namespace
 
 PMT_RADIUS = PMT_DIAMETER / 2  # cm, photocathode radius
 
@@ -43,21 +45,23 @@ def inner_frames() -> _InnerFrames:
     return _FRAMES
 
 
-def rect_solid_angle(h: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: float = MPPC_SIDE) -> np.ndarray:
+def rect_solid_angle(h: Any, x0: Any, y0: Any, side: float = MPPC_SIDE) -> Any:
     """Exact solid angle of a ``side`` x ``side`` square seen from a point at height ``h`` above
     its plane and offset (x0, y0) from its centre (sum over the four corner rectangles).
-    Zero for a point behind the plane (h <= 0)."""
+    Zero for a point behind the plane (h <= 0). numpy arrays or torch tensors (the regressor's
+    in-graph position fit, xec.models.solidfit)."""
+    xp = array_namespace(h)
     behind = h <= 0
-    h = np.maximum(h, 1e-6)
+    h = xp.clip(h, 1e-6, None)
     a = 0.5 * side
     x1, x2 = -a - x0, a - x0
     y1, y2 = -a - y0, a - y0
     h2 = h * h
 
     def f(x, y):
-        return np.arctan(x * y / (h * np.sqrt(x * x + y * y + h2)))
+        return xp.arctan(x * y / (h * xp.sqrt(x * x + y * y + h2)))
 
-    return np.where(behind, 0.0, f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1))
+    return xp.where(behind, 0.0, f(x2, y2) - f(x1, y2) - f(x2, y1) + f(x1, y1))
 
 
 def _dot(d: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -97,20 +97,23 @@ class PeakWindowFit(nn.Module):
         every valid npho, so a dead sensor is never the peak)."""
         return torch.argmax(x[..., 0].index_select(1, self.index), dim=1)
 
+    def window_sensors(self, peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) peak index -> the (B, window^2) sensor ids of the window around it (row-major,
+        shifted inwards at the face edges) and the (B, 2) (u, v) of the window centre (in
+        COORD_SCALE_CM units)."""
+        k, half = self.window, self.window // 2
+        r0 = torch.clamp(torch.div(peak, self.cols, rounding_mode="floor") - half, 0, self.rows - k)
+        c0 = torch.clamp(peak % self.cols - half, 0, self.cols - k)
+        cells = (r0[:, None] + self.offsets)[:, :, None] * self.cols + (c0[:, None] + self.offsets)[:, None, :]
+        sensors = self.index.index_select(0, cells.reshape(-1)).reshape(peak.shape[0], k * k)
+        return sensors, self.coords.index_select(0, (r0 + half) * self.cols + c0 + half)
+
     def local_patch(self, x: torch.Tensor, peak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 4760, 2) -> the (B, window^2, 2) patch around the brightest valid MPPC and the
         (B, 2) (u, v) of the patch centre (in COORD_SCALE_CM units)."""
-        b = x.shape[0]
-        k, half = self.window, self.window // 2
-        peak = self.peak_index(x) if peak is None else peak
-        r0 = torch.clamp(torch.div(peak, self.cols, rounding_mode="floor") - half, 0, self.rows - k)
-        c0 = torch.clamp(peak % self.cols - half, 0, self.cols - k)
-        cells = (
-            (r0[:, None] + self.offsets)[:, :, None] * self.cols + (c0[:, None] + self.offsets)[:, None, :]
-        ).reshape(b, k * k)
-        sensors = self.index.index_select(0, cells.reshape(-1)).reshape(b, k * k, 1)
-        patch = torch.gather(x, 1, sensors.expand(b, k * k, 2))
-        anchor = self.coords.index_select(0, (r0 + half) * self.cols + c0 + half)
+        b, kk = x.shape[0], self.window * self.window
+        sensors, anchor = self.window_sensors(self.peak_index(x) if peak is None else peak)
+        patch = torch.gather(x, 1, sensors.reshape(b, kk, 1).expand(b, kk, 2))
         return patch, anchor
 
     def coarse_patch(self, x: torch.Tensor, peak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,13 +31,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from xec.config import schema_defaults
 from xec.errors import XecError
 from xec.models import sigma_calibration as SC
 from xec.models.aggregates import PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
 from xec.models.blocks import fill_sensors
 from xec.models.encoder import XECEncoder
-from xec.models.peakfit import PeakWindowFit
+from xec.models.peakfit import COORD_SCALE_CM, PeakWindowFit
 from xec.models.presets import ModelConfig
+from xec.models.solidfit import N_FEATURES as SOLID_FIT_FEATURES
+from xec.models.solidfit import SolidAngleFit
 from xec.targets import TASKS, TargetStandardizer, get_task
 
 # Bounds of a predicted log(sigma^2) in standardized units: sigma from 4.5e-5 to 150 target
@@ -91,12 +94,15 @@ class XECRegressor(nn.Module):
         sigma_tasks: Sequence[str] = (),
         head_hidden: Mapping[str, int] | None = None,
         peak_refit_tasks: Sequence[str] = (),
+        solid_fit_tasks: Sequence[str] = (),
     ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``;
         ``sigma_tasks``: tasks that also get a per-event uncertainty head; ``head_hidden``: the
         hidden width of some tasks' heads instead of ``cfg.head_hidden`` (the heads replaced by
         the regressor's head refit, xec.train.refit); ``peak_refit_tasks``: tasks whose heads
-        read the peak window through their own MLP (``peak_mlp``, refitted with them)."""
+        read the peak window through their own MLP (``peak_mlp``, refitted with them);
+        ``solid_fit_tasks``: tasks whose (refitted) heads also read the in-graph solid-angle fit
+        (``solid_fit``, xec.models.solidfit)."""
         super().__init__()
         if normalizer is not None:
             sentinel = float(normalizer.sentinel)
@@ -142,8 +148,14 @@ class XECRegressor(nn.Module):
                 # learned through the time loss alone; starts near zero
                 self.centroid_head = _start_near_zero(TaskHead(in_dim, loc_dim, cfg.head_hidden, 3))
         self.head_hidden = {t: int((head_hidden or {}).get(t, cfg.head_hidden)) for t in self.tasks}
+        self.normalizer = normalizer
+        self.solid_fit: SolidAngleFit | None = None
+        self.solid_fit_tasks: tuple[str, ...] = ()
+        if solid_fit_tasks:
+            self.attach_solid_fit()
+            self.solid_fit_tasks = tuple(t for t in self.tasks if t in set(solid_fit_tasks))
         self.heads = nn.ModuleDict(
-            {t: TaskHead(in_dim, loc_dim, self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
+            {t: TaskHead(in_dim, loc_dim + self._fit_dim(t), self.head_hidden[t], TASKS[t].dim) for t in self.tasks}
         )
         # angle = direction from the target centre to the predicted first interaction, as the
         # classical reconstruction quotes it; the angle head still trains (the ``angle_head``
@@ -170,6 +182,31 @@ class XECRegressor(nn.Module):
         self.peak_refit_tasks: tuple[str, ...] = ()
         if peak_refit_tasks:
             self.set_peak_mlp(copy.deepcopy(self.peak.mlp) if self.peak is not None else None, peak_refit_tasks)
+
+    def _fit_dim(self, task: str) -> int:
+        return SOLID_FIT_FEATURES if task in self.solid_fit_tasks else 0
+
+    def attach_solid_fit(self) -> None:
+        """Add the in-graph solid-angle position fit (no parameters) on the peak window: its
+        features enter ``head_features`` as ``fit``; the heads of ``solid_fit_tasks`` read them."""
+        if self.peak is None:
+            raise XecError("the solid-angle fit runs on the peak window: it needs model.peak_window > 0")
+        if self.solid_fit is None:
+            from xec.normalization import get_normalizer
+
+            base = schema_defaults()["baseline"]
+            self.solid_fit = SolidAngleFit(
+                self.normalizer if self.normalizer is not None else get_normalizer(),
+                efficiency=base["mppc_efficiency"],
+                sys_fraction=base["sys_fraction"],
+                w_max=base["w_max"],
+                coord_scale_cm=COORD_SCALE_CM,
+            )
+
+    def set_solid_fit_tasks(self, tasks: Sequence[str]) -> None:
+        """The heads of ``tasks`` (already built for it: refitted on the cached ``fit``) read the fit."""
+        self.attach_solid_fit()
+        self.solid_fit_tasks = tuple(t for t in self.tasks if t in set(tasks))
 
     def set_peak_mlp(self, mlp: nn.Module | None, tasks: Sequence[str]) -> None:
         """Let the heads of ``tasks`` read the peak window through ``mlp`` (same input and
@@ -226,8 +263,8 @@ class XECRegressor(nn.Module):
         {<task>_logvar: (B, dim)} for the uncertainty tasks."""
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
-        z, loc, photons, log_light, refit_loc = self._trunk(x)
-        out = {t: self.heads[t](z, refit_loc if t in self.peak_refit_tasks else loc) for t in self.tasks}
+        z, loc, photons, log_light, refit_loc, fit = self._trunk(x)
+        out = {t: self.heads[t](z, self._head_loc(t, loc, refit_loc, fit)) for t in self.tasks}
         # the predicted first interaction (cm), read by the time correction (detached there) and
         # the angle
         fi = None
@@ -248,7 +285,8 @@ class XECRegressor(nn.Module):
     def _trunk(self, x: torch.Tensor):
         """The heads' inputs: fused tokens z (B, in_dim), peak-window and aggregate features loc
         (B, loc_dim) or None, the aggregates' photons and log light sum (None without them), and
-        loc with the refitted peak MLP's features (None without ``peak_mlp``)."""
+        loc with the refitted peak MLP's features (None without ``peak_mlp``), and the solid-angle
+        fit's features (None without ``solid_fit``)."""
         feats = self.head_features(x)
         z, loc, refit_loc = feats["z"], None, None
         if self.peak is not None:
@@ -258,13 +296,20 @@ class XECRegressor(nn.Module):
         if self.aggregates is not None:
             loc = feats["extra"] if loc is None else torch.cat([loc, feats["extra"]], dim=1)
             refit_loc = None if refit_loc is None else torch.cat([refit_loc, feats["extra"]], dim=1)
-        return z, loc, feats.get("photons"), feats.get("log_light"), refit_loc
+        return z, loc, feats.get("photons"), feats.get("log_light"), refit_loc, feats.get("fit")
+
+    def _head_loc(self, task: str, loc, refit_loc, fit):
+        """What the head of ``task`` reads beside z: loc, or loc with the refitted peak MLP's
+        features (``peak_refit_tasks``), plus the solid-angle fit (``solid_fit_tasks``)."""
+        out = refit_loc if task in self.peak_refit_tasks else loc
+        return torch.cat([out, fit], dim=1) if task in self.solid_fit_tasks else out
 
     def head_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the heads are computed from, for the normalized events x (B, 4760, 2): fused
         tokens ``z``; with the peak window its MLP's input ``window`` and the features it passes
         on as they are ``passed``; with the aggregates their features ``extra`` and ``photons``,
-        ``log_light``. loc = [peak.mlp(window), passed, extra] (xec.train.refit caches these)."""
+        ``log_light``; with the solid-angle fit its features ``fit``. loc = [peak.mlp(window),
+        passed, extra] (xec.train.refit caches these)."""
         out = {"z": self.encoder(x).flatten(1)}
         if self.peak is not None:
             out["window"], out["passed"] = self.peak.window_features(x)
@@ -272,12 +317,16 @@ class XECRegressor(nn.Module):
             out["photons"], sums = self.aggregates.photons(x)
             out["log_light"] = self.aggregates.light(sums)
             out["extra"] = self.aggregates.features(sums, out["log_light"])
+        if self.solid_fit is not None:
+            out["fit"] = self.solid_fit(x, self.peak.window_sensors(self.peak.peak_index(x))[0])
         return out
 
     def head_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(z, loc): what the task heads (those without a refitted peak MLP) read for the
-        normalized events x (B, 4760, 2)."""
-        z, loc, _, _, _ = self._trunk(x)
+        """(z, loc): what a task head without a refitted peak MLP reads for the normalized events
+        x (B, 4760, 2), loc followed by the solid-angle fit's features when it is attached."""
+        z, loc, _, _, _, fit = self._trunk(x)
+        if fit is not None:
+            loc = fit if loc is None else torch.cat([loc, fit], dim=1)
         return z, loc
 
     def _standardized(self, task: str, y: torch.Tensor) -> torch.Tensor:

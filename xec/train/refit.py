@@ -53,7 +53,8 @@ def cache_head_inputs(
     """z, loc (absent without peak/aggregate features), and per task ``y_<t>`` (standardized)
     and ``w_<t>`` (weights, 1 when the loader has none) of the events in ``batches`` ((x,
     targets, weights) as the training loader yields them), on the CPU. With ``peak``, instead of
-    loc the peak MLP's input ``window``, ``passed`` and ``extra`` (XECRegressor.head_features)."""
+    loc the peak MLP's input ``window``, ``passed`` and ``extra`` (XECRegressor.head_features).
+    With the model's solid-angle fit attached, its features ``fit`` too (after loc / extra)."""
     tasks = list(tasks)
     parts: dict[str, list[torch.Tensor]] = {}
     n = 0
@@ -63,7 +64,7 @@ def cache_head_inputs(
         keep = x.shape[0] if max_events is None else min(x.shape[0], max_events - n)
         if peak:
             feats = model.head_features(x[:keep].to(device))
-            row = {k: feats[k].float().cpu() for k in ("z", "window", "passed", "extra") if k in feats}
+            row = {k: feats[k].float().cpu() for k in ("z", "window", "passed", "extra", "fit") if k in feats}
         else:
             z, loc = model.head_inputs(x[:keep].to(device))
             row = {"z": z.float().cpu()}
@@ -99,7 +100,8 @@ def fit_heads(
     each alone on that batch order, at a shared per-step cost).
 
     ``peak_mlp`` (a copy of the trained ``peak.mlp``, cache from ``cache_head_inputs(peak=True)``):
-    trained with the heads, which read loc = [peak_mlp(window), passed, extra] (left in eval mode)."""
+    trained with the heads, which read loc = [peak_mlp(window), passed, extra, fit] (left in eval
+    mode; ``fit``: the solid-angle fit's features, when cached)."""
     tasks = list(losses)
     z = cache["z"].to(device)
     loc = cache["loc"].to(device) if "loc" in cache else None
@@ -107,7 +109,7 @@ def fit_heads(
         # loc = [peak_mlp(window), fixed]: only the MLP's part moves, so it is built per batch
         peak_mlp.to(device).requires_grad_(True)
         window = cache["window"].to(device)
-        fixed = torch.cat([cache[k] for k in ("passed", "extra") if k in cache], dim=1).to(device)
+        fixed = torch.cat([cache[k] for k in ("passed", "extra", "fit") if k in cache], dim=1).to(device)
         with torch.no_grad():
             loc = torch.cat([peak_mlp(window[:1]), fixed[:1]], dim=1)  # its width, for the heads
     ys = {t: cache[f"y_{t}"].to(device) for t in tasks}
@@ -191,6 +193,9 @@ def refit_heads(
         raise XecError(
             "config regressor.head_refit.peak: the model has no peak window to refit (model.peak_window is 0)"
         )
+    solid = bool(spec.get("solid_fit", False))
+    if solid:
+        model.attach_solid_fit()  # XecError without the peak window
     was_training = model.training
     model.eval()
     cache = cache_head_inputs(model, batches, tasks, standardize, spec["max_events"], device, peak=peak)
@@ -223,6 +228,9 @@ def refit_heads(
     if peak_mlp is not None:
         model.set_peak_mlp(peak_mlp.to(next(model.peak.mlp.parameters()).dtype), tasks)
         log.info("regressor: the refitted heads read the peak window through their own refitted MLP")
+    if solid:
+        model.set_solid_fit_tasks(tasks)
+        log.info("regressor: the refitted heads of %s read the in-graph solid-angle position fit", tasks)
     model.train(was_training)
     return widths
 

@@ -196,6 +196,7 @@ class RegressorStage(Stage):
         )
         self.head_hidden: dict[str, int] = {}  # widths of the heads refitted by finalize()
         self.peak_refit_tasks: list[str] = []  # heads that read the peak window through a refitted MLP
+        self.solid_fit_tasks: list[str] = []  # refitted heads that read the in-graph solid-angle fit
         self.train_loader = None
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.dead_aug = DeadSensorAugment.from_config(
@@ -222,6 +223,7 @@ class RegressorStage(Stage):
             sigma_tasks=list(args.get("sigma_tasks", ())),  # absent in checkpoints older than the heads
             head_hidden=args.get("head_hidden"),  # heads refitted after training (xec.train.refit)
             peak_refit_tasks=args.get("peak_refit_tasks", ()),  # and their own peak-window MLP
+            solid_fit_tasks=args.get("solid_fit_tasks", ()),  # and the in-graph solid-angle fit
         )
         model.set_sigma_calibration(spec.get("sigma_calibration"))
         nll = list(args["nll_tasks"])
@@ -240,6 +242,7 @@ class RegressorStage(Stage):
             "sigma_tasks": list(self.sigma_tasks),
             "head_hidden": dict(self.head_hidden),
             "peak_refit_tasks": list(self.peak_refit_tasks),
+            "solid_fit_tasks": list(self.solid_fit_tasks),
         }
 
     def attach_inpainter(self, path: str | None, device) -> None:
@@ -504,6 +507,8 @@ class RegressorStage(Stage):
         self.head_hidden.update(widths)
         if self.head_refit.get("peak"):
             self.peak_refit_tasks = list(widths)
+        if self.head_refit.get("solid_fit"):
+            self.solid_fit_tasks = list(widths)
 
     def sync_replaced(self, raw: nn.Module, evaluated: nn.Module) -> None:
         raw, evaluated = _unwrapped(raw), _unwrapped(evaluated)
@@ -512,6 +517,8 @@ class RegressorStage(Stage):
             raw.head_hidden[t] = self.head_hidden[t]
         if self.peak_refit_tasks:
             raw.set_peak_mlp(copy.deepcopy(evaluated.peak_mlp), self.peak_refit_tasks)
+        if self.solid_fit_tasks:
+            raw.set_solid_fit_tasks(self.solid_fit_tasks)
 
 
 def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarray | None:

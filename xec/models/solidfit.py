@@ -1,0 +1,153 @@
+"""SolidAngleFit: the classical position fit, run inside the regressor's graph.
+
+The classical reconstruction (xec.baseline.reco.fit_position) fits N0 * Omega_i(u, v, w) to the
+photons of the MPPC window around the brightest one, Omega_i the exact solid angle of MPPC i.
+For showers that convert deep in the xenon (w > 4 cm) that fit is as good as the learned peak-window
+fit of this model (docs/performance.md, "Peak window"): the light pattern of a wide spot is a
+physics model's strength and a small MLP's weakness. This module runs the same fit on the same
+window and hands its result to the heads as features (xec.models.peakfit), so they can use the
+fit where it is good and the learned view where that is.
+
+The fit, as the classical one but with a fixed number of steps (no data-dependent loop, so it
+exports to ONNX): (u, v) start at the light centroid of the MPPCs within 2 cm of the brightest
+one and w at the best of a depth scan; then Gauss-Newton steps over (u, v, w) with N0 profiled
+out (variable projection), a finite-difference Jacobian and Levenberg-Marquardt damping, each
+step kept only where it lowers chi2. Errors as the classical fit's: sigma_i^2 = n_i / eff +
+(sys n_i)^2, dead (sentinel) MPPCs weightless; solid angles from
+xec.baseline.solid_angles.rect_solid_angle (the one formula, numpy or torch).
+
+No parameters and no gradient: its outputs are inputs of the heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from xec.baseline.solid_angles import inner_frames, rect_solid_angle
+from xec.models.aggregates import uvw_to_xyz_torch
+from xec.normalization import Normalizer
+
+# the classical fit's depth scan (cm), xec.baseline.reco.fit_position
+W_SCAN = (0.3, 0.8, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0, 25.0, 34.0)
+FD_STEP_CM = 0.02  # finite-difference step of the Jacobian (float32: 0.01 cm loses ~3 digits)
+N_FEATURES = 5  # (u, v, w) fitted, log N0, log(1 + chi2 / ndf)
+
+
+class SolidAngleFit(nn.Module):
+    def __init__(
+        self,
+        normalizer: Normalizer,
+        efficiency: float = 0.12,
+        sys_fraction: float = 0.03,
+        w_max: float = 45.0,
+        iterations: int = 6,
+        coord_scale_cm: float = 10.0,
+    ):
+        super().__init__()
+        fr = inner_frames()
+        for name, a in (("pos", fr.pos), ("normal", fr.n), ("tangent", fr.et), ("uv", fr.uv)):
+            self.register_buffer(name, torch.as_tensor(np.asarray(a), dtype=torch.float32), persistent=False)
+        self.normalizer = normalizer
+        self.sentinel = float(normalizer.sentinel)
+        self.eff, self.sys, self.w_max = float(efficiency), float(sys_fraction), float(w_max)
+        self.iterations = int(iterations)
+        self.scale = float(coord_scale_cm)
+
+    def _omega(self, uvw: torch.Tensor, pos: torch.Tensor, normal: torch.Tensor, tangent: torch.Tensor):
+        """(B, K) solid angles of the window's MPPCs (their frames (B, K, 3)) seen from uvw (B, 3)."""
+        d = uvw_to_xyz_torch(uvw)[:, None, :] - pos
+        return rect_solid_angle((d * normal).sum(-1), d[..., 2], (d * tangent).sum(-1))
+
+    @staticmethod
+    def _profile(n: torch.Tensor, wt: torch.Tensor, om: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best N0 for the pattern om (weighted least squares) and the chi2 with it."""
+        n0 = (wt * n * om).sum(1) / (wt * om * om).sum(1).clamp_min(1e-30)
+        return n0, (wt * (n - n0[:, None] * om) ** 2).sum(1)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, sensors: torch.Tensor) -> torch.Tensor:
+        """x (B, 4760, 2) normalized, ``sensors`` (B, K) the inner-face ids of the fit window ->
+        (B, N_FEATURES): fitted u, v, w (cm / coord_scale_cm), log N0 (log photons per unit solid
+        angle, minus 10: O(1)) and log(1 + chi2 / ndf)."""
+        npho_n = torch.gather(x[..., 0], 1, sensors)
+        live = (npho_n != self.sentinel).to(npho_n.dtype)
+        n = self.normalizer.npho_inverse(npho_n.clamp_min(0.0)) * live
+        var = n.clamp_min(1.0 / self.eff) / self.eff + (self.sys * n) ** 2
+        wt = live / var
+        frames = (self.pos[sensors], self.normal[sensors], self.tangent[sensors])
+        suv = self.uv[sensors]  # (B, K, 2)
+
+        # start: (u, v) the light centroid within 2 cm of the brightest MPPC, w the best of a scan
+        peak_uv = torch.gather(suv, 1, torch.argmax(n, dim=1)[:, None, None].expand(-1, 1, 2))
+        near = ((suv - peak_uv).abs() < 2.0).all(-1).to(n.dtype) * n
+        uv0 = (near[..., None] * suv).sum(1) / near.sum(1, keepdim=True).clamp_min(1e-9)
+        b = x.shape[0]
+        best_chi2 = torch.full((b,), math.inf, dtype=n.dtype, device=n.device)
+        w0 = torch.full((b,), W_SCAN[0], dtype=n.dtype, device=n.device)
+        for w_try in W_SCAN:
+            p = torch.cat([uv0, torch.full_like(uv0[:, :1], w_try)], dim=1)
+            _, chi2 = self._profile(n, wt, self._omega(p, *frames))
+            w0 = torch.where(chi2 < best_chi2, torch.full_like(w0, w_try), w0)
+            best_chi2 = torch.minimum(chi2, best_chi2)
+
+        lo = torch.stack([suv[..., 0].amin(1) - 3.0, suv[..., 1].amin(1) - 3.0, torch.full_like(w0, 0.02)], 1)
+        hi = torch.stack([suv[..., 0].amax(1) + 3.0, suv[..., 1].amax(1) + 3.0, torch.full_like(w0, self.w_max)], 1)
+        p = torch.cat([uv0, w0[:, None]], dim=1)
+        om = self._omega(p, *frames)
+        n0, chi2 = self._profile(n, wt, om)
+        lam = torch.full_like(chi2, 1e-2)
+        eye = torch.eye(3, dtype=n.dtype, device=n.device)
+        for _ in range(self.iterations):
+            # Jacobian of N0 * omega with N0 profiled out: d omega / dp minus its weighted
+            # projection on omega (a change of scale is absorbed by N0)
+            jac = torch.stack(
+                [(self._omega(p + FD_STEP_CM * eye[j], *frames) - om) / FD_STEP_CM for j in range(3)], dim=-1
+            )
+            proj = (wt[..., None] * om[..., None] * jac).sum(1) / (wt * om * om).sum(1).clamp_min(1e-30)[:, None]
+            jac = n0[:, None, None] * (jac - om[..., None] * proj[:, None, :])
+            r = n - n0[:, None] * om
+            a = torch.einsum("bki,bkj->bij", wt[..., None] * jac, jac)
+            g = torch.einsum("bki,bk->bi", wt[..., None] * jac, r)
+            a = a * (1.0 + lam[:, None, None] * eye)  # damping: the diagonal x (1 + lam), elementwise
+            p_new = torch.minimum(torch.maximum(p + _solve3(a, g), lo), hi)
+            om_new = self._omega(p_new, *frames)
+            n0_new, chi2_new = self._profile(n, wt, om_new)
+            better = chi2_new < chi2
+            p = torch.where(better[:, None], p_new, p)
+            om = torch.where(better[:, None], om_new, om)
+            n0, chi2 = torch.where(better, n0_new, n0), torch.where(better, chi2_new, chi2)
+            lam = torch.where(better, (lam / 3.0).clamp_min(1e-7), (lam * 4.0).clamp_max(1e7))
+        ndf = (live.sum(1) - 4.0).clamp_min(1.0)
+        return torch.cat(
+            [
+                p / self.scale,
+                (torch.log(n0.clamp_min(1.0)) - 10.0)[:, None],
+                torch.log1p(chi2 / ndf)[:, None],
+            ],
+            dim=1,
+        )
+
+
+def _solve3(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """a (B, 3, 3) symmetric positive definite, g (B, 3) -> a^-1 g by the adjugate (ONNX has no
+    linear solver; the damping keeps det > 0)."""
+    a00, a01, a02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
+    a11, a12, a22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+    c00 = a11 * a22 - a12 * a12
+    c01 = a02 * a12 - a01 * a22
+    c02 = a01 * a12 - a02 * a11
+    c11 = a00 * a22 - a02 * a02
+    c12 = a01 * a02 - a00 * a12
+    c22 = a00 * a11 - a01 * a01
+    det = (a00 * c00 + a01 * c01 + a02 * c02).clamp_min(1e-30)
+    g0, g1, g2 = g[:, 0], g[:, 1], g[:, 2]
+    return (
+        torch.stack(
+            [c00 * g0 + c01 * g1 + c02 * g2, c01 * g0 + c11 * g1 + c12 * g2, c02 * g0 + c12 * g1 + c22 * g2], dim=1
+        )
+        / det[:, None]
+    )
