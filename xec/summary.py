@@ -453,37 +453,41 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     return out
 
 
-def read_inpainting(path: str) -> dict[str, Any]:
-    """The `xec inpainting` summary JSON; XecError naming the file when it is not one."""
+def _read_result(path: str, command: str, valid) -> dict[str, Any]:
+    """The summary JSON of ``xec <command>``, checked by ``valid(result)`` (raises ValueError);
+    XecError naming the file when it is missing or not one. JSON null (a NaN written out) comes
+    back as NaN, so the table formatting treats both alike."""
     import json
 
     p = Path(path)
     if not p.exists():
-        raise XecError(f"{path}: no such file (run `xec inpainting` first)")
+        raise XecError(f"{path}: no such file (run `xec {command}` first)")
     try:
         result = json.loads(p.read_text())
+        valid(result)
+    except (ValueError, AttributeError) as exc:
+        raise XecError(f"{path}: not an xec {command} summary ({exc})") from exc
+    return _none_to_nan(result)
+
+
+def read_inpainting(path: str) -> dict[str, Any]:
+    """The `xec inpainting` summary JSON; XecError naming the file when it is not one."""
+
+    def valid(result: Any) -> None:
         if not isinstance(result.get("samples"), dict) or "meta" not in result:
             raise ValueError("no 'samples'/'meta'")
-    except (ValueError, AttributeError) as exc:
-        raise XecError(f"{path}: not an xec inpainting summary ({exc})") from exc
-    # JSON null (a NaN written out) back to NaN, so the table formatting treats both alike
-    return _none_to_nan(result)
+
+    return _read_result(path, "inpainting", valid)
 
 
 def read_deadsweep(path: str) -> dict[str, Any]:
     """The `xec deadsweep` summary JSON; XecError naming the file when it is not one."""
-    import json
 
-    p = Path(path)
-    if not p.exists():
-        raise XecError(f"{path}: no such file (run `xec deadsweep` first)")
-    try:
-        result = json.loads(p.read_text())
+    def valid(result: Any) -> None:
         if not isinstance(result.get("points"), list) or "methods" not in result:
             raise ValueError("no 'points'/'methods'")
-    except (ValueError, AttributeError) as exc:
-        raise XecError(f"{path}: not an xec deadsweep summary ({exc})") from exc
-    return _none_to_nan(result)
+
+    return _read_result(path, "deadsweep", valid)
 
 
 def _none_to_nan(obj: Any) -> Any:

@@ -269,6 +269,12 @@ def _run_period_tables(sample: dict[str, Any]) -> list[tuple[str, str, tuple[lis
     return tables
 
 
+def _page(parts: list[str]) -> str:
+    """A standalone HTML page (the tables' CSS) around ``parts``, one per line."""
+    head = f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>"
+    return "\n".join([head, *parts, "</body></html>"])
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -313,9 +319,7 @@ def inpainting_html(result: Mapping[str, Any], standalone: bool = True) -> str:
             f"<p>{html.escape(_finetune_note(result))}</p>",
             _html_table(*finetune_rows(result)),
         ]
-    if standalone:
-        parts = [f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>", *parts, "</body></html>"]
-    return "\n".join(parts)
+    return _page(parts) if standalone else "\n".join(parts)
 
 
 # ---------------------------------------------------------------- dead-fraction sweep (xec deadsweep)
@@ -398,16 +402,13 @@ def deadsweep_html(result: Mapping[str, Any], standalone: bool = True) -> str:
         f"<p>{html.escape(_deadsweep_note(result))}</p>",
         _html_table(*deadsweep_rows(result)),
     ]
-    if standalone:
-        parts = [f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>", *parts, "</body></html>"]
-    return "\n".join(parts)
+    return _page(parts) if standalone else "\n".join(parts)
 
 
 def to_html(summary: dict[str, Any]) -> str:
     import html
 
     parts = [
-        f"<html><head><meta charset='utf-8'><style>{TABLE_CSS}</style></head><body>",
         "<h2>Physics summary: ML vs classical reconstruction</h2>",
         f"<p>{html.escape(NOTE)}</p>",
     ]
@@ -426,5 +427,4 @@ def to_html(summary: dict[str, Any]) -> str:
         parts.append(inpainting_html(summary["inpainting"], standalone=False))
     if "deadsweep" in summary:
         parts.append(deadsweep_html(summary["deadsweep"], standalone=False))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return _page(parts)
