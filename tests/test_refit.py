@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xec.errors import XecError
-from xec.train.refit import fit_heads, refit_spec
+from xec.train.refit import fit_heads, refit_bf16, refit_spec
 
 L1 = lambda pred, y: (pred - y).abs()  # noqa: E731
 
@@ -93,12 +93,10 @@ def test_angle_is_not_refitted_when_it_corrects_the_geometric_angle():
     assert refit_spec({**spec, "tasks": ["angle"]}, ["angle"], {"angle": {"type": "l1"}}, angle_from_position=True)
 
 
-def test_peak_mlp_is_trained_with_the_heads():
-    """fit_heads(peak_mlp=...): the heads read loc = [peak_mlp(window), passed, extra], and the
-    MLP learns with them: a target that only a new feature of the window explains is fitted,
-    which the same heads on the frozen MLP's features cannot do."""
+def peak_window_case(n: int = 2048) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
+    """A cache whose uvwFI target only new features of the peak window explain, and a shared MLP
+    nearly blind to the window (as a badly trained one)."""
     g = torch.Generator().manual_seed(0)
-    n = 2048
     window = torch.randn(n, 8, generator=g)
     cache = {
         "z": torch.randn(n, 6, generator=g),
@@ -111,10 +109,25 @@ def test_peak_mlp_is_trained_with_the_heads():
     torch.manual_seed(3)
     mlp0 = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 2))
     with torch.no_grad():
-        mlp0[-1].weight.mul_(0.01)  # nearly blind to the window, as a badly trained shared MLP
+        mlp0[-1].weight.mul_(0.01)
+    return cache, mlp0
+
+
+def peak_refit_error(cache: dict, mlp: torch.nn.Module, head: torch.nn.Module) -> float:
+    """The refitted head's L1 error over the cache, its MLP evaluated in float32."""
+    with torch.no_grad():
+        loc = torch.cat([mlp(cache["window"]), cache["passed"], cache["extra"]], 1)
+        return L1(head(cache["z"], loc), cache["y_uvwFI"]).mean().item()
+
+
+def test_peak_mlp_is_trained_with_the_heads():
+    """fit_heads(peak_mlp=...): the heads read loc = [peak_mlp(window), passed, extra], and the
+    MLP learns with them: a target that only a new feature of the window explains is fitted,
+    which the same heads on the frozen MLP's features cannot do."""
+    cache, mlp0 = peak_window_case()
     frozen = dict(cache)
     with torch.no_grad():
-        frozen["loc"] = torch.cat([mlp0(window), cache["passed"], cache["extra"]], 1)
+        frozen["loc"] = torch.cat([mlp0(cache["window"]), cache["passed"], cache["extra"]], 1)
     cpu = torch.device("cpu")
     mlp = copy.deepcopy(mlp0)
     head_f, _ = fit_heads(frozen, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=cpu)["uvwFI"]
@@ -122,7 +135,41 @@ def test_peak_mlp_is_trained_with_the_heads():
     assert not mlp.training and not torch.equal(mlp[0].weight, mlp0[0].weight)
     with torch.no_grad():
         err_f = L1(head_f(cache["z"], frozen["loc"]), cache["y_uvwFI"]).mean().item()
-        loc = torch.cat([mlp(window), cache["passed"], cache["extra"]], 1)
-        err_p = L1(head_p(cache["z"], loc), cache["y_uvwFI"]).mean().item()
+    err_p = peak_refit_error(cache, mlp, head_p)
     assert err_p < 0.5 * err_f
     assert last == pytest.approx(err_p, rel=0.5)
+
+
+def test_peak_mlp_in_bf16_learns_as_in_fp32():
+    """mlp_bf16: the MLP's products in bfloat16, its weights float32 and updated every step (a cast
+    cache kept across steps would train the heads on the first step's weights: then the float32
+    evaluation below would disagree with the last epoch's loss)."""
+    cache, mlp0 = peak_window_case()
+    cpu = torch.device("cpu")
+    errors, lasts = {}, {}
+    for bf16 in (False, True):
+        mlp = copy.deepcopy(mlp0)
+        head, lasts[bf16] = fit_heads(
+            cache, {"uvwFI": L1}, 32, 20, 3e-3, 64, seed=1, device=cpu, peak_mlp=mlp, mlp_bf16=bf16
+        )["uvwFI"]
+        assert all(p.dtype == torch.float32 for p in mlp.parameters())
+        errors[bf16] = peak_refit_error(cache, mlp, head)
+    assert errors[True] != errors[False]  # the products did run in bf16
+    assert errors[True] == pytest.approx(errors[False], rel=0.25)
+    assert lasts[True] == pytest.approx(errors[True], rel=0.5)
+
+
+@pytest.mark.parametrize(
+    "precision, device, native, expected",
+    [
+        ("auto", "cpu", True, True),
+        ("auto", "cpu", False, False),
+        ("auto", "cuda", False, True),
+        ("fp32", "cuda", True, False),
+        ("bf16", "cpu", False, True),
+    ],
+)
+def test_refit_precision_auto_follows_the_hardware(monkeypatch, precision, device, native, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert refit_bf16(precision, torch.device(device)) is expected
