@@ -372,3 +372,34 @@ def test_models_run_under_bf16_autocast_on_cpu(tiny):
         loss = mae(x)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in mae.parameters() if p.grad is not None)
+
+
+def test_default_models_train_under_bf16_autocast_on_cpu():
+    """The default config's models (peak window, physics aggregates, the inpainter's local
+    correction) through a bf16 autocast training step, the GPU default (train.precision auto):
+    the local correction once failed there (float32 correction into bf16 predictions)."""
+    from pathlib import Path
+
+    from xec.config import load_config
+
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "config.yaml"))
+    mcfg = model_config(dict(cfg["model"]))
+    assert mcfg.inpaint_local_neighbours and mcfg.peak_window and mcfg.physics_aggregates
+    norm = get_normalizer("meg2")
+    x = realistic_input(4)
+    mask = torch.rand(4, N_SENSORS, generator=torch.Generator().manual_seed(3)) < 0.05
+    torch.manual_seed(0)
+    inp = XECInpainter(mcfg, normalizer=norm).train()
+    reg = XECRegressor(mcfg, TASKS).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = inp.predict(x, mask, with_heads=True)
+        out = reg(x)
+    assert pred.shape == (4, N_SENSORS, 4)
+    loss = (pred.float()[mask] - x.repeat(1, 1, 2)[mask]).abs().mean()
+    loss = loss + sum(out[t].float().abs().mean() for t in TASKS)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for model in (inp, reg):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert inp.local.mlp[-1].weight.grad.abs().sum() > 0  # the correction took part (zero-initialized last layer)

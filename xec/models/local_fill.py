@@ -122,5 +122,6 @@ class LocalFill(nn.Module):
         # dead boards: 51 -> 128 ps); a sensor without a time is what the regressor knows to skip
         time_ok = n_known >= TIME_MIN_KNOWN * self.k
         time = torch.where(time_ok, p[:, 1] + d[:, 1], torch.full_like(p_log, self.sentinel))
-        out = torch.stack([npho, time], dim=1)
+        # under autocast (bf16 on a GPU) the heads' pred is bf16 and the correction float32
+        out = torch.stack([npho, time], dim=1).to(pred.dtype)
         return pred.reshape(-1, 2).index_put((idx,), out).view_as(pred)
