@@ -13,10 +13,10 @@ only on hardware with native bf16 products (AVX512-BF16 or AMX on a CPU; any rec
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import time
+
+from ab_runs import alternate
 
 
 def _model(threads: int):
@@ -114,18 +114,9 @@ def main() -> None:
         f"# torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}, "
         f"auto -> {'bf16' if refit_bf16('auto', torch.device('cpu')) else 'fp32'}"
     )
-    ctx = mp.get_context("spawn")
-    rows = []
-    for r in range(args.repeats):
-        for bf16 in (False, True):
-            q = ctx.Queue()
-            p = ctx.Process(target=_run, args=(bf16, args.events, args.epochs, args.threads, q))
-            p.start()
-            res = q.get()
-            p.join()
-            res.update(precision="bf16" if bf16 else "fp32", repeat=r)
-            rows.append(res)
-            print(json.dumps(res))
+    rows = alternate(_run, (False, True), args.repeats, args.events, args.epochs, args.threads)
+    for res in rows:
+        res["precision"] = "bf16" if res["variant"] else "fp32"
     model, cfg = _model(args.threads)
     hidden = model.peak.mlp[0].out_features  # PeakWindowFit.mlp: Linear, GELU, Linear, ...
     flops = _matmul_gflops(args.threads, rows[0]["window"], hidden, int(cfg["regressor"]["head_refit"]["batch_size"]))

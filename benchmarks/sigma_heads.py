@@ -11,10 +11,9 @@ the wall time depends on the load, the CPU time much less.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
 import time
+
+from ab_runs import alternate
 
 SIGMA_TASKS = ["energy", "timing", "uvwFI"]
 
@@ -68,18 +67,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    ctx = mp.get_context("spawn")
-    rows = []
-    for r in range(args.repeats):
-        for sigma in (False, True):
-            q = ctx.Queue()
-            p = ctx.Process(target=_run, args=(sigma, args.steps, args.batch, args.threads, q))
-            p.start()
-            res = q.get()
-            p.join()
-            res.update(sigma=sigma, repeat=r, load=os.getloadavg()[0])
-            rows.append(res)
-            print(json.dumps(res))
+    rows = alternate(_run, (False, True), args.repeats, args.steps, args.batch, args.threads)
+    for res in rows:
+        res["sigma"] = res["variant"]
     for sigma in (False, True):
         cpu = sorted(x["cpu_ms_per_event"] for x in rows if x["sigma"] == sigma)
         print(f"sigma heads {'on ' if sigma else 'off'}: median CPU {cpu[len(cpu) // 2]:.3f} ms/event")
