@@ -17,7 +17,7 @@ def test_gpu_script_parses():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("script", ["model.py", "inference.py"])
+@pytest.mark.parametrize("script", ["model.py", "inference.py", "refit.py", "sigma_heads.py"])
 def test_benchmark_scripts_import(script):
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, cwd=REPO
@@ -34,3 +34,16 @@ def test_model_benchmark_preset_overrides():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "{'preset': 'tiny', 'physics_aggregates': False, 'head_hidden': 32}"
+
+
+def test_refit_benchmark_runs_both_precisions():
+    """The alternating runs (benchmarks/ab_runs.py) in spawned processes, one row per precision."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "refit.py"), "--repeats", "1", "--events", "256", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if line.startswith("| fp32") or line.startswith("| bf16")]
+    assert len(table) == 2
