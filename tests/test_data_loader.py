@@ -99,6 +99,20 @@ def test_two_ranks_on_uneven_shards_split_disjointly_with_equal_batch_counts():
         assert abs(len(ids[0]) - len(ids[1])) <= 1
 
 
+def test_whole_split_of_a_rank_reads_what_one_process_reads():
+    """whole_split (the regressor's head refit after DDP training, on rank 0): every event, in
+    the order of a one-process loader with the same seed, max_events applied to the whole split."""
+    m = shared_sample()["shards"]
+    for kw in ({}, {"max_events": 100}):
+        single = ShardLoader(m, batch_size=32, seed=4, with_ids=True, **kw)
+        rank0 = ShardLoader(m, batch_size=32, seed=4, rank=0, world_size=2, with_ids=True, **kw)
+        whole = rank0.whole_split()
+        assert whole is not rank0 and single.whole_split() is single
+        assert _ids(whole, 0) == _ids(single, 0)
+        assert len(list(itertools.chain(*_ids(whole, 0)))) == kw.get("max_events", len(_all_keys()))
+        assert len(list(itertools.chain(*_ids(rank0, 0)))) < len(list(itertools.chain(*_ids(whole, 0))))
+
+
 def test_drop_last_and_max_events():
     m = shared_sample()["shards"]
     dl = ShardLoader(m, batch_size=64, drop_last=True, with_ids=True)

@@ -314,6 +314,14 @@ class ShardLoader:
         with_ids: bool = False,
         prefetch_factor: int = 2,
     ):
+        # the arguments again, for whole_split
+        self._init_kwargs = dict(
+            manifest=manifest, batch_size=batch_size, tasks=tasks, shuffle=shuffle, seed=seed,
+            num_workers=num_workers, weights=weights, expected_normalizer=expected_normalizer,
+            drop_last=drop_last, max_events=max_events, shuffle_buffer=shuffle_buffer,
+            pin_memory=pin_memory, with_ids=with_ids, prefetch_factor=prefetch_factor,
+        )  # fmt: skip
+        self.world_size = world_size
         self.manifest = read_manifest(manifest)
         path = self.manifest["_path"]
         if batch_size < 1:
@@ -370,6 +378,15 @@ class ShardLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.epoch = int(epoch)
+
+    def whole_split(self) -> ShardLoader:
+        """This loader over the events of every rank, in the order a one-process run reads them
+        (itself when it is not sharded): for what rank 0 does alone after a DDP training, such as
+        the regressor's head refit, which would otherwise see 1 / world_size of its events and
+        depend on the number of GPUs."""
+        if self.world_size == 1:
+            return self
+        return ShardLoader(**self._init_kwargs)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -493,11 +493,13 @@ class RegressorStage(Stage):
             t: (lambda pred, z, s=self.losses[t]: elementwise(s["type"], pred, z, float(s["beta"])))
             for t in self.head_refit["tasks"]
         }
-        if hasattr(self.train_loader, "set_epoch"):
-            self.train_loader.set_epoch(0)
+        # rank 0 alone after a DDP training: the whole train split, as one process reads it
+        loader = self.train_loader.whole_split() if hasattr(self.train_loader, "whole_split") else self.train_loader
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
         widths = refit_heads(
             model,
-            self.train_loader,
+            loader,
             self.head_refit,
             losses,
             lambda t, y: _standardize(self.standardizer, t, y),
