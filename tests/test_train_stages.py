@@ -479,6 +479,44 @@ def test_mae_cli_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
         torch.testing.assert_close(cb["ema_state"][k], v, rtol=0, atol=1e-6)
 
 
+def test_inpainter_face_balance_weighs_every_face_alike():
+    """inpainter.face_balance: 0 -> every sensor 1; 1 -> each face the same total weight, mean 1.
+    In the loss, two hidden sensors of different faces then count alike in the npho terms
+    however many sensors each face has, and the time term stays unweighted."""
+    from xec.geometry import get_geometry
+    from xec.normalization import normalizer_from_config
+    from xec.train.inpainter import InpainterStage, face_balance_weights
+
+    faces = np.asarray(get_geometry().face)
+    assert torch.equal(face_balance_weights(0.0), torch.ones(len(faces)))
+    w = face_balance_weights(1.0).double().numpy()
+    totals = [w[faces == f].sum() for f in np.unique(faces)]
+    assert w.mean() == pytest.approx(1.0) and max(totals) == pytest.approx(min(totals), rel=1e-6)
+    inner, pmt = int(np.flatnonzero(faces == 0)[0]), int(np.flatnonzero(faces == faces.max())[0])
+    assert w[pmt] / w[inner] == pytest.approx((faces == 0).sum() / (faces == faces.max()).sum(), rel=1e-5)
+
+    cfg = load_config(None, overrides={"inpainter.relative_loss_weight": 1.0, "inpainter.face_balance": 1.0})
+    norm = normalizer_from_config(cfg)
+    stage = InpainterStage(cfg, norm)
+    true = np.full((1, len(faces)), 1000.0)
+    x = torch.from_numpy(np.stack(norm.normalize(true, np.full(true.shape, 3e-8)), -1))
+    est = true.copy()
+    est[0, inner], est[0, pmt] = 500.0, 1100.0  # -50 % and +10 %
+    pred = x.clone()
+    pred[..., 0] = torch.from_numpy(norm.npho_forward(est).astype(np.float32))
+    pred[0, inner, 1] += 0.3  # a time error on the inner sensor only
+    mask = torch.zeros(1, len(faces), dtype=torch.bool)
+    mask[0, [inner, pmt]] = True
+    _, logs = stage._loss(pred, x, mask)
+    rel = (0.5 * w[inner] + 0.1 * w[pmt]) / (w[inner] + w[pmt])  # the PMT's error dominates
+    assert float(logs["rel_mae_npho_bright"]) == pytest.approx(rel, rel=1e-4) and rel < 0.15
+    plain = InpainterStage(load_config(None, overrides={"inpainter.face_balance": 0.0}), norm)
+    _, logs0 = plain._loss(pred, x, mask)
+    assert float(logs0["loss_time"]) > 0
+    assert float(logs["loss_time"]) == pytest.approx(float(logs0["loss_time"]), rel=1e-6)
+    assert float(logs0["rel_mae_npho_bright"]) == pytest.approx(0.3, rel=1e-4)
+
+
 def test_inpainter_relative_loss_term_sees_the_bright_hidden_sensors():
     """relative_loss_weight adds the mean |pred - true| / true (photons) of the hidden sensors
     with true npho >= the threshold (100): here 2 of them, off by -50 % and +10 %;

@@ -92,7 +92,10 @@ COMMANDS: dict[str, Command] = {
             "train",
             "normalization",
             "finetune",
-            *(f"inpainter.{k}" for k in ("mask_ratio", "loss", "relative_loss_weight", "log_loss_weight")),
+            *(
+                f"inpainter.{k}"
+                for k in ("mask_ratio", "loss", "relative_loss_weight", "log_loss_weight", "face_balance")
+            ),
             *DATA_BRANCHES,
         ),
         runtime=("mlflow",),

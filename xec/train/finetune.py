@@ -48,7 +48,7 @@ from xec.models.local_fill import npho_cap
 from xec.models.mae import npho_threshold_normalized
 from xec.normalization import INVALID_ABOVE, Normalizer
 from xec.train.checkpoint import load_checkpoint
-from xec.train.inpainter import InpainterStage
+from xec.train.inpainter import InpainterStage, face_balance_weights
 
 log = logging.getLogger("xec.train")
 
@@ -215,6 +215,7 @@ class RealdataFinetuneStage(InpainterStage):
         log_w = self.fsec["log_loss_weight"]
         self.log_weight = float(self.sec["log_loss_weight"] if log_w is None else log_w)
         self.npho_cap = npho_cap(normalizer)
+        self.sensor_weight = face_balance_weights(float(self.sec["face_balance"]))
         self.val_manifest = None
         self.info: dict[str, Any] = {"source_checkpoint": self.source}
         self.initial: dict[str, float] = {}
