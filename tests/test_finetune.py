@@ -163,6 +163,21 @@ def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path):
 
 # ----------------------------------------------------------------------------- the gain
 @pytest.mark.slow
+def test_finetune_face_balance_is_its_own_or_the_inpainters(tmp_path):
+    """finetune.face_balance (default 0: every sensor alike) or, when null, inpainter.face_balance."""
+    from xec.train.inpainter import face_balance_weights
+
+    ck = random_inpainter(tmp_path / "inp.pt", _cfg())
+    for overrides, balance in (
+        ({"inpainter.face_balance": 1.0}, 0.0),
+        ({"inpainter.face_balance": 1.0, "finetune.face_balance": None}, 1.0),
+        ({"finetune.face_balance": 0.5}, 0.5),
+    ):
+        cfg = _cfg(**overrides)
+        stage = RealdataFinetuneStage(cfg, normalizer_from_config(cfg), str(ck))
+        assert torch.equal(stage.sensor_weight, face_balance_weights(balance)), overrides
+
+
 def test_finetuning_on_a_gain_miscalibrated_toy_reduces_the_held_out_error(tmp_path):
     """An inpainter trained (here from random weights, with the same machinery) on calibrated toy
     events, then fine-tuned on events whose gain is 3x off: the held-out relative MAE of the bright

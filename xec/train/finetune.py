@@ -215,7 +215,8 @@ class RealdataFinetuneStage(InpainterStage):
         log_w = self.fsec["log_loss_weight"]
         self.log_weight = float(self.sec["log_loss_weight"] if log_w is None else log_w)
         self.npho_cap = npho_cap(normalizer)
-        self.sensor_weight = face_balance_weights(float(self.sec["face_balance"]))
+        balance = self.fsec["face_balance"]
+        self.sensor_weight = face_balance_weights(float(self.sec["face_balance"] if balance is None else balance))
         self.val_manifest = None
         self.info: dict[str, Any] = {"source_checkpoint": self.source}
         self.initial: dict[str, float] = {}
