@@ -314,13 +314,8 @@ class ShardLoader:
         with_ids: bool = False,
         prefetch_factor: int = 2,
     ):
-        # the arguments again, for whole_split
-        self._init_kwargs = dict(
-            manifest=manifest, batch_size=batch_size, tasks=tasks, shuffle=shuffle, seed=seed,
-            num_workers=num_workers, weights=weights, expected_normalizer=expected_normalizer,
-            drop_last=drop_last, max_events=max_events, shuffle_buffer=shuffle_buffer,
-            pin_memory=pin_memory, with_ids=with_ids, prefetch_factor=prefetch_factor,
-        )  # fmt: skip
+        # the arguments but the sharding, for whole_split (first line: locals() holds them only)
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "rank", "world_size")}
         self.world_size = world_size
         self.manifest = read_manifest(manifest)
         path = self.manifest["_path"]
