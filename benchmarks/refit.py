@@ -56,18 +56,7 @@ def _run(bf16: bool, events: int, epochs: int, threads: int, queue) -> None:
     warm = {k: v[: 4 * batch] for k, v in cache.items()}
     fit_heads(warm, loss, hidden, 1, lr, batch, 0, torch.device("cpu"), peak_mlp=copy.deepcopy(mlp), mlp_bf16=bf16)
     c0, w0 = time.process_time(), time.perf_counter()
-    fit_heads(
-        cache,
-        loss,
-        int(spec["hidden"]),
-        epochs,
-        float(spec["lr"]),
-        batch,
-        0,
-        torch.device("cpu"),
-        peak_mlp=mlp,
-        mlp_bf16=bf16,
-    )
+    fit_heads(cache, loss, hidden, epochs, lr, batch, 0, torch.device("cpu"), peak_mlp=mlp, mlp_bf16=bf16)
     steps = epochs * -(-events // batch)
     default_steps = int(spec["epochs"]) * -(-int(spec["max_events"]) // batch)
     wall = (time.perf_counter() - w0) / steps
@@ -77,6 +66,8 @@ def _run(bf16: bool, events: int, epochs: int, threads: int, queue) -> None:
             "cpu_ms_per_step": 1e3 * (time.process_time() - c0) / steps,
             "default_refit_s": wall * default_steps,
             "window": int(feats["window"].shape[1]),
+            "mlp_hidden": int(model.peak.mlp[0].out_features),  # PeakWindowFit.mlp: Linear, GELU, ...
+            "batch": batch,
         }
     )
 
@@ -117,9 +108,7 @@ def main() -> None:
     rows = alternate(_run, (False, True), args.repeats, args.events, args.epochs, args.threads)
     for res in rows:
         res["precision"] = "bf16" if res["variant"] else "fp32"
-    model, cfg = _model(args.threads)
-    hidden = model.peak.mlp[0].out_features  # PeakWindowFit.mlp: Linear, GELU, Linear, ...
-    flops = _matmul_gflops(args.threads, rows[0]["window"], hidden, int(cfg["regressor"]["head_refit"]["batch_size"]))
+    flops = _matmul_gflops(args.threads, rows[0]["window"], rows[0]["mlp_hidden"], rows[0]["batch"])
     print("\n| precision | ms/step (median) | CPU ms/step | default refit (s) | first-layer GFLOP/s |")
     print("|---|---:|---:|---:|---:|")
     for name in ("fp32", "bf16"):

@@ -153,7 +153,9 @@ class InpainterStage(Stage):
         # every term scores the hidden sensors only (~5 % of B x 4760): gathered once, the loss
         # costs a few ms per batch instead of 2/3 of the model's forward and backward
         ev, sensor = torch.nonzero(mask, as_tuple=True)
-        return self._hidden_loss(pred[ev, sensor], x[ev, sensor], self.sensor_weight.to(x.device)[sensor])
+        if self.sensor_weight.device != x.device:  # once, not a copy per step
+            self.sensor_weight = self.sensor_weight.to(x.device)
+        return self._hidden_loss(pred[ev, sensor], x[ev, sensor], self.sensor_weight[sensor])
 
     def _hidden_loss(self, pred: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """``_loss`` on the hidden sensors' (M, C) predictions and (M, 2) inputs; ``weight`` (M,):
