@@ -3,6 +3,7 @@ show their options (their numbers are measured by hand: docs/performance.md)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def test_gpu_script_parses():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("script", ["model.py", "inference.py", "refit.py", "sigma_heads.py"])
+@pytest.mark.parametrize("script", ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py"])
 def test_benchmark_scripts_import(script):
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, cwd=REPO
@@ -47,3 +48,19 @@ def test_refit_benchmark_runs_both_precisions():
     assert r.returncode == 0, r.stderr
     table = [line for line in r.stdout.splitlines() if line.startswith("| fp32") or line.startswith("| bf16")]
     assert len(table) == 2
+
+
+def test_normalization_benchmark_runs(tmp_path):
+    """benchmarks/normalization.py on a few simulated events: a row per numpy precision and block,
+    and the ONNX Runtime rows (its exported graph runs)."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "normalization.py"), "--events", "64", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| numpy") or line.startswith("| ONNX")]
+    assert len(rows) == 7
+    assert not list(tmp_path.glob("xec-bench-norm-*"))  # the simulated file is removed

@@ -273,20 +273,6 @@ def read_ahead(chunks: Iterator[Any], times: StageTimes | None = None) -> Iterat
             yield item
 
 
-def normalize_blocks(normalizer: Normalizer, npho: np.ndarray, time_: np.ndarray, block: int = 256) -> np.ndarray:
-    """``normalizer.normalize_events`` in float32, block by block into one array: the
-    temporaries of a block in cache instead of a whole chunk's in memory (0.46 -> 0.34
-    CPU-ms/event at 512-event chunks), float32 another ~2x less (docs/performance.md)."""
-    from xec.geometry import N_SENSORS
-
-    x = np.empty((len(npho), N_SENSORS, 2), np.float32)
-    for s in range(0, len(npho), block):
-        normalizer.normalize_events(
-            npho[s : s + block], time_[s : s + block], out=x[s : s + block], precision="float32"
-        )
-    return x
-
-
 def uses_rule(fill: str, hole_fill: str | None) -> bool:
     """Whether a run with this ``fill`` and ``inference.hole_fill`` calls the classical recovery
     (and so needs the ``baseline`` parameters)."""
@@ -430,7 +416,7 @@ class Predictor:
                 if holes.any():
                     npho, time_s, _ = fill_dead(npho, time_s, "solid_angle", self.baseline, only=holes)
         with times("normalize"):
-            x = normalize_blocks(self.normalizer, npho, time_s)
+            x = self.normalizer.normalize_events(npho, time_s, precision="float32")
             if dead is None:
                 dead = x[..., 0] == np.float32(self.normalizer.sentinel)
         return x, dead
