@@ -7,6 +7,7 @@ networks is tested in test_deploy_export.py."""
 from __future__ import annotations
 
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -347,6 +348,8 @@ def test_bad_input_files_name_the_file_and_leave_nothing(models, root_file, tmp_
         run_inference(str(models["regressor"]), [str(good_path), str(bad)], str(out), chunk_size=32)
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in out.parent.iterdir()) == ["realdata.root"]
+    # the sessions' threads ended before the error came out (no log line after it)
+    assert not [t for t in threading.enumerate() if t.name.startswith("xec-sessions")]
 
 
 def test_bad_chunk_midway_leaves_nothing(models, root_file, tmp_path, monkeypatch):

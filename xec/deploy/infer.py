@@ -378,6 +378,14 @@ class Predictor:
         )
         return reg
 
+    def settle(self) -> None:
+        """Wait for the session threads, ignoring their errors: called when the run fails before
+        using the sessions (a bad input file), so that the error is the command's last word, not
+        followed by a session's log lines (or, in a test, written to a stream already closed)."""
+        from concurrent.futures import wait
+
+        wait([f for f in (self._reg, self._inp) if f is not None])
+
     @property
     def reg(self) -> Any:
         """The regressor's session (waits for its thread, re-raises its error)."""
@@ -498,8 +506,12 @@ def iterate_predictions(
         time_from_live,
         hole_fill,
     )
-    files = expand_inputs(inputs)
-    _validate_inputs(files, tree, (npho_branch, time_branch))
+    try:
+        files = expand_inputs(inputs)
+        _validate_inputs(files, tree, (npho_branch, time_branch))
+    except BaseException:
+        predictor.settle()
+        raise
     optional = sorted({*TRUTH_BRANCHES, *RECO_BRANCHES, *PILEUP_BRANCHES})
     times = times if times is not None else StageTimes()
     seen = 0
