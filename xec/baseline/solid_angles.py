@@ -69,14 +69,25 @@ def _dot(d: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.einsum("nkc,nkc->nk", d, v) if v.ndim == 3 else np.einsum("nkc,kc->nk", d, v)
 
 
-def inner_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(N, K) solid angles of the MPPCs ``ids`` seen from points ``xyz`` (N, 3); ``ids`` (N, K),
-    or (K,) for the same sensors from every point (no per-point copies of the sensor frames)."""
+def gather_frames(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position, normal, phi tangent) of the MPPCs ``ids`` (N, K), each (N, K, 3): for a fit that
+    evaluates :func:`inner_solid_angles` on the same sensors many times (xec.baseline.reco)."""
     fr = inner_frames()
-    d = xyz[:, None, :] - fr.pos[ids]
-    h = _dot(d, fr.n[ids])
+    return fr.pos[ids], fr.n[ids], fr.et[ids]
+
+
+def inner_solid_angles(
+    xyz: np.ndarray, ids: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """(N, K) solid angles of the MPPCs ``ids`` seen from points ``xyz`` (N, 3); ``ids`` (N, K),
+    or (K,) for the same sensors from every point (no per-point copies of the sensor frames).
+    ``frames``: :func:`gather_frames` of ``ids`` (N, K), gathered once by the caller (the same
+    numbers)."""
+    pos, n, et = frames if frames is not None else gather_frames(ids)
+    d = xyz[:, None, :] - pos
+    h = _dot(d, n)
     x0 = d[..., 2]  # ez = (0, 0, 1)
-    y0 = _dot(d, fr.et[ids])
+    y0 = _dot(d, et)
     return rect_solid_angle(h, x0, y0)
 
 
