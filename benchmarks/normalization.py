@@ -80,16 +80,13 @@ def main() -> int:
     )
     print("| normalization | events per block | us/event (median) | us/event (best) |")
     print("|---|---:|---:|---:|")
-    default_block = normalization.NORMALIZE_BLOCK
     for precision in ("float32", "float64"):
         for block in args.blocks:
-            normalization.NORMALIZE_BLOCK = block or len(npho)
-            call = functools.partial(norm.normalize_events, npho, time_s, out, precision)
+            call = functools.partial(norm.normalize_events, npho, time_s, out, precision, block or len(npho))
             med, best = per_event_us(call, len(npho), args.repeats)
             label = block or f"{len(npho)} (whole chunk)"
-            mark = " (default)" if block == default_block else ""
+            mark = " (default)" if block == normalization.NORMALIZE_BLOCK else ""
             print(f"| numpy {precision}{mark} | {label} | {med:.1f} | {best:.1f} |")
-    normalization.NORMALIZE_BLOCK = default_block
     session = onnx_session(norm)
 
     def run_onnx(b: int = args.onnx_batch) -> None:

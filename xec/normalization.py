@@ -160,7 +160,12 @@ class Normalizer:
         return npho_n.astype(np.float32), time_n.astype(np.float32)
 
     def normalize_events(
-        self, npho: np.ndarray, time: np.ndarray, out: np.ndarray | None = None, precision: str = "float64"
+        self,
+        npho: np.ndarray,
+        time: np.ndarray,
+        out: np.ndarray | None = None,
+        precision: str = "float64",
+        block: int = NORMALIZE_BLOCK,
     ) -> np.ndarray:
         """(N, S) npho and time -> (N, S, 2) float32 network input (into ``out`` when given).
 
@@ -169,7 +174,7 @@ class Normalizer:
         formulas run in place on one working copy, the last step of each written straight into
         the interleaved output: ~4x less CPU time than ``apply`` for the shards and for ``xec
         infer``'s normalization (docs/performance.md, "Inference"). The events go in blocks of
-        NORMALIZE_BLOCK, so that the working copies stay in the core's cache (float64 on 2,000-event
+        ``block`` (NORMALIZE_BLOCK), so that the working copies stay in the core's cache (float64 on 2,000-event
         chunks: 44-48 -> 28-30 us/event, benchmarks/normalization.py).
 
         ``precision="float32"`` (``xec infer``) runs the same steps in float32, another ~1.5x
@@ -186,9 +191,9 @@ class Normalizer:
         if npho.ndim < 2:
             self._normalize_block(npho, time, out, dtype)
             return out
-        for s in range(0, len(npho), NORMALIZE_BLOCK):
-            block = slice(s, s + NORMALIZE_BLOCK)
-            self._normalize_block(npho[block], time[block], out[block], dtype)
+        for s in range(0, len(npho), block):
+            rows = slice(s, s + block)
+            self._normalize_block(npho[rows], time[rows], out[rows], dtype)
         return out
 
     def _normalize_block(self, npho: np.ndarray, time: np.ndarray, out: np.ndarray, dtype: type) -> None:

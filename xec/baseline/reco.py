@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xec.baseline.recovery import estimate_dead, first_photon_delay
-from xec.baseline.solid_angles import gather_frames, inner_frames, inner_solid_angles
+from xec.baseline.solid_angles import frame_solid_angles, gather_frames, inner_frames
 from xec.config import schema_defaults
 from xec.geometry import direction_to_angles, get_geometry, uvw_to_xyz, xyz_to_uvw
 
@@ -97,11 +97,11 @@ def _window_ids(npho_inner: np.ndarray, window: int) -> tuple[np.ndarray, np.nda
     return ids, peak
 
 
-def _model(params: np.ndarray, ids: np.ndarray, frames: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Shape of the expected pattern (solid angles) for params (N, 3) = (u, v, w); ``frames``:
-    the sensors' gather_frames(ids), gathered once per fit (the scan and every iteration's four
+def _model(params: np.ndarray, frames: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Shape of the expected pattern (solid angles) for params (N, 3) = (u, v, w) on the window
+    sensors' frames (gather_frames, once per fit: the scan and every iteration's four
     evaluations reuse them)."""
-    return inner_solid_angles(uvw_to_xyz(params), ids, frames)
+    return frame_solid_angles(uvw_to_xyz(params), frames)
 
 
 def _best_n0(n: np.ndarray, omega: np.ndarray, wt: np.ndarray) -> np.ndarray:
@@ -137,7 +137,7 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
     w0 = np.full(N, 2.0)
     for wtry in (0.3, 0.8, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0, 25.0, 34.0):
         p = np.column_stack([uv0, np.full(N, wtry)])
-        om = _model(p, ids, frames)
+        om = _model(p, frames)
         n0 = _best_n0(n, om, wt)
         chi2 = np.sum(wt * (n - n0[:, None] * om) ** 2, axis=1)
         better = chi2 < best_chi2
@@ -147,7 +147,7 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
     p = np.column_stack([uv0, w0])
     lo = np.column_stack([suv[..., 0].min(1) - 3.0, suv[..., 1].min(1) - 3.0, np.full(N, 0.02)])
     hi = np.column_stack([suv[..., 0].max(1) + 3.0, suv[..., 1].max(1) + 3.0, np.full(N, cfg.w_max)])
-    om = _model(p, ids, frames)
+    om = _model(p, frames)
     n0 = _best_n0(n, om, wt)
     sw = np.sqrt(wt)
     chi2 = np.sum(wt * (n - n0[:, None] * om) ** 2, axis=1)
@@ -159,14 +159,14 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        pa, ida, oma, n0a = p[idx], ids[idx], om[idx], n0[idx]
+        pa, oma, n0a = p[idx], om[idx], n0[idx]
         fra = tuple(f[idx] for f in frames)
         # Jacobian of the model n0*omega(u, v, w) wrt (u, v, w, n0), weighted
-        J = np.empty((idx.size, ida.shape[1], 4))
+        J = np.empty((idx.size, oma.shape[1], 4))
         for j, h in enumerate(steps):
             dp = pa.copy()
             dp[:, j] += h
-            J[..., j] = n0a[:, None] * (_model(dp, ida, fra) - oma) / h
+            J[..., j] = n0a[:, None] * (_model(dp, fra) - oma) / h
         J[..., 3] = oma
         swa = sw[idx]
         Jw = J * swa[..., None]
@@ -182,7 +182,7 @@ def fit_position(npho: np.ndarray, dead: np.ndarray, cfg: BaselineConfig) -> dic
         delta = np.nan_to_num(delta)
         pn = np.clip(pa + delta[:, :3], lo[idx], hi[idx])
         n0n = np.maximum(n0a + delta[:, 3], 0.0)
-        omn = _model(pn, ida, fra)
+        omn = _model(pn, fra)
         chi2n = np.sum(wt[idx] * (n[idx] - n0n[:, None] * omn) ** 2, axis=1)
         acc = chi2n < chi2[idx]
         ai = idx[acc]

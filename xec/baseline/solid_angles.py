@@ -70,20 +70,21 @@ def _dot(d: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def gather_frames(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(position, normal, phi tangent) of the MPPCs ``ids`` (N, K), each (N, K, 3): for a fit that
-    evaluates :func:`inner_solid_angles` on the same sensors many times (xec.baseline.reco)."""
+    """(position, normal, phi tangent) of the MPPCs ``ids``, each ``ids.shape + (3,)``."""
     fr = inner_frames()
     return fr.pos[ids], fr.n[ids], fr.et[ids]
 
 
-def inner_solid_angles(
-    xyz: np.ndarray, ids: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-) -> np.ndarray:
+def inner_solid_angles(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(N, K) solid angles of the MPPCs ``ids`` seen from points ``xyz`` (N, 3); ``ids`` (N, K),
-    or (K,) for the same sensors from every point (no per-point copies of the sensor frames).
-    ``frames``: :func:`gather_frames` of ``ids`` (N, K), gathered once by the caller (the same
-    numbers)."""
-    pos, n, et = frames if frames is not None else gather_frames(ids)
+    or (K,) for the same sensors from every point (no per-point copies of the sensor frames)."""
+    return frame_solid_angles(xyz, gather_frames(ids))
+
+
+def frame_solid_angles(xyz: np.ndarray, frames: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """:func:`inner_solid_angles` from the sensors' :func:`gather_frames`, for a caller that
+    gathers them once and evaluates many points (the position fit)."""
+    pos, n, et = frames
     d = xyz[:, None, :] - pos
     h = _dot(d, n)
     x0 = d[..., 2]  # ez = (0, 0, 1)
