@@ -22,13 +22,21 @@ pip_install() {
   "$VENV/bin/python" -m pip install -q "$@" >>"$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; echo "[setup] pip install $* failed; full log: $LOG" >&2; exit 1; }
 }
 : > "$LOG"
+# A current pip first: the venv's bundled one (23.x with Python 3.11) spends ~40 s resolving and
+# unpacking xec's ~100 dependencies, pip >= 25 ~25 s (docs/performance.md, "Default pipeline").
+# Not fatal: a mirror without it leaves the bundled pip, which works, slower.
+"$VENV/bin/python" -m pip install -q --no-compile -U "pip>=25.1" >>"$LOG" 2>&1 ||
+  echo "[setup] could not upgrade pip (see $LOG); going on with the venv's own" >&2
 # torch first and alone, so that the resolver never swaps it for another build.
-# --no-compile + one compileall over all cores afterwards: pip compiles the bytecode of every
-# installed file on one core, ~50 of the ~95 s of a fresh set-up on 2 cores.
 pip_install --no-compile "$TORCH_SPEC"
 pip_install --no-compile -e ".[test]"
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-# like pip, skip files that do not compile (a few packages ship Python-2 test data)
-"$VENV/bin/python" -m compileall -q -j 0 "$SITE" >>"$LOG" 2>&1 || true
+# No bytecode from pip (it compiles every installed file on one core) nor a compileall over
+# site-packages (16,700 files, ~30 s on 2 cores): the ~4,300 modules the commands import are
+# compiled by importing them, in two processes side by side (~18 s); anything else compiles on
+# first import.
+warm() { "$VENV/bin/python" -c "import $1" >>"$LOG" 2>&1 || true; }
+warm "torch, torch.onnx, onnxscript, onnx, onnxruntime" &
+warm "numpy, scipy.optimize, scipy.stats, pandas, pyarrow.parquet, uproot, awkward, matplotlib.pyplot, mlflow.tracking, snakemake.cli, jsonschema, yaml, tqdm" &
+wait
 echo "$want" > "$STAMP"
 echo "[setup] done" >&2
