@@ -15,6 +15,7 @@ so it exports to ONNX (opset 17) and traces under ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,31 @@ def fill_sensors(x: torch.Tensor, where: torch.Tensor, value: float | Sequence[t
     Runtime (176 vs 19 us/event at batch 128, one thread): it was a fifth of the inpainter graph."""
     values = [value] * x.shape[-1] if isinstance(value, (int, float)) else list(value)
     return torch.stack([torch.where(where, v, x[..., c]) for c, v in enumerate(values)], dim=-1)
+
+
+def float32_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off for ``x``'s device when it is on (bf16 training and
+    validation on a GPU), and does nothing otherwise (float32 runs and exported graphs are
+    unchanged). For the parts whose numbers are measurements, not features: bf16 keeps 8 bits,
+    so an output layer rounds a position to ~0.4 % of its spread (mm) and the light paths
+    |x_i - c|^2 = |x_i|^2 + |c|^2 - 2 c.x_i cancel to centimetres (docs/performance.md, "bf16
+    autocast and the measurements"). Tensors coming in may be bf16: cast them with
+    :func:`at_least_float32`."""
+    device = x.device.type
+    if device not in ("cpu", "cuda"):  # no autocast there (meta: xec model-info's FLOP count)
+        return contextlib.nullcontext()
+    try:
+        on = torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4: no device argument
+        on = torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
+    return torch.autocast(device, enabled=False) if on else contextlib.nullcontext()
+
+
+def at_least_float32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """bf16 / fp16 -> float32; float32 and float64 (the export's float64 reference) as they are."""
+    if t is None or not t.is_floating_point() or t.dtype in (torch.float32, torch.float64):
+        return t
+    return t.float()
 
 
 class GRN(nn.Module):

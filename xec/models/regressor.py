@@ -35,7 +35,7 @@ from xec.config import schema_defaults
 from xec.errors import XecError
 from xec.models import sigma_calibration as SC
 from xec.models.aggregates import PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
-from xec.models.blocks import fill_sensors
+from xec.models.blocks import at_least_float32, fill_sensors, float32_region
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import COORD_SCALE_CM, PeakWindowFit
 from xec.models.presets import ModelConfig
@@ -264,6 +264,12 @@ class XECRegressor(nn.Module):
         if mask is not None:  # hidden sensors read as "no reading" by the encoder and the peak fit
             x = fill_sensors(x, mask.bool(), self.encoder.sentinel)
         z, loc, photons, log_light, refit_loc, fit = self._trunk(x)
+        # the heads and what follows them in float32 under bf16 autocast (float32_region)
+        with float32_region(x):
+            z, loc, refit_loc = at_least_float32(z), at_least_float32(loc), at_least_float32(refit_loc)
+            return self._heads(x, z, loc, photons, log_light, refit_loc, fit)
+
+    def _heads(self, x, z, loc, photons, log_light, refit_loc, fit) -> dict[str, torch.Tensor]:
         out = {t: self.heads[t](z, self._head_loc(t, loc, refit_loc, fit)) for t in self.tasks}
         # the predicted first interaction (cm), read by the time correction (detached there) and
         # the angle
@@ -311,14 +317,18 @@ class XECRegressor(nn.Module):
         ``log_light``; with the solid-angle fit its features ``fit``. loc = [peak.mlp(window),
         passed, extra] (xec.train.refit caches these)."""
         out = {"z": self.encoder(x).flatten(1)}
-        if self.peak is not None:
-            out["window"], out["passed"] = self.peak.window_features(x)
-        if self.aggregates is not None:
-            out["photons"], sums = self.aggregates.photons(x)
-            out["log_light"] = self.aggregates.light(sums)
-            out["extra"] = self.aggregates.features(sums, out["log_light"])
-        if self.solid_fit is not None:
-            out["fit"] = self.solid_fit(x, self.peak.window_sensors(self.peak.peak_index(x))[0])
+        # the window's centroids, the light sums and the fit are measurements: float32 under
+        # bf16 autocast (the peak MLP that reads the window stays in the autocast dtype)
+        with float32_region(x):
+            x = at_least_float32(x)
+            if self.peak is not None:
+                out["window"], out["passed"] = self.peak.window_features(x)
+            if self.aggregates is not None:
+                out["photons"], sums = self.aggregates.photons(x)
+                out["log_light"] = self.aggregates.light(sums)
+                out["extra"] = self.aggregates.features(sums, out["log_light"])
+            if self.solid_fit is not None:
+                out["fit"] = self.solid_fit(x, self.peak.window_sensors(self.peak.peak_index(x))[0])
         return out
 
     def head_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -357,7 +367,8 @@ class XECRegressor(nn.Module):
         agg = self.aggregates
         if agg is None or "energy" not in self.tasks or bool(agg.energy_scale_set):
             return False
-        _, sums = agg.photons(x)
+        with float32_region(x):
+            _, sums = agg.photons(at_least_float32(x))
         agg.calibrate_light_sum(sums, energy.reshape(-1).to(sums.dtype))
         return True
 
