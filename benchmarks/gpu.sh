@@ -5,6 +5,7 @@
 #      batch that fits, forward and forward + backward + AdamW, GFLOP/s achieved);
 #   3. one training epoch of the regressor on 1 GPU per preset in TRAIN_PRESETS (EVENTS simulated
 #      events, converted to shards here; bf16; ShardLoader with WORKERS data workers);
+#   3b. that epoch's model evaluated in float32 and under bf16 autocast (benchmarks/precision.py);
 #   4. the same epoch under torchrun with all local GPUs (DDP over NCCL; one GPU still runs the
 #      whole DDP path);
 #   5. inference: ONNX Runtime's CUDA execution provider and PyTorch eager on the GPU vs ONNX
@@ -20,7 +21,7 @@
 #   benchmarks/gpu.sh [OUTDIR]          (default results/benchmarks/gpu; run from anywhere)
 #   env: PYTHON (python3), EVENTS (40000), PRESETS ("tiny small base large"),
 #        TRAIN_PRESETS ("small base"), TRAIN_BATCH (256), WORKERS (8), COMPILE (0),
-#        PARTS ("model data epoch torchrun inference": the parts to run; also "accuracy",
+#        PARTS ("model data epoch precision torchrun inference": the parts to run; also "accuracy",
 #        "torchrun_acc"), ACC_PRESETS ("small base"), ACC_RECIPE (the accuracy part's training
 #        keys, YAML), ACC_LIMIT (420 s per preset), ACC_WAIT (180 s), COMPILE_LIMIT (400 s)
 set -uo pipefail
@@ -70,7 +71,7 @@ EOF
 } | tee "$OUT/machine.txt"
 NGPU=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")
 
-PARTS=${PARTS:-"model data epoch torchrun inference"}
+PARTS=${PARTS:-"model data epoch precision torchrun inference"}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 has model && part model 420 "$PY" benchmarks/model.py --devices cuda --presets $PRESETS --kinds ${KINDS:-regressor mae inpainter} --no-components --steps 5 \
     --json "$OUT/model.json"
@@ -125,6 +126,10 @@ for p in $TRAIN_PRESETS; do
     has epoch && part "epoch_$p" 300 train "$p" "$PY" -m xec.cli
 done
 FIRST=${TRAIN_PRESETS%% *}
+# the first preset's epoch evaluated in float32 and under bf16 autocast: the measured quantities
+# must not lose resolution to bf16 (docs/performance.md, "bf16 autocast and the measurements")
+has precision && part "precision_$FIRST" 180 "$PY" benchmarks/precision.py --device cuda \
+    --checkpoint "$DATA/regressor_$FIRST/checkpoint.pt" --val "$DATA/shards/val"
 # (through xec's launcher: torchrun's own command line would take xec's --log for --log-dir)
 TORCHRUN="import sys; from xec.train.distributed import launch_torchrun as run; sys.exit(run(int(sys.argv[1]), 'xec.cli', sys.argv[2:]))"
 has torchrun && part "torchrun_${FIRST}_${NGPU}gpu" 300 train "$FIRST" "$PY" -c "$TORCHRUN" "$NGPU"

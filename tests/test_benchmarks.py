@@ -18,7 +18,9 @@ def test_gpu_script_parses():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("script", ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py"])
+@pytest.mark.parametrize(
+    "script", ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py", "precision.py"]
+)
 def test_benchmark_scripts_import(script):
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, cwd=REPO
