@@ -374,16 +374,20 @@ def test_models_run_under_bf16_autocast_on_cpu(tiny):
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in mae.parameters() if p.grad is not None)
 
 
-def test_default_models_train_under_bf16_autocast_on_cpu():
-    """The default config's models (peak window, physics aggregates, the inpainter's local
-    correction) through a bf16 autocast training step, the GPU default (train.precision auto):
-    the local correction once failed there (float32 correction into bf16 predictions)."""
+def default_model_config():
+    """The model section of the repository's config.yaml (the default pipeline's models)."""
     from pathlib import Path
 
     from xec.config import load_config
 
-    cfg = load_config(str(Path(__file__).resolve().parents[1] / "config.yaml"))
-    mcfg = model_config(dict(cfg["model"]))
+    return model_config(dict(load_config(str(Path(__file__).resolve().parents[1] / "config.yaml"))["model"]))
+
+
+def test_default_models_train_under_bf16_autocast_on_cpu():
+    """The default config's models (peak window, physics aggregates, the inpainter's local
+    correction) through a bf16 autocast training step, the GPU default (train.precision auto):
+    the local correction once failed there (float32 correction into bf16 predictions)."""
+    mcfg = default_model_config()
     assert mcfg.inpaint_local_neighbours and mcfg.peak_window and mcfg.physics_aggregates
     norm = get_normalizer("meg2")
     x = realistic_input(4)
@@ -412,15 +416,9 @@ def test_regressor_measurements_stay_float32_under_bf16_autocast():
     |x_i - c|^2 = |x_i|^2 + |c|^2 - 2 c.x_i cancel to centimetres. Before, this untrained model's
     time moved by 47 ps and its light sum by 1.5 % under autocast; the trained default regressor's
     val time went from 54.5 to 80.9 ps and its energy from 2.27 to 3.43 %."""
-    from pathlib import Path
-
-    from xec.config import load_config
-
-    cfg = load_config(str(Path(__file__).resolve().parents[1] / "config.yaml"))
-    mcfg = model_config(dict(cfg["model"]))
     x = realistic_input(8)
     torch.manual_seed(0)
-    reg = XECRegressor(mcfg, TASKS, normalizer=get_normalizer("meg2")).eval()
+    reg = XECRegressor(default_model_config(), TASKS, normalizer=get_normalizer("meg2")).eval()
     with torch.no_grad():
         ref_feats, ref = reg.head_features(x), reg.to_physical(reg(x))
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -267,25 +267,22 @@ class XECRegressor(nn.Module):
         # the heads and what follows them in float32 under bf16 autocast (float32_region)
         with float32_region(x):
             z, loc, refit_loc = at_least_float32(z), at_least_float32(loc), at_least_float32(refit_loc)
-            return self._heads(x, z, loc, photons, log_light, refit_loc, fit)
-
-    def _heads(self, x, z, loc, photons, log_light, refit_loc, fit) -> dict[str, torch.Tensor]:
-        out = {t: self.heads[t](z, self._head_loc(t, loc, refit_loc, fit)) for t in self.tasks}
-        # the predicted first interaction (cm), read by the time correction (detached there) and
-        # the angle
-        fi = None
-        if self.angles_from_position or self.times_from_sensors:
-            fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
-        if self.aggregates is not None:
-            self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
-        if self.angles_from_position:
-            # not detached: nothing trains through it (the loss reads angle_head), and the
-            # angle's saliency is then that of the position it comes from
-            out["angle_head"] = out["angle"]
-            out["angle"] = self._standardized("angle", direction_to_angles_torch(fi))
-        if self.sigma_tasks:
-            zd, locd = z.detach(), None if loc is None else loc.detach()
-            out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
+            out = {t: self.heads[t](z, self._head_loc(t, loc, refit_loc, fit)) for t in self.tasks}
+            # the predicted first interaction (cm), read by the time correction (detached there)
+            # and the angle
+            fi = None
+            if self.angles_from_position or self.times_from_sensors:
+                fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
+            if self.aggregates is not None:
+                self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
+            if self.angles_from_position:
+                # not detached: nothing trains through it (the loss reads angle_head), and the
+                # angle's saliency is then that of the position it comes from
+                out["angle_head"] = out["angle"]
+                out["angle"] = self._standardized("angle", direction_to_angles_torch(fi))
+            if self.sigma_tasks:
+                zd, locd = z.detach(), None if loc is None else loc.detach()
+                out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
         return out
 
     def _trunk(self, x: torch.Tensor):
@@ -320,7 +317,6 @@ class XECRegressor(nn.Module):
         # the window's centroids, the light sums and the fit are measurements: float32 under
         # bf16 autocast (the peak MLP that reads the window stays in the autocast dtype)
         with float32_region(x):
-            x = at_least_float32(x)
             if self.peak is not None:
                 out["window"], out["passed"] = self.peak.window_features(x)
             if self.aggregates is not None:
@@ -368,7 +364,7 @@ class XECRegressor(nn.Module):
         if agg is None or "energy" not in self.tasks or bool(agg.energy_scale_set):
             return False
         with float32_region(x):
-            _, sums = agg.photons(at_least_float32(x))
+            _, sums = agg.photons(x)
         agg.calibrate_light_sum(sums, energy.reshape(-1).to(sums.dtype))
         return True
 
