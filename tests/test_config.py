@@ -1,3 +1,4 @@
+import platform
 import subprocess
 import sys
 
@@ -165,3 +166,40 @@ def test_non_editable_install_finds_its_schema(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["12", "tree"]  # the schema's defaults
+
+
+_RSS_AFTER_FREE = r"""
+import sys
+import numpy as np
+from xec.cli import retain_freed_memory
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+took = retain_freed_memory() if sys.argv[1] == "keep" else None
+before = rss_mb()
+a = np.ones(200 * 2**20 // 8)  # 200 MB: far above glibc's largest mmap threshold
+del a
+print(took, rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+)
+def test_cli_keeps_freed_memory_in_the_process():
+    """The `xec` entry point tells malloc to keep what a step frees for the next one: a freed
+    200 MB buffer stays in the process (and its pages stay faulted in), where by default it goes
+    straight back to the kernel."""
+
+    def run(mode: str) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, mode], capture_output=True, text=True, check=True)
+        took, grown = out.stdout.split()
+        return took, float(grown)
+
+    took, kept = run("keep")
+    assert took == "True"
+    assert kept > 190  # the whole buffer is still resident after the free
+    _, default = run("default")
+    assert default < 10
