@@ -37,11 +37,11 @@ def retain_freed_memory() -> bool:
 
     Why: a training step, a simulation block or an inference batch frees and re-allocates the same
     large buffers. By default glibc serves each buffer above its mmap threshold (at most 32 MB)
-    with a fresh mmap, and frees a thread's whole heap when it empties, so every step faults in
-    and zeroes new pages: on the 2-core development VM that was 8-12 % of a training run's CPU
-    time and of the simulation's (docs/performance.md, "Freed memory kept in the process"). The
-    process's resident memory stays at its peak instead of breathing, which is what a batch
-    scheduler's memory limit counts anyway. The numbers computed are unchanged.
+    with a fresh mmap and returns it on free, so every step faults in and zeroes new pages; on a
+    VM whose freed pages go back to the host, each first touch is slow (docs/performance.md,
+    "Default pipeline", session 26). The resident memory stays at the process's peak instead of
+    breathing, which is what a batch scheduler's memory limit counts anyway. The numbers computed
+    are unchanged.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
