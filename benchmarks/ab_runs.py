@@ -19,7 +19,7 @@ def alternate(target: Callable[..., None], variants: Sequence[Any], repeats: int
     for r in range(repeats):
         for variant in variants:
             q = ctx.Queue()
-            p = ctx.Process(target=target, args=(variant, *args, q))
+            p = ctx.Process(target=_as_xec_command, args=(target, variant, *args, q))
             load = os.getloadavg()[0]
             p.start()
             res = q.get()
@@ -28,3 +28,11 @@ def alternate(target: Callable[..., None], variants: Sequence[Any], repeats: int
             rows.append(res)
             print(json.dumps(res))
     return rows
+
+
+def _as_xec_command(target: Callable[..., None], *args: Any) -> None:
+    """The child process: its memory handled as every `xec` command handles it."""
+    from xec.cli import retain_freed_memory
+
+    retain_freed_memory()
+    target(*args)

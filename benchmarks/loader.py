@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("XEC_NO_PROGRESS", "1")
 
+from xec.cli import retain_freed_memory  # noqa: E402
 from xec.data.loader import ShardLoader  # noqa: E402
 from xec.data.shards import ShardSettings, write_shards  # noqa: E402
 from xec.normalization import get_normalizer  # noqa: E402
@@ -113,6 +114,7 @@ def memcpy_events_per_s() -> float:
 
 
 def main() -> int:
+    retain_freed_memory()  # as `xec shards` and `xec train` do
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="*", default=None, help="ROOT files (default: random events)")
     p.add_argument("--events", type=int, default=4000, help="random events to write without --input")

@@ -238,6 +238,9 @@ def _timed(fn) -> float:
 
 
 def _child(spec: dict, q) -> None:
+    from xec.cli import retain_freed_memory
+
+    retain_freed_memory()  # as every `xec` command does
     try:
         q.put(run_one(spec))
     except Exception as exc:  # report, don't hang the parent

@@ -41,7 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, resource, sys, time, os
+from xec.cli import retain_freed_memory
 from xec.simulation import PhysicsParams, SampleSpec, write_sample
+retain_freed_memory()  # as `xec simulate` does
 n, workers, chunk, out, compression = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 spec = SampleSpec("bench", n, 303, (52.8, 52.8))
 t0, c0 = time.perf_counter(), time.process_time()

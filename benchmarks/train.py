@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("XEC_NO_PROGRESS", "1")
 
+from xec.cli import retain_freed_memory  # noqa: E402
 from xec.config import load_config  # noqa: E402
 from xec.data.loader import ShardLoader  # noqa: E402
 from xec.normalization import normalizer_from_config  # noqa: E402
@@ -83,6 +84,7 @@ def bench(
 
 
 def main() -> None:
+    retain_freed_memory()  # as `xec train` does
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", default=None)
     ap.add_argument("--events", type=int, default=1024)
