@@ -1,3 +1,4 @@
+import os
 import platform
 import subprocess
 import sys
@@ -193,13 +194,21 @@ def test_cli_keeps_freed_memory_in_the_process():
     200 MB buffer stays in the process (and its pages stay faulted in), where by default it goes
     straight back to the kernel."""
 
-    def run(mode: str) -> tuple[str, float]:
-        out = subprocess.run([sys.executable, "-c", _RSS_AFTER_FREE, mode], capture_output=True, text=True, check=True)
+    def run(mode: str, **env: str) -> tuple[str, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_AFTER_FREE, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        )
         took, grown = out.stdout.split()
         return took, float(grown)
 
-    took, kept = run("keep")
+    took, kept = run("keep", XEC_KEEP_FREED_MEMORY="1")
     assert took == "True"
     assert kept > 190  # the whole buffer is still resident after the free
     _, default = run("default")
     assert default < 10
+    took, opted_out = run("keep", XEC_KEEP_FREED_MEMORY="0")
+    assert took == "False" and opted_out < 10

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def retain_freed_memory() -> bool:
     """Keep freed heap memory in this process for reuse instead of handing it back to the kernel
-    (glibc's malloc; elsewhere a no-op). Returns whether the settings took effect.
+    (glibc's malloc; elsewhere, or with XEC_KEEP_FREED_MEMORY=0, a no-op). Returns whether the
+    settings took effect.
 
     Why: a training step, a simulation block or an inference batch frees and re-allocates the same
     large buffers. By default glibc serves each buffer above its mmap threshold (at most 32 MB)
@@ -44,7 +45,7 @@ def retain_freed_memory() -> bool:
     are unchanged.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
+    if mallopt is None or os.environ.get("XEC_KEEP_FREED_MEMORY", "1") == "0":
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     settings = (
