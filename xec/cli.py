@@ -50,10 +50,11 @@ def retain_freed_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     settings = (
         (m_mmap_max, 0),  # every allocation from the heaps, none mmap'ed per buffer
-        (m_trim_threshold, 2**31 - 1),  # never give the heap's free top back
+        (m_trim_threshold, 2**31 - 1),  # keep the heap's free top (up to 2 GB of it)
         (m_top_pad, 64 << 20),  # grow the heap in 64 MB steps
     )
-    return all(mallopt(option, value) == 1 for option, value in settings)
+    took = [mallopt(option, value) == 1 for option, value in settings]  # each one, whatever the others did
+    return all(took)
 
 
 def main(argv: list[str] | None = None) -> int:
