@@ -44,8 +44,10 @@ def retain_freed_memory() -> bool:
     breathing, which is what a batch scheduler's memory limit counts anyway. The numbers computed
     are unchanged.
     """
+    if os.environ.get("XEC_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None or os.environ.get("XEC_KEEP_FREED_MEMORY", "1") == "0":
+    if mallopt is None:
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     settings = (
@@ -53,7 +55,7 @@ def retain_freed_memory() -> bool:
         (m_trim_threshold, 2**31 - 1),  # keep the heap's free top (up to 2 GB of it)
         (m_top_pad, 64 << 20),  # grow the heap in 64 MB steps
     )
-    took = [mallopt(option, value) == 1 for option, value in settings]  # each one, whatever the others did
+    took = [mallopt(option, value) == 1 for option, value in settings]  # all applied, even after a failure
     return all(took)
 
 
