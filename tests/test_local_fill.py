@@ -72,9 +72,44 @@ def test_untrained_correction_is_the_neighbours_geometric_mean_and_only_fill_sen
     assert torch.equal(lf(x, pred, empty), pred)
 
 
-def test_hidden_and_dead_values_never_enter(geometry):
+def test_untrained_time_from_neighbours_is_their_mean_time(geometry):
+    """time_ref "neighbours": an untrained correction fills the mean time of the known neighbours
+    that have one (the heads' time where none has), and the same npho as with "heads"."""
+    torch.manual_seed(2)
+    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref="neighbours")
+    heads_ref = LocalFill(geometry, NORM, neighbours=8, hidden=16)
+    heads_ref.load_state_dict(lf.state_dict())
+    x = torch.rand(2, N_SENSORS, 2) * 0.5
+    x[..., 1][torch.rand(2, N_SENSORS) < 0.3] = NORM.sentinel  # sensors without a time
+    pred = torch.rand(2, N_SENSORS, 2) * 0.5
+    fill = torch.rand(2, N_SENSORS) < 0.05
+    target, nb = 200, lf.near[200]
+    fill[0, nb], fill[0, target] = False, True  # every neighbour known, none with a time
+    x[0, nb, 1] = NORM.sentinel
+    with torch.no_grad():
+        out, out_heads = lf(x, pred, fill), heads_ref(x, pred, fill)
+    b, s = torch.nonzero(fill, as_tuple=True)
+    near = lf.near[s]
+    known = ~fill[b[:, None], near]
+    t_near = x[b[:, None], near, 1]
+    timed = (known & (t_near != NORM.sentinel)).float()
+    mean_t = (t_near * timed).sum(1) / timed.sum(1).clamp_min(1.0)
+    expect = torch.where(timed.sum(1) > 0, mean_t, pred[b, s, 1])
+    mostly_known = known.sum(1) >= 6
+    assert int(mostly_known.sum()) > 100
+    np.testing.assert_allclose(out[b, s, 1][mostly_known].numpy(), expect[mostly_known].numpy(), atol=1e-6)
+    assert torch.all(out[b, s, 1][~mostly_known] == NORM.sentinel)
+    assert out[0, target, 1].item() == pytest.approx(pred[0, target, 1].item())
+    assert torch.equal(out[..., 0], out_heads[..., 0])
+    assert torch.equal(out[~fill], pred[~fill])
+    with pytest.raises(ValueError, match="time_ref"):
+        LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref="mean")
+
+
+@pytest.mark.parametrize("time_ref", ["heads", "neighbours"])
+def test_hidden_and_dead_values_never_enter(geometry, time_ref):
     torch.manual_seed(1)
-    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16)
+    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref=time_ref)
     _randomize_output(lf)
     x = torch.rand(2, N_SENSORS, 2) * 0.5
     x[:, ::50, :] = NORM.sentinel  # dead sensors

@@ -54,6 +54,9 @@ def test_presets_and_overrides(tiny):
     assert cfg.share_rect_backbone and cfg.drop_path == 0.1 and cfg.rect_dims == (8, 16)
     assert model_config({"preset": "tiny", "drop_path": None}).drop_path == tiny.drop_path  # null = preset
     assert model_config_from_dict(tiny.to_dict()) == tiny
+    # a checkpoint written before a key existed rebuilds the model it trained
+    old = {k: v for k, v in tiny.to_dict().items() if k != "inpaint_local_time"}
+    assert model_config_from_dict(old).inpaint_local_time == "heads"
     with pytest.raises(XecError, match="unknown model preset"):
         model_config({"preset": "huge"})
     with pytest.raises(XecError, match="unknown key"):

@@ -53,7 +53,9 @@ class XECInpainter(nn.Module):
                 from xec.geometry import get_geometry
 
                 geometry = get_geometry()
-            self.local = LocalFill(geometry, normalizer, cfg.inpaint_local_neighbours, cfg.inpaint_local_hidden)
+            self.local = LocalFill(
+                geometry, normalizer, cfg.inpaint_local_neighbours, cfg.inpaint_local_hidden, cfg.inpaint_local_time
+            )
         self.sentinel = float(sentinel)
         self.time_npho_threshold = float(time_npho_threshold)
         self.freeze_encoder = bool(freeze_encoder)

@@ -45,7 +45,7 @@ ENCODER_FIELDS = (
 # the keys each stage adds on top of the encoder (decoders, inpainting heads, regression heads)
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
-    "inpainter": ("inpaint_dim", "inpaint_depth", "inpaint_local_neighbours", "inpaint_local_hidden"),
+    "inpainter": ("inpaint_dim", "inpaint_depth", "inpaint_local_neighbours", "inpaint_local_hidden", "inpaint_local_time"),
     "regressor": (
         "head_hidden",
         "peak_window",
@@ -96,6 +96,9 @@ class ModelConfig:
     # (xec.models.local_fill); 0 = off, as in checkpoints written before the key existed
     inpaint_local_neighbours: int = 0
     inpaint_local_hidden: int = 64
+    # what that correction's filled time corrects: "neighbours" (the known neighbours' mean time)
+    # or "heads" (the heads' time, as in checkpoints written before the key existed)
+    inpaint_local_time: str = "heads"
     # regressor heads
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
