@@ -145,9 +145,12 @@ def test_encoder_hand_over_from_mae(tiny):
 
 
 # ---------------------------------------------------------------------------- inpainter
-def _with_local_fill(cfg, local: bool):
-    """The config with the sensor-level correction (xec.models.local_fill) on or off."""
-    return model_config({**cfg.to_dict(), "inpaint_local_neighbours": 8 if local else 0})
+def _with_local_fill(cfg, local: bool | str):
+    """The config with the sensor-level correction (xec.models.local_fill) on or off; "alone":
+    the correction without the encoder and heads (model.inpaint_context false)."""
+    return model_config(
+        {**cfg.to_dict(), "inpaint_local_neighbours": 8 if local else 0, "inpaint_context": local != "alone"}
+    )
 
 
 def _randomize_local(m: XECInpainter) -> None:
@@ -157,7 +160,7 @@ def _randomize_local(m: XECInpainter) -> None:
             m.local.mlp[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(9))
 
 
-@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("local", [False, True, "alone"])
 def test_inpainter_fills_only_masked_and_dead(tiny, local):
     torch.manual_seed(0)
     norm = get_normalizer("meg2")
@@ -197,6 +200,36 @@ def test_inpainter_frozen_encoder_gets_no_gradients(tiny, local):
     trained = list(m.heads.named_parameters()) + (list(m.local.named_parameters()) if local else [])
     bad = [n for n, p in trained if p.grad is None or float(p.grad.abs().sum()) == 0.0]
     assert not bad, bad
+
+
+def test_inpainter_without_the_encoder_is_the_correction_alone(tiny):
+    """model.inpaint_context false: no encoder, no heads; the correction's parameters are all the
+    model's, train, and an untrained one fills the neighbours' geometric mean; the config asks
+    for the correction."""
+    torch.manual_seed(0)
+    m = XECInpainter(_with_local_fill(tiny, "alone"), normalizer=get_normalizer("meg2"), freeze_encoder=True).train()
+    assert m.encoder is None and m.heads is None and not m.freeze_encoder
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in m.local.parameters())
+    x = realistic_input(2)
+    mask = torch.rand(2, N_SENSORS) < 0.1
+    with torch.no_grad():
+        untrained = m.predict(x, mask)
+    fill = m.fill_mask(x, mask)
+    assert torch.equal(untrained[~fill], x[~fill])
+    b, s = torch.nonzero(fill, as_tuple=True)
+    near = m.local.near[s]
+    known = (~fill[b[:, None], near]) & (x[b[:, None], near, 0] != SENTINEL)
+    logs = m.local.log_photons(x[b[:, None], near, 0])
+    mean_log = (logs * known).sum(1) / known.sum(1).clamp_min(1)
+    got = m.local.log_photons(untrained[b, s, 0])
+    np.testing.assert_allclose(got[known.any(1)].numpy(), mean_log[known.any(1)].numpy(), rtol=1e-5, atol=1e-4)
+    _randomize_local(m)
+    pred = m.predict(x, mask, with_heads=True)
+    assert pred.shape == (2, N_SENSORS, 2)  # no heads to keep a loss of their own
+    (pred - x).square().mean().backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in m.local.parameters())
+    with pytest.raises(XecError, match="inpaint_local_neighbours"):
+        model_config({**tiny.to_dict(), "inpaint_local_neighbours": 0, "inpaint_context": False})
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -245,7 +278,7 @@ def test_regressor_onnx_parity_two_batch_sizes(tiny, tmp_path):
     assert report["passed"] and report["batch_sizes"] == [1, 5]
 
 
-@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("local", [False, True, "alone"])
 def test_inpainter_onnx_parity_two_batch_sizes(tiny, tmp_path, local):
     from xec.deploy.export import InpainterGraph, check_parity, export_graph
     from xec.deploy.onnx_meta import inpainter_metadata

@@ -344,6 +344,26 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     np.testing.assert_allclose(arr["error_npho"], arr["pred_npho"] - arr["truth_npho"], rtol=1e-5, atol=1e-2)
 
 
+def test_inpainter_without_the_encoder_trains_rebuilds_and_exports(data):
+    """model.inpaint_context false: the stage trains the correction alone, without --init; the
+    checkpoint holds no encoder and rebuilds and exports (parity) as such."""
+    from xec.deploy.export import export_checkpoint
+
+    out = data / "inpainter_alone"
+    cfg = make_cfg(data, **{"model.inpaint_context": False, "train.max_train_events": 64})
+    run_stage("inpainter", cfg, shards=data / "shards", out=out, init=None)
+    ck = load_checkpoint(out / "checkpoint.pt", expected_stage="inpainter")
+    assert ck["model"]["inpaint_context"] is False
+    assert ck["model_state"] and all(k.startswith("local.") for k in ck["model_state"])
+    assert build_model_from_checkpoint(ck).encoder is None
+    val = json.loads((out / "metrics.json").read_text())["val"]
+    assert np.isfinite(val["val_mae_npho_inner"]) and np.isfinite(val["val_mae_time_ns"])
+    report = export_checkpoint(
+        str(out / "checkpoint.pt"), str(out / "model.onnx"), val_shards=str(data / "shards" / "val" / "manifest.json")
+    )
+    assert report["passed"]
+
+
 # ---------------------------------------------------------------- bad input
 def test_missing_mae_checkpoint(data):
     with pytest.raises(XecError, match="nope.pt: checkpoint not found"):

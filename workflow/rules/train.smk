@@ -35,7 +35,12 @@ rule mae:
 
 rule inpainter:
     input:
-        mae=lambda w: at(w.rundir, "mae", "mae/checkpoint.pt"),
+        # without the encoder (model.inpaint_context false) it needs no MAE and starts beside it
+        mae=lambda w: (
+            at(w.rundir, "mae", "mae/checkpoint.pt")
+            if RUN_CONFIGS[w.rundir]["model"].get("inpaint_context", True)
+            else []
+        ),
         train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
         val=lambda w: at(w.rundir, "shards:val", "shards/val/manifest.json"),
     output:
@@ -59,8 +64,9 @@ rule inpainter:
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train inpainter", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
+        init=lambda w, input: input.mae or "none",
     shell:
-        "xec train inpainter --config {params.cfg} --init {input.mae} --train {input.train} --val {input.val}"
+        "xec train inpainter --config {params.cfg} --init {params.init} --train {input.train} --val {input.val}"
         " --out {params.out_dir} --resume auto {params.tags} --log {log}"
 
 

@@ -11,6 +11,9 @@ neighbours are present) and its face's fused token (global context), runs
 * ``forward(x, mask)`` -> x with the sensors to fill replaced: those in ``mask`` and the dead
   ones (npho == sentinel). A filled npho below the time threshold gets the sentinel as its
   time, like the normalizer does for real readings.
+
+With ``model.inpaint_context: false`` there is no encoder and no heads: the sensor-level
+correction (xec.models.local_fill) fills the sensors from their neighbours alone.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ class XECInpainter(nn.Module):
 
             sentinel = float(normalizer.sentinel)
             time_npho_threshold = npho_threshold_normalized(normalizer)
-        self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
-        self.heads = FaceDecoder(self.encoder, cfg.inpaint_dim, cfg.inpaint_depth, level=1, use_skip=True)
+        self.encoder = self.heads = None
+        if cfg.inpaint_context:
+            self.encoder = XECEncoder(cfg, sentinel=sentinel, geometry=geometry)
+            self.heads = FaceDecoder(self.encoder, cfg.inpaint_dim, cfg.inpaint_depth, level=1, use_skip=True)
         self.local = None
         if cfg.inpaint_local_neighbours:
             if normalizer is None:
@@ -58,7 +63,7 @@ class XECInpainter(nn.Module):
             )
         self.sentinel = float(sentinel)
         self.time_npho_threshold = float(time_npho_threshold)
-        self.freeze_encoder = bool(freeze_encoder)
+        self.freeze_encoder = bool(freeze_encoder) and self.encoder is not None
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -76,7 +81,10 @@ class XECInpainter(nn.Module):
     def predict(self, x: torch.Tensor, mask: torch.Tensor | None = None, with_heads: bool = False) -> torch.Tensor:
         """(B, 4760, 2) predictions; ``with_heads`` (training with the local correction): (B, 4760,
         4), the heads' own prediction in the last two channels, so that they keep their own loss
-        (scored only through the correction, they drifted to values the correction had to undo)."""
+        (scored only through the correction, they drifted to values the correction had to undo).
+        Without the encoder (``inpaint_context`` false): the correction's (B, 4760, 2) alone."""
+        if self.encoder is None:
+            return self.local(x, None, self.fill_mask(x, mask))
         if self.freeze_encoder:
             with torch.no_grad():
                 feats = self.encoder.forward_features(x, mask)

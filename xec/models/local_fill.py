@@ -88,9 +88,19 @@ class LocalFill(nn.Module):
         """Normalized npho -> log(1 + photons)."""
         return torch.log1p(self.normalizer.npho_inverse(npho_n.clamp(0.0, self.npho_cap)))
 
-    def forward(self, x: torch.Tensor, pred: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pred: torch.Tensor | None, fill: torch.Tensor) -> torch.Tensor:
         """x (B, S, 2) normalized input, pred (B, S, 2) the heads' prediction, fill (B, S) bool
-        -> pred with the ``fill`` sensors corrected (the others unchanged)."""
+        -> pred with the ``fill`` sensors corrected (the others unchanged). ``pred`` None (an
+        inpainter without the encoder): x with the ``fill`` sensors filled from their neighbours
+        alone, the heads' features zero; no npho reference where no neighbour is known (log(1 +
+        photons) 0 plus the correction) and no time where none has a time."""
+        if pred is None:
+            return self._fill(x, None, fill, x)
+        return self._fill(x, pred.reshape(-1, 2), fill, pred)
+
+    def _fill(
+        self, x: torch.Tensor, p_all: torch.Tensor | None, fill: torch.Tensor, out_of: torch.Tensor
+    ) -> torch.Tensor:
         s = x.shape[1]
         fill_flat = fill.reshape(-1)
         idx = torch.nonzero(fill_flat).squeeze(1)  # flat (event, sensor) indices
@@ -101,22 +111,29 @@ class LocalFill(nn.Module):
         known = (~fill_flat[near]) & (nb_n != self.sentinel)
         time_known = known & (nb_t != self.sentinel)
         kf, tf = known.to(x.dtype), time_known.to(x.dtype)
-        p = pred.reshape(-1, 2)[idx]
-        p_log = self.log_photons(p[:, 0])
         nb_log = self.log_photons(nb_n)
         # the reference: the known neighbours' mean log(1 + photons), or the heads' guess where none
         # is known (a whole dead board); every feature is relative to it, so the correction is
         # O(1) whatever the brightness (relative to the heads' guess, a core MPPC the heads
         # put at a few % of its value was far outside what the correction had learned)
-        n_known = kf.sum(1)
-        base = torch.where(n_known > 0, (nb_log * kf).sum(1) / n_known.clamp_min(1.0), p_log)
-        p_time = p[:, 1]
-        if self.time_from_neighbours:
-            n_timed = tf.sum(1)
-            t_ref = torch.where(n_timed > 0, (nb_t * tf).sum(1) / n_timed.clamp_min(1.0), p_time)
-            p_time = p_time - t_ref  # the heads' time as a feature, relative to the reference too
+        n_known, n_timed = kf.sum(1), tf.sum(1)
+        mean_log = (nb_log * kf).sum(1) / n_known.clamp_min(1.0)
+        mean_t = (nb_t * tf).sum(1) / n_timed.clamp_min(1.0)
+        if p_all is None:  # no heads: their features zero, the references the neighbours' alone
+            base, t_ref = mean_log, mean_t
+            p_log, p_time = base, torch.zeros_like(base)
+            time_ok = (n_known >= TIME_MIN_KNOWN * self.k) & (n_timed > 0)
         else:
-            t_ref = p_time
+            p = p_all[idx]
+            p_log = self.log_photons(p[:, 0])
+            base = torch.where(n_known > 0, mean_log, p_log)
+            p_time = p[:, 1]
+            if self.time_from_neighbours:
+                t_ref = torch.where(n_timed > 0, mean_t, p_time)
+                p_time = p_time - t_ref  # the heads' time as a feature, relative to the reference too
+            else:
+                t_ref = p_time
+            time_ok = n_known >= TIME_MIN_KNOWN * self.k
         feats = torch.cat(
             [
                 (nb_log - base[:, None]) * kf,
@@ -132,11 +149,11 @@ class LocalFill(nn.Module):
         # exp - 1: ONNX (opset 17) has no Expm1
         photons = torch.exp((base + d[:, 0]).clamp(0.0, math.log1p(MAX_PHOTONS))) - 1.0
         npho = self.normalizer.npho_forward(photons)
-        # no time where most neighbours are unknown (inside a dead board): there the guessed
-        # times, now carried by a bright npho, pulled the regressor's event time away (sweep, 5 %
-        # dead boards: 51 -> 128 ps); a sensor without a time is what the regressor knows to skip
-        time_ok = n_known >= TIME_MIN_KNOWN * self.k
-        time = torch.where(time_ok, t_ref + d[:, 1], torch.full_like(p_log, self.sentinel))
+        # no time where most neighbours are unknown (inside a dead board, time_ok above): there
+        # the guessed times, now carried by a bright npho, pulled the regressor's event time away
+        # (sweep, 5 % dead boards: 51 -> 128 ps); a sensor without a time is what the regressor
+        # knows to skip
+        time = torch.where(time_ok, t_ref + d[:, 1], torch.full_like(base, self.sentinel))
         # under autocast (bf16 on a GPU) the heads' pred is bf16 and the correction float32
-        out = torch.stack([npho, time], dim=1).to(pred.dtype)
-        return pred.reshape(-1, 2).index_put((idx,), out).view_as(pred)
+        out = torch.stack([npho, time], dim=1).to(out_of.dtype)
+        return out_of.reshape(-1, 2).index_put((idx,), out).view_as(out_of)

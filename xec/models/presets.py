@@ -45,7 +45,14 @@ ENCODER_FIELDS = (
 # the keys each stage adds on top of the encoder (decoders, inpainting heads, regression heads)
 STAGE_FIELDS = {
     "mae": ("decoder_dim", "decoder_depth"),
-    "inpainter": ("inpaint_dim", "inpaint_depth", "inpaint_local_neighbours", "inpaint_local_hidden", "inpaint_local_time"),
+    "inpainter": (
+        "inpaint_dim",
+        "inpaint_depth",
+        "inpaint_local_neighbours",
+        "inpaint_local_hidden",
+        "inpaint_local_time",
+        "inpaint_context",
+    ),
     "regressor": (
         "head_hidden",
         "peak_window",
@@ -99,6 +106,11 @@ class ModelConfig:
     # what that correction's filled time corrects: "neighbours" (the known neighbours' mean time)
     # or "heads" (the heads' time, as in checkpoints written before the key existed)
     inpaint_local_time: str = "heads"
+    # False: the inpainter is that correction alone, without the encoder and its heads (their guess
+    # is the correction's global context): ~2.5x cheaper inpainting in xec infer, for 0-3 % worse
+    # hidden sensors (10-20 % above 3,000 photons; docs/performance.md, "The inpainter without
+    # the encoder")
+    inpaint_context: bool = True
     # regressor heads
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)
@@ -208,6 +220,11 @@ def model_config(section: Mapping[str, Any] | None = None, **overrides: Any) -> 
     cfg = ModelConfig(**values)
     if cfg.token_dim % cfg.heads:
         raise XecError(f"model config: token_dim {cfg.token_dim} is not divisible by heads {cfg.heads}")
+    if not cfg.inpaint_context and not cfg.inpaint_local_neighbours:
+        raise XecError(
+            "model config: inpaint_context false needs inpaint_local_neighbours > 0 "
+            "(the sensor-level correction is then the whole inpainter)"
+        )
     return cfg
 
 

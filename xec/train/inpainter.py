@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from xec.data.loader import ShardLoader
+from xec.geometry import FACE_NAMES
 from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECInpainter
 from xec.models.local_fill import npho_cap
@@ -98,7 +99,7 @@ class InpainterStage(Stage):
         # predictions clamped to MAX_PHOTONS (1e6) before the relative term: expm1 of a wild early
         # prediction would otherwise overflow the gradient
         self.npho_cap = npho_cap(normalizer)
-        if init_checkpoint is None and self.freeze:
+        if init_checkpoint is None and self.freeze and self.meta.get("inpaint_context", True):
             log.warning("inpainter: --init none with freeze_encoder: the encoder stays at its random initialization")
         self.val_manifest: str | None = None
 
@@ -117,6 +118,10 @@ class InpainterStage(Stage):
         self.val_batch = val_loader.batch_size
 
     def prepare_model(self, model: nn.Module) -> int:
+        if model.encoder is None:
+            if self.init_checkpoint:
+                log.info("inpainter: no encoder (model.inpaint_context false): %s is not used", self.init_checkpoint)
+            return 0
         n = super().prepare_model(model)
         if n:
             log.info("inpainter: encoder initialized from %s (%d tensors)", self.init_checkpoint, n)
@@ -208,7 +213,7 @@ class InpainterStage(Stage):
 
     @torch.no_grad()
     def evaluate(self, model, loader, ctx: DistContext, generator) -> dict[str, float]:
-        acc = SensorErrorSums(self.normalizer, tuple(model.encoder.face_names))
+        acc = SensorErrorSums(self.normalizer, FACE_NAMES)
         s: dict[str, float] = {}
         for x, targets, _ in loader:
             x = x.to(ctx.device)
