@@ -22,7 +22,7 @@ known neighbours (the heads' guess where none is known, e.g. inside a dead board
 correction to a reference time: with ``time_ref="neighbours"`` the known neighbours' mean time
 (the heads' where none has one), with ``"heads"`` the heads' time (checkpoints written before the
 choice existed). The neighbours' mean is the better start: the filled times of hidden sensors
-came out 8-18 % closer to the truth, face by face (docs/performance.md, "The filled time from the
+came out 8-20 % closer to the truth, face by face (docs/performance.md, "The filled time from the
 neighbours"). No time (the sentinel) where fewer than 3/4 of the neighbours are known, as inside a
 dead board, where the guessed times spoilt the regressor's event time. The last layer starts at
 zero, so an untrained correction gives the neighbours' geometric mean and the reference time.
