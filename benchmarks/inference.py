@@ -124,13 +124,15 @@ def end_to_end(args) -> int:
         reg = export_regressor(args.preset, Path(d) / "regressor.onnx")
         for th in args.threads:
             env = dict(os.environ, XEC_NO_PROGRESS="1", OMP_NUM_THREADS=str(th))
-            cfg = Path(d) / f"cfg{th}.yaml"
-            cfg.write_text(f"inference: {{intra_op_threads: {th}}}\n")
+            # the repository's config.yaml, as the pipeline's inference runs (one regressor pass
+            # per event unless inference.time_from_live_sensors), at th threads
+            cfg = REPO / "config.yaml"
             batch = load_config(cfg)["inference"]["batch_size"]  # the ORT-only ceiling runs at the command's
             for rep in range(args.repeats):
                 log = Path(d) / f"infer{th}_{rep}.log"
                 cmd = [sys.executable, "-m", "xec.cli", "infer", "--model", str(reg), "--input", args.e2e_input]
-                cmd += ["--out", str(Path(d) / "o.root"), "--config", str(cfg), "--log", str(log)]
+                cmd += ["--out", str(Path(d) / "o.root"), "--config", str(cfg), "--threads", str(th)]
+                cmd += ["--log", str(log)]
                 if args.e2e_inpainter:
                     cmd += ["--inpainter", args.e2e_inpainter]
                 load = os.getloadavg()[0]
