@@ -108,7 +108,7 @@ class ModelConfig:
     inpaint_local_time: str = "heads"
     # False: the inpainter is that correction alone, without the encoder and its heads (their guess
     # is the correction's global context): an inpainter graph 3-5x cheaper (xec infer with it
-    # 1.4-1.7x faster), hidden sensors 0-2 % worse (10-20 % above 3,000 photons; docs/performance.md,
+    # 1.4-1.9x faster), hidden sensors 0-2 % worse (10-20 % above 3,000 photons; docs/performance.md,
     # "The inpainter without the encoder")
     inpaint_context: bool = True
     # regressor heads
