@@ -94,13 +94,6 @@ class LocalFill(nn.Module):
         inpainter without the encoder): x with the ``fill`` sensors filled from their neighbours
         alone, the heads' features zero; no npho reference where no neighbour is known (log(1 +
         photons) 0 plus the correction) and no time where none has a time."""
-        if pred is None:
-            return self._fill(x, None, fill, x)
-        return self._fill(x, pred.reshape(-1, 2), fill, pred)
-
-    def _fill(
-        self, x: torch.Tensor, p_all: torch.Tensor | None, fill: torch.Tensor, out_of: torch.Tensor
-    ) -> torch.Tensor:
         s = x.shape[1]
         fill_flat = fill.reshape(-1)
         idx = torch.nonzero(fill_flat).squeeze(1)  # flat (event, sensor) indices
@@ -118,22 +111,21 @@ class LocalFill(nn.Module):
         # put at a few % of its value was far outside what the correction had learned)
         n_known, n_timed = kf.sum(1), tf.sum(1)
         mean_log = (nb_log * kf).sum(1) / n_known.clamp_min(1.0)
-        mean_t = (nb_t * tf).sum(1) / n_timed.clamp_min(1.0)
-        if p_all is None:  # no heads: their features zero, the references the neighbours' alone
+        time_ok = n_known >= TIME_MIN_KNOWN * self.k
+        # the known neighbours' mean time, where it is the time reference (not in the heads mode's graph)
+        mean_t = (nb_t * tf).sum(1) / n_timed.clamp_min(1.0) if pred is None or self.time_from_neighbours else None
+        if pred is None:  # no heads: their features zero, the references the neighbours' alone
             base, t_ref = mean_log, mean_t
             p_log, p_time = base, torch.zeros_like(base)
-            time_ok = (n_known >= TIME_MIN_KNOWN * self.k) & (n_timed > 0)
+            time_ok = time_ok & (n_timed > 0)
         else:
-            p = p_all[idx]
+            p = pred.reshape(-1, 2)[idx]
             p_log = self.log_photons(p[:, 0])
             base = torch.where(n_known > 0, mean_log, p_log)
-            p_time = p[:, 1]
+            p_time = t_ref = p[:, 1]
             if self.time_from_neighbours:
                 t_ref = torch.where(n_timed > 0, mean_t, p_time)
                 p_time = p_time - t_ref  # the heads' time as a feature, relative to the reference too
-            else:
-                t_ref = p_time
-            time_ok = n_known >= TIME_MIN_KNOWN * self.k
         feats = torch.cat(
             [
                 (nb_log - base[:, None]) * kf,
@@ -155,5 +147,6 @@ class LocalFill(nn.Module):
         # knows to skip
         time = torch.where(time_ok, t_ref + d[:, 1], torch.full_like(base, self.sentinel))
         # under autocast (bf16 on a GPU) the heads' pred is bf16 and the correction float32
-        out = torch.stack([npho, time], dim=1).to(out_of.dtype)
-        return out_of.reshape(-1, 2).index_put((idx,), out).view_as(out_of)
+        into = x if pred is None else pred
+        out = torch.stack([npho, time], dim=1).to(into.dtype)
+        return into.reshape(-1, 2).index_put((idx,), out).view_as(into)
