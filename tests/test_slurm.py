@@ -40,7 +40,7 @@ GPU_PARTITION = "xectest-gh"
 GPU_MODEL = "gh200"
 ACCOUNT = "xecproj"
 # Rules that must land on the GPU partition with a GPU (those the profile's set-resources name).
-GPU_RULES = {"mae", "inpainter", "regressor"}
+GPU_RULES = {"mae", "inpainter", "regressor_epochs", "regressor"}
 # The per-file rules (Snakemake group "scatter") and how many of them share one SLURM job.
 SCATTER_RULES = {"inference", "baseline", "scatter_chunk"}
 FILES_PER_JOB = 2

@@ -321,6 +321,57 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     assert summaries["solid"]["val"]["val_u_mm_res"] == pytest.approx(10 * width68(solid["pred_u"] - solid["true_u"]))
 
 
+def test_regressor_in_two_phases_equals_one_run(mae_run, data, tmp_path):
+    """--phase epochs then --phase finish (the pipeline's two regressor jobs) save the model and
+    val predictions of one uninterrupted run; a finish with another head refit (a key only the
+    finish reads) reuses the trained epochs; a finish without them, or with more epochs asked
+    for than were trained, is one clear error."""
+    import pandas as pd
+
+    out, _ = mae_run
+    refit = {"tasks": ["uvwFI"], "hidden": 24, "epochs": 2, "max_events": 64, "peak": True}
+    over = {"train.max_train_events": 96, "regressor.epochs": 2, "regressor.head_refit": refit}
+    init = str(out / "checkpoint.pt")
+
+    def run(d, phase, **extra):
+        cfg = make_cfg(data, **{**over, **extra, "mlflow.enabled": False})
+        return run_stage("regressor", cfg, shards=data / "shards", out=d, init=init, phase=phase, resume="auto")
+
+    with pytest.raises(XecError, match=r"checkpoint_trained.pt not found: --phase finish"):
+        run(tmp_path / "split", "finish")
+    one = run(tmp_path / "one", "all")
+    epochs = run(tmp_path / "split", "epochs")
+    assert epochs["epochs"] == 2 and not (tmp_path / "split" / "checkpoint.pt").exists()
+    assert (tmp_path / "split" / "checkpoint_trained.pt").is_file()
+    two = run(tmp_path / "split", "finish")
+    assert two["val"] == one["val"] and two["steps"] == one["steps"]
+    a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert b["model_args"] == a["model_args"] and b["epoch"] == 2
+    for state in ("model_state", "ema_state"):
+        for k, v in a[state].items():
+            assert torch.equal(v, b[state][k]), (state, k)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "one" / "predictions.parquet"),
+        pd.read_parquet(tmp_path / "split" / "predictions.parquet"),
+    )
+    # another refit width: the same trained epochs (no training step), a new head
+    wider = run(tmp_path / "split", "finish", **{"regressor.head_refit": {**refit, "hidden": 40}})
+
+    def losses(summary):
+        return [(h["step"], h["val_loss"]) for h in summary["history"]]
+
+    assert wider["steps"] == one["steps"] and losses(wider) == losses(one)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model_args"]["head_hidden"] == {"uvwFI": 40}
+    # ... and so does the epochs phase run again (as Snakemake does when a refit key changes)
+    last = tmp_path / "split" / "checkpoint_last.pt"
+    mtime = last.stat().st_mtime_ns
+    again = run(tmp_path / "split", "epochs", **{"regressor.head_refit": {**refit, "hidden": 40}})
+    assert losses(again) == losses(one) and last.stat().st_mtime_ns == mtime  # resumed, not retrained
+    with pytest.raises(XecError, match=r"trained.pt \(--resume\): made with a different config; run --phase epochs"):
+        run(tmp_path / "split", "finish", **{"regressor.epochs": 3})
+
+
 def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     import uproot
 

@@ -72,6 +72,9 @@ class Stage:
     takes_weights: ClassVar[bool] = False  # accepts --weights: per-event reweighting weights
     takes_inpainter: ClassVar[bool] = False  # accepts --inpainter: an inpainter checkpoint (attach_inpainter)
     find_unused_parameters: ClassVar[bool] = False  # DDP setting
+    # keys of the stage section (dotted) that only ``finalize`` reads: not in the resume
+    # fingerprint, so changing one finishes the trained epochs again instead of retraining them
+    finish_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Mapping[str, Any], normalizer: Normalizer, init_checkpoint: str | None = None):
         self.cfg = cfg

@@ -6,7 +6,8 @@ one Trainer for all.
     xec train regressor --config CFG [--init results/mae/checkpoint.pt|none]
                         [--weights results/reweighting/weights.npz] [...]
 
-``--init`` starts the stage from an MAE checkpoint's encoder. With ``train.gpus > 1`` the
+``--init`` starts the stage from an MAE checkpoint's encoder. ``--phase epochs`` / ``--phase
+finish`` split a run in two jobs (xec.train.loop). With ``train.gpus > 1`` the
 command relaunches itself as that many torchrun workers on this node (DDP; rank 0 writes);
 started by torchrun itself (any number of workers, one included) it runs DDP as it is.
 """
@@ -27,7 +28,7 @@ from xec.errors import XecError
 from xec.normalization import normalizer_from_config
 from xec.train.checkpoint import load_checkpoint
 from xec.train.distributed import init_distributed, launch_torchrun, shutdown, under_torchrun
-from xec.train.loop import Trainer
+from xec.train.loop import PHASES, TRAINED, Trainer
 from xec.train.stages import STAGES, get_stage
 from xec.train.tracking import make_tracker
 from xec.utils import seed_everything, setup_logging
@@ -64,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="continue from OUT/checkpoint_last.pt if it exists (strict, the default: a checkpoint "
             "of another model preset / config / data is an error; auto: it is ignored)",
         )
+        p.add_argument(
+            "--phase",
+            default="all",
+            choices=PHASES,
+            help="all (default): train the epochs, then finish (the stage's final step, e.g. the "
+            f"regressor's head refit; checkpoint.pt, metrics.json); epochs: stop after the epochs ({TRAINED}); "
+            f"finish: only finish, from OUT/{TRAINED} (one process, also when train.gpus > 1)",
+        )
         p.add_argument("--log", default=None, help="log file")
         if stage.takes_init:
             p.add_argument(
@@ -88,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
     cfg = load_config(args.config, command=f"train {args.stage}")
     gpus = int(cfg["train"]["gpus"])
-    if gpus > 1 and not under_torchrun():
+    if gpus > 1 and args.phase != "finish" and not under_torchrun():
         return launch_torchrun(gpus, "xec.cli", args.argv)
     run_stage(
         args.stage,
@@ -102,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
         init=getattr(args, "init", None),
         weights=getattr(args, "weights", None),
         inpainter=getattr(args, "inpainter", None),
+        phase=args.phase,
     )
     return 0
 
@@ -122,8 +132,16 @@ def _digest(obj: Any) -> str:
 
 def fingerprint(cfg: Mapping[str, Any], stage: str, train_manifest: str, inputs) -> dict[str, str]:
     """What a resumable checkpoint must share with the current run: the config sections the
-    stage depends on, the train manifest's content, and the input files (MAE checkpoint,
-    weights) by size and modification time."""
+    stage's epochs depend on (not the keys only its finish reads, ``Stage.finish_keys``: a
+    changed head refit finishes the trained epochs again), the train manifest's content, and the
+    input files (MAE checkpoint, weights) by size and modification time."""
+    sections = {k: v for k, v in plain(cfg).items() if k in ("seed", "train", "normalization", stage)}
+    for key in get_stage(stage).finish_keys:
+        *parents, leaf = key.split(".")
+        node = sections.get(stage, {})
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
     files = []
     for f in inputs:
         f = _ckpt_arg(f)
@@ -131,7 +149,7 @@ def fingerprint(cfg: Mapping[str, Any], stage: str, train_manifest: str, inputs)
             st = Path(f).stat()
             files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
     return {
-        "config": _digest({k: v for k, v in plain(cfg).items() if k in ("seed", "train", "normalization", stage)}),
+        "config": _digest(sections),
         "train_manifest": _digest(Path(train_manifest).read_text()),
         "inputs": _digest(files),
     }
@@ -153,12 +171,14 @@ def run_stage(
     val_manifest: str | Path | None = None,
     tags: Mapping[str, str] | None = None,
     inpainter: str | None = None,
+    phase: str = "all",
 ) -> dict[str, Any]:
     """Train one stage end to end; returns the metrics summary (also written to OUT/metrics.json).
     ``cfg``: the validated config (only the keys `train <stage>` declares are read); ``init``: MAE
     checkpoint whose encoder the stage starts from (None or 'none': random); the train/val
     manifests default to ``shards``/train and ``shards``/val; ``tags``: extra MLflow tags;
-    ``inpainter``: inpainter checkpoint of a stage that takes one (the regressor's dead_fill)."""
+    ``inpainter``: inpainter checkpoint of a stage that takes one (the regressor's dead_fill);
+    ``phase``: all, epochs or finish (xec.train.loop.PHASES)."""
     stage_cls = get_stage(stage)
     cfg = command_config(cfg, f"train {stage}")
     out = Path(out or f"results/{stage}")
@@ -207,8 +227,9 @@ def run_stage(
         model = st.build_model()
         st.prepare_model(model)
         run_id = None
-        if resume and (out / "checkpoint_last.pt").exists() and ctx.is_main:
-            run_id = (load_checkpoint(out / "checkpoint_last.pt").get("tracking") or {}).get("run_id")
+        resumed = out / (TRAINED if phase == "finish" else "checkpoint_last.pt")
+        if (resume or phase == "finish") and resumed.exists() and ctx.is_main:
+            run_id = (load_checkpoint(resumed).get("tracking") or {}).get("run_id")
         tags = dict(tags or {})
         run_name = f"{stage}-{tags['point']}" if "point" in tags else f"{stage}-{out.name}"
         tracker = make_tracker(cfg["mlflow"], stage, run_name=run_name, is_main=ctx.is_main, run_id=run_id)
@@ -242,6 +263,7 @@ def run_stage(
             tracker=tracker,
             resume=resume,
             fingerprint=fp,
+            phase=phase,
         )
         try:
             summary = trainer.fit()

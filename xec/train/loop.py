@@ -8,6 +8,12 @@ Everything else lives here: AdamW groups, schedules, gradient accumulation and c
 autocast on CUDA, EMA, optional torch.compile, non-finite step skipping, atomic checkpoints
 every epoch (last / best / final), exact resume, DDP and MLflow.
 
+Phases (``xec train --phase``): ``all`` trains the epochs and finishes (the stage's finalize,
+e.g. the regressor's head refit and sigma calibration, then checkpoint.pt and metrics.json);
+``epochs`` stops after the epochs and writes checkpoint_trained.pt; ``finish`` resumes from that
+file and only finishes. The pipeline runs the regressor's two phases as two jobs, so that its
+one-thread finish runs beside the inpainter on a two-core machine.
+
 Resume granularity is the epoch: checkpoint_last.pt is written after each epoch's validation,
 the loader is reseeded with ``set_epoch(epoch)``, the stage's random generator (masking,
 channel dropout) is reseeded from (seed, epoch, rank), and the global RNG states are restored
@@ -44,6 +50,10 @@ from xec.utils import atomic_path, progress_enabled, write_json
 log = logging.getLogger("xec.train")
 
 
+PHASES = ("all", "epochs", "finish")
+TRAINED = "checkpoint_trained.pt"  # the state after the last epoch, before the finish (phase epochs)
+
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the stage's generator for one epoch and rank (independent of resume)."""
     return (int(seed) * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
@@ -63,7 +73,11 @@ class Trainer:
         tracker: NullTracker | None = None,
         resume: bool | str = False,
         fingerprint: Mapping[str, Any] | None = None,
+        phase: str = "all",
     ):
+        if phase not in PHASES:
+            raise XecError(f"--phase {phase!r}: choose one of {list(PHASES)}")
+        self.phase = phase
         self.stage = stage
         missing = [k for k in HPARAM_KEYS if k not in hp]
         if missing:
@@ -130,7 +144,9 @@ class Trainer:
         # What the run depends on besides the model (config sections, data, init checkpoint): a
         # checkpoint_last.pt of another fingerprint is not resumed (auto) or is an error (strict).
         self.fingerprint = dict(fingerprint or {})
-        if resume:
+        if phase == "finish":
+            self._resume("strict", TRAINED)
+        elif resume:
             self._resume("auto" if resume == "auto" else "strict")
 
     # ----------------------------------------------------------------- set-up helpers
@@ -198,11 +214,14 @@ class Trainer:
             },
         }
 
-    def _resume(self, mode: str = "strict") -> None:
+    def _resume(self, mode: str = "strict", name: str = "checkpoint_last.pt") -> None:
         """strict (``--resume``): a checkpoint of another stage, model preset or fingerprint is an
-        error. auto (the Snakemake rules): such a checkpoint is ignored and training starts over."""
-        path = self.out_dir / "checkpoint_last.pt"
+        error. auto (the Snakemake rules): such a checkpoint is ignored and training starts over.
+        ``name``: TRAINED for the finish phase, which has nothing to start over from."""
+        path = self.out_dir / name
         if not path.exists():
+            if name == TRAINED:
+                raise XecError(f"{path} not found: --phase finish continues a run of --phase epochs in {self.out_dir}")
             log.info("--resume: %s not found, starting from scratch", path)
             return
         try:
@@ -211,10 +230,10 @@ class Trainer:
             old = dict(ck.get("fingerprint") or {})
             changed = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
             if changed:
-                raise XecError(
-                    f"{path} (--resume): made with a different {', '.join(changed)}; "
-                    f"delete it (or use --resume auto) to start over"
-                )
+                again = "delete it (or use --resume auto) to start over"
+                if name == TRAINED:
+                    again = "run --phase epochs again"
+                raise XecError(f"{path} (--resume): made with a different {', '.join(changed)}; {again}")
         except XecError as exc:
             if mode != "auto":
                 raise
@@ -398,6 +417,14 @@ class Trainer:
                     {"stage": self.stage.name, "xec_version": __version__, "world_size": str(self.ctx.world_size)}
                 )
         best_key = f"val_{self.stage.best_metric}"
+        if self.phase == "finish":
+            if self.epoch < epochs:
+                raise XecError(
+                    f"{self.out_dir / TRAINED}: holds {self.epoch} of the {epochs} epochs the config asks for "
+                    "(stage epochs changed?); run --phase epochs again"
+                )
+            log.info("%s: finishing the %d trained epochs of %s", self.stage.name, self.epoch, self.out_dir / TRAINED)
+            return self.finish()
         while self.epoch < epochs:
             tr = self.train_epoch()
             va = self.validate()
@@ -440,7 +467,19 @@ class Trainer:
                         ", ".join(f"{k[4:]} {va[k]:.4g}" for k in head),
                     )
             barrier(self.ctx)
+        if self.phase == "epochs":
+            return self.keep_trained()
         return self.finish()
+
+    def keep_trained(self) -> dict[str, Any]:
+        """Phase epochs: TRAINED (what checkpoint_last.pt holds after the last epoch) for --phase finish."""
+        va = {k: v for k, v in (self.history[-1] if self.history else {}).items() if k.startswith("val_")}
+        if self.ctx.is_main:
+            self._save(TRAINED, {"val": va})
+            self.tracker.end("FINISHED")  # the finish phase reopens this run (its id is in TRAINED)
+            log.info("%s: %d epochs trained; %s waits for --phase finish", self.stage.name, self.epoch, TRAINED)
+        barrier(self.ctx)
+        return {"stage": self.stage.name, "epochs": self.epoch, "steps": self.step, "val": va, "history": self.history}
 
     def finish(self) -> dict[str, Any]:
         final_val = (

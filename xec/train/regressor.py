@@ -167,6 +167,7 @@ class RegressorStage(Stage):
     takes_init = True
     takes_weights = True
     takes_inpainter = True
+    finish_keys = ("head_refit", "sigma.calibrate", "sigma.calibration_bins", "sigma.calibration_energy_mev")
     headline = (
         "val_theta_deg_res",
         "val_phi_deg_res",
