@@ -137,6 +137,7 @@ def test_unchanged_rerun_has_nothing_to_do(tiny_run):
 
 # what a regressor-only change reruns: the regressor and everything that reads its model
 REGRESSOR_DOWNSTREAM = {
+    "regressor_epochs",
     "regressor",
     "export",
     "inference",
@@ -440,7 +441,9 @@ def test_inpainting_bad_mask_count_names_the_key_and_writes_nothing(tiny_run, tm
 def test_model_onnx_target_pulls_exactly_its_stages(tmp_path):
     work = new_workdir(tmp_path / "fresh")
     jobs = planned_jobs(snakemake(work, "--dry-run", "results/regressor/model.onnx"))
-    assert jobs == Counter(simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, regressor=1, export=1), jobs
+    assert jobs == Counter(
+        simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, regressor_epochs=1, regressor=1, export=1
+    ), jobs
 
 
 def test_regressor_dead_fill_inpainter_trains_on_the_inpainter(tmp_path):
@@ -450,7 +453,15 @@ def test_regressor_dead_fill_inpainter_trains_on_the_inpainter(tmp_path):
     proc = snakemake(work, "--dry-run", "results/regressor/model.onnx")
     jobs = planned_jobs(proc)
     assert jobs == Counter(
-        simulate=2, shards_part=2, shards=2, reweighting=1, mae=1, inpainter=1, regressor=1, export=1
+        simulate=2,
+        shards_part=2,
+        shards=2,
+        reweighting=1,
+        mae=1,
+        inpainter=1,
+        regressor_epochs=1,
+        regressor=1,
+        export=1,
     ), jobs
     commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "xec train regressor" in line]
     assert commands and all("--inpainter results/inpainter/checkpoint.pt" in c for c in commands), commands
@@ -580,7 +591,9 @@ def test_bad_scan_fails_before_any_job_naming_scan_and_key(tmp_path):
 # and baseline. Per point: inference of realdata (4 dead-sensor treatments), bench and pileup.
 SCAN = {"rank_by": "uvw_68_mm", "grid": {"regressor.lr": [1.0e-3, 1.0e-2]}}
 SCAN_TARGET = "results/scans/lr/summary.json"
-PER_POINT = Counter(regressor=1, export=1, inference=6, scatter_chunk=6, inference_merge=6, deadsweep=1, summary=1)
+PER_POINT = Counter(
+    regressor_epochs=1, regressor=1, export=1, inference=6, scatter_chunk=6, inference_merge=6, deadsweep=1, summary=1
+)
 
 
 def _with_scan(work: Path, scan: dict) -> None:
@@ -841,6 +854,9 @@ def test_slurm_profile_resources_and_environment(tmp_path, profile, env_name, gp
             resources[m.group(1)] = r.group(1)
     assert f"slurm_partition={gpu_partition}" in resources["regressor"], resources["regressor"]
     assert f"gpu_model={gpu_model}" in resources["regressor"] and "gpu=1" in resources["regressor"]
+    # the regressor's epochs too (its finish, above, is one process on one GPU whatever train.gpus)
+    epochs = resources["regressor_epochs"]
+    assert f"slurm_partition={gpu_partition}" in epochs and f"gpu_model={gpu_model}" in epochs, epochs
     assert "slurm_partition=cpu" in resources["simulate"] and "gpu" not in resources["simulate"]
     assert "slurm_account=proj42" in resources["shards"]
 

@@ -85,10 +85,6 @@ REGRESSOR_INPUTS = dict(
     # regressor.dead_fill: inpainter: the augmentation's dead sensors are filled by the inpainter
     inpainter=lambda w: regressor_fill_inpainter(w.rundir),
 )
-REGRESSOR_COMMAND = (
-    "xec train regressor --config {params.cfg} --init {input.mae} --weights {input.weights}"
-    " --train {input.train} --val {input.val} --out {params.out_dir} {params.tags} {params.inpainter}"
-)
 
 
 rule regressor_epochs:
@@ -116,7 +112,9 @@ rule regressor_epochs:
         tags=lambda w: mlflow_tags(w.rundir),
         inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     shell:
-        REGRESSOR_COMMAND + " --phase epochs --resume auto --log {log}"
+        "xec train regressor --phase epochs --config {params.cfg} --init {input.mae} --weights {input.weights}"
+        " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags}"
+        " {params.inpainter} --log {log}"
 
 
 rule regressor:
@@ -149,7 +147,9 @@ rule regressor:
         tags=lambda w: mlflow_tags(w.rundir),
         inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
     shell:
-        REGRESSOR_COMMAND + " --phase finish --log {log}"
+        "xec train regressor --phase finish --config {params.cfg} --init {input.mae} --weights {input.weights}"
+        " --train {input.train} --val {input.val} --out {params.out_dir} {params.tags} {params.inpainter}"
+        " --log {log}"
 
 
 # Self-supervised fine-tuning of the inpainter on the realdata sample itself (issue 14 part 4;
