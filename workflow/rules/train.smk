@@ -85,6 +85,13 @@ REGRESSOR_INPUTS = dict(
     # regressor.dead_fill: inpainter: the augmentation's dead sensors are filled by the inpainter
     inpainter=lambda w: regressor_fill_inpainter(w.rundir),
 )
+REGRESSOR_PARAMS = dict(
+    cfg=lambda w: resolved_config(w.rundir),
+    out_dir=lambda w: f"{w.rundir}/regressor",
+    values=lambda w: command_values("train regressor", w.rundir),
+    tags=lambda w: mlflow_tags(w.rundir),
+    inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+)
 
 
 rule regressor_epochs:
@@ -106,11 +113,7 @@ rule regressor_epochs:
         runtime=90,
         gpu=TRAIN_GPUS,
     params:
-        cfg=lambda w: resolved_config(w.rundir),
-        out_dir=lambda w, output: str(Path(output.trained).parent),
-        values=lambda w: command_values("train regressor", w.rundir),
-        tags=lambda w: mlflow_tags(w.rundir),
-        inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+        **REGRESSOR_PARAMS,
     shell:
         "xec train regressor --phase epochs --config {params.cfg} --init {input.mae} --weights {input.weights}"
         " --train {input.train} --val {input.val} --out {params.out_dir} --resume auto {params.tags}"
@@ -141,11 +144,7 @@ rule regressor:
         runtime=60,
         gpu=min(TRAIN_GPUS, 1),
     params:
-        cfg=lambda w: resolved_config(w.rundir),
-        out_dir=lambda w, output: str(Path(output.checkpoint).parent),
-        values=lambda w: command_values("train regressor", w.rundir),
-        tags=lambda w: mlflow_tags(w.rundir),
-        inpainter=lambda w, input: f"--inpainter {input.inpainter}" if input.inpainter else "",
+        **REGRESSOR_PARAMS,
     shell:
         "xec train regressor --phase finish --config {params.cfg} --init {input.mae} --weights {input.weights}"
         " --train {input.train} --val {input.val} --out {params.out_dir} {params.tags} {params.inpainter}"
