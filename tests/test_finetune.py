@@ -121,10 +121,19 @@ def test_an_unreadable_realdata_file_is_left_out_and_listed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- dead sensors
-def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path):
+@pytest.mark.parametrize("context", [False, True])
+def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path, context):
     """The realdata's own dead sensors: never hidden, never scored, and the model is told to fill
-    them, so garbage written into their input values changes neither the loss nor a gradient."""
-    cfg = _cfg(**{"finetune.relative_loss_weight": 1.0, "finetune.freeze_encoder": False})
+    them, so garbage written into their input values changes neither the loss nor a gradient
+    (with the encoder, and with the default's shower-peak context, which must not pick a dead
+    sensor as the peak)."""
+    cfg = _cfg(
+        **{
+            "finetune.relative_loss_weight": 1.0,
+            "finetune.freeze_encoder": False,
+            "model.inpaint_context": context,
+        }
+    )
     norm = normalizer_from_config(cfg)
     ck = random_inpainter(tmp_path / "inp.pt", cfg)
     stage = RealdataFinetuneStage(cfg, norm, str(ck))
@@ -152,7 +161,7 @@ def test_finetune_loss_and_gradients_never_see_the_dead_sensors(tmp_path):
     garbage[dead] = torch.tensor([7.5, 3.0])  # neither the sentinel nor anything physical
     loss2, grads2 = loss_and_grads(garbage)
     assert float(loss) > 0 and torch.equal(loss, loss2)
-    assert set(grads) == set(grads2) and any(n.startswith("encoder.") for n in grads)
+    assert set(grads) == set(grads2) and any(n.startswith("encoder." if context else "local.") for n in grads)
     for n in grads:
         torch.testing.assert_close(grads2[n], grads[n], rtol=0, atol=0, msg=n)
     # the check is sensitive: the same garbage in a few live sensors does change the loss
@@ -184,7 +193,14 @@ def test_finetuning_on_a_gain_miscalibrated_toy_reduces_the_held_out_error(tmp_p
     hidden sensors is worse on the miscalibrated events before, and much lower after. Without the
     sensor-level correction: that one reads its neighbours relative to each other, so a gain off
     by the same factor everywhere does not hurt it (the next test)."""
-    cfg = _cfg(**{"finetune.epochs": 6, "finetune.lr": 5e-3, "model.inpaint_local_neighbours": 0})
+    cfg = _cfg(
+        **{
+            "finetune.epochs": 6,
+            "finetune.lr": 5e-3,
+            "model.inpaint_local_neighbours": 0,
+            "model.inpaint_context": True,
+        }
+    )
     calib = toy_file(tmp_path / "calib.root", 512, seed=1)
     miscal = toy_file(tmp_path / "miscal.root", 512, seed=2, gain=3.0)
     sim = run_finetune(cfg, random_inpainter(tmp_path / "random.pt", cfg), [str(calib)], tmp_path / "sim")

@@ -106,10 +106,10 @@ def test_untrained_time_from_neighbours_is_their_mean_time(geometry):
         LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref="mean")
 
 
-@pytest.mark.parametrize("time_ref", ["heads", "neighbours"])
-def test_hidden_and_dead_values_never_enter(geometry, time_ref):
+@pytest.mark.parametrize("time_ref, peak", [("heads", False), ("neighbours", False), ("neighbours", True)])
+def test_hidden_and_dead_values_never_enter(geometry, time_ref, peak):
     torch.manual_seed(1)
-    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref=time_ref)
+    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref=time_ref, peak_context=peak)
     _randomize_output(lf)
     x = torch.rand(2, N_SENSORS, 2) * 0.5
     x[:, ::50, :] = NORM.sentinel  # dead sensors
@@ -118,7 +118,9 @@ def test_hidden_and_dead_values_never_enter(geometry, time_ref):
     ref = lf(x, pred, fill)
     x2 = x.clone()
     x2[fill] = 0.9  # whatever the sensors to fill hold, the correction must not read it
+    # (with the peak context: a hidden sensor brighter than every known one never becomes the peak)
     assert torch.equal(lf(x2, pred, fill), ref)
+    assert torch.equal(lf(x2, None, fill), lf(x, None, fill))
 
 
 def _point_source_events(geometry, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -134,6 +136,31 @@ def _smooth_guess(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """What the heads give: the right place, a wrong scale (x 0.5-2 per event)."""
     scale = torch.from_numpy(rng.uniform(0.5, 2.0, (x.shape[0], 1)).astype(np.float32))
     return torch.stack([NORM.npho_forward(NORM.npho_inverse(x[..., 0]) * scale), x[..., 1]], -1)
+
+
+def test_shower_peak_finds_a_point_source_and_its_depth(geometry):
+    """The peak context (LocalFill.shower_peak) of a point source in front of the inner face: the
+    light centroid of the brightest MPPC's ring within a third of a pitch (5 mm) of the source's
+    (u, v) on the face (a 3 x 3 centroid leans to the peak MPPC's centre), the peak's excess over
+    its ring falling with the depth; hiding the brightest MPPC moves the peak to a known
+    neighbour, and the centroid by less than a pitch."""
+    lf = LocalFill(geometry, NORM, neighbours=8, hidden=16, time_ref="neighbours", peak_context=True)
+    rng = np.random.default_rng(3)
+    n = 6
+    uvw = np.stack([rng.uniform(-20, 20, n), rng.uniform(-50, 50, n), np.linspace(0.5, 4.0, n)], 1)
+    omega = sensor_solid_angles(uvw_to_xyz(uvw), np.arange(N_SENSORS))
+    photons = 3e6 * omega / (4 * np.pi)
+    x = torch.from_numpy(np.stack([NORM.npho_forward(photons), np.zeros_like(photons)], -1).astype(np.float32))
+    none = torch.zeros(n, N_SENSORS, dtype=torch.bool)
+    centroid, peak_log, sharp = (t.numpy() for t in lf.shower_peak(x, none))
+    on_face = uvw_to_xyz(uvw * [1.0, 1.0, 0.0])
+    assert np.all(np.linalg.norm(centroid - on_face, axis=1) < 0.5)
+    np.testing.assert_allclose(peak_log, np.log1p(photons.max(1)), rtol=1e-5)
+    assert np.all(np.diff(sharp) < 0) and sharp[0] > 1.0 and sharp[-1] < 0.5
+    hide = none.clone()
+    hide[torch.arange(n), torch.from_numpy(photons.argmax(1))] = True
+    c2, p2, _ = (t.numpy() for t in lf.shower_peak(x, hide))
+    assert np.all(p2 < peak_log) and np.all(np.linalg.norm(c2 - centroid, axis=1) < 1.5)
 
 
 def test_learns_to_recover_a_point_source_better_than_its_neighbours_mean(geometry):

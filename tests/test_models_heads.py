@@ -147,9 +147,15 @@ def test_encoder_hand_over_from_mae(tiny):
 # ---------------------------------------------------------------------------- inpainter
 def _with_local_fill(cfg, local: bool | str):
     """The config with the sensor-level correction (xec.models.local_fill) on or off; "alone":
-    the correction without the encoder and heads (model.inpaint_context false)."""
+    the correction without the encoder and heads (model.inpaint_context false); "peak": alone,
+    with the shower-peak context (model.inpaint_peak_context, the default config's)."""
     return model_config(
-        {**cfg.to_dict(), "inpaint_local_neighbours": 8 if local else 0, "inpaint_context": local != "alone"}
+        {
+            **cfg.to_dict(),
+            "inpaint_local_neighbours": 8 if local else 0,
+            "inpaint_context": local not in ("alone", "peak"),
+            "inpaint_peak_context": local == "peak",
+        }
     )
 
 
@@ -160,7 +166,7 @@ def _randomize_local(m: XECInpainter) -> None:
             m.local.mlp[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(9))
 
 
-@pytest.mark.parametrize("local", [False, True, "alone"])
+@pytest.mark.parametrize("local", [False, True, "alone", "peak"])
 def test_inpainter_fills_only_masked_and_dead(tiny, local):
     torch.manual_seed(0)
     norm = get_normalizer("meg2")
@@ -421,10 +427,12 @@ def default_model_config():
 
 def test_default_models_train_under_bf16_autocast_on_cpu():
     """The default config's models (peak window, physics aggregates, the inpainter's local
-    correction) through a bf16 autocast training step, the GPU default (train.precision auto):
-    the local correction once failed there (float32 correction into bf16 predictions)."""
+    correction with its shower-peak context) through a bf16 autocast training step, the GPU
+    default (train.precision auto): the local correction once failed there (float32 correction
+    into bf16 predictions)."""
     mcfg = default_model_config()
     assert mcfg.inpaint_local_neighbours and mcfg.peak_window and mcfg.physics_aggregates
+    assert mcfg.inpaint_peak_context
     norm = get_normalizer("meg2")
     x = realistic_input(4)
     mask = torch.rand(4, N_SENSORS, generator=torch.Generator().manual_seed(3)) < 0.05
@@ -434,8 +442,10 @@ def test_default_models_train_under_bf16_autocast_on_cpu():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred = inp.predict(x, mask, with_heads=True)
         out = reg(x)
-    assert pred.shape == (4, N_SENSORS, 4)
-    loss = (pred.float()[mask] - x.repeat(1, 1, 2)[mask]).abs().mean()
+    # the correction alone (model.inpaint_context false, the default) has no heads' output to add
+    channels = 4 if mcfg.inpaint_context else 2
+    assert pred.shape == (4, N_SENSORS, channels)
+    loss = (pred.float()[mask] - x.repeat(1, 1, channels // 2)[mask]).abs().mean()
     loss = loss + sum(out[t].float().abs().mean() for t in TASKS)
     loss.backward()
     assert torch.isfinite(loss)

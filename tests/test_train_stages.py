@@ -376,7 +376,9 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
     import uproot
 
     out, _ = mae_run
-    cfg = make_cfg(data, **{"inpainter.predictions_root": True, "train.max_train_events": 64})
+    cfg = make_cfg(
+        data, **{"inpainter.predictions_root": True, "train.max_train_events": 64, "model.inpaint_context": True}
+    )
     run_stage("inpainter", cfg, shards=data / "shards", out=data / "inpainter", init=str(out / "checkpoint.pt"))
     ck = load_checkpoint(data / "inpainter" / "checkpoint.pt", expected_stage="inpainter")
     mae_enc = _encoder_state(load_checkpoint(out / "checkpoint.pt")["ema_state"])
@@ -396,15 +398,17 @@ def test_inpainter_frozen_encoder_and_root_stream(mae_run, data):
 
 
 def test_inpainter_without_the_encoder_trains_rebuilds_and_exports(data):
-    """model.inpaint_context false: the stage trains the correction alone, without --init; the
-    checkpoint holds no encoder and rebuilds and exports (parity) as such."""
+    """model.inpaint_context false (the default, with the shower-peak context): the stage trains
+    the correction alone, without --init; the checkpoint holds no encoder and rebuilds and exports
+    (parity) as such."""
     from xec.deploy.export import export_checkpoint
 
     out = data / "inpainter_alone"
     cfg = make_cfg(data, **{"model.inpaint_context": False, "train.max_train_events": 64})
+    assert cfg["model"]["inpaint_peak_context"]
     run_stage("inpainter", cfg, shards=data / "shards", out=out, init=None)
     ck = load_checkpoint(out / "checkpoint.pt", expected_stage="inpainter")
-    assert ck["model"]["inpaint_context"] is False
+    assert ck["model"]["inpaint_context"] is False and ck["model"]["inpaint_peak_context"] is True
     assert ck["model_state"] and all(k.startswith("local.") for k in ck["model_state"])
     assert build_model_from_checkpoint(ck).encoder is None
     val = json.loads((out / "metrics.json").read_text())["val"]

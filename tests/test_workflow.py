@@ -467,14 +467,27 @@ def test_regressor_dead_fill_inpainter_trains_on_the_inpainter(tmp_path):
     assert commands and all("--inpainter results/inpainter/checkpoint.pt" in c for c in commands), commands
 
 
-def test_inpainter_without_the_encoder_needs_no_mae(tmp_path):
-    """model.inpaint_context false: the inpainter trains without the MAE (--init none)."""
-    work = new_workdir(tmp_path / "fresh", **{"model.inpaint_context": False})
+@pytest.mark.parametrize("after_mae", [True, False])
+def test_inpainter_without_the_encoder_needs_no_mae(tmp_path, after_mae):
+    """model.inpaint_context false (the default): the inpainter trains without the MAE (--init
+    none); the rule still waits for it unless workflow.inpainter_after_mae is false."""
+    work = new_workdir(
+        tmp_path / "fresh", **{"model.inpaint_context": False, "workflow.inpainter_after_mae": after_mae}
+    )
     proc = snakemake(work, "--dry-run", "results/inpainter/model.onnx")
     jobs = planned_jobs(proc)
-    assert jobs == Counter(simulate=2, shards_part=2, shards=2, inpainter=1, export=1), jobs
+    expected = Counter(simulate=2, shards_part=2, shards=2, inpainter=1, export=1) + Counter(mae=int(after_mae))
+    assert jobs == expected, jobs
     commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "xec train inpainter" in line]
     assert commands and all("--init none" in c for c in commands), commands
+
+
+def test_inpainter_with_the_encoder_starts_from_the_mae(tmp_path):
+    work = new_workdir(tmp_path / "fresh", **{"model.inpaint_context": True, "workflow.inpainter_after_mae": False})
+    proc = snakemake(work, "--dry-run", "results/inpainter/model.onnx")
+    assert planned_jobs(proc)["mae"] == 1
+    commands = [line for line in (proc.stdout + proc.stderr).splitlines() if "xec train inpainter" in line]
+    assert commands and all("--init results/mae/checkpoint.pt" in c for c in commands), commands
 
 
 def _input_files(tmp_path: Path) -> dict[str, list[str]]:

@@ -80,7 +80,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command("xec.train.cli", "train a stage: mae, inpainter or regressor"),
     "train mae": _train("mae", "masked-autoencoder pretraining of the encoder"),
-    "train inpainter": _train("inpainter", "dead-channel inpainter (encoder from the MAE, frozen by default)", BOARDS),
+    "train inpainter": _train(
+        "inpainter",
+        "dead-channel inpainter (from the nearest live sensors; with model.inpaint_context the MAE encoder, frozen)",
+        BOARDS,
+    ),
     "train regressor": _train(
         "regressor", "multi-task regressor (angle, energy, timing, uvwFI) fine-tuned from the MAE", BOARDS
     ),

@@ -83,6 +83,9 @@ def _node(rundir, node):
     if node == "regressor" and RUN_CONFIGS[rundir]["regressor"]["dead_fill"] == "inpainter":
         command, fields, upstream = NODES[node]
         return command, fields, [*upstream, "inpainter"]
+    if node == "inpainter" and not inpainter_uses_mae(rundir):
+        command, fields, upstream = NODES[node]
+        return command, fields, [u for u in upstream if u != "mae"]
     if node == "inpainting" and RUN_CONFIGS[rundir]["finetune"]["enabled"]:
         command, fields, upstream = NODES[node]
         return command, fields, [*upstream, "export:inpainter_finetune"]
@@ -115,6 +118,12 @@ NODES = {
         ],
     ),
 }
+
+
+def inpainter_uses_mae(rundir=RESULTS):
+    """Whether the inpainter starts from the MAE's encoder (model.inpaint_context; without it
+    its outputs do not depend on the MAE)."""
+    return bool(RUN_CONFIGS[rundir]["model"].get("inpaint_context", True))
 
 
 def regressor_fill_inpainter(rundir=RESULTS):

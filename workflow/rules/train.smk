@@ -35,10 +35,11 @@ rule mae:
 
 rule inpainter:
     input:
-        # without the encoder (model.inpaint_context false) it needs no MAE and starts beside it
+        # the encoder's weights (model.inpaint_context true); without the encoder the MAE is only
+        # waited for (workflow.inpainter_after_mae), so that the MAE starts on time on a few-core machine
         mae=lambda w: (
             at(w.rundir, "mae", "mae/checkpoint.pt")
-            if RUN_CONFIGS[w.rundir]["model"].get("inpaint_context", True)
+            if inpainter_uses_mae(w.rundir) or RUN_CONFIGS[w.rundir]["workflow"]["inpainter_after_mae"]
             else []
         ),
         train=lambda w: at(w.rundir, "shards:train", "shards/train/manifest.json"),
@@ -66,7 +67,7 @@ rule inpainter:
         out_dir=lambda w, output: str(Path(output.checkpoint).parent),
         values=lambda w: command_values("train inpainter", w.rundir),
         tags=lambda w: mlflow_tags(w.rundir),
-        init=lambda w, input: input.mae or "none",
+        init=lambda w, input: input.mae if inpainter_uses_mae(w.rundir) else "none",
     shell:
         "xec train inpainter --config {params.cfg} --init {params.init} --train {input.train} --val {input.val}"
         " --out {params.out_dir} --resume auto {params.tags} --log {log}"

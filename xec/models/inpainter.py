@@ -12,8 +12,9 @@ neighbours are present) and its face's fused token (global context), runs
   ones (npho == sentinel). A filled npho below the time threshold gets the sentinel as its
   time, like the normalizer does for real readings.
 
-With ``model.inpaint_context: false`` there is no encoder and no heads: the sensor-level
-correction (xec.models.local_fill) fills the sensors from their neighbours alone.
+With ``model.inpaint_context: false`` (the default config's) there is no encoder and no heads: the
+sensor-level correction (xec.models.local_fill) fills the sensors from their neighbours and, with
+``model.inpaint_peak_context``, from where the event's brightest known MPPC puts the shower.
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ class XECInpainter(nn.Module):
 
                 geometry = get_geometry()
             self.local = LocalFill(
-                geometry, normalizer, cfg.inpaint_local_neighbours, cfg.inpaint_local_hidden, cfg.inpaint_local_time
+                geometry,
+                normalizer,
+                cfg.inpaint_local_neighbours,
+                cfg.inpaint_local_hidden,
+                cfg.inpaint_local_time,
+                cfg.inpaint_peak_context,
             )
         self.sentinel = float(sentinel)
         self.time_npho_threshold = float(time_npho_threshold)

@@ -16,6 +16,11 @@ B x 4760; ``NonZero`` + gathers + ``ScatterND`` in the exported graph), an MLP r
 * the target's position and face (edges and corners behave differently);
 * the heads' prediction for the target (the global context: where the shower is), relative to
   the reference too;
+* with ``peak_context`` (``model.inpaint_peak_context``), where the shower is without the heads:
+  the brightest known MPPC's log(1 + photons), its excess over its 8 nearest inner sensors (sharp:
+  a shallow shower) and the target's offset and distance from their light-weighted centroid. With
+  it the correction alone (no encoder) fills every face better than the encoder's context did
+  (docs/performance.md, "The shower peak instead of the encoder");
 
 and predicts log(1 + photons) as a correction to the reference, the mean log(1 + photons) of the
 known neighbours (the heads' guess where none is known, e.g. inside a dead board), plus a
@@ -51,6 +56,8 @@ LOG_SCALE = 10.0  # log(1 + photons) of a bright sensor: O(1) features
 MAX_PHOTONS = 1.0e6  # predictions clamped here before the log (a wild early output)
 TIME_MIN_KNOWN = 0.75  # share of the K neighbours that must be known for a filled time
 TIME_REFS = ("neighbours", "heads")
+PEAK_RING = 8  # the brightest known MPPC's nearest inner sensors that locate the shower
+N_PEAK_FEATURES = 7
 
 
 def npho_cap(normalizer: Normalizer) -> float:
@@ -60,7 +67,15 @@ def npho_cap(normalizer: Normalizer) -> float:
 
 
 class LocalFill(nn.Module):
-    def __init__(self, geometry, normalizer: Normalizer, neighbours: int, hidden: int, time_ref: str = "heads"):
+    def __init__(
+        self,
+        geometry,
+        normalizer: Normalizer,
+        neighbours: int,
+        hidden: int,
+        time_ref: str = "heads",
+        peak_context: bool = False,
+    ):
         super().__init__()
         if time_ref not in TIME_REFS:
             raise ValueError(f"LocalFill: time_ref {time_ref!r} is not one of {TIME_REFS}")
@@ -78,6 +93,14 @@ class LocalFill(nn.Module):
         self.register_buffer("near", torch.from_numpy(near), persistent=False)
         self.register_buffer("static", torch.from_numpy(static.astype(np.float32)), persistent=False)
         n_in = static.shape[1] + 4 * self.k + 3
+        self.peak_context = bool(peak_context)
+        if self.peak_context:
+            inner = np.flatnonzero(face == 0)
+            ring = np.concatenate([inner[:, None], nearest_same_face(positions, face, PEAK_RING)[inner]], axis=1)
+            self.register_buffer("inner", torch.from_numpy(inner), persistent=False)
+            self.register_buffer("ring", torch.from_numpy(ring), persistent=False)  # (I, 1 + PEAK_RING)
+            self.register_buffer("pos", torch.from_numpy(positions.astype(np.float32)), persistent=False)
+            n_in += N_PEAK_FEATURES
         self.mlp = nn.Sequential(
             nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2)
         )
@@ -87,6 +110,25 @@ class LocalFill(nn.Module):
     def log_photons(self, npho_n: torch.Tensor) -> torch.Tensor:
         """Normalized npho -> log(1 + photons)."""
         return torch.log1p(self.normalizer.npho_inverse(npho_n.clamp(0.0, self.npho_cap)))
+
+    def shower_peak(self, x: torch.Tensor, fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where the shower is, from the brightest known MPPC and its PEAK_RING nearest inner
+        sensors: (B, 3) their light-weighted centroid (cm), (B,) the peak's log(1 + photons),
+        (B,) its excess over the known ring's mean log (sharp: a shallow shower)."""
+        b, s = x.shape[0], x.shape[1]
+        xi = x[:, self.inner, 0]
+        known = (~fill[:, self.inner]) & (xi != self.sentinel)
+        score = torch.where(known, self.log_photons(xi), torch.full_like(xi, -1.0))
+        peak = score.argmax(dim=1)  # (B,) index into self.inner
+        flat = self.ring[peak] + (torch.arange(b, device=x.device) * s)[:, None]  # (B, R) flat indices
+        ring_n = x[..., 0].reshape(-1)[flat]
+        ring_known = ((~fill.reshape(-1)[flat]) & (ring_n != self.sentinel)).to(x.dtype)
+        ring_log = self.log_photons(ring_n)
+        photons = (torch.exp(ring_log) - 1.0) * ring_known
+        centroid = (photons[..., None] * self.pos[self.ring[peak]]).sum(1) / photons.sum(1).clamp_min(1e-6)[:, None]
+        peak_log = ring_log[:, 0] * ring_known[:, 0]
+        around = (ring_log[:, 1:] * ring_known[:, 1:]).sum(1) / ring_known[:, 1:].sum(1).clamp_min(1.0)
+        return centroid, peak_log, peak_log - around
 
     def forward(self, x: torch.Tensor, pred: torch.Tensor | None, fill: torch.Tensor) -> torch.Tensor:
         """x (B, S, 2) normalized input, pred (B, S, 2) the heads' prediction, fill (B, S) bool
@@ -126,17 +168,22 @@ class LocalFill(nn.Module):
             if self.time_from_neighbours:
                 t_ref = torch.where(n_timed > 0, mean_t, p_time)
                 p_time = p_time - t_ref  # the heads' time as a feature, relative to the reference too
-        feats = torch.cat(
-            [
-                (nb_log - base[:, None]) * kf,
-                kf,
-                nb_t * tf,
-                tf,
-                self.static[sensor],
-                torch.stack([base / LOG_SCALE, p_log - base, p_time], dim=1),
-            ],
-            dim=1,
-        )
+        parts = [
+            (nb_log - base[:, None]) * kf,
+            kf,
+            nb_t * tf,
+            tf,
+            self.static[sensor],
+            torch.stack([base / LOG_SCALE, p_log - base, p_time], dim=1),
+        ]
+        if self.peak_context:
+            centroid, peak_log, sharp = self.shower_peak(x, fill)
+            ev = torch.div(idx - sensor, s, rounding_mode="floor")
+            off = (self.pos[sensor] - centroid[ev]) / OFFSET_SCALE_CM
+            dist = torch.sqrt((off * off).sum(1) + 1e-6)
+            pk = peak_log[ev]
+            parts.append(torch.cat([off, torch.stack([dist, pk - base, sharp[ev], pk / LOG_SCALE], dim=1)], dim=1))
+        feats = torch.cat(parts, dim=1)
         d = self.mlp(feats)
         # exp - 1: ONNX (opset 17) has no Expm1
         photons = torch.exp((base + d[:, 0]).clamp(0.0, math.log1p(MAX_PHOTONS))) - 1.0

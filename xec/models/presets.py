@@ -52,6 +52,7 @@ STAGE_FIELDS = {
         "inpaint_local_hidden",
         "inpaint_local_time",
         "inpaint_context",
+        "inpaint_peak_context",
     ),
     "regressor": (
         "head_hidden",
@@ -107,10 +108,13 @@ class ModelConfig:
     # or "heads" (the heads' time, as in checkpoints written before the key existed)
     inpaint_local_time: str = "heads"
     # False: the inpainter is that correction alone, without the encoder and its heads (their guess
-    # is the correction's global context): an inpainter graph 3-5x cheaper (xec infer with it
-    # 1.4-1.9x faster), hidden sensors 0-2 % worse (10-20 % above 3,000 photons; docs/performance.md,
-    # "The inpainter without the encoder")
+    # is the correction's global context): an inpainter graph 3-5x cheaper (docs/performance.md,
+    # "The inpainter without the encoder"). True here: checkpoints written before the key existed
     inpaint_context: bool = True
+    # the correction also reads where the shower is (xec.models.local_fill.LocalFill.shower_peak):
+    # the brightest known MPPC, the light-weighted centroid of its ring and the target's offset from
+    # it. False: checkpoints written before the key existed rebuild as they were trained
+    inpaint_peak_context: bool = False
     # regressor heads
     head_hidden: int = 64
     peak_window: int = 11  # MPPC window around the brightest one read by the heads' local fit (0 = off)

@@ -1,4 +1,5 @@
-"""Inpainter stage: predicts hidden (dead) sensors from the rest, encoder from the MAE.
+"""Inpainter stage: predicts hidden (dead) sensors from the rest (encoder from the MAE with
+model.inpaint_context).
 
 Training masks a realistic dead-channel density (``inpainter.mask_ratio``, default 5 %) of the
 sensors that have a reading (xec.models.mae.random_mask, maskable="npho_valid": low-light
@@ -79,7 +80,7 @@ class _Predict(nn.Module):
 
 class InpainterStage(Stage):
     name = "inpainter"
-    help = "dead-channel inpainter (encoder from the MAE, frozen by default)"
+    help = "dead-channel inpainter (from the nearest live sensors; with model.inpaint_context the MAE encoder, frozen)"
     seed_offset = 2
     takes_init = True
     headline = ("val_mae_npho", "val_mae_npho_phot", "val_rmse_npho_phot", "val_mae_time_ns", "val_rmse_time_ns")
