@@ -55,8 +55,8 @@ rule inpainter:
         f"{{rundir}}/benchmarks/train/inpainter.tsv"
     conda:
         SOFTWARE_ENV
-    # one thread: it trains beside the regressor's one-thread finish (104 s there against 91 s alone
-    # on both cores of the two-core machine: its small per-sensor products gain little from two)
+    # one thread: it trains beside the regressor's one-thread finish (4 epochs of the correction
+    # alone: 141 s there, ~90 s on both cores alone; its small per-sensor products gain little from two)
     threads: 1
     resources:
         mem_mb=4000,
