@@ -98,6 +98,10 @@ rule reweighting:
         f"{{rundir}}/logs/reweighting.log",
     benchmark:
         f"{{rundir}}/benchmarks/reweighting.tsv"
+    # before the MAE (seconds of work): left until the MAE ended, it was still pending when the
+    # one-thread inpainter became ready, which then took a core and held back the two-thread
+    # regressor epochs that wait for these weights (physics run, 2026-12-04: 3.5 min)
+    priority: 20
     conda:
         SOFTWARE_ENV
     threads: 1
