@@ -120,12 +120,14 @@ class LocalFill(nn.Module):
         known = (~fill[:, self.inner]) & (xi != self.sentinel)
         score = torch.where(known, self.log_photons(xi), torch.full_like(xi, -1.0))
         peak = score.argmax(dim=1)  # (B,) index into self.inner
-        flat = self.ring[peak] + (torch.arange(b, device=x.device) * s)[:, None]  # (B, R) flat indices
+        ring = self.ring[peak]  # (B, R) sensor ids
+        flat = ring + (torch.arange(b, device=x.device) * s)[:, None]
         ring_n = x[..., 0].reshape(-1)[flat]
         ring_known = ((~fill.reshape(-1)[flat]) & (ring_n != self.sentinel)).to(x.dtype)
-        ring_log = self.log_photons(ring_n)
-        photons = (torch.exp(ring_log) - 1.0) * ring_known
-        centroid = (photons[..., None] * self.pos[self.ring[peak]]).sum(1) / photons.sum(1).clamp_min(1e-6)[:, None]
+        ring_photons = self.normalizer.npho_inverse(ring_n.clamp(0.0, self.npho_cap))
+        ring_log = torch.log1p(ring_photons)
+        photons = ring_photons * ring_known
+        centroid = (photons[..., None] * self.pos[ring]).sum(1) / photons.sum(1).clamp_min(1e-6)[:, None]
         peak_log = ring_log[:, 0] * ring_known[:, 0]
         around = (ring_log[:, 1:] * ring_known[:, 1:]).sum(1) / ring_known[:, 1:].sum(1).clamp_min(1.0)
         return centroid, peak_log, peak_log - around
