@@ -6,7 +6,7 @@ that ML and classical reconstruction are always compared with the same estimator
 - ``width68``: half-width of the central 68.27 % interval (q84.135 - q15.865) / 2. Robust, no
   fit, equals sigma for a Gaussian.
 - ``gaussian_core_sigma``: Gaussian fitted to the histogram of the core, iterated on
-  mu +- 2 sigma (scipy ``curve_fit``). Insensitive to non-Gaussian tails (e.g. the low-energy
+  mu +- 2 sigma (xec.gaussfit). Insensitive to non-Gaussian tails (e.g. the low-energy
   tail of a calorimeter), which is how MEG quotes its energy and position resolutions.
 - ``resolution``: both, with seeded bootstrap errors, plus bias (median), mean, rms and n.
 - per-event uncertainties: ``pulls`` (pred - true) / sigma, whose ``width68`` is 1 for a
@@ -19,16 +19,17 @@ rather than an exception, so that an empty bin of a profile does not kill a whol
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from xec.gaussfit import core_fits
+
 # Central 68.27 % interval (+-1 sigma of a Gaussian).
 _Q_LO, _Q_HI = 50.0 - 34.1345, 50.0 + 34.1345
 # Standard deviation of a unit Gaussian truncated to +-2 sigma: used to start the core fit.
-# std of a unit Gaussian truncated at +-2 sigma; erf(2 / sqrt 2) written out so that importing
-# the metrics (every per-file inference job does) does not import scipy (0.3 s)
+# std of a unit Gaussian truncated at +-2 sigma; erf(2 / sqrt 2) written out so that the metrics
+# never import scipy (0.3 s; every per-file inference job imports them)
 _ERF_SQRT2 = 0.9544997361036416
 _TRUNC2_STD = float(np.sqrt(1.0 - 2.0 * 2.0 * np.exp(-2.0) / np.sqrt(2 * np.pi) / _ERF_SQRT2))
 MIN_EVENTS = 10  # fewer finite values than this: every estimator returns NaN
@@ -72,65 +73,24 @@ def skewness(x: np.ndarray | Sequence[float]) -> float:
     return float(np.mean(d**3) / s2**1.5) if s2 > 0 else 0.0
 
 
-def _gauss(x: np.ndarray, a: float, mu: float, sigma: float) -> np.ndarray:
-    return a * np.exp(-0.5 * ((x - mu) / sigma) ** 2)
-
-
-def _gauss_jac(x: np.ndarray, a: float, mu: float, sigma: float) -> np.ndarray:
-    z = (x - mu) / sigma
-    e = np.exp(-0.5 * z * z)
-    return np.stack([e, a * e * z / sigma, a * e * z * z / sigma], axis=-1)
-
-
 def gaussian_core_fit(
     x: np.ndarray | Sequence[float],
     nsigma: float = CORE_NSIGMA,
     iterations: int = CORE_ITERATIONS,
     start: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
-    """(mu, sigma) of a Gaussian fitted (scipy ``curve_fit``, Poisson errors) to the histogram
-    of ``x`` within mu +- nsigma*sigma, iterated: start from the median and width68 (or from
-    ``start``), fit, re-centre the window on the fit, refit until the window moves by less than
-    1 % of sigma. Returns (nan, nan) if there are too few values or the fit fails."""
+    """(mu, sigma) of a Gaussian fitted (chi2 with Poisson errors, xec.gaussfit) to the
+    histogram of ``x`` within mu +- nsigma*sigma, iterated: start from the median and width68 (or
+    from ``start``), fit, re-centre the window on the fit, refit until the window moves by less
+    than 1 % of sigma. Returns (nan, nan) if there are too few values or the fit fails."""
     x = _finite(x)
     if x.size < MIN_EVENTS:
         return float("nan"), float("nan")
     mu, sigma = start if start is not None else (float(np.median(x)), width68(x))
     if not sigma > 0:  # constant sample (or all but a few identical)
         return mu, 0.0
-    for _ in range(iterations):
-        lo, hi = mu - nsigma * sigma, mu + nsigma * sigma
-        core = x[(x >= lo) & (x <= hi)]
-        if core.size < MIN_EVENTS:
-            break
-        # ~sqrt(n) bins, at least 10 and at most 60, over the window
-        nbins = int(np.clip(np.sqrt(core.size), 10, 60))
-        width = (hi - lo) / nbins
-        counts = np.bincount(np.minimum(((core - lo) / width).astype(np.int64), nbins - 1), minlength=nbins).astype(
-            np.float64
-        )
-        centres = lo + width * (np.arange(nbins) + 0.5)
-        # Poisson errors; empty bins get error 1 so they still pull the fit down
-        err = np.sqrt(np.maximum(counts, 1.0))
-        p0 = (counts.max(), float(core.mean()), float(core.std() / _TRUNC2_STD) if nsigma == 2.0 else sigma)
-        try:
-            with warnings.catch_warnings():
-                from scipy.optimize import OptimizeWarning, curve_fit  # lazy: see _ERF_SQRT2
-
-                warnings.simplefilter("ignore", OptimizeWarning)
-                popt, _ = curve_fit(
-                    _gauss, centres, counts, p0=p0, sigma=err, absolute_sigma=True, jac=_gauss_jac, maxfev=2000
-                )
-        except (RuntimeError, ValueError):
-            return float("nan"), float("nan")
-        new_mu, new_sigma = float(popt[1]), abs(float(popt[2]))
-        if not (np.isfinite(new_mu) and np.isfinite(new_sigma) and new_sigma > 0):
-            return float("nan"), float("nan")
-        converged = abs(new_sigma - sigma) < 1e-2 * sigma and abs(new_mu - mu) < 1e-2 * sigma
-        mu, sigma = new_mu, new_sigma
-        if converged:
-            break
-    return mu, sigma
+    mu, sigma = core_fits(x[None], np.array([[mu, sigma]]), nsigma, iterations, MIN_EVENTS, _TRUNC2_STD)[0]
+    return float(mu), float(sigma)
 
 
 def gaussian_core_sigma(x: np.ndarray | Sequence[float]) -> float:
@@ -145,7 +105,7 @@ def resolution(
     (standard deviation over ``n_boot`` resamples with a seeded generator: same input, same
     numbers), bias (median), mu_core, mean, rms, skewness and n (finite values used).
     ``n_boot_core`` (default ``n_boot``) limits the resamples refitted for sigma_core_err, the
-    expensive part (one scipy fit per resample)."""
+    expensive part (one histogram fit per resample)."""
     x = _finite(x)
     n = int(x.size)
     out: dict[str, float] = {
@@ -162,16 +122,21 @@ def resolution(
     if n >= MIN_EVENTS and n_boot > 1:
         nc = n_boot if n_boot_core is None else min(n_boot, n_boot_core)
         fit_cores = np.isfinite(sigma_core)
-        halves, cores = [], []
+        halves, cores, n_cores = [], [], 0
         for samples in _resamples(x, n_boot, seed):
             lo, hi = np.percentile(samples, [_Q_LO, _Q_HI], axis=1)
             halves.append(0.5 * (hi - lo))
-            if fit_cores:
-                # each resample starts from the full-sample fit (same estimator, fewer iterations)
-                for s in samples[: max(0, nc - len(cores))]:
-                    cores.append(gaussian_core_fit(s, start=(mu_core, sigma_core))[1])
+            take = samples[: max(0, nc - n_cores)] if fit_cores else samples[:0]
+            if len(take) and sigma_core > 0:
+                # each resample starts from the full-sample fit (same estimator, fewer iterations);
+                # all of them at once (xec.gaussfit)
+                start = np.tile([mu_core, sigma_core], (len(take), 1))
+                cores.append(core_fits(take, start, CORE_NSIGMA, CORE_ITERATIONS, MIN_EVENTS, _TRUNC2_STD)[:, 1])
+            elif len(take):  # a constant sample: every resample's core is 0 too
+                cores.append(np.zeros(len(take)))
+            n_cores += len(take)
         out["width68_err"] = float(np.std(np.concatenate(halves), ddof=1))
-        cores = np.array(cores)
+        cores = np.concatenate(cores) if cores else np.array([])
         cores = cores[np.isfinite(cores)]
         if cores.size > 1:
             out["sigma_core_err"] = float(np.std(cores, ddof=1))
