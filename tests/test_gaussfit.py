@@ -70,5 +70,7 @@ def test_few_values_keep_the_start_and_failed_fits_are_nan():
     # a window holding one repeated value: the Gaussian narrows without end (as with curve_fit)
     flat = np.full((1, 100), 3.0)
     assert np.isnan(core_fits(flat, np.array([[3.0, 1.0]]), 2.0, 5, 10, metrics._TRUNC2_STD)).all()
+    # a start without a window is returned as given
+    assert core_fits(far, np.array([[50.0, 0.0]]), 2.0, 5, 10, metrics._TRUNC2_STD)[0].tolist() == [50.0, 0.0]
     # the public estimator says 0 for a constant sample before fitting anything
     assert metrics.gaussian_core_fit(flat[0]) == (3.0, 0.0)

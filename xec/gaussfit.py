@@ -110,14 +110,15 @@ def core_fits(
     samples: np.ndarray, start: np.ndarray, nsigma: float, iterations: int, min_events: int, trunc_std: float
 ) -> np.ndarray:
     """(rows, 2) (mu, sigma) of the iterative Gaussian core fit of each row of ``samples`` (rows,
-    n; finite values) from its ``start`` (rows, 2) (mu, sigma > 0): histogram the values within mu
-    +- nsigma sigma, fit, re-centre on the fit, until the window moves by less than 1 % of sigma
-    or after ``iterations`` fits. A window with fewer than ``min_events`` values keeps the last
-    (mu, sigma); a failed fit gives NaN. ``trunc_std``: the std of a unit Gaussian truncated at
-    +- nsigma, which turns the window's std into the fit's starting sigma."""
+    n; finite values) from its ``start`` (rows, 2) (mu, sigma > 0; other rows come back as given):
+    histogram the values within mu +- nsigma sigma, fit, re-centre on the fit, until the window
+    moves by less than 1 % of sigma or after ``iterations`` fits. A window with fewer than
+    ``min_events`` values keeps the last (mu, sigma); a failed fit gives NaN. ``trunc_std``: the
+    std of a unit Gaussian truncated at +- nsigma, which turns the window's std into the fit's
+    starting sigma."""
     samples = np.asarray(samples, dtype=np.float64)
     out = np.array(start, dtype=np.float64).reshape(-1, 2)
-    todo = np.ones(len(out), dtype=bool)
+    todo = np.isfinite(out).all(axis=1) & (out[:, 1] > 0)  # no window to fit in: returned as given
     for _ in range(iterations):
         rows = np.flatnonzero(todo)
         if rows.size == 0:

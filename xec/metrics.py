@@ -127,13 +127,11 @@ def resolution(
             lo, hi = np.percentile(samples, [_Q_LO, _Q_HI], axis=1)
             halves.append(0.5 * (hi - lo))
             take = samples[: max(0, nc - n_cores)] if fit_cores else samples[:0]
-            if len(take) and sigma_core > 0:
-                # each resample starts from the full-sample fit (same estimator, fewer iterations);
-                # all of them at once (xec.gaussfit)
+            if len(take):
+                # each resample starts from the full-sample fit (same estimator, fewer iterations),
+                # all of them at once (xec.gaussfit); a constant sample's 0 stays 0
                 start = np.tile([mu_core, sigma_core], (len(take), 1))
                 cores.append(core_fits(take, start, CORE_NSIGMA, CORE_ITERATIONS, MIN_EVENTS, _TRUNC2_STD)[:, 1])
-            elif len(take):  # a constant sample: every resample's core is 0 too
-                cores.append(np.zeros(len(take)))
             n_cores += len(take)
         out["width68_err"] = float(np.std(np.concatenate(halves), ddof=1))
         cores = np.concatenate(cores) if cores else np.array([])
