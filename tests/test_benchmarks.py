@@ -19,7 +19,8 @@ def test_gpu_script_parses():
 
 
 @pytest.mark.parametrize(
-    "script", ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py", "precision.py"]
+    "script",
+    ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py", "precision.py", "metrics.py"],
 )
 def test_benchmark_scripts_import(script):
     r = subprocess.run(
