@@ -126,13 +126,13 @@ def resolution(
         for samples in _resamples(x, n_boot, seed):
             lo, hi = np.percentile(samples, [_Q_LO, _Q_HI], axis=1)
             halves.append(0.5 * (hi - lo))
-            take = samples[: max(0, nc - n_cores)] if fit_cores else samples[:0]
-            if len(take):
+            if fit_cores and n_cores < nc:
                 # each resample starts from the full-sample fit (same estimator, fewer iterations),
                 # all of them at once (xec.gaussfit); a constant sample's 0 stays 0
+                take = samples[: nc - n_cores]
                 start = np.tile([mu_core, sigma_core], (len(take), 1))
                 cores.append(core_fits(take, start, CORE_NSIGMA, CORE_ITERATIONS, MIN_EVENTS, _TRUNC2_STD)[:, 1])
-            n_cores += len(take)
+                n_cores += len(take)
         out["width68_err"] = float(np.std(np.concatenate(halves), ddof=1))
         cores = np.concatenate(cores) if cores else np.array([])
         cores = cores[np.isfinite(cores)]
