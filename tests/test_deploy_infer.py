@@ -444,6 +444,25 @@ def test_provider_choice(monkeypatch):
         providers_for("cuda")
 
 
+def test_cuda_libraries_preloaded_once_when_the_cuda_provider_is_offered(monkeypatch):
+    import onnxruntime as ort
+
+    from xec.deploy import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_CUDA_PRELOADED", [])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    runtime.providers_for("auto")
+    assert calls == []  # a CPU build: nothing to load
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    runtime.providers_for("cpu")
+    assert calls == []  # the CPU asked for
+    runtime.providers_for("auto")
+    runtime.providers_for("cuda")
+    assert calls == [1]
+
+
 def test_provider_report_names_a_silent_cpu_fallback():
     from xec.deploy.runtime import provider_report
 

@@ -49,6 +49,7 @@ def providers_for(device: str = "auto") -> list[str]:
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in available:
+        _preload_cuda_libraries(ort)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         raise XecError(
@@ -56,6 +57,23 @@ def providers_for(device: str = "auto") -> list[str]:
             "(install onnxruntime-gpu on a machine with a GPU)"
         )
     return ["CPUExecutionProvider"]
+
+
+_CUDA_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries onnxruntime-gpu was built for from the NVIDIA pip
+    packages (``onnxruntime.preload_dlls``, onnxruntime >= 1.21), once per process. Without it the
+    CUDA provider finds them only on LD_LIBRARY_PATH or when torch was imported first, which
+    `xec infer` avoids (start-up time): the session would fall back to the CPU."""
+    if _CUDA_PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _CUDA_PRELOADED.append(True)
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # a library it cannot load: the provider check below names the fallback
+        log.warning("onnxruntime.preload_dlls failed (%s: %s)", type(exc).__name__, exc)
 
 
 def _job_threads() -> int:
