@@ -14,7 +14,11 @@
 #      same training events (ACC_RECIPE), exported and run on the bench sample, ML vs classical
 #      (xec summary); the presets train side by side on the GPU; with "torchrun_acc" in PARTS the
 #      first preset's regressor trains under torchrun (DDP, NCCL);
-#   7. optionally (COMPILE=1) torch.compile'd training steps of the small preset.
+#   7. optionally (COMPILE=1) torch.compile'd training steps of the small preset;
+#   8. with "stages" in PARTS (or its halves "stages_train", "stages_infer"): the default config's models (tiny) on the GPU as the workflow chains
+#      them (MAE beside the inpainter, regressor epochs + finish, both exported), then `xec infer`
+#      with the inpainter on a realdata-like sample (1 % dead sensors) through ONNX Runtime's CUDA
+#      provider and on the CPU (STAGES_RECIPE: the training keys, YAML).
 # Every part has its own time limit and log under OUTDIR; a failing part is reported and the
 # script goes on. The summary table at the end is also written to OUTDIR/summary.md.
 #
@@ -23,7 +27,8 @@
 #        TRAIN_PRESETS ("small base"), TRAIN_BATCH (256), WORKERS (8), COMPILE (0),
 #        PARTS ("model data epoch precision torchrun inference": the parts to run; also "accuracy",
 #        "torchrun_acc"), ACC_PRESETS ("small base"), ACC_RECIPE (the accuracy part's training
-#        keys, YAML), ACC_LIMIT (420 s per preset), ACC_WAIT (180 s), COMPILE_LIMIT (400 s)
+#        keys, YAML), ACC_LIMIT (420 s per preset), ACC_WAIT (180 s), COMPILE_LIMIT (400 s),
+#        MODEL_ARGS (more arguments of benchmarks/model.py), STAGES_RECIPE, STAGES_LIMIT (300 s), STAGES_DEVICES ("cuda cpu": xec infer's devices)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -73,8 +78,9 @@ NGPU=$("$PY" -c "import torch; print(max(1, torch.cuda.device_count()))")
 
 PARTS=${PARTS:-"model data epoch precision torchrun inference"}
 has() { [[ " $PARTS " == *" $1 "* ]]; }
+wants_stages() { has stages || has stages_train || has stages_infer; }
 has model && part model 420 "$PY" benchmarks/model.py --devices cuda --presets $PRESETS --kinds ${KINDS:-regressor mae inpainter} --no-components --steps 5 \
-    --json "$OUT/model.json"
+    --json "$OUT/model.json" ${MODEL_ARGS:-}
 
 # the data of the training epochs: EVENTS train + 4,000 val events at 15-60 MeV, as shards
 cat >"$DATA/common.yaml" <<EOF
@@ -83,6 +89,7 @@ simulation:
     train: {events: $EVENTS, seed: 101, energy_mev: [15.0, 60.0]}
     val: {events: 4000, seed: 202, energy_mev: [15.0, 60.0]}
     bench: {events: 4000, seed: 303, energy_mev: 52.8}
+    realdata: {events: 4000, seed: 404, energy_mev: 52.8, dead_fraction: 0.01, gain_spread: 0.03}
 regressor: {epochs: 1, batch_size: $TRAIN_BATCH}
 train: {num_workers: $WORKERS}
 mlflow: {enabled: false}
@@ -94,13 +101,20 @@ data() {
         "$PY" -m xec.cli shards --config "$DATA/common.yaml" --input "$DATA/$s.root" --split $s \
             --out "$DATA/shards/$s" --workers "$(nproc)" || return
     done
-    if has accuracy; then
-        # the accuracy part's bench sample, reweighting and classical reconstruction (CPU, in the
-        # background of the first training)
-        "$PY" -m xec.cli simulate --config "$DATA/common.yaml" --sample bench --out "$DATA/bench.root" \
-            --workers "$(nproc)" || return
+    if has accuracy || wants_stages; then
+        # the reweighting of the regressors' training
         "$PY" -m xec.cli reweight --config "$DATA/common.yaml" --manifest "$DATA/shards/train/manifest.json" \
             --out "$DATA/weights.npz" --plot "$DATA/weights.png" || return
+    fi
+    if wants_stages; then
+        "$PY" -m xec.cli simulate --config "$DATA/common.yaml" --sample realdata --out "$DATA/realdata.root" \
+            --workers "$(nproc)" || return
+    fi
+    if has accuracy; then
+        # the accuracy part's bench sample and classical reconstruction (CPU, in the background of
+        # the first training)
+        "$PY" -m xec.cli simulate --config "$DATA/common.yaml" --sample bench --out "$DATA/bench.root" \
+            --workers "$(nproc)" || return
         ("$PY" -m xec.cli baseline --config "$DATA/common.yaml" --calibrate-on "$DATA/train.root" \
             --calibration "$DATA/calibration.json" &&
             "$PY" -m xec.cli baseline --config "$DATA/common.yaml" --input "$DATA/bench.root" \
@@ -108,7 +122,7 @@ data() {
             echo $? >"$DATA/baseline.rc") >"$DATA/baseline.log" 2>&1 &
     fi
 }
-export -f data has
+export -f data has wants_stages
 export PARTS
 export PY DATA EVENTS TRAIN_BATCH WORKERS
 has data && part data 300 data
@@ -136,6 +150,68 @@ has torchrun && part "torchrun_${FIRST}_${NGPU}gpu" 300 train "$FIRST" "$PY" -c 
 
 has inference && part inference 300 "$PY" benchmarks/inference.py --devices cpu cuda --threads "$(nproc)" \
     --batch-sizes 256 1024 --opt-levels all --spinning 0 --events 4096 --repeats 2
+
+# the default config's models on the GPU, chained as the workflow chains them (the inpainter
+# needs no MAE: it trains beside it, as with workflow.inpainter_after_mae false on a cluster),
+# then `xec infer` with the inpainter on the realdata-like sample, ONNX Runtime on the GPU and on
+# the CPU. Short training (STAGES_RECIPE): this checks the GPU path and times it; it measures no
+# resolution.
+STAGES_RECIPE=${STAGES_RECIPE:-"mae: {epochs: 1}
+inpainter: {epochs: 1}
+regressor: {epochs: 2}"}
+export STAGES_RECIPE
+stages_train() {
+    local d="$DATA/stages" c="$DATA/stages/config.yaml" t0=$SECONDS
+    mkdir -p "$d"
+    { grep -v '^regressor:' "$DATA/common.yaml"; echo "$STAGES_RECIPE"; } >"$c"
+    local io=(--train "$DATA/shards/train/manifest.json" --val "$DATA/shards/val/manifest.json")
+    "$PY" -m xec.cli train mae --config "$c" "${io[@]}" --out "$d/mae" --log "$d/mae.log" &
+    "$PY" -m xec.cli train inpainter --config "$c" --init none "${io[@]}" --out "$d/inpainter" \
+        --log "$d/inpainter.log" || return
+    wait $! || return
+    echo "MAE and inpainter side by side: $((SECONDS - t0)) s"
+    "$PY" -m xec.cli export --config "$c" --checkpoint "$d/inpainter/checkpoint.pt" \
+        --val-shards "$DATA/shards/val/manifest.json" --out "$d/inpainter.onnx" --log "$d/export_inpainter.log" &
+    "$PY" -m xec.cli train regressor --config "$c" --init "$d/mae/checkpoint.pt" --weights "$DATA/weights.npz" \
+        "${io[@]}" --out "$d/regressor" --log "$d/regressor.log" || return
+    echo "regressor done: $((SECONDS - t0)) s"
+    wait $! || return
+    "$PY" -m xec.cli export --config "$c" --checkpoint "$d/regressor/checkpoint.pt" \
+        --val-shards "$DATA/shards/val/manifest.json" --out "$d/regressor.onnx" --log "$d/export_regressor.log" || return
+    grep -hE "events/s|parity" "$d"/mae.log "$d"/inpainter.log "$d"/regressor.log "$d"/export_*.log | tail -n 20
+}
+stages_infer() {
+    local d="$DATA/stages" c="$DATA/stages/config.yaml"
+    # twice each: the first run of a process pays ONNX Runtime's CUDA start-up (the command's time
+    # includes it, as a job's does)
+    local dev th rep t1 res
+    for dev in ${STAGES_DEVICES:-cuda cpu}; do
+        th=$([ "$dev" = cpu ] && nproc || echo 1)
+        for rep in 1 2; do
+            t1=$SECONDS
+            res=$("$PY" -m xec.cli infer --config "$c" --model "$d/regressor.onnx" --inpainter "$d/inpainter.onnx" \
+                --input "$DATA/realdata.root" --out "$d/realdata_$dev.root" --device "$dev" --threads "$th" \
+                --log "$d/infer_$dev.log" | tail -n 1) || return
+            echo "xec infer --device $dev --threads $th, run $rep: $res; $((SECONDS - t1)) s wall"
+        done
+        grep -h "ONNX Runtime runs on\|time per stage" "$d/infer_$dev.log" | tail -n 3
+    done
+    if [ -e "$d/realdata_cuda.parquet" ] && [ -e "$d/realdata_cpu.parquet" ]; then
+        "$PY" - "$d" <<'PYEOF'
+import sys
+import numpy as np, pandas as pd
+d = sys.argv[1]
+a, b = (pd.read_parquet(f"{d}/realdata_{dev}.parquet") for dev in ("cuda", "cpu"))
+diffs = {c: float(np.nanmax(np.abs(a[c].to_numpy() - b[c].to_numpy()))) for c in a.columns if a[c].dtype.kind == "f"}
+worst = sorted(diffs.items(), key=lambda kv: -kv[1])[:4]
+print(f"ORT CUDA vs CPU, {len(a)} events: largest output differences " + ", ".join(f"{c} {v:.3g}" for c, v in worst))
+PYEOF
+    fi
+}
+export -f stages_train stages_infer
+# (in two parts, so that a short device lease can run them in two calls)
+{ has stages || has stages_train; } && part stages_train "${STAGES_LIMIT:-300}" stages_train
+{ has stages || has stages_infer; } && part stages_infer 180 stages_infer
 
 # accuracy vs compute: the same training events and recipe for each preset (the default config's
 # optimizer; batch and epochs sized for one GPU lease), then bench ML vs classical
