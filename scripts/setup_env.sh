@@ -22,14 +22,36 @@ pip_install() {
   "$VENV/bin/python" -m pip install -q "$@" >>"$LOG" 2>&1 || { tail -n 30 "$LOG" >&2; echo "[setup] pip install $* failed; full log: $LOG" >&2; exit 1; }
 }
 : > "$LOG"
-# A current pip first: the venv's bundled one (23.x with Python 3.11) spends ~40 s resolving and
-# unpacking xec's ~100 dependencies, pip >= 25 ~25 s (docs/performance.md, "Default pipeline").
-# Not fatal: a mirror without it leaves the bundled pip, which works, slower.
-"$VENV/bin/python" -m pip install -q --no-compile -U "pip>=25.1" >>"$LOG" 2>&1 ||
-  echo "[setup] could not upgrade pip (see $LOG); going on with the venv's own" >&2
-# torch first and alone, so that the resolver never swaps it for another build.
-pip_install --no-compile "$TORCH_SPEC"
-pip_install --no-compile -e ".[test]"
+# uv (from PyPI, into the venv) installs xec's ~100 dependencies in parallel from its cache: ~5 s
+# where they were installed before, against ~35 s for pip (docs/performance.md, "Set-up"). It
+# reads no pip configuration, so pip's find-links (the CPU torch build of a machine that
+# provides one) are handed over. pip stays the fallback (XEC_INSTALLER=pip forces it) whenever uv
+# cannot be installed or fails (e.g. a cluster reachable only through pip's own index setting).
+INSTALLER=${XEC_INSTALLER:-uv}
+if [ "$INSTALLER" = uv ] && ! "$VENV/bin/python" -m pip install -q --no-compile "uv>=0.5" >>"$LOG" 2>&1; then
+  echo "[setup] could not install uv (see $LOG); installing with pip" >&2
+  INSTALLER=pip
+fi
+if [ "$INSTALLER" = uv ]; then
+  links=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)}}
+  uv_install() {
+    env ${links:+UV_FIND_LINKS="$links"} "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@" >>"$LOG" 2>&1
+  }
+  # torch first and alone, so that the resolver never swaps it for another build
+  if ! { uv_install "$TORCH_SPEC" && uv_install -e ".[test]"; }; then
+    echo "[setup] uv failed (see $LOG); installing with pip" >&2
+    INSTALLER=pip
+  fi
+fi
+if [ "$INSTALLER" = pip ]; then
+  # A current pip first: the venv's bundled one (23.x with Python 3.11) spends ~40 s resolving and
+  # unpacking xec's ~100 dependencies, pip >= 25 ~25 s. Not fatal: a mirror without it leaves
+  # the bundled pip, which works, slower.
+  "$VENV/bin/python" -m pip install -q --no-compile -U "pip>=25.1" >>"$LOG" 2>&1 ||
+    echo "[setup] could not upgrade pip (see $LOG); going on with the venv's own" >&2
+  pip_install --no-compile "$TORCH_SPEC"
+  pip_install --no-compile -e ".[test]"
+fi
 # No bytecode from pip (it compiles every installed file on one core) nor a compileall over
 # site-packages (16,700 files, ~30 s on 2 cores): the ~4,300 modules the commands import are
 # compiled by importing them, in two processes side by side (~18 s); anything else compiles on
