@@ -15,10 +15,11 @@
 #      (xec summary); the presets train side by side on the GPU; with "torchrun_acc" in PARTS the
 #      first preset's regressor trains under torchrun (DDP, NCCL);
 #   7. optionally (COMPILE=1) torch.compile'd training steps of the small preset;
-#   8. with "stages" in PARTS (or its halves "stages_train", "stages_infer"): the default config's models (tiny) on the GPU as the workflow chains
-#      them (MAE beside the inpainter, regressor epochs + finish, both exported), then `xec infer`
-#      with the inpainter on a realdata-like sample (1 % dead sensors) through ONNX Runtime's CUDA
-#      provider and on the CPU (STAGES_RECIPE: the training keys, YAML).
+#   8. with "stages" in PARTS (or its halves "stages_train", "stages_infer"): the default config's
+#      models (tiny) on the GPU as the workflow chains them (MAE beside the inpainter, regressor
+#      epochs + finish, both exported), then `xec infer` with the inpainter on a realdata-like
+#      sample (1 % dead sensors) through ONNX Runtime's CUDA provider and on the CPU
+#      (STAGES_RECIPE: the training keys, YAML).
 # Every part has its own time limit and log under OUTDIR; a failing part is reported and the
 # script goes on. The summary table at the end is also written to OUTDIR/summary.md.
 #
@@ -28,7 +29,8 @@
 #        PARTS ("model data epoch precision torchrun inference": the parts to run; also "accuracy",
 #        "torchrun_acc"), ACC_PRESETS ("small base"), ACC_RECIPE (the accuracy part's training
 #        keys, YAML), ACC_LIMIT (420 s per preset), ACC_WAIT (180 s), COMPILE_LIMIT (400 s),
-#        MODEL_ARGS (more arguments of benchmarks/model.py), STAGES_RECIPE, STAGES_LIMIT (300 s), STAGES_DEVICES ("cuda cpu": xec infer's devices)
+#        MODEL_ARGS (more arguments of benchmarks/model.py), STAGES_RECIPE, STAGES_LIMIT (300 s),
+#        STAGES_DEVICES ("cuda cpu": xec infer's devices in stages_infer)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
