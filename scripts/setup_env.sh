@@ -23,9 +23,9 @@ pip_install() {
 }
 : > "$LOG"
 # uv (from PyPI, into the venv) installs xec's ~100 dependencies in parallel from its cache: ~5 s
-# where they were installed before, against ~35 s for pip (docs/performance.md, "Set-up"). It
-# reads no pip configuration, so pip's find-links (the CPU torch build of a machine that
-# provides one) are handed over. pip stays the fallback (XEC_INSTALLER=pip forces it) whenever uv
+# where they were installed before, against ~35 s for pip (docs/performance.md, "Default
+# pipeline", session 32). It reads no pip configuration, so pip's find-links (the CPU torch
+# build of a machine that provides one) are handed over. pip stays the fallback (XEC_INSTALLER=pip forces it) whenever uv
 # cannot be installed or fails (e.g. a cluster reachable only through pip's own index setting).
 INSTALLER=${XEC_INSTALLER:-uv}
 if [ "$INSTALLER" = uv ] && ! "$VENV/bin/python" -m pip install -q --no-compile "uv>=0.5" >>"$LOG" 2>&1; then
