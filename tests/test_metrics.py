@@ -105,3 +105,49 @@ def test_quantile_of_rayleigh_opening_angles():
     assert r["value"] == pytest.approx(np.sqrt(-2 * np.log(1 - 0.6827)), abs=0.03)
     assert 0.002 < r["err"] < 0.02 and r["n"] == 20000
     assert np.isnan(metrics.quantile([1.0, 2.0])["value"])
+
+
+def test_resolution_ratio_of_scaled_residuals_is_exact():
+    a = np.random.default_rng(5).normal(0.0, 1.0, 3000)
+    r = metrics.resolution_ratio(a, 2.0 * a, n_boot=50, seed=0, n_boot_core=10)
+    assert r["n"] == 3000
+    assert r["width68"] == pytest.approx(0.5, rel=1e-12)
+    assert r["width68_err"] < 1e-12  # every resample scales both alike
+    assert r["sigma_core"] == pytest.approx(0.5, rel=1e-3)
+    assert r["sigma_core_err"] < 2e-3
+
+
+def test_resolution_ratio_error_is_the_paired_spread():
+    """Two methods that share most of their error (the same showers): the paired bootstrap error
+    matches the spread of the ratio over repeated experiments and is well below the two widths'
+    errors added in quadrature."""
+    rng = np.random.default_rng(11)
+
+    def experiment(n=2000):
+        shared = rng.normal(0.0, 1.0, n)
+        return shared + rng.normal(0.0, 0.3, n), shared + rng.normal(0.0, 0.6, n)
+
+    ratios = [metrics.width68(a) / metrics.width68(b) for a, b in (experiment() for _ in range(300))]
+    a, b = experiment()
+    r = metrics.resolution_ratio(a, b, n_boot=300, seed=3, n_boot_core=40)
+    assert r["width68"] == pytest.approx(np.sqrt(1.09 / 1.36), abs=0.02)
+    assert r["sigma_core"] == pytest.approx(np.sqrt(1.09 / 1.36), abs=0.02)
+    truth = np.std(ratios, ddof=1)
+    assert 0.7 * truth < r["width68_err"] < 1.4 * truth
+    ra, rb = metrics.resolution(a, n_boot=300, seed=3), metrics.resolution(b, n_boot=300, seed=3)
+    independent = r["width68"] * np.hypot(ra["width68_err"] / ra["width68"], rb["width68_err"] / rb["width68"])
+    assert r["width68_err"] < 0.8 * independent
+    assert 0.0 < r["sigma_core_err"] < 3 * truth
+    # same seed, same numbers
+    assert metrics.resolution_ratio(a, b, n_boot=300, seed=3, n_boot_core=40) == r
+
+
+def test_resolution_ratio_pairs_finite_events_only():
+    a = np.random.default_rng(2).normal(0.0, 1.0, 500)
+    b = a.copy()
+    a[:10], b[10:30] = np.nan, np.inf
+    r = metrics.resolution_ratio(a, b, n_boot=20, seed=0, n_boot_core=5)
+    assert r["n"] == 470 and r["width68"] == pytest.approx(1.0)
+    assert np.isnan(metrics.resolution_ratio([1.0, 2.0], [1.0, 3.0])["width68"])
+    with pytest.raises(ValueError, match="one pair per event"):
+        metrics.resolution_ratio(np.ones(20), np.ones(21))

@@ -317,3 +317,54 @@ def test_inpainting_goal_below_the_poisson_floor_is_said_so():
     header, rows = inpainting_rows({"samples": {"val": res}})
     goal = {r[1]: r[header.index("goal")] for r in rows}
     assert goal == {"inner": "not met", "outer": "not met (below floor)"}, goal
+
+
+def test_ml_over_classical_ratios_with_goals(files):
+    """The ML / classical table: ratios of the same events' widths with paired errors, checked
+    against summary.ratio_goals; samples without truth have none."""
+    tmp, p = files
+    (tmp / "goals.yaml").write_text("summary: {n_boot: 40, n_boot_core: 8, ratio_goals: {u_mm: 0.45, w_mm: 0.48}}\n")
+    out, md = tmp / "summary.json", tmp / "summary.md"
+    args = ["--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"])]
+    args += ["--realdata-predictions", str(p["inp"]), "--realdata-baseline", str(p["rbase"])]
+    assert main(["summary", *args, "--out", str(out), "--markdown", str(md), "--config", str(tmp / "goals.yaml")]) == 0
+    s = json.loads(out.read_text())
+    ratios = s["bench"]["ratios"]
+    assert ratios["reference"] == "baseline" and set(ratios["methods"]) == {"ml"}
+    assert ratios["goals"] == {
+        "u_mm": 0.45,
+        "v_mm": 0.9,
+        "w_mm": 0.48,
+        "energy_pct": 0.9,
+        "time_ps": 0.9,
+        "theta_deg": 0.95,
+        "phi_deg": 0.95,
+    }
+    r, methods = ratios["methods"]["ml"], s["bench"]["methods"]
+    for key in ("u_mm", "v_mm", "w_mm", "time_ps", "theta_deg", "phi_deg"):  # the ML errors are half the baseline's
+        for cls in ("all", "fiducial", "fiducial w>2"):
+            assert r[key][cls]["width68"] == pytest.approx(0.5, abs=0.05), (key, cls)
+            assert 0 < r[key][cls]["width68_err"] < 0.05
+        # the same events as the tables: the ratio of their widths
+        ml, base = methods["ml"][key]["all"]["width68"], methods["baseline"][key]["all"]["width68"]
+        assert r[key]["all"]["width68"] == pytest.approx(ml / base, rel=1e-9)
+    assert r["energy_pct"]["all"]["sigma_core"] == pytest.approx(0.5, abs=0.06)
+    assert r["u_mm"]["w<2"]["n"] + r["u_mm"]["w>2"]["n"] == N
+    assert "ratios" not in s["realdata"]  # no truth: the widths there are ML - classical already
+    text = md.read_text()
+    assert "### ML / classical" in text
+    assert "| v (mm) [fiducial] | <= 0.9 | 0." in text and "| yes |" in text
+    assert (
+        "| u (mm) [all] | <= 0.45 |" in text and "| no |" in text.split("| u (mm) [all] | <= 0.45 |")[1].split("\n")[0]
+    )
+
+
+def test_ratio_verdicts():
+    from xec.summary_tables import ratio_verdict
+
+    cell = {"width68": 0.91, "width68_err": 0.02, "sigma_core": 0.88, "sigma_core_err": 0.03}
+    assert ratio_verdict(cell, 0.90) == "within error"
+    assert ratio_verdict(cell, 0.95) == "yes"
+    assert ratio_verdict(cell, 0.85) == "no"
+    assert ratio_verdict({**cell, "sigma_core": float("nan")}, 0.92) == "yes"
+    assert ratio_verdict({k: float("nan") for k in cell}, 0.9) == "-"

@@ -36,6 +36,12 @@ resolutions for the events with and without the second gamma (by its truth, the
 ``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
 and of the classical reconstruction vs the fraction of dead sensors on bench).
 
+ML / classical (``ratios``, samples with truth, every ML method but the ``light`` ones): per
+observable and class, width68 and sigma_core of the ML over the classical reconstruction's on the
+same events, with paired bootstrap errors (:func:`xec.metrics.resolution_ratio`: both methods see
+the same showers, so their widths are correlated), and the goals (``summary.ratio_goals``: the
+ratio each observable should reach) that the tables check.
+
 Per-event uncertainties (``uncertainty``, samples with truth, methods with ``sigma_<task>_<col>``
 columns, i.e. the ML): per observable with a sigma (u, v, w, energy, time) and class (``all``,
 ``fiducial``), the pulls (pred - true) / sigma (``pull``: :func:`xec.metrics.resolution`; a
@@ -191,6 +197,38 @@ def _scaled(res: dict[str, float], scale: float) -> dict[str, float]:
     return out
 
 
+def event_classes(
+    n: int, w_true: np.ndarray | None, w_split: float, fiducial: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The event classes every resolution is quoted in: all, w<split, w>split (by the true depth,
+    when known) and the same inside the fiducial volume (``fiducial``: its event mask)."""
+    depth = {"all": np.ones(n, bool)}
+    if w_true is not None:
+        depth[f"w<{w_split:g}"] = w_true < w_split
+        depth[f"w>{w_split:g}"] = w_true >= w_split
+    classes = dict(depth)
+    if fiducial is not None:
+        classes.update({("fiducial" if c == "all" else f"fiducial {c}"): m & fiducial for c, m in depth.items()})
+    return classes
+
+
+def ratio_summary(
+    df, reference, classes: Mapping[str, np.ndarray], n_boot: int, seed: int, n_boot_core: int
+) -> dict[str, Any]:
+    """ML / classical per observable and class: the ratios of the 68 % half-widths and of the
+    Gaussian-core sigmas on the same events, with paired bootstrap errors
+    (:func:`xec.metrics.resolution_ratio`). Residuals against the truth (samples with truth)."""
+    from xec.metrics import resolution_ratio
+
+    out: dict[str, Any] = {}
+    for name, (col, _, kind) in OBSERVABLES.items():
+        a, b = residual(df, col, kind), residual(reference, col, kind)
+        if a is None or b is None:
+            continue
+        out[name] = {c: resolution_ratio(a[m], b[m], n_boot, seed, n_boot_core) for c, m in classes.items()}
+    return out
+
+
 def method_summary(
     df,
     w_true: np.ndarray | None,
@@ -207,13 +245,7 @@ def method_summary(
     which adds the classes ``fiducial``, ``fiducial w<split`` and ``fiducial w>split``."""
     from xec.metrics import opening_angle_deg, quantile, resolution, tail_fraction
 
-    depth = {"all": np.ones(len(df), bool)}
-    if w_true is not None:
-        depth[f"w<{w_split:g}"] = w_true < w_split
-        depth[f"w>{w_split:g}"] = w_true >= w_split
-    classes = dict(depth)
-    if fiducial is not None:
-        classes.update({("fiducial" if c == "all" else f"fiducial {c}"): m & fiducial for c, m in depth.items()})
+    classes = event_classes(len(df), w_true, w_split, fiducial)
     out: dict[str, Any] = {}
     for name, (col, scale, kind) in OBSERVABLES.items():
         r = residual(df, col, kind, ref)
@@ -333,6 +365,7 @@ def sample_summary(
     fiducial: Mapping[str, Any] | None = None,
     max_events: int | None = None,
     light: tuple[str, ...] = (),
+    ratio_goals: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
@@ -361,8 +394,9 @@ def sample_summary(
                 "selected_by": by,
                 "events": int(fid_mask.sum()),
             }
-    methods, uncertainty = {}, {}
+    methods, uncertainty, ratios = {}, {}, {}
     classes = {"all": np.ones(len(first), bool), **({"fiducial": fid_mask} if fid_mask is not None else {})}
+    ratio_classes = event_classes(len(first), w_true, w_split, fid_mask)
     for name, df in frames.items():
         if ref is not None and name == reference_method:
             continue
@@ -374,6 +408,8 @@ def sample_summary(
             u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core)
             if u:
                 uncertainty[name] = u
+            if name != reference_method and reference_method in frames:
+                ratios[name] = ratio_summary(df, frames[reference_method], ratio_classes, n_boot, seed, n_boot_core)
     out = {
         "events": int(len(first)),
         "events_available": max(count_events(p) for p in inputs.values()),
@@ -384,6 +420,8 @@ def sample_summary(
     }
     if uncertainty:
         out["uncertainty"] = {"pull_goal": list(PULL_GOAL), "methods": uncertainty}
+    if ratios:
+        out["ratios"] = {"reference": reference_method, "goals": dict(ratio_goals or {}), "methods": ratios}
     split = pileup_split(frames, fid_mask, n_boot, seed, w_split, tail_nsigma) if has_truth else None
     if split:
         out["pileup_split"] = split
@@ -400,6 +438,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
     n_core = int(sec["n_boot_core"])
     fiducial = sec["fiducial"]
     max_events = sec["max_events"]
+    goals = {k: float(v) for k, v in sec["ratio_goals"].items()}
     seed = int(cfg["seed"])
     out: dict[str, Any] = {
         "meta": {
@@ -433,12 +472,16 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
             "and/or --deadsweep"
         )
     if bench:
-        out["bench"] = sample_summary(bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
+        out["bench"] = sample_summary(
+            bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, ratio_goals=goals
+        )
     if pileup:  # bench with a second gamma in a fraction of the events: the same tables
-        out["pileup"] = sample_summary(pileup, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events)
+        out["pileup"] = sample_summary(
+            pileup, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, ratio_goals=goals
+        )
     if real:
         out["realdata"] = sample_summary(
-            real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, light=LIGHT_METHODS
+            real, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, LIGHT_METHODS, goals
         )
         ml = args.realdata_predictions or args.realdata_noinpaint_predictions
         if ml:

@@ -116,6 +116,61 @@ def uncertainty_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+RATIO_NOTE = (
+    "ML / classical: the ML's 68 % half-width (Gaussian-core sigma) over the classical "
+    "reconstruction's on the same events, ± paired bootstrap error (the two methods measure the same "
+    "showers, so their widths move together); goal: the ratio to reach (summary.ratio_goals). "
+    "'yes': the 68 % and the core ratio both at or below the goal; 'within error': a ratio above "
+    "it by less than its error; 'no': further."
+)
+
+
+def _ratio_cell(r: Mapping[str, Any]) -> str:
+    if not math.isfinite(r["width68"]):
+        return "-"
+    s = f"{r['width68']:.3f} ± {r['width68_err']:.3f}" if math.isfinite(r["width68_err"]) else f"{r['width68']:.3f}"
+    if math.isfinite(r["sigma_core"]):
+        err = f" ± {r['sigma_core_err']:.3f}" if math.isfinite(r["sigma_core_err"]) else ""
+        s += f" (core {r['sigma_core']:.3f}{err})"
+    return s
+
+
+def ratio_verdict(r: Mapping[str, Any], goal: float) -> str:
+    """yes / within error / no for one ratio cell against its goal (RATIO_NOTE)."""
+    values = [(r[k], r[f"{k}_err"]) for k in ("width68", "sigma_core") if math.isfinite(r[k])]
+    if not values:
+        return "-"
+    if all(v <= goal for v, _ in values):
+        return "yes"
+    if all(v <= goal or (math.isfinite(e) and v - e <= goal) for v, e in values):
+        return "within error"
+    return "no"
+
+
+def ratio_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (observable x class, the fiducial classes first) of a sample's ML /
+    classical table: per ML method the ratios and the verdict against the goal."""
+    info = sample.get("ratios") or {}
+    methods, goals = info.get("methods", {}), info.get("goals", {})
+    names = list(methods)
+    header = ["observable", "goal"] + [h for m in names for h in (f"{m} / classical", "meets")]
+    rows: list[list[str]] = []
+    if not names:
+        return header, rows
+    first = methods[names[0]]
+    for key in LABELS:
+        if key not in first:
+            continue
+        for cls in sorted(first[key], key=lambda c: not c.startswith("fiducial")):  # the headline first
+            goal = goals.get(key)
+            cells = []
+            for m in names:
+                r = methods[m].get(key, {}).get(cls)
+                cells += ["-", "-"] if r is None else [_ratio_cell(r), "-" if goal is None else ratio_verdict(r, goal)]
+            rows.append([f"{LABELS[key]} [{cls}]", "-" if goal is None else f"<= {goal:g}"] + cells)
+    return header, rows
+
+
 UNCERTAINTY_NOTE = (
     "Per-event uncertainties: pull = (pred - true) / sigma (68 % half-width; a calibrated sigma gives "
     "1.00), and the resolution (68 % half-width, the observable's units) of the 50 % of events with the "
@@ -133,6 +188,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines += [f"## {name} ({s['events']} events, residuals against {ref})", ""]
         for title, (header, rows) in _tables(s):
             lines += [f"### {title}", "", *_md_table(header, rows), ""]
+        if s.get("ratios"):
+            lines += ["### ML / classical", "", RATIO_NOTE, "", *_md_table(*ratio_rows(s)), ""]
         if s.get("uncertainty"):
             lines += ["### per-event uncertainties", "", UNCERTAINTY_NOTE, "", *_md_table(*uncertainty_rows(s)), ""]
         for title, note, (header, rows) in _run_period_tables(s):
@@ -418,6 +475,8 @@ def to_html(summary: dict[str, Any]) -> str:
         s = summary[name]
         parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3>")
         tables = _tables(s)
+        if s.get("ratios"):
+            tables.append(("ML / classical. " + RATIO_NOTE, ratio_rows(s)))
         if s.get("uncertainty"):
             tables.append(("per-event uncertainties. " + UNCERTAINTY_NOTE, uncertainty_rows(s)))
         tables += [(f"{title}. {note}", table) for title, note, table in _run_period_tables(s)]
