@@ -362,6 +362,7 @@ class Predictor:
         self._reg = pool.submit(self._regressor_session, model, inpainter, session_args)
         self._inp = pool.submit(make_session, inpainter, *session_args) if inpainter else None
         pool.shutdown(wait=False)  # the threads end with their one task each
+        self._session_pool = pool
 
     def _regressor_session(self, model: str, inpainter: str | None, session_args: tuple) -> Any:
         reg = make_session(model, *session_args)
@@ -381,10 +382,9 @@ class Predictor:
     def settle(self) -> None:
         """Wait for the session threads, ignoring their errors: called when the run fails before
         using the sessions (a bad input file), so that the error is the command's last word, not
-        followed by a session's log lines (or, in a test, written to a stream already closed)."""
-        from concurrent.futures import wait
-
-        wait([f for f in (self._reg, self._inp) if f is not None])
+        followed by a session's log lines (or, in a test, written to a stream already closed).
+        Joins the threads too: a task's future is done a moment before its thread has ended."""
+        self._session_pool.shutdown(wait=True)
 
     @property
     def reg(self) -> Any:
