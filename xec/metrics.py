@@ -130,8 +130,7 @@ def resolution(
                 # each resample starts from the full-sample fit (same estimator, fewer iterations),
                 # all of them at once (xec.gaussfit); a constant sample's 0 stays 0
                 take = samples[: nc - n_cores]
-                start = np.tile([mu_core, sigma_core], (len(take), 1))
-                cores.append(core_fits(take, start, CORE_NSIGMA, CORE_ITERATIONS, MIN_EVENTS, _TRUNC2_STD)[:, 1])
+                cores.append(_resample_core_sigmas(take, (mu_core, sigma_core)))
                 n_cores += len(take)
         out["width68_err"] = float(np.std(np.concatenate(halves), ddof=1))
         cores = np.concatenate(cores) if cores else np.array([])
@@ -139,6 +138,12 @@ def resolution(
         if cores.size > 1:
             out["sigma_core_err"] = float(np.std(cores, ddof=1))
     return out
+
+
+def _resample_core_sigmas(rows: np.ndarray, start: tuple[float, float]) -> np.ndarray:
+    """Core-fit sigmas of bootstrap resamples (rows, n), all started from the full sample's fit."""
+    starts = np.tile(start, (len(rows), 1))
+    return core_fits(rows, starts, CORE_NSIGMA, CORE_ITERATIONS, MIN_EVENTS, _TRUNC2_STD)[:, 1]
 
 
 def resolution_ratio(
@@ -181,17 +186,7 @@ def resolution_ratio(
             halves.append((hi - lo)[:, 0] / (hi - lo)[:, 1])
         if fit_cores and n_cores < nc:
             take = samples[: nc - n_cores]
-            sig = [
-                core_fits(
-                    take[..., k],
-                    np.tile(fits[k], (len(take), 1)),
-                    CORE_NSIGMA,
-                    CORE_ITERATIONS,
-                    MIN_EVENTS,
-                    _TRUNC2_STD,
-                )[:, 1]
-                for k in range(2)
-            ]
+            sig = [_resample_core_sigmas(take[..., k], fits[k]) for k in range(2)]
             with np.errstate(divide="ignore", invalid="ignore"):
                 cores.append(sig[0] / sig[1])
             n_cores += len(take)
