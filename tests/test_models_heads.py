@@ -346,6 +346,27 @@ def test_model_info_cli(tmp_path, capsys):
     assert info["encoder"]["total"] == sum(v for k, v in info["encoder"].items() if k != "total")
 
 
+def test_model_info_of_the_default_config(tmp_path, capsys):
+    """With the repository's config (its inpainter is the sensor-level correction alone, which
+    needs the normalizer and data-dependent shapes) model-info counts the real models."""
+    from xec.cli import main
+    from xec.config import load_config, plain
+    from xec.normalization import normalizer_from_config
+
+    assert main(["model-info", "--json", str(tmp_path / "info.json")]) == 0
+    assert "local_fill" in capsys.readouterr().out
+    import json
+
+    info = json.loads((tmp_path / "info.json").read_text())
+    cfg = load_config(None)
+    inp = XECInpainter(model_config(plain(cfg["model"])), normalizer=normalizer_from_config(cfg))
+    assert info["inpainter"]["total"] == info["inpainter"]["local_fill"] == sum(p.numel() for p in inp.parameters())
+    assert info["inpainter"]["heads"] == 0
+    # no encoder; the correction's FLOPs counted for 1 % of the sensors filled
+    fl = info["flops_per_event"]["inpainter"]
+    assert fl["encoder"] == 0 and fl["total"] == fl["heads"] > 0
+
+
 # ---------------------------------------------------------------------------- torch.compile
 @pytest.mark.slow
 def test_hot_path_traces_without_graph_breaks(tiny):

@@ -17,6 +17,7 @@ from torch import nn
 
 from xec.config import add_config_argument, load_config, plain
 from xec.models.presets import PRESETS
+from xec.normalization import Normalizer, get_normalizer, normalizer_from_config
 from xec.utils import setup_logging
 
 log = logging.getLogger("xec.models")
@@ -25,6 +26,10 @@ log = logging.getLogger("xec.models")
 def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
+
+# the inpainter's FLOPs are counted with every 100th sensor to fill (1 %, the realdata sample's
+# dead fraction): its sensor-level correction costs per filled sensor
+INPAINT_FLOPS_EVERY = 100
 
 # encoder components as named by FlopCounterMode's module paths (XECEncoder attributes)
 _FLOP_COMPONENTS = {
@@ -42,11 +47,12 @@ def _outermost(keys: list[str]) -> list[str]:
     return [k for k in keys if not any(k != o and k.startswith(o + ".") for o in keys)]
 
 
-def forward_flops(model: nn.Module, call, batch: int = 2) -> dict[str, float]:
+def forward_flops(model: nn.Module, call, batch: int = 2, mask_every: int = 0) -> dict[str, float]:
     """Forward FLOPs per event of ``call(model, x, mask)`` (torch.utils.flop_counter: matmuls,
     convolutions and attention; elementwise ops are not counted), split into the encoder
     components and the rest ("heads": decoders, inpainting or regression heads). Shapes only:
-    ``model`` may live on the meta device."""
+    ``model`` may live on the meta device. ``mask_every`` k > 0: ``mask`` hides every k-th sensor
+    (what an inpainter fills), else none."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from xec.geometry import N_SENSORS
@@ -54,6 +60,8 @@ def forward_flops(model: nn.Module, call, batch: int = 2) -> dict[str, float]:
     device = next(model.parameters()).device
     x = torch.zeros(batch, N_SENSORS, 2, device=device)
     mask = torch.zeros(batch, N_SENSORS, dtype=torch.bool, device=device)
+    if mask_every:
+        mask[:, ::mask_every] = True
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         call(model, x, mask)
     counts = {k: sum(v.values()) / batch for k, v in counter.get_flop_counts().items() if k != "Global"}
@@ -76,21 +84,28 @@ def forward_flops(model: nn.Module, call, batch: int = 2) -> dict[str, float]:
     return out
 
 
-def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
+def model_info(
+    section: Mapping[str, Any], tasks: list[str] | None = None, normalizer: Normalizer | None = None
+) -> dict[str, Any]:
     """Parameter counts of every model built from a config ``model`` section (shapes only:
-    built on the meta device, so even `large` costs no memory)."""
+    built on the meta device, so even `large` costs no memory). ``normalizer``: the one the
+    inpainter's sensor-level correction works with (default: the default preset's)."""
     from xec.models import XECMAE, XECInpainter, XECRegressor, model_config
     from xec.targets import DEFAULT_TASKS
 
     cfg = model_config(section)
     tasks = list(tasks or DEFAULT_TASKS)
+    normalizer = normalizer or get_normalizer()
     with torch.device("meta"):
         mae = XECMAE(cfg)
-        inp = XECInpainter(cfg)
         reg = XECRegressor(cfg, tasks)
+    # the sensor-level correction gathers the filled sensors' neighbours (data-dependent shapes,
+    # which the meta device cannot run): that inpainter is built for real
+    with torch.device("cpu" if cfg.inpaint_local_neighbours else "meta"):
+        inp = XECInpainter(cfg, normalizer=normalizer)
     flops = {
         "mae": forward_flops(mae, lambda m, x, mask: m(x)),
-        "inpainter": forward_flops(inp, lambda m, x, mask: m(x, mask)),
+        "inpainter": forward_flops(inp, lambda m, x, mask: m(x, mask), mask_every=INPAINT_FLOPS_EVERY),
         "regressor": forward_flops(reg, lambda m, x, mask: m(x)),
     }
     enc = mae.encoder
@@ -112,7 +127,7 @@ def model_info(section: Mapping[str, Any], tasks: list[str] | None = None) -> di
         | {"hex": {"nodes": int(enc.layout.hex.ids.size)}},
         "encoder": {"total": _count(enc), **comp},
         "mae": {"total": _count(mae), "decoders": _count(mae.decoder)},
-        "inpainter": {"total": _count(inp), "heads": _count(inp.heads)},
+        "inpainter": {"total": _count(inp), "heads": _count(inp.heads), "local_fill": _count(inp.local)},
         "regressor": {
             "total": _count(reg),
             "tasks": tasks,
@@ -145,8 +160,9 @@ def format_info(info: dict[str, Any]) -> str:
     lines += [
         f"{'mae (encoder + decoders)':<28}{n(info['mae']['total']):>14}",
         f"{'  decoders':<28}{n(info['mae']['decoders']):>14}",
-        f"{'inpainter (encoder + heads)':<28}{n(info['inpainter']['total']):>14}",
+        f"{'inpainter':<28}{n(info['inpainter']['total']):>14}",
         f"{'  heads':<28}{n(info['inpainter']['heads']):>14}",
+        f"{'  local_fill':<28}{n(info['inpainter']['local_fill']):>14}",
         f"{'regressor (encoder + heads)':<28}{n(info['regressor']['total']):>14}",
     ]
     for t, v in info["regressor"]["heads"].items():
@@ -159,7 +175,10 @@ def format_info(info: dict[str, Any]) -> str:
     for key in ("total", "encoder", *_FLOP_COMPONENTS, "heads"):
         label = key if key in ("total", "encoder", "heads") else "  " + key
         lines.append(f"{label:<28}" + "".join(f"{fl[m][key] / 1e9:>12.4g}" for m in fl))
-    lines.append("(matmuls, convolutions and attention; training costs ~3x the forward)")
+    lines.append(
+        "(matmuls, convolutions and attention; training costs ~3x the forward; the inpainter's "
+        f"with 1 in {INPAINT_FLOPS_EVERY} sensors to fill)"
+    )
     return "\n".join(lines)
 
 
@@ -178,11 +197,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.log)
+    cfg = load_config(args.config, command="model-info")
     if args.preset is not None:
         section: dict[str, Any] = {"preset": args.preset}  # the bare preset, without the config's overrides
     else:
-        section = plain(load_config(args.config, command="model-info")["model"])
-    info = model_info(section, args.tasks)
+        section = plain(cfg["model"])
+    info = model_info(section, args.tasks, normalizer_from_config(cfg))
     print(format_info(info))
     if args.json:
         from xec.utils import write_json
