@@ -151,7 +151,9 @@ COMMANDS: dict[str, Command] = {
         reads=("plots", "data.tree", "data.bench", "summary.fiducial", "summary.max_events"),
     ),
     "summary": Command("xec.summary", "physics summary: ML vs classical reconstruction", reads=("summary", "seed")),
-    "model-info": Command("xec.models.info", "print the parameter counts of a model preset", reads=("model", "normalization")),
+    "model-info": Command(
+        "xec.models.info", "print the parameter counts of a model preset", reads=("model", "normalization")
+    ),
     "scan-summary": Command(
         "xec.scan_cli", "rank the points of a hyperparameter/architecture scan (config scans:)", reads=("scans.{scan}",)
     ),
