@@ -328,7 +328,7 @@ def test_point_metrics_from_a_real_summary():
     w_true = frames["ml"]["true_uvwFI_w"].to_numpy()
     fid = np.abs(frames["ml"]["true_uvwFI_u"].to_numpy()) < 10.0  # half of the events
     methods = {m: method_summary(df, w_true, n_boot=0, n_boot_core=0, fiducial=fid) for m, df in frames.items()}
-    summary = {"bench": {"events": N, "reference": "truth", "methods": methods}}
+    summary = {"val": {"events": N, "reference": "truth", "methods": methods}}
     summary = json.loads(json.dumps(finite_or_none(summary)))
     reg = {
         "best": {"metric": "val_loss", "value": 0.25, "epoch": 2},
@@ -362,11 +362,14 @@ def test_point_metrics_from_a_real_summary():
 def test_point_metrics_missing_numbers_are_nan():
     m = point_metrics({}, {})
     assert list(m) == list(METRICS) and all(math.isnan(v) for v in m.values())
-    partial = {"bench": {"methods": {"ml": {"u_mm": {"all": {"width68": 2.0}}, "v_mm": {"all": {"width68": None}}}}}}
+    partial = {"val": {"methods": {"ml": {"u_mm": {"all": {"width68": 2.0}}, "v_mm": {"all": {"width68": None}}}}}}
     m = point_metrics(partial, {"best": {"value": float("inf")}, "history": [{"epoch_time_s": 1.0}, {}]})
     assert m["u_68_mm"] == 2.0 and math.isnan(m["v_68_mm"]) and math.isnan(m["uvw_68_mm"])
     assert math.isnan(m["u_ratio"])  # no classical numbers
     assert math.isnan(m["val_loss"]) and math.isnan(m["train_time_s"]) and math.isnan(m["events_per_s"])
+    # choices are made on val: a summary with bench numbers only ranks nowhere
+    bench_only = {"bench": partial["val"]}
+    assert math.isnan(point_metrics(bench_only, {})["u_68_mm"])
 
 
 # ---- ranking -------------------------------------------------------------------------------------
@@ -389,14 +392,19 @@ def test_rank_points_sorts_nan_last():
 _OBS = ("u_mm", "v_mm", "w_mm", "energy_pct", "time_ps", "theta_deg", "phi_deg")
 
 
-def _fake_summary(width: float, classical: float = 4.0) -> dict:
+def _fake_summary(width: float, classical: float = 4.0, bench_width: float | None = None) -> dict:
+    """val (where points are ranked) with the ML at ``width``; bench (confirmation only) at
+    ``bench_width``."""
+
     def method(w):
         out = {o: {"all": {"width68": w, "sigma_core": 0.9 * w, "n": 100}} for o in _OBS}
         out["opening68_deg"] = {"all": {"value": w, "err": None, "n": 100}}
         return out
 
-    methods = {"ml": method(width), "baseline": method(classical)}
-    return {"bench": {"events": 100, "reference": "truth", "methods": methods}}
+    def sample(w):
+        return {"events": 100, "reference": "truth", "methods": {"ml": method(w), "baseline": method(classical)}}
+
+    return {"val": sample(width), "bench": sample(width if bench_width is None else bench_width)}
 
 
 def _fake_metrics(loss: float) -> dict:
@@ -409,10 +417,11 @@ def scan_files(tmp_path):
     cfg = {"scans": {"lr": scan}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     args = []
-    for name, width, loss in (("regressor.lr-0.001", 3.0, 0.5), ("regressor.lr-0.01", 2.0, 0.7)):
+    # bench would rank the points the other way: the ranking must come from val
+    for name, width, bench, loss in (("regressor.lr-0.001", 3.0, 1.0, 0.5), ("regressor.lr-0.01", 2.0, 3.5, 0.7)):
         d = tmp_path / "scans" / "lr" / name
         (d / "regressor").mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps(_fake_summary(width)))
+        (d / "summary.json").write_text(json.dumps(_fake_summary(width, bench_width=bench)))
         (d / "regressor" / "metrics.json").write_text(json.dumps(_fake_metrics(loss)))
         args += ["--point", name, str(d / "summary.json"), str(d / "regressor" / "metrics.json")]
     out = tmp_path / "scans" / "lr"
@@ -443,9 +452,11 @@ def test_scan_summary_cli_end_to_end(scan_files, restore_logging):
     assert main(argv) == 0
     table = _strict(outputs["--out"].read_text())
     assert table["scan"] == "lr" and table["rank_by"] == "uvw_68_mm" and table["higher_is_better"] is False
-    assert table["keys"] == ["regressor.lr"] and set(table["metrics"]) == set(METRICS)
+    assert table["sample"] == "val" and table["confirm"] == "bench_uvw_68_mm"
+    assert table["keys"] == ["regressor.lr"] and set(table["metrics"]) == set(METRICS) | {"bench_uvw_68_mm"}
     rows = table["rows"]
-    assert [r["point"] for r in rows] == ["regressor.lr-0.01", "regressor.lr-0.001"]  # smaller uvw first
+    assert [r["point"] for r in rows] == ["regressor.lr-0.01", "regressor.lr-0.001"]  # smaller val uvw first
+    assert [r["bench_uvw_68_mm"] for r in rows] == [3.5, 1.0]  # bench shown, not ranked on
     assert [r["rank"] for r in rows] == [1, 2] and [r["best"] for r in rows] == [True, False]
     assert rows[0]["overrides"] == {"regressor.lr": 0.01}
     assert rows[0]["uvw_68_mm"] == 2.0 and rows[0]["u_ratio"] == 0.5 and rows[1]["val_loss"] == 0.5
@@ -455,7 +466,8 @@ def test_scan_summary_cli_end_to_end(scan_files, restore_logging):
 
     md = outputs["--markdown"].read_text()
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| rank | point | regressor.lr | uvw_68_mm |")
+    assert lines[0].startswith("| rank | point | regressor.lr | uvw_68_mm | bench_uvw_68_mm |")
+    assert "ranked by uvw_68_mm on val" in md
     assert "**1 (best)**" in lines[1] and "regressor.lr-0.01" in lines[1] and "regressor.lr-0.001" in lines[2]
     assert "lr \\| scan" not in md and "lr | scan" in md  # the description is prose, not a table cell
 
@@ -480,8 +492,10 @@ def test_scan_summary_cli_higher_is_better_and_categorical_plot(tmp_path, restor
         argv += ["--point", point_name(ov), str(tmp_path / f"s{i}.json"), str(tmp_path / f"m{i}.json")]
     argv += ["--out", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]
     assert main(argv) == 0
-    rows = _strict((tmp_path / "t.json").read_text())["rows"]
+    table = _strict((tmp_path / "t.json").read_text())
+    rows = table["rows"]
     assert [r["events_per_s"] for r in rows] == [11.0, 10.0] and rows[0]["best"]
+    assert table["confirm"] is None and "bench_events_per_s" not in rows[0]  # no bench for training numbers
     assert math.isnan(point_metrics({}, {})["val_loss"]) and rows[0]["val_loss"] is None  # NaN -> null
     assert (tmp_path / "t.png").stat().st_size > 0
 

@@ -368,3 +368,36 @@ def test_ratio_verdicts():
     assert ratio_verdict(cell, 0.85) == "no"
     assert ratio_verdict({**cell, "sigma_core": float("nan")}, 0.92) == "yes"
     assert ratio_verdict({k: float("nan") for k in cell}, 0.9) == "-"
+
+
+def test_val_section_from_the_regressor_predictions(files):
+    """The regressor's val predictions (pred_<col> / true_<col> / sigma_<col> names, no opening
+    angle column) get the bench tables in a ``val`` section: the same numbers as the same events
+    in xec infer's names, the opening angle from the angles, no uncertainty table."""
+    from xec.targets import TASKS
+
+    tmp, p = files
+    ml = pd.read_parquet(p["ml"])
+    short = {f"{k}_{t.name}_{c}": f"{k}_{c}" for t in TASKS.values() for c in t.columns for k in ("pred", "true")}
+    val_ml = ml.drop(columns=["opening_angle_deg"]).rename(columns=short)
+    val_ml["sigma_u"] = 0.2
+    assert "pred_u" in val_ml.columns and "pred_uvwFI_u" not in val_ml.columns
+    val_ml.to_parquet(tmp / "val_predictions.parquet")
+    out, md = tmp / "summary.json", tmp / "summary.md"
+    args = ["--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"])]
+    args += ["--val-predictions", str(tmp / "val_predictions.parquet"), "--val-baseline", str(p["baseline"])]
+    assert main(["summary", *args, "--out", str(out), "--markdown", str(md), "--config", str(p["cfg"])]) == 0
+    s = json.loads(out.read_text())
+    val, bench = s["val"], s["bench"]
+    for key in ("u_mm", "energy_pct", "phi_deg"):
+        for cls in ("all", "fiducial", "w>2"):
+            assert val["methods"]["ml"][key][cls]["width68"] == pytest.approx(
+                bench["methods"]["ml"][key][cls]["width68"], rel=1e-12
+            )
+    assert val["methods"]["ml"]["opening68_deg"]["all"]["value"] == pytest.approx(
+        bench["methods"]["ml"]["opening68_deg"]["all"]["value"], rel=1e-9
+    )
+    assert val["ratios"]["methods"]["ml"]["u_mm"]["fiducial"]["width68"] == pytest.approx(0.5, abs=0.05)
+    assert "uncertainty" not in val  # it has a sigma column: the table is left out on purpose
+    text = md.read_text()
+    assert text.index("## bench") < text.index("## val") and "scans are made here" in text

@@ -8,8 +8,10 @@
 Reads the scan's own section only (``scans.<scan>``: its points and ``rank_by``), each point's
 physics summary (``xec summary``) and regressor ``metrics.json``, and writes the ranked table
 (best first) as JSON, Markdown and a self-contained HTML page, plus one PNG with the ranking
-metric against each scanned key. The ``--point`` names must be exactly the scan's points
-(:func:`xec.scans.point_name`); a missing or unreadable file is an XecError naming it.
+metric against each scanned key. The points are ranked on the val sample; a physics ranking
+metric is shown on bench beside it (``bench_<metric>``) to confirm the choice, never to make it.
+The ``--point`` names must be exactly the scan's points (:func:`xec.scans.point_name`); a missing
+or unreadable file is an XecError naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from typing import Any
 
 from xec.config import add_config_argument, load_config
 from xec.errors import XecError
-from xec.scans import METRICS, point_metrics, point_name, rank_points, scan_point_overrides
+from xec.scans import (
+    CONFIRM_SAMPLE,
+    METRICS,
+    SUMMARY_SAMPLE,
+    point_metrics,
+    point_name,
+    rank_points,
+    sample_metrics,
+    scan_point_overrides,
+)
 from xec.utils import atomic_path, setup_logging, write_tables
 
 log = logging.getLogger("xec.scans")
@@ -82,11 +93,20 @@ def build_table(
         )
     rank_by, higher = spec["rank_by"], bool(spec.get("higher_is_better", False))
     order = {name: i for i, name in enumerate(expected)}
+    metrics_doc = dict(METRICS)
+    confirm = None
+    if rank_by in sample_metrics({}, CONFIRM_SAMPLE):  # a physics metric: shown on bench too
+        confirm = f"{CONFIRM_SAMPLE}_{rank_by}"
+        metrics_doc[confirm] = (
+            f"{rank_by} on the {CONFIRM_SAMPLE} sample: confirms the ranking made on {SUMMARY_SAMPLE}, never makes it"
+        )
     rows = []
     for name, summary_path, metrics_path in sorted(points, key=lambda p: order[p[0]]):
         summary = read(summary_path, f"physics summary of point {name}")
         metrics = read(metrics_path, f"regressor metrics of point {name}")
         values = point_metrics(summary, metrics)
+        if confirm:
+            values[confirm] = sample_metrics(summary, CONFIRM_SAMPLE)[rank_by]
         if math.isnan(values[rank_by]):
             log.warning("point %s: no %s (from %s, %s): ranked last", name, rank_by, summary_path, metrics_path)
         rows.append(
@@ -107,7 +127,9 @@ def build_table(
         "rank_by": rank_by,
         "higher_is_better": higher,
         "keys": sorted({k for ov in expected.values() for k in ov}),
-        "metrics": dict(METRICS),
+        "sample": SUMMARY_SAMPLE,
+        "confirm": confirm,
+        "metrics": metrics_doc,
         "rows": ranked,
         "xec_version": __version__,
     }
@@ -128,8 +150,9 @@ def fmt_value(value: Any) -> str:
 
 
 def _columns(table: Mapping[str, Any]) -> list[str]:
-    # the ranking metric first, then every other metric in METRICS order
-    return [table["rank_by"]] + [m for m in table["metrics"] if m != table["rank_by"]]
+    # the ranking metric first, then its bench confirmation, then every other metric in METRICS order
+    first = [table["rank_by"]] + ([table["confirm"]] if table.get("confirm") else [])
+    return first + [m for m in table["metrics"] if m not in first]
 
 
 def _cells(table: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
@@ -141,7 +164,8 @@ def _cells(table: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:
 
 def _title(table: Mapping[str, Any]) -> str:
     direction = "higher" if table["higher_is_better"] else "lower"
-    return f"Scan {table['scan']}: ranked by {table['rank_by']} ({direction} is better)"
+    on = f" on {table['sample']}" if table.get("sample") else ""
+    return f"Scan {table['scan']}: ranked by {table['rank_by']}{on} ({direction} is better)"
 
 
 def to_markdown(table: Mapping[str, Any]) -> str:

@@ -2,6 +2,8 @@
 
     xec summary --bench-predictions results/inference/bench.parquet
                 --bench-baseline results/baseline/bench.parquet
+                [--val-predictions results/regressor/predictions.parquet
+                 --val-baseline results/baseline/val.parquet]
                 --realdata-predictions results/inference/realdata.parquet
                 --realdata-noinpaint-predictions results/inference/realdata_noinpaint.parquet
                 --realdata-baseline results/baseline/realdata.parquet
@@ -32,6 +34,11 @@ uncertainty entry, which keeps the summary's time: ``LIGHT_METHODS``).
 gets the same tables as bench, in the ``pileup`` section, plus ``pileup_split``: the same
 resolutions for the events with and without the second gamma (by its truth, the
 ``pileup_energy_truth`` column that xec infer and xec baseline copy from the simulated file).
+
+``--val-*`` (the regressor's val predictions, ``regressor/predictions.parquet``, and the classical
+reconstruction of the val sample) gets the same tables in the ``val`` section, without the
+per-event uncertainty table (the sigmas are calibrated on val): model choices are made on val
+(``xec scan-summary`` ranks scan points on it), bench only confirms them.
 
 ``--deadsweep`` adds the table of the dead-fraction sweep (xec deadsweep: resolution of the ML
 and of the classical reconstruction vs the fraction of dead sensors on bench).
@@ -86,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-predictions", default=None, help="xec infer parquet of the bench sample (ML)")
     parser.add_argument("--bench-baseline", default=None, help="xec baseline parquet of the bench sample")
     parser.add_argument(
+        "--val-predictions",
+        default=None,
+        help="the regressor's val predictions (regressor/predictions.parquet; the 'val' section)",
+    )
+    parser.add_argument("--val-baseline", default=None, help="xec baseline parquet of the val sample")
+    parser.add_argument(
         "--pileup-predictions", default=None, help="xec infer parquet of the pile-up sample (ML; the 'pileup' section)"
     )
     parser.add_argument("--pileup-baseline", default=None, help="xec baseline parquet of the pile-up sample")
@@ -114,16 +127,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_results(path: str, max_events: int | None = None) -> pd.DataFrame:  # noqa: F821
-    """Read an infer/baseline parquet file or merged dataset directory (xec.scatter), at most
-    ~``max_events`` events of it (xec.runs.read_sampled); clear errors for a missing file or
+    """Read an infer/baseline parquet file, a merged dataset directory (xec.scatter) or the
+    regressor's val predictions (their columns renamed to xec infer's: xec.targets.standard_columns),
+    at most ~``max_events`` events of it (xec.runs.read_sampled); clear errors for a missing file or
     missing columns."""
     from xec.runs import read_sampled
+    from xec.targets import standard_columns
 
     p = Path(path)
     if not p.exists():
         raise XecError(f"{path}: no such file")
     try:
-        df = read_sampled(p, max_events)
+        df = standard_columns(read_sampled(p, max_events))
     except XecError:
         raise
     except Exception as exc:
@@ -258,8 +273,11 @@ def method_summary(
         if name == "energy_pct":
             out["energy_low_tail"] = {c: 100.0 * tail_fraction(r[m], tail_nsigma, "low") for c, m in classes.items()}
     # opening angle: against the truth (from the file's column) or against the reference
+    angles = ("pred_angle_theta", "pred_angle_phi", "true_angle_theta", "true_angle_phi")
     if ref is None and "opening_angle_deg" in df.columns:
         ang = df["opening_angle_deg"].to_numpy(np.float64)
+    elif ref is None and all(c in df.columns for c in angles):  # the val predictions have no column
+        ang = opening_angle_deg(*(df[c] for c in angles))
     elif ref is not None and all(f"pred_angle_{c}" in d.columns for c in ("theta", "phi") for d in (df, ref)):
         ang = opening_angle_deg(
             df["pred_angle_theta"], df["pred_angle_phi"], ref["pred_angle_theta"], ref["pred_angle_phi"]
@@ -366,11 +384,13 @@ def sample_summary(
     max_events: int | None = None,
     light: tuple[str, ...] = (),
     ratio_goals: Mapping[str, float] | None = None,
+    uncertainty: bool = True,
 ) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
     volume, selected by the true first-interaction position, or by the reference method's
-    reconstructed one where the sample has no truth (real data, as physicists select it)."""
+    reconstructed one where the sample has no truth (real data, as physicists select it).
+    ``uncertainty`` false: no per-event uncertainty table (val, where the sigmas were calibrated)."""
     from xec.runs import count_events
 
     frames = _match({m: read_results(p, max_events) for m, p in inputs.items()}, inputs)
@@ -405,7 +425,7 @@ def sample_summary(
         n_core = 0 if name in light else n_boot_core
         methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_core, fiducial=fid_mask)
         if has_truth and name not in light:
-            u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core)
+            u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core) if uncertainty else {}
             if u:
                 uncertainty[name] = u
             if name != reference_method and reference_method in frames:
@@ -454,6 +474,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
         }
     }
     bench = {k: v for k, v in (("ml", args.bench_predictions), ("baseline", args.bench_baseline)) if v}
+    val = {k: v for k, v in (("ml", args.val_predictions), ("baseline", args.val_baseline)) if v}
     real = {
         k: v
         for k, v in (
@@ -466,14 +487,28 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
         if v
     }
     pileup = {k: v for k, v in (("ml", args.pileup_predictions), ("baseline", args.pileup_baseline)) if v}
-    if not bench and not real and not pileup and not args.inpainting and not args.deadsweep:
+    if not bench and not val and not real and not pileup and not args.inpainting and not args.deadsweep:
         raise XecError(
-            "nothing to summarize: give --bench-*, --pileup-*, --realdata-* parquet files, --inpainting "
+            "nothing to summarize: give --bench-*, --val-*, --pileup-*, --realdata-* parquet files, --inpainting "
             "and/or --deadsweep"
         )
     if bench:
         out["bench"] = sample_summary(
             bench, "baseline", n_boot, seed, w_split, tail, n_core, fiducial, max_events, ratio_goals=goals
+        )
+    if val:  # where choices are made (xec.scans ranks on it); 15-60 MeV, its sigmas calibrated on it
+        out["val"] = sample_summary(
+            val,
+            "baseline",
+            n_boot,
+            seed,
+            w_split,
+            tail,
+            n_core,
+            fiducial,
+            max_events,
+            ratio_goals=goals,
+            uncertainty=False,
         )
     if pileup:  # bench with a second gamma in a fraction of the events: the same tables
         out["pileup"] = sample_summary(

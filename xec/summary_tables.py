@@ -24,7 +24,13 @@ LABELS = {
 }
 
 # the per-sample sections of the summary, in the order of the tables
-SAMPLE_SECTIONS = ("bench", "pileup", "realdata")
+SAMPLE_SECTIONS = ("bench", "val", "pileup", "realdata")
+
+# what a section is for, under its heading
+SAMPLE_NOTES = {
+    "val": "The validation sample (15-60 MeV, the regressor's own predictions): model choices and "
+    "scans are made here (xec scan-summary ranks on it); bench, at 52.8 MeV, only confirms them.",
+}
 
 PILEUP_PARTS = {"with_pileup": "events with a piled-up gamma", "without_pileup": "events without"}
 
@@ -186,6 +192,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
         s = summary[name]
         ref = "truth" if s["reference"] == "truth" else f"the {s['reference']} reconstruction (no truth)"
         lines += [f"## {name} ({s['events']} events, residuals against {ref})", ""]
+        if name in SAMPLE_NOTES:
+            lines += [SAMPLE_NOTES[name], ""]
         for title, (header, rows) in _tables(s):
             lines += [f"### {title}", "", *_md_table(header, rows), ""]
         if s.get("ratios"):
@@ -474,6 +482,8 @@ def to_html(summary: dict[str, Any]) -> str:
             continue
         s = summary[name]
         parts.append(f"<h3>{name}: {s['events']} events, reference: {html.escape(s['reference'])}</h3>")
+        if name in SAMPLE_NOTES:
+            parts.append(f"<p>{html.escape(SAMPLE_NOTES[name])}</p>")
         tables = _tables(s)
         if s.get("ratios"):
             tables.append(("ML / classical. " + RATIO_NOTE, ratio_rows(s)))

@@ -44,6 +44,20 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def standard_columns(df):
+    """The regressor's val predictions (``regressor/predictions.parquet``) name their columns
+    ``pred_<col>`` / ``sigma_<col>`` / ``true_<col>``; a pandas frame of them with the
+    ``pred_<task>_<col>`` / ... names of xec infer and xec baseline (other frames unchanged)."""
+    rename = {}
+    for task in TASKS.values():
+        for col in task.columns:
+            for prefix in ("pred", "sigma", "true", "reco"):
+                short, full = f"{prefix}_{col}", f"{prefix}_{task.name}_{col}"
+                if short in df.columns and full not in df.columns:
+                    rename[short] = full
+    return df.rename(columns=rename) if rename else df
+
+
 # pile-up truth branch -> output column of xec infer / xec baseline (read by the summary's split)
 PILEUP_COLUMNS = {"pileupEnergyTruth": "pileup_energy_truth", "pileupTimeTruth": "pileup_time_truth"}
 

@@ -170,6 +170,9 @@ rule summary:
     input:
         bench_ml=lambda w: at(w.rundir, "inference:bench", "inference/bench.parquet"),
         bench_baseline=lambda w: at(w.rundir, "baseline:bench", "baseline/bench.parquet"),
+        # the regressor's own val predictions: choices are made on val (xec scan-summary ranks on it)
+        val_ml=lambda w: at(w.rundir, "regressor", "regressor/predictions.parquet"),
+        val_baseline=lambda w: at(w.rundir, "baseline:val", "baseline/val.parquet"),
         real_ml=lambda w: at(w.rundir, "inference:realdata", "inference/realdata.parquet"),
         real_noinpaint=lambda w: at(w.rundir, "inference:realdata_noinpaint", "inference/realdata_noinpaint.parquet"),
         real_neighbour=lambda w: at(w.rundir, "inference:realdata_neighbour", "inference/realdata_neighbour.parquet"),
@@ -204,7 +207,8 @@ rule summary:
         ),
     shell:
         "xec summary --config {params.cfg} --bench-predictions {input.bench_ml}"
-        " --bench-baseline {input.bench_baseline} --realdata-predictions {input.real_ml}"
+        " --bench-baseline {input.bench_baseline} --val-predictions {input.val_ml} --val-baseline {input.val_baseline}"
+        " --realdata-predictions {input.real_ml}"
         " --realdata-noinpaint-predictions {input.real_noinpaint} --realdata-baseline {input.real_baseline}"
         " --realdata-neighbour-predictions {input.real_neighbour}"
         " --realdata-solid-angle-predictions {input.real_solid_angle}"

@@ -5,7 +5,7 @@ numpy arrays), an output path without suffix and ``formats``/``dpi``, and return
 wrote. ``xec plots`` (xec.plots.cli) makes every plot that the files of a run allow.
 """
 
-from xec.plots.common import save_figure, standard_columns
+from xec.plots.common import save_figure
 from xec.plots.display import draw_face, event_display
 from xec.plots.models import inpainter_truth_vs_prediction, mae_reconstruction
 from xec.plots.physics import (
@@ -22,6 +22,7 @@ from xec.plots.physics import (
 from xec.plots.saliency import saliency_bars
 from xec.plots.training import training_curves
 from xec.plots.uncertainty import kept_fraction, pull_distributions
+from xec.targets import standard_columns
 
 __all__ = [
     "save_figure",

@@ -88,14 +88,13 @@ class PlotRun:
 def _read_capped(path: Path, what: str, max_events: int | None = None):
     """The frame of an infer/baseline/val-predictions parquet, or None (missing or unreadable:
     the plots that need it are skipped, the others still made)."""
-    from xec.plots.common import standard_columns
     from xec.summary import read_results
 
     if not path.exists():
         log.info("%s: %s not found", what, path)
         return None
     try:
-        return standard_columns(read_results(str(path), max_events))
+        return read_results(str(path), max_events)
     except XecError as exc:
         log.warning("%s: %s", what, exc)
         return None

@@ -12,7 +12,6 @@ matplotlib.use("Agg")  # no display anywhere (batch jobs, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xec.targets import TASKS  # noqa: E402
 from xec.utils import atomic_path  # noqa: E402
 
 DEFAULT_FORMATS = ("png", "pdf")
@@ -38,19 +37,6 @@ def save_figure(
     finally:
         plt.close(fig)
     return written
-
-
-def standard_columns(df):
-    """Frames of the regressor's val predictions name columns pred_<col>/sigma_<col>/true_<col>;
-    rename them to the pred_<task>_<col>/... of xec infer / xec baseline."""
-    rename = {}
-    for task in TASKS.values():
-        for col in task.columns:
-            for prefix in ("pred", "sigma", "true", "reco"):
-                short, full = f"{prefix}_{col}", f"{prefix}_{task.name}_{col}"
-                if short in df.columns and full not in df.columns:
-                    rename[short] = full
-    return df.rename(columns=rename) if rename else df
 
 
 def color(method: str, i: int) -> str:
