@@ -179,6 +179,10 @@ def format_info(info: dict[str, Any]) -> str:
         "(matmuls, convolutions and attention; training costs ~3x the forward; the inpainter's "
         f"with 1 in {INPAINT_FLOPS_EVERY} sensors to fill)"
     )
+    lines.append(
+        "(the trained regressor also has the per-event sigma heads of regressor.sigma and, after "
+        "regressor.head_refit, the refitted heads: `xec train regressor` logs its own count)"
+    )
     return "\n".join(lines)
 
 
