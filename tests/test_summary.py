@@ -353,6 +353,7 @@ def test_ml_over_classical_ratios_with_goals(files):
     assert "ratios" not in s["realdata"]  # no truth: the widths there are ML - classical already
     text = md.read_text()
     assert "### ML / classical" in text
+    assert text.index("## Goals at a glance") < text.index("## bench") and "| bench | ml |" in text
     assert "| v (mm) [fiducial] | <= 0.9 | 0." in text and "| yes |" in text
     assert (
         "| u (mm) [all] | <= 0.45 |" in text and "| no |" in text.split("| u (mm) [all] | <= 0.45 |")[1].split("\n")[0]
@@ -368,6 +369,33 @@ def test_ratio_verdicts():
     assert ratio_verdict(cell, 0.85) == "no"
     assert ratio_verdict({**cell, "sigma_core": float("nan")}, 0.92) == "yes"
     assert ratio_verdict({k: float("nan") for k in cell}, 0.9) == "-"
+
+
+def test_goals_at_a_glance():
+    """The summary opens with the count of ML / classical cells per verdict and the cells that
+    miss, per sample and ML method; observables without a goal are not counted."""
+    from xec.summary_tables import goal_rows, to_markdown
+
+    def cell(w, e=0.01):
+        return {"width68": w, "width68_err": e, "sigma_core": w, "sigma_core_err": e}
+
+    ratios = {
+        "goals": {"u_mm": 0.9, "v_mm": 0.9},
+        "methods": {
+            "ml": {
+                "u_mm": {"all": cell(0.7), "fiducial": cell(0.905)},
+                "v_mm": {"all": cell(0.95)},
+                "w_mm": {"all": cell(2.0)},  # no goal: not counted
+            }
+        },
+    }
+    summary = {"bench": {"ratios": ratios}, "val": {"ratios": {**ratios, "goals": {"u_mm": 0.9}}}}
+    header, rows = goal_rows(summary)
+    assert header == ["sample", "method", "yes", "within error", "no", "missing"]
+    assert rows[0] == ["bench", "ml", "1", "1", "1", "v (mm) [all] 0.950 (0.950)"]
+    assert rows[1] == ["val", "ml", "1", "1", "0", "none"]
+    md = to_markdown({})
+    assert "Goals at a glance" not in md  # nothing to count
 
 
 def test_val_section_from_the_regressor_predictions(files):

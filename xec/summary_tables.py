@@ -177,6 +177,36 @@ def ratio_rows(sample: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+GOALS_NOTE = (
+    "Goals at a glance: per sample and ML method, how many cells of its ML / classical table (observable x "
+    "class) meet their goal, are within error of it or miss it, and which miss (68 % ratio, core ratio)."
+)
+
+
+def goal_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per sample and ML method with an ML / classical table: the count of its cells by
+    verdict (:func:`ratio_verdict`) and the cells that miss their goal."""
+    header = ["sample", "method", "yes", "within error", "no", "missing"]
+    rows: list[list[str]] = []
+    for name in SAMPLE_SECTIONS:
+        info = (summary.get(name) or {}).get("ratios") or {}
+        goals = info.get("goals", {})
+        for method, table in info.get("methods", {}).items():
+            counts = {"yes": 0, "within error": 0, "no": 0}
+            missing = []
+            for key in LABELS:
+                if key not in table or goals.get(key) is None:
+                    continue
+                for cls, r in table[key].items():
+                    verdict = ratio_verdict(r, goals[key])
+                    if verdict in counts:
+                        counts[verdict] += 1
+                    if verdict == "no":
+                        missing.append(f"{LABELS[key]} [{cls}] {r['width68']:.3f} ({r['sigma_core']:.3f})")
+            rows.append([name, method, *(str(counts[k]) for k in counts), "; ".join(missing) or "none"])
+    return header, rows
+
+
 UNCERTAINTY_NOTE = (
     "Per-event uncertainties: pull = (pred - true) / sigma (68 % half-width; a calibrated sigma gives "
     "1.00), and the resolution (68 % half-width, the observable's units) of the 50 % of events with the "
@@ -186,6 +216,9 @@ UNCERTAINTY_NOTE = (
 
 def to_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Physics summary: ML vs classical reconstruction", "", NOTE, ""]
+    goals = goal_rows(summary)
+    if goals[1]:
+        lines += ["## Goals at a glance", "", GOALS_NOTE, "", *_md_table(*goals), ""]
     for name in SAMPLE_SECTIONS:
         if name not in summary:
             continue
@@ -477,6 +510,9 @@ def to_html(summary: dict[str, Any]) -> str:
         "<h2>Physics summary: ML vs classical reconstruction</h2>",
         f"<p>{html.escape(NOTE)}</p>",
     ]
+    goals = goal_rows(summary)
+    if goals[1]:
+        parts += [f"<h3>Goals at a glance</h3><p>{html.escape(GOALS_NOTE)}</p>", _html_table(*goals)]
     for name in SAMPLE_SECTIONS:
         if name not in summary:
             continue
