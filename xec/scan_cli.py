@@ -237,19 +237,24 @@ def _panel(ax: Any, table: Mapping[str, Any], key: str) -> None:
             categories.setdefault(_category(x), len(categories))
     # group points by the values of the other keys: one line per group
     others = [k for k in table["keys"] if k != key]
-    groups: dict[str, list[tuple[float, float, bool]]] = {}
+    confirm = table.get("confirm")
+    groups: dict[str, list[tuple[float, float, bool, float]]] = {}
     for row, x in zip(rows, xs):
         y = row.get(rank_by)
         if (numeric and not _is_number(x)) or not _is_number(y):
             continue
         xp = float(x) if numeric else float(categories[_category(x)])
         label = ", ".join(f"{k}={fmt_value(row['overrides'][k])}" for k in others if k in row["overrides"])
-        groups.setdefault(label, []).append((xp, float(y), bool(row["best"])))
+        yc = row.get(confirm) if confirm else None
+        groups.setdefault(label, []).append((xp, float(y), bool(row["best"]), yc if _is_number(yc) else math.nan))
     for i, (label, pts) in enumerate(sorted(groups.items())):  # colours by label, not by rank
         pts.sort()
         shown = (label or None) if len(groups) <= 8 else None  # a legend of dozens of lines says nothing
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i % 10}", label=shown, ms=5)
-        for xp, y, best in pts:
+        # the bench confirmation: hollow markers, dashed, never ranked on
+        if any(math.isfinite(p[3]) for p in pts):
+            ax.plot([p[0] for p in pts], [p[3] for p in pts], "o--", color=f"C{i % 10}", mfc="none", ms=5, lw=0.8)
+        for xp, y, best, _ in pts:
             if best:
                 ax.plot([xp], [y], "*", color="crimson", ms=16, zorder=5, label="best")
     if numeric and all(float(x) > 0 for x in present) and max(present) > 10 * min(present):
@@ -259,7 +264,7 @@ def _panel(ax: Any, table: Mapping[str, Any], key: str) -> None:
     if not groups:
         ax.text(0.5, 0.5, f"no finite {rank_by}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(key)
-    ax.set_ylabel(rank_by)
+    ax.set_ylabel(f"{rank_by} ({table['sample']}; hollow: {confirm})" if confirm else rank_by)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -268,7 +273,8 @@ def _panel(ax: Any, table: Mapping[str, Any], key: str) -> None:
 def plot_table(table: Mapping[str, Any], path: str, dpi: int = 110) -> None:
     """One PNG, one panel per scanned key: the ranking metric against that key's value (numeric
     keys on a log axis when the values span more than a factor 10, other keys as categories);
-    points that share the other keys' values are joined, the best point is a star."""
+    points that share the other keys' values are joined, the best point is a star; the bench
+    confirmation of a physics metric in hollow markers."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display anywhere (batch jobs, CI), as xec.plots
