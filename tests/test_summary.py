@@ -411,8 +411,9 @@ def test_val_section_from_the_regressor_predictions(files):
     val_ml["sigma_u"] = 0.2
     assert "pred_u" in val_ml.columns and "pred_uvwFI_u" not in val_ml.columns
     val_ml.to_parquet(tmp / "val_predictions.parquet")
+    ml.assign(sigma_uvwFI_u=0.2).to_parquet(tmp / "bench_ml_sigma.parquet")  # the same sigma on bench
     out, md = tmp / "summary.json", tmp / "summary.md"
-    args = ["--bench-predictions", str(p["ml"]), "--bench-baseline", str(p["baseline"])]
+    args = ["--bench-predictions", str(tmp / "bench_ml_sigma.parquet"), "--bench-baseline", str(p["baseline"])]
     args += ["--val-predictions", str(tmp / "val_predictions.parquet"), "--val-baseline", str(p["baseline"])]
     assert main(["summary", *args, "--out", str(out), "--markdown", str(md), "--config", str(p["cfg"])]) == 0
     s = json.loads(out.read_text())
@@ -426,6 +427,6 @@ def test_val_section_from_the_regressor_predictions(files):
         bench["methods"]["ml"]["opening68_deg"]["all"]["value"], rel=1e-9
     )
     assert val["ratios"]["methods"]["ml"]["u_mm"]["fiducial"]["width68"] == pytest.approx(0.5, abs=0.05)
-    assert "uncertainty" not in val  # it has a sigma column: the table is left out on purpose
+    assert "uncertainty" not in val and "u_mm" in bench["uncertainty"]["methods"]["ml"]  # left out on val only
     text = md.read_text()
     assert text.index("## bench") < text.index("## val") and "scans are made here" in text

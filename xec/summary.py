@@ -384,13 +384,13 @@ def sample_summary(
     max_events: int | None = None,
     light: tuple[str, ...] = (),
     ratio_goals: Mapping[str, float] | None = None,
-    uncertainty: bool = True,
+    with_uncertainty: bool = True,
 ) -> dict[str, Any]:
     """Summary of one sample: {events, reference ('truth' or a method), methods: {name: ...},
     fiducial: {limits, selected_by, events}}. ``fiducial`` ({u, v, w}: [lo, hi] cm): the fiducial
     volume, selected by the true first-interaction position, or by the reference method's
     reconstructed one where the sample has no truth (real data, as physicists select it).
-    ``uncertainty`` false: no per-event uncertainty table (val, where the sigmas were calibrated)."""
+    ``with_uncertainty`` false: no per-event uncertainty table (val, where the sigmas were calibrated)."""
     from xec.runs import count_events
 
     frames = _match({m: read_results(p, max_events) for m, p in inputs.items()}, inputs)
@@ -425,7 +425,7 @@ def sample_summary(
         n_core = 0 if name in light else n_boot_core
         methods[name] = method_summary(df, w_true, ref, n_boot, seed, w_split, tail_nsigma, n_core, fiducial=fid_mask)
         if has_truth and name not in light:
-            u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core) if uncertainty else {}
+            u = uncertainty_summary(df, classes, n_boot, seed, n_boot_core) if with_uncertainty else {}
             if u:
                 uncertainty[name] = u
             if name != reference_method and reference_method in frames:
@@ -508,7 +508,7 @@ def build_summary(args: argparse.Namespace, cfg: Mapping[str, Any]) -> dict[str,
             fiducial,
             max_events,
             ratio_goals=goals,
-            uncertainty=False,
+            with_uncertainty=False,
         )
     if pileup:  # bench with a second gamma in a fraction of the events: the same tables
         out["pileup"] = sample_summary(
