@@ -496,6 +496,7 @@ def test_scan_summary_cli_higher_is_better_and_categorical_plot(tmp_path, restor
     rows = table["rows"]
     assert [r["events_per_s"] for r in rows] == [11.0, 10.0] and rows[0]["best"]
     assert table["confirm"] is None and "bench_events_per_s" not in rows[0]  # no bench for training numbers
+    assert table["sample"] is None
     assert math.isnan(point_metrics({}, {})["val_loss"]) and rows[0]["val_loss"] is None  # NaN -> null
     assert (tmp_path / "t.png").stat().st_size > 0
 

@@ -127,7 +127,7 @@ def build_table(
         "rank_by": rank_by,
         "higher_is_better": higher,
         "keys": sorted({k for ov in expected.values() for k in ov}),
-        "sample": SUMMARY_SAMPLE,
+        "sample": SUMMARY_SAMPLE if confirm else None,  # training numbers (val_loss, events/s) have no sample
         "confirm": confirm,
         "metrics": metrics_doc,
         "rows": ranked,
