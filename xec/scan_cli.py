@@ -30,6 +30,7 @@ from xec.errors import XecError
 from xec.scans import (
     CONFIRM_SAMPLE,
     METRICS,
+    SAMPLE_METRICS,
     SUMMARY_SAMPLE,
     point_metrics,
     point_name,
@@ -95,7 +96,7 @@ def build_table(
     order = {name: i for i, name in enumerate(expected)}
     metrics_doc = dict(METRICS)
     confirm = None
-    if rank_by in sample_metrics({}, CONFIRM_SAMPLE):  # a physics metric: shown on bench too
+    if rank_by in SAMPLE_METRICS:  # a physics metric: shown on bench too
         confirm = f"{CONFIRM_SAMPLE}_{rank_by}"
         metrics_doc[confirm] = (
             f"{rank_by} on the {CONFIRM_SAMPLE} sample: confirms the ranking made on {SUMMARY_SAMPLE}, never makes it"

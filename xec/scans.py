@@ -79,6 +79,8 @@ METRICS: dict[str, str] = {
 # the same physics metrics inside the fiducial volume
 PHYSICS_METRICS = tuple(METRICS)
 METRICS.update({f"{k}{FIDUCIAL_SUFFIX}": f"{v}; inside the fiducial volume" for k, v in list(METRICS.items())})
+# the metrics a summary sample gives (all events and fiducial); the rest come from the training
+SAMPLE_METRICS = tuple(METRICS)
 METRICS |= {
     "val_loss": "best validation loss of the regressor (metrics.json best.value)",
     "train_time_s": "regressor training time: sum of epoch_time_s over its epochs (s)",
@@ -129,8 +131,8 @@ def point_metrics(summary: Mapping[str, Any], regressor_metrics: Mapping[str, An
 
 
 def sample_metrics(summary: Mapping[str, Any], sample: str) -> dict[str, float]:
-    """The physics metrics (:data:`METRICS` but the training ones) of one sample of a summary
-    (``val`` ranks, ``bench`` confirms); NaN where a number is missing."""
+    """The :data:`SAMPLE_METRICS` of one sample of a summary (``val`` ranks, ``bench``
+    confirms); NaN where a number is missing."""
     methods = _get(summary, sample, "methods")
     out: dict[str, float] = {}
     for cls, suffix in ((DEPTH_CLASS, ""), (FIDUCIAL_CLASS, FIDUCIAL_SUFFIX)):
