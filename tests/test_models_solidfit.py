@@ -112,3 +112,55 @@ def test_regressor_heads_read_the_fit_and_export_to_onnx(events, tmp_path):
     np.testing.assert_allclose(got, b["uvwFI"].numpy(), rtol=1e-4, atol=1e-4)
     with pytest.raises(XecError, match="peak_window"):
         XECRegressor(model_config({"preset": "tiny", "peak_window": 0}), ["uvwFI"], solid_fit_tasks=["uvwFI"])
+
+
+def test_position_blend_in_the_graph_and_its_export(events, tmp_path):
+    """fit_blend: u, v move toward the fit by the gate's weight, w, energy and time stay those of
+    the model without it (the time correction reads the network's position); the angle is the
+    direction to the blended position; ONNX Runtime gives PyTorch's numbers (the fit in float64)."""
+    import onnxruntime as ort
+
+    from xec.models.aggregates import direction_to_angles_torch, uvw_to_xyz_torch
+
+    _, x, _, norm = events
+    x = x[:32]
+    cfg = model_config({"preset": "tiny", "angle_from_position": True, "physics_aggregates": True})
+    tasks = ["angle", "energy", "timing", "uvwFI"]
+    torch.manual_seed(0)
+    plain = XECRegressor(cfg, tasks, normalizer=norm, sigma_tasks=["uvwFI"]).eval()
+    blended = XECRegressor(cfg, tasks, normalizer=norm, sigma_tasks=["uvwFI"], fit_blend_hidden=8).eval()
+    missing = blended.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(k for k in blended.state_dict() if k.startswith("fit_blend."))
+    with torch.no_grad():
+        blended.fit_blend.gate[2].bias.fill_(0.0)  # a = 0.5: half way to the fit
+        a, b = plain(x), blended(x)
+    for t in ("energy", "timing", "uvwFI_logvar"):
+        torch.testing.assert_close(b[t], a[t], rtol=0, atol=0)
+    torch.testing.assert_close(b["uvwFI_net"], a["uvwFI"], rtol=0, atol=0)
+    phys = blended._physical("uvwFI", b["uvwFI"])
+    net = blended._physical("uvwFI", b["uvwFI_net"])
+    torch.testing.assert_close(phys[:, :2], 0.5 * (net[:, :2] + b["uvwFI_fit"][:, :2]))
+    torch.testing.assert_close(phys[:, 2], net[:, 2])
+    angle = blended._physical("angle", b["angle"])
+    torch.testing.assert_close(angle, direction_to_angles_torch(uvw_to_xyz_torch(phys)), rtol=1e-5, atol=1e-4)
+
+    class Outputs(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            out = self.model(x)
+            return out["uvwFI"], out["angle"]
+
+    path = tmp_path / "blend.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Outputs(blended), (x[:2],), str(path), input_names=["x"], output_names=["uvwFI", "angle"],
+            dynamic_axes={"x": {0: "b"}, "uvwFI": {0: "b"}, "angle": {0: "b"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["uvwFI", "angle"], {"x": x.numpy()})
+    np.testing.assert_allclose(got[0], b["uvwFI"].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], b["angle"].numpy(), rtol=1e-4, atol=1e-4)

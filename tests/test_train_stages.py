@@ -263,9 +263,19 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
         ("refit", refit),
         ("peak", {**refit, "peak": True}),
         ("solid", {**refit, "peak": True, "solid_fit": True}),
+        ("blend", {**refit, "peak": True}),
     )
     for name, spec in variants:
-        cfg = make_cfg(data, **{"train.max_train_events": 96, "regressor.head_refit": spec, "mlflow.enabled": False})
+        blend = {"enabled": name == "blend", "steps": 50}
+        cfg = make_cfg(
+            data,
+            **{
+                "train.max_train_events": 96,
+                "regressor.head_refit": spec,
+                "regressor.fit_blend": blend,
+                "mlflow.enabled": False,
+            },
+        )
         summaries[name] = run_stage(
             "regressor", cfg, shards=data / "shards", out=tmp_path / name, init=str(out / "checkpoint.pt")
         )
@@ -319,6 +329,25 @@ def test_head_refit_replaces_the_position_head_only(mae_run, data, tmp_path):
     model = build_model_from_checkpoint(cks)
     assert model.solid_fit_tasks == ("uvwFI",) and model.solid_fit is not None
     assert summaries["solid"]["val"]["val_u_mm_res"] == pytest.approx(10 * width68(solid["pred_u"] - solid["true_u"]))
+
+    # fit_blend: the peak variant's model with u, v blended with the in-graph fit (cross-fitted on
+    # val); w, energy and time unchanged, the angle follows the blended position
+    blend = preds["blend"]
+    for c in ("pred_energy", "pred_time", "pred_w", "sigma_energy"):  # sigma_u: calibrated on the blend
+        np.testing.assert_array_equal(peak[c].to_numpy(), blend[c].to_numpy(), err_msg=c)
+    assert not np.array_equal(peak["pred_v"].to_numpy(), blend["pred_v"].to_numpy())
+    theta, phi = direction_to_angles(uvw_to_xyz(blend[["pred_u", "pred_v", "pred_w"]].to_numpy(np.float64)))
+    np.testing.assert_allclose(blend["pred_theta"], theta, atol=1e-3)
+    val = summaries["blend"]["val"]
+    assert 0 < val["val_fit_blend_weight_v"] < 1
+    assert val["val_fit_blend_v_mm_blend"] == pytest.approx(10 * width68(blend["pred_v"] - blend["true_v"]), rel=1e-5)
+    assert val["val_fit_blend_v_mm_net"] == pytest.approx(10 * width68(peak["pred_v"] - peak["true_v"]), rel=1e-5)
+    ckb = load_checkpoint(tmp_path / "blend" / "checkpoint.pt", expected_stage="regressor")
+    assert ckb["model_args"]["fit_blend_hidden"] == 16
+    for key in ("fit_blend.gate.0.weight", "fit_blend.gate.2.bias"):
+        assert torch.equal(ckb["model_state"][key], ckb["ema_state"][key]), key
+    model = build_model_from_checkpoint(ckb)
+    assert model.fit_blend is not None and model.solid_fit is not None and model.solid_fit_tasks == ()
 
 
 def test_regressor_in_two_phases_equals_one_run(mae_run, data, tmp_path):

@@ -35,6 +35,7 @@ from xec.config import schema_defaults
 from xec.errors import XecError
 from xec.models import sigma_calibration as SC
 from xec.models.aggregates import PhysicsAggregates, direction_to_angles_torch, uvw_to_xyz_torch
+from xec.models.blend import FitBlend, gate_inputs
 from xec.models.blocks import at_least_float32, fill_sensors, float32_region
 from xec.models.encoder import XECEncoder
 from xec.models.peakfit import COORD_SCALE_CM, PeakWindowFit
@@ -95,6 +96,7 @@ class XECRegressor(nn.Module):
         head_hidden: Mapping[str, int] | None = None,
         peak_refit_tasks: Sequence[str] = (),
         solid_fit_tasks: Sequence[str] = (),
+        fit_blend_hidden: int = 0,
     ):
         """``normalizer`` (xec.normalization.Normalizer), when given, sets ``sentinel``;
         ``sigma_tasks``: tasks that also get a per-event uncertainty head; ``head_hidden``: the
@@ -102,7 +104,9 @@ class XECRegressor(nn.Module):
         the regressor's head refit, xec.train.refit); ``peak_refit_tasks``: tasks whose heads
         read the peak window through their own MLP (``peak_mlp``, refitted with them);
         ``solid_fit_tasks``: tasks whose (refitted) heads also read the in-graph solid-angle fit
-        (``solid_fit``, xec.models.solidfit)."""
+        (``solid_fit``, xec.models.solidfit); ``fit_blend_hidden`` > 0: the uvwFI output's u, v
+        are blended per event with that fit's (``fit_blend``, xec.models.blend; a gate of that
+        hidden width, fitted after training by xec.train.blend)."""
         super().__init__()
         if normalizer is not None:
             sentinel = float(normalizer.sentinel)
@@ -182,6 +186,9 @@ class XECRegressor(nn.Module):
         self.peak_refit_tasks: tuple[str, ...] = ()
         if peak_refit_tasks:
             self.set_peak_mlp(copy.deepcopy(self.peak.mlp) if self.peak is not None else None, peak_refit_tasks)
+        self.fit_blend: FitBlend | None = None
+        if fit_blend_hidden:
+            self.set_fit_blend(FitBlend(int(fit_blend_hidden)))
 
     def _fit_dim(self, task: str) -> int:
         return SOLID_FIT_FEATURES if task in self.solid_fit_tasks else 0
@@ -207,6 +214,15 @@ class XECRegressor(nn.Module):
         """The heads of ``tasks`` (already built for it: refitted on the cached ``fit``) read the fit."""
         self.attach_solid_fit()
         self.solid_fit_tasks = tuple(t for t in self.tasks if t in set(tasks))
+
+    def set_fit_blend(self, blend: FitBlend | None) -> None:
+        """Blend the uvwFI output's u, v with the in-graph solid-angle fit's through ``blend``
+        (None: the network's position alone)."""
+        if blend is not None:
+            if "uvwFI" not in self.tasks:
+                raise XecError("the position blend with the classical fit needs the uvwFI task")
+            self.attach_solid_fit()  # XecError without the peak window
+        self.fit_blend = blend
 
     def set_peak_mlp(self, mlp: nn.Module | None, tasks: Sequence[str]) -> None:
         """Let the heads of ``tasks`` read the peak window through ``mlp`` (same input and
@@ -275,15 +291,33 @@ class XECRegressor(nn.Module):
                 fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
             if self.aggregates is not None:
                 self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
+            if self.sigma_tasks:
+                zd, locd = z.detach(), None if loc is None else loc.detach()
+                out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
+            if self.fit_blend is not None:
+                # after the time correction, which was trained with the network's position
+                fi = uvw_to_xyz_torch(self._blend_position(out, fit))
             if self.angles_from_position:
                 # not detached: nothing trains through it (the loss reads angle_head), and the
                 # angle's saliency is then that of the position it comes from
                 out["angle_head"] = out["angle"]
                 out["angle"] = self._standardized("angle", direction_to_angles_torch(fi))
-            if self.sigma_tasks:
-                zd, locd = z.detach(), None if loc is None else loc.detach()
-                out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
         return out
+
+    def _blend_position(self, out: dict, fit: torch.Tensor) -> torch.Tensor:
+        """uvwFI = the blend of the network's and the fit's (physical, returned); the network's
+        (``uvwFI_net``, standardized), the fit's (``uvwFI_fit``, cm) and the gate's inputs
+        (``blend_inputs``) join the outputs, for fitting the gate (xec.train.blend)."""
+        net = self._physical("uvwFI", out["uvwFI"])
+        scale = self.solid_fit.scale
+        ok = torch.isfinite(fit).all(dim=1, keepdim=True)
+        fit = torch.where(ok, fit, torch.cat([net / scale, torch.zeros_like(fit[:, 3:])], dim=1))
+        inputs = gate_inputs(net, fit, out.get("uvwFI_logvar"), scale)
+        fit_uvw = fit[:, :3] * scale
+        blended = self.fit_blend(net, fit_uvw, inputs)
+        out.update(uvwFI_net=out["uvwFI"], uvwFI_fit=fit_uvw, blend_inputs=inputs)
+        out["uvwFI"] = self._standardized("uvwFI", blended)
+        return blended
 
     def _trunk(self, x: torch.Tensor):
         """The heads' inputs: fused tokens z (B, in_dim), peak-window and aggregate features loc

@@ -60,12 +60,15 @@ from torch import nn
 from xec import metrics as M
 from xec.data.loader import ShardLoader
 from xec.errors import XecError
+from xec.geometry import direction_to_angles, uvw_to_xyz
 from xec.inpainting.deadaug import DeadSensorAugment
 from xec.models import XECRegressor
 from xec.models import sigma_calibration as SC
+from xec.models.blend import FitBlend
 from xec.models.regressor import LOGVAR_RANGE
 from xec.normalization import Normalizer
 from xec.targets import TargetStandardizer, get_task
+from xec.train import blend as B
 from xec.train.base import Stage, model_config_of, model_meta
 from xec.train.distributed import DistContext, all_reduce_sum, gather_arrays
 from xec.train.refit import refit_heads, refit_spec
@@ -167,7 +170,13 @@ class RegressorStage(Stage):
     takes_init = True
     takes_weights = True
     takes_inpainter = True
-    finish_keys = ("head_refit", "sigma.calibrate", "sigma.calibration_bins", "sigma.calibration_energy_mev")
+    finish_keys = (
+        "head_refit",
+        "fit_blend",
+        "sigma.calibrate",
+        "sigma.calibration_bins",
+        "sigma.calibration_energy_mev",
+    )
     headline = (
         "val_theta_deg_res",
         "val_phi_deg_res",
@@ -198,6 +207,8 @@ class RegressorStage(Stage):
         self.head_hidden: dict[str, int] = {}  # widths of the heads refitted by finalize()
         self.peak_refit_tasks: list[str] = []  # heads that read the peak window through a refitted MLP
         self.solid_fit_tasks: list[str] = []  # refitted heads that read the in-graph solid-angle fit
+        self.fit_blend = fit_blend_spec(self.sec["fit_blend"], self.tasks, int(model_meta(cfg)["peak_window"]))
+        self.fit_blend_hidden = 0  # the gate's width once finalize() has fitted it
         self.train_loader = None
         self.channel_dropout = float(self.sec["channel_dropout"])
         self.dead_aug = DeadSensorAugment.from_config(
@@ -225,6 +236,7 @@ class RegressorStage(Stage):
             head_hidden=args.get("head_hidden"),  # heads refitted after training (xec.train.refit)
             peak_refit_tasks=args.get("peak_refit_tasks", ()),  # and their own peak-window MLP
             solid_fit_tasks=args.get("solid_fit_tasks", ()),  # and the in-graph solid-angle fit
+            fit_blend_hidden=int(args.get("fit_blend_hidden", 0)),  # u, v blended with that fit's
         )
         model.set_sigma_calibration(spec.get("sigma_calibration"))
         nll = list(args["nll_tasks"])
@@ -244,6 +256,7 @@ class RegressorStage(Stage):
             "head_hidden": dict(self.head_hidden),
             "peak_refit_tasks": list(self.peak_refit_tasks),
             "solid_fit_tasks": list(self.solid_fit_tasks),
+            "fit_blend_hidden": self.fit_blend_hidden,
         }
 
     def attach_inpainter(self, path: str | None, device) -> None:
@@ -443,7 +456,11 @@ class RegressorStage(Stage):
         metrics: dict[str, float] = {}
         if self.head_refit["tasks"]:
             self.refit(_unwrapped(model), ctx.device)
+        if self.fit_blend["enabled"]:
+            _unwrapped(model).set_fit_blend(FitBlend(int(self.fit_blend["hidden"])))
         cols = val_predictions(model, self, ctx.device)
+        if self.fit_blend["enabled"]:
+            metrics.update(self.blend(_unwrapped(model), cols))
         if self.head_hidden:
             # the val resolutions of the model as it is saved and exported (the last epoch's
             # numbers, before the refit, stay in the history)
@@ -488,8 +505,29 @@ class RegressorStage(Stage):
         write_parquet(cols, Path(out_dir) / "predictions.parquet")
         return metrics
 
+    def blend(self, model: XECRegressor, cols: dict[str, np.ndarray]) -> dict[str, float]:
+        """Fit the position blend's gate on val (xec.train.blend): the model keeps the gate of all
+        of val, ``cols`` get the cross-fitted u, v (and the angles that follow them)."""
+        inputs = {k: cols.pop(k) for k in ("blend_inputs", "net_uvw", "fit_uvw")}
+        inputs["true_uvw"] = np.stack([cols[f"true_{c}"] for c in "uvw"], 1)
+        gate, blended, metrics = B.cross_fit(
+            {**inputs, "run": cols["run"], "event": cols["event"]}, self.fit_blend, int(self.hparams(self.cfg)["seed"])
+        )
+        model.fit_blend.load_state_dict(gate.state_dict())
+        self.fit_blend_hidden = int(self.fit_blend["hidden"])
+        for i, c in enumerate("uvw"):
+            cols[f"pred_{c}"] = blended[:, i]
+        if model.angles_from_position:
+            theta, phi = direction_to_angles(uvw_to_xyz(blended.astype(np.float64)))
+            cols["pred_theta"], cols["pred_phi"] = theta.astype(np.float32), phi.astype(np.float32)
+        return metrics
+
     def refit(self, model: XECRegressor, device) -> None:
         """Replace the heads of regressor.head_refit.tasks by heads refitted on the trained trunk."""
+        if model.fit_blend is not None:  # a finished model again (--resume): the heads see what they read
+            model.set_fit_blend(None)
+            if not model.solid_fit_tasks:
+                model.solid_fit = None
         losses = {
             t: (lambda pred, z, s=self.losses[t]: elementwise(s["type"], pred, z, float(s["beta"])))
             for t in self.head_refit["tasks"]
@@ -522,6 +560,24 @@ class RegressorStage(Stage):
             raw.set_peak_mlp(copy.deepcopy(evaluated.peak_mlp), self.peak_refit_tasks)
         if self.solid_fit_tasks:
             raw.set_solid_fit_tasks(self.solid_fit_tasks)
+        if evaluated.fit_blend is not None:
+            raw.set_fit_blend(copy.deepcopy(evaluated.fit_blend))
+
+
+def fit_blend_spec(sec: Mapping[str, Any], tasks, peak_window: int) -> dict[str, Any]:
+    """regressor.fit_blend, checked against the tasks and the model (XecError naming the key)."""
+    spec = dict(sec)
+    if spec["enabled"]:
+        if "uvwFI" not in tasks:
+            raise XecError(
+                "config regressor.fit_blend.enabled: blends the uvwFI task's position, which is not among "
+                f"regressor.tasks {list(tasks)}"
+            )
+        if peak_window <= 0:
+            raise XecError(
+                "config regressor.fit_blend.enabled: the classical fit runs on the peak window (model.peak_window is 0)"
+            )
+    return spec
 
 
 def energy_window_rows(true_energy_gev: np.ndarray, window_mev: Any) -> np.ndarray | None:
@@ -614,6 +670,10 @@ def val_predictions(model, stage: RegressorStage, device) -> dict[str, np.ndarra
     for x, targets, _, ids in loader:
         out = model(x.to(device))
         cols: dict[str, np.ndarray] = {"run": ids["run"].numpy(), "event": ids["event"].numpy()}
+        if "blend_inputs" in out:  # what the position blend's gate is fitted on (RegressorStage.blend)
+            cols["blend_inputs"] = out["blend_inputs"].float().cpu().numpy()
+            cols["net_uvw"] = stage.standardizer.destandardize("uvwFI", out["uvwFI_net"].float().cpu().numpy())
+            cols["fit_uvw"] = out["uvwFI_fit"].float().cpu().numpy()
         for t in stage.tasks:
             p = stage.standardizer.destandardize(t, out[t].float().cpu().numpy())
             y = targets[t].numpy()
