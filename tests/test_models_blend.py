@@ -27,7 +27,7 @@ def test_blend_starts_at_the_network_and_keeps_w():
     torch.manual_seed(0)
     net = torch.randn(64, 3) * 10
     fit = net + torch.randn(64, 3)
-    inputs = gate_inputs(net, torch.cat([fit / 10.0, torch.zeros(64, 2)], 1), None, 10.0)
+    inputs = gate_inputs(net, torch.cat([fit / 10.0, torch.zeros(64, 2)], 1), 10.0)
     assert inputs.shape == (64, N_INPUTS)
     blend = FitBlend(8)
     a = blend.weight(inputs)
@@ -48,7 +48,7 @@ def synthetic(n: int, seed: int):
     net, fit = true + net_err, true + fit_err
     net[:, 2] = true[:, 2] + 0.1 * rng.standard_normal(n)  # the depth the gate reads
     fit_feats = np.column_stack([fit / 10.0, np.zeros((n, 2))]).astype(np.float32)
-    inputs = gate_inputs(torch.from_numpy(net).float(), torch.from_numpy(fit_feats), None, 10.0).numpy()
+    inputs = gate_inputs(torch.from_numpy(net).float(), torch.from_numpy(fit_feats), 10.0).numpy()
     return dict(blend_inputs=inputs, net_uvw=net, fit_uvw=fit, true_uvw=true, run=np.zeros(n), event=np.arange(n)), deep
 
 

@@ -291,9 +291,6 @@ class XECRegressor(nn.Module):
                 fi = uvw_to_xyz_torch(self._physical("uvwFI", out["uvwFI"]))
             if self.aggregates is not None:
                 self._apply_aggregates(out, x, photons, log_light, z, loc, fi)
-            if self.sigma_tasks:
-                zd, locd = z.detach(), None if loc is None else loc.detach()
-                out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
             if self.fit_blend is not None:
                 # after the time correction, which was trained with the network's position
                 fi = uvw_to_xyz_torch(self._blend_position(out, fit))
@@ -302,6 +299,9 @@ class XECRegressor(nn.Module):
                 # angle's saliency is then that of the position it comes from
                 out["angle_head"] = out["angle"]
                 out["angle"] = self._standardized("angle", direction_to_angles_torch(fi))
+            if self.sigma_tasks:
+                zd, locd = z.detach(), None if loc is None else loc.detach()
+                out.update({f"{t}_logvar": self.sigma_heads[t](zd, locd) for t in self.sigma_tasks})
         return out
 
     def _blend_position(self, out: dict, fit: torch.Tensor) -> torch.Tensor:
@@ -312,7 +312,7 @@ class XECRegressor(nn.Module):
         scale = self.solid_fit.scale
         ok = torch.isfinite(fit).all(dim=1, keepdim=True)
         fit = torch.where(ok, fit, torch.cat([net / scale, torch.zeros_like(fit[:, 3:])], dim=1))
-        inputs = gate_inputs(net, fit, out.get("uvwFI_logvar"), scale)
+        inputs = gate_inputs(net, fit, scale)
         fit_uvw = fit[:, :3] * scale
         blended = self.fit_blend(net, fit_uvw, inputs)
         out.update(uvwFI_net=out["uvwFI"], uvwFI_fit=fit_uvw, blend_inputs=inputs)
