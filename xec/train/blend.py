@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from xec.inpainting.holdout import event_uniform
 from xec.metrics import width68
 from xec.models.blend import COORDS, FitBlend
 
@@ -51,9 +52,10 @@ def fit_gate(
 
 
 def fold_of(run: np.ndarray, event: np.ndarray, folds: int) -> np.ndarray:
-    """Part (0 .. folds - 1) of each event, from a hash of (run, event): stable across loaders."""
-    h = (np.asarray(run, np.uint64) * np.uint64(0x9E3779B1) + np.asarray(event, np.uint64)) * np.uint64(2654435761)
-    return ((h >> np.uint64(16)) % np.uint64(folds)).astype(np.int64)
+    """Part (0 .. folds - 1) of each event, from the project's per-event hash of (run, event)
+    (xec.inpainting.holdout.event_uniform, as the fine-tuning's held-out events): stable across
+    loaders."""
+    return np.minimum((event_uniform(run, event) * folds).astype(np.int64), folds - 1)
 
 
 def cross_fit(

@@ -524,10 +524,6 @@ class RegressorStage(Stage):
 
     def refit(self, model: XECRegressor, device) -> None:
         """Replace the heads of regressor.head_refit.tasks by heads refitted on the trained trunk."""
-        if model.fit_blend is not None:  # a finished model again (--resume): the heads see what they read
-            model.set_fit_blend(None)
-            if not model.solid_fit_tasks:
-                model.solid_fit = None
         losses = {
             t: (lambda pred, z, s=self.losses[t]: elementwise(s["type"], pred, z, float(s["beta"])))
             for t in self.head_refit["tasks"]
