@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xec.models.blend import N_INPUTS, FitBlend, gate_inputs
-from xec.models.solidfit import atan64
+from xec.models.solidfit import atan2_64, atan64
 from xec.train.blend import cross_fit, fit_gate, fold_of
 
 
@@ -21,6 +21,17 @@ def test_atan64_is_float64_exact():
     )
     np.testing.assert_allclose(atan64(z).numpy(), np.arctan(z.numpy()), rtol=0, atol=1e-15)
     assert atan64(z).dtype == torch.float64
+
+
+def test_atan2_64_in_every_quadrant():
+    """Against torch.atan2, magnitudes over 1e-40 .. 1e40, the axes and the negative x axis with
+    signed zeros (the half-angle form's hard case)."""
+    g = torch.Generator().manual_seed(0)
+    exponent = torch.randint(-40, 40, (2, 100000), generator=g).double()
+    y, x = torch.randn(2, 100000, dtype=torch.float64, generator=g) * 10.0**exponent
+    y = torch.cat([y, torch.tensor([0.0, -0.0, 1e-300, -1e-20, 1.0, -1.0, 0.0, 5.0], dtype=torch.float64)])
+    x = torch.cat([x, torch.tensor([-1.0, -1.0, -1.0, -1.0, 0.0, 0.0, 2.0, -1e-300], dtype=torch.float64)])
+    np.testing.assert_allclose(atan2_64(y, x).numpy(), torch.atan2(y, x).numpy(), rtol=0, atol=2e-15)
 
 
 def test_blend_starts_at_the_network_and_keeps_w():

@@ -56,6 +56,27 @@ def test_graph_fit_reproduces_the_classical_fit(events):
         assert 0.1 < w_graph < 1.5  # cm: the fit measures the position (mm-scale on the inner face)
 
 
+def test_jacobian_is_the_derivative_of_the_pattern(events):
+    """The fit's analytic d omega / d(u, v, w) (solid-angle derivatives chained with the
+    cylinder's d xyz / d uvw) equals central differences of the pattern, shallow to deep."""
+    _, x, _, norm = events
+    fit, sensors, out = graph_fit(x[:16], norm, BaselineConfig())
+    frames = fit._frames(sensors)
+    uvw = out[:, :3].double() * fit.scale
+    uvw = torch.cat([uvw[:8], uvw[8:] * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) + 0.3])  # w = 0.3 cm
+    step = 1e-5
+    fd = torch.stack(
+        [
+            (fit._omega(uvw + step * e, *frames) - fit._omega(uvw - step * e, *frames)) / (2 * step)
+            for e in torch.eye(3, dtype=torch.float64)
+        ],
+        -1,
+    )
+    jac = fit._jacobian(uvw, *frames)
+    assert jac.shape == (16, sensors.shape[1], 3)
+    torch.testing.assert_close(jac, fd, rtol=1e-5, atol=1e-9 * fd.abs().max().item())
+
+
 def test_dead_mppcs_weigh_nothing(events):
     """A dead (sentinel) MPPC of the window leaves the fit as if its light were unknown: a
     second, brighter sentinel value changes nothing."""

@@ -45,27 +45,57 @@ def inner_frames() -> _InnerFrames:
     return _FRAMES
 
 
-def rect_solid_angle(h: Any, x0: Any, y0: Any, side: float = MPPC_SIDE, atan: Any = None) -> Any:
-    """Exact solid angle of a ``side`` x ``side`` square seen from a point at height ``h`` above
-    its plane and offset (x0, y0) from its centre (sum over the four corner rectangles).
-    Zero for a point behind the plane (h <= 0). numpy arrays or torch tensors (the regressor's
-    in-graph position fit, xec.models.solidfit, which passes its own ``atan``)."""
+def _corners(h: Any, x0: Any, y0: Any, side: float) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The four corner rectangles of a ``side`` square seen from (h, x0, y0), stacked on a new
+    first axis (one pass of each operation, and contiguous slices: in an exported graph, a quarter
+    of the kernels and block copies): numpy or torch, the point behind the plane, the corners' x,
+    y, the clipped height and the distances."""
     xp = array_namespace(h)
-    arctan = xp.arctan if atan is None else atan
     behind = h <= 0
-    h = xp.clip(h, 1e-6, None)
+    hh = xp.clip(h, 1e-6, None)[None]
     a = 0.5 * side
     x1, x2 = -a - x0, a - x0
     y1, y2 = -a - y0, a - y0
-    h2 = h * h
+    x = xp.stack([x2, x1, x2, x1])
+    y = xp.stack([y2, y2, y1, y1])
+    return xp, behind, x, y, hh, xp.sqrt(x * x + y * y + hh * hh)
 
-    # the four corner rectangles stacked on a last axis: one pass of each operation (in an
-    # exported graph, a quarter of the kernels)
-    x = xp.stack([x2, x1, x2, x1], -1)
-    y = xp.stack([y2, y2, y1, y1], -1)
-    f = arctan(x * y / (h[..., None] * xp.sqrt(x * x + y * y + h2[..., None])))
-    omega = f[..., 0] - f[..., 1] - f[..., 2] + f[..., 3]
+
+def _signed_sum(f: Any) -> Any:
+    """The corner rectangles' (+, -, -, +) combination."""
+    return f[0] - f[1] - f[2] + f[3]
+
+
+def rect_solid_angle(h: Any, x0: Any, y0: Any, side: float = MPPC_SIDE, atan2: Any = None) -> Any:
+    """Exact solid angle of a ``side`` x ``side`` square seen from a point at height ``h`` above
+    its plane and offset (x0, y0) from its centre: atan t0 - atan t1 - atan t2 + atan t3 over the
+    corner rectangles, t = x y / (h r). Zero for a point behind the plane (h <= 0). numpy arrays
+    or torch tensors (the regressor's in-graph position fit, xec.models.solidfit, which passes its
+    own float64 ``atan2``).
+
+    The four arctangents are one: their sum is the argument of (1 + i t0)(1 - i t1)(1 - i t2)
+    (1 + i t3), a single atan2 per sensor (the fit evaluates ~36 patterns per event; the
+    arctangents were most of its time), folded to [0, 2 pi) (above pi only within ~0.4 cm of
+    the square)."""
+    xp, behind, x, y, hh, r = _corners(h, x0, y0, side)
+    t = x * y / (hh * r)
+    re_a, im_a = 1.0 + t[0] * t[1], t[0] - t[1]
+    re_b, im_b = 1.0 + t[2] * t[3], t[3] - t[2]
+    arg = (xp.arctan2 if atan2 is None else atan2)(re_a * im_b + im_a * re_b, re_a * re_b - im_a * im_b)
+    omega = xp.where(arg < 0, arg + 2.0 * np.pi, arg)
     return xp.where(behind, 0.0, omega)
+
+
+def rect_solid_angle_grad(h: Any, x0: Any, y0: Any, side: float = MPPC_SIDE) -> tuple[Any, Any, Any]:
+    """Analytic derivatives (d/dh, d/dx0, d/dy0) of :func:`rect_solid_angle` (zero behind the
+    plane), for the position fit's Jacobian: d atan(xy / (hr)) / dx = y h / ((x^2 + h^2) r),
+    likewise in y, and / dh = -x y (r^2 + h^2) / ((x^2 + h^2)(y^2 + h^2) r); x = +-side/2 - x0."""
+    xp, behind, x, y, hh, r = _corners(h, x0, y0, side)
+    xh, yh = x * x + hh * hh, y * y + hh * hh
+    d_h = _signed_sum(-x * y * (r * r + hh * hh) / (xh * yh * r))
+    d_x0 = -_signed_sum(y * hh / (xh * r))
+    d_y0 = -_signed_sum(x * hh / (yh * r))
+    return tuple(xp.where(behind, 0.0, d) for d in (d_h, d_x0, d_y0))
 
 
 def _dot(d: np.ndarray, v: np.ndarray) -> np.ndarray:

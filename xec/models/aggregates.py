@@ -57,6 +57,22 @@ def uvw_to_xyz_torch(uvw: torch.Tensor) -> torch.Tensor:
     return torch.stack([-r * torch.cos(phi), r * torch.sin(phi), uvw[:, 0]], dim=1)
 
 
+def uvw_to_xyz_jacobian_torch(uvw: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) d(x, y, z) / d(u, v, w) of :func:`uvw_to_xyz_torch` (x, y, z along dim 1)."""
+    phi = uvw[:, 1] / INNER_RADIUS
+    r = uvw[:, 2] + INNER_RADIUS
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    zero = torch.zeros_like(phi)
+    return torch.stack(
+        [
+            torch.stack([zero, r * sin / INNER_RADIUS, -cos], 1),
+            torch.stack([zero, r * cos / INNER_RADIUS, sin], 1),
+            torch.stack([zero + 1.0, zero, zero], 1),
+        ],
+        1,
+    )
+
+
 def direction_to_angles_torch(vec: torch.Tensor) -> torch.Tensor:
     """xec.geometry.direction_to_angles for tensors: (B, 3) -> (B, 2) (theta, phi) in degrees."""
     theta = torch.acos(torch.clamp(vec[:, 2] / torch.linalg.vector_norm(vec, dim=1), -1.0, 1.0))
