@@ -3,7 +3,7 @@ to end against ONNX Runtime alone on the same events.
 
     .venv/bin/python benchmarks/inference.py [--preset tiny] [--events 1024] [--batch-sizes 32 128 256]
     .venv/bin/python benchmarks/inference.py --e2e-input results/data/realdata.root \
-        [--e2e-inpainter results/inpainter/model.onnx] [--repeats 3]
+        [--e2e-inpainter results/inpainter/model.onnx] [--e2e-model results/regressor/model.onnx] [--repeats 3]
 
 End to end (``--e2e-input``): ``xec infer`` runs as a subprocess (ROOT read, normalization,
 inpainter on the events with dead sensors, regressor, ROOT + parquet write; start-up and imports
@@ -121,7 +121,7 @@ def end_to_end(args) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        reg = export_regressor(args.preset, Path(d) / "regressor.onnx")
+        reg = args.e2e_model or export_regressor(args.preset, Path(d) / "regressor.onnx")
         for th in args.threads:
             env = dict(os.environ, XEC_NO_PROGRESS="1", OMP_NUM_THREADS=str(th))
             # the repository's config.yaml, as the pipeline's inference runs (one regressor pass
@@ -147,8 +147,9 @@ def end_to_end(args) -> int:
                 ceiling = ort_only(reg, args.e2e_inpainter, args.e2e_input, th, batch)
                 rows.append((th, n / wall, loop_eps, ceiling, load, shares))
     print(
-        f"# xec infer end to end on {args.e2e_input} (inpainter: {args.e2e_inpainter or 'none'}), preset "
-        f"{args.preset}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores"
+        f"# xec infer end to end on {args.e2e_input} (inpainter: {args.e2e_inpainter or 'none'}), regressor "
+        f"{args.e2e_model or 'preset ' + args.preset}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} cores"
     )
     print("| threads | events/s (command) | events/s (event loop) | ORT only | loop / ORT | load | stages |")
     print("|---:|---:|---:|---:|---:|---:|---|")
@@ -176,6 +177,12 @@ def main() -> int:
     )
     parser.add_argument("--e2e-input", default=None, help="ROOT file: benchmark `xec infer` end to end on it")
     parser.add_argument("--e2e-inpainter", default=None, help="exported inpainter for the end-to-end run")
+    parser.add_argument(
+        "--e2e-model",
+        default=None,
+        help="exported regressor for the end-to-end run (e.g. the pipeline's results/regressor/model.onnx, with "
+        "the peak window, aggregates and the position blend's fit the preset's random model lacks)",
+    )
     args = parser.parse_args()
     if args.e2e_input:
         return end_to_end(args)
