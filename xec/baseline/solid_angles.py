@@ -52,7 +52,7 @@ def _corners(h: Any, x0: Any, y0: Any, side: float) -> tuple[Any, Any, Any, Any,
     y, the clipped height and the distances."""
     xp = array_namespace(h)
     behind = h <= 0
-    hh = xp.clip(h, 1e-6, None)[None]
+    hh = xp.clip(h, 1e-6, None)  # broadcasts against the corners' leading axis
     a = 0.5 * side
     x1, x2 = -a - x0, a - x0
     y1, y2 = -a - y0, a - y0
@@ -74,9 +74,8 @@ def rect_solid_angle(h: Any, x0: Any, y0: Any, side: float = MPPC_SIDE, atan2: A
     own float64 ``atan2``).
 
     The four arctangents are one: their sum is the argument of (1 + i t0)(1 - i t1)(1 - i t2)
-    (1 + i t3), a single atan2 per sensor (the fit evaluates ~36 patterns per event; the
-    arctangents were most of its time), folded to [0, 2 pi) (above pi only within ~0.4 cm of
-    the square)."""
+    (1 + i t3), a single atan2 per sensor (the arctangents were most of the in-graph fit's time),
+    folded to [0, 2 pi) (above pi only within ~0.4 cm of the square)."""
     xp, behind, x, y, hh, r = _corners(h, x0, y0, side)
     t = x * y / (hh * r)
     re_a, im_a = 1.0 + t[0] * t[1], t[0] - t[1]

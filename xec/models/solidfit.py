@@ -30,8 +30,9 @@ build them from +, *, /, sqrt.
 Cost: the solid angles of the 121 MPPCs at the 11 depths of the scan, then per step at the new
 point, with their Jacobian. One atan2 per MPPC instead of four arctangents, the analytic Jacobian
 instead of three more patterns per step (finite differences), and the frames' dot products as
-matrix products made the fit 1.7x cheaper in ONNX Runtime and 2.2-2.6x in PyTorch (docs/performance.md, "The
-in-graph fit, 1.7x cheaper").
+matrix products made the fit 1.7x cheaper in ONNX Runtime and 2.2-2.6x in PyTorch
+(docs/performance.md, "The in-graph fit, 1.7x cheaper"). The scan's 11 depths as one batched pass
+were slower (the arrays leave the cache).
 """
 
 from __future__ import annotations
