@@ -182,7 +182,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines.append(
         "(the trained regressor also has the per-event sigma heads of regressor.sigma, after "
         "regressor.head_refit the refitted heads and with regressor.fit_blend the gate of the position "
-        "blend and the classical fit in the graph, ~0.5 ms per event on a CPU core, not counted here: "
+        "blend and the classical fit in the graph, ~0.4 ms per event on a CPU core, not counted here: "
         "`xec train regressor` logs its own parameter count)"
     )
     return "\n".join(lines)

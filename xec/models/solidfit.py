@@ -99,8 +99,13 @@ class SolidAngleFit(nn.Module):
     ):
         super().__init__()
         fr = inner_frames()
-        for name, a in (("pos", fr.pos), ("normal", fr.n), ("tangent", fr.et), ("uv", fr.uv)):
+        for name, a in (("normal", fr.n), ("tangent", fr.et), ("uv", fr.uv)):
             self.register_buffer(name, torch.as_tensor(np.asarray(a), dtype=torch.float64), persistent=False)
+        # each MPPC's position along its normal, z and tangent: a constant of the geometry, so the
+        # graph gathers it instead of recomputing it per batch (see _local)
+        pos = torch.as_tensor(np.asarray(fr.pos), dtype=torch.float64)
+        along = torch.stack([(pos * self.normal).sum(-1), pos[:, 2], (pos * self.tangent).sum(-1)], -1)
+        self.register_buffer("along", along, persistent=False)
         self.normalizer = normalizer
         self.sentinel = float(normalizer.sentinel)
         self.eff, self.sys, self.w_max = float(efficiency), float(sys_fraction), float(w_max)
@@ -108,11 +113,9 @@ class SolidAngleFit(nn.Module):
         self.scale = float(coord_scale_cm)
 
     def _frames(self, sensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The window MPPCs' frames (B, K, 3): normal, tangent, and (B, K, 3) their positions'
+        """The window MPPCs' frames, each (B, K, 3): normal, tangent, and their positions'
         components along normal, z and tangent, for :meth:`_local`."""
-        pos, normal, tangent = self.pos[sensors], self.normal[sensors], self.tangent[sensors]
-        along = torch.stack([(pos * normal).sum(-1), pos[..., 2], (pos * tangent).sum(-1)], -1)
-        return normal, tangent, along
+        return self.normal[sensors], self.tangent[sensors], self.along[sensors]
 
     @staticmethod
     def _local(uvw: torch.Tensor, normal: torch.Tensor, tangent: torch.Tensor, along: torch.Tensor):
