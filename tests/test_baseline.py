@@ -233,6 +233,25 @@ def test_root_copy_has_reco_branches(calibrated):
         assert np.array_equal(f["tree"]["npho"].array(library="np", entry_stop=5), a["npho"][:5])
 
 
+def test_calibration_leaves_out_piled_up_events(tmp_path):
+    """A train sample simulated with pile-up (simulation.samples.train.pileup_probability): the
+    classical calibration is of one gamma's response and is fitted on the events without a second
+    gamma only, so the classical reference does not change when the ML trains on pile-up."""
+    from xec.config import load_config
+    from xec.simulation.generator import SampleSpec, write_sample
+    from xec.simulation.physics import PhysicsParams
+
+    path = tmp_path / "train_pu.root"
+    spec = SampleSpec(name="train", events=512, seed=21, energy_mev=(15.0, 60.0), pileup_probability=0.5)
+    write_sample(path, spec, PhysicsParams())
+    with uproot.open(path) as f:
+        clean = int((f["tree"]["pileupEnergyTruth"].array(library="np") == 0).sum())
+    assert 180 < clean < 330  # about half of 512
+    cfg = load_config(None, command="baseline")
+    calib = bcli.run_calibration([str(path)], str(tmp_path / "cal.json"), cfg)
+    assert 0.95 * clean <= calib.meta["n_events"] <= clean  # (a few without light are dropped too)
+
+
 @pytest.mark.slow
 def test_cli_on_realdata_with_dead_sensors(calibrated, tmp_path):
     d, files, cfg, cal, _, _ = calibrated

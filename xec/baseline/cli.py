@@ -187,7 +187,12 @@ def run_calibration(files: list[str], out: str, cfg: Mapping[str, Any], max_even
             raise XecError(f"{files[0]}: calibration needs the truth branch energyTruth")
         for k in parts:
             parts[k].append(reco[k])
-        e_true.append(np.asarray(arrays["energyTruth"], np.float64).reshape(-1))
+        e = np.asarray(arrays["energyTruth"], np.float64).reshape(-1)
+        if "pileupEnergyTruth" in arrays:
+            # the calibration is of one gamma's response: events with a piled-up second gamma
+            # (a train sample simulated with pile-up) are left out, as NaN truth
+            e = np.where(np.asarray(arrays["pileupEnergyTruth"]).reshape(-1) > 0, np.nan, e)
+        e_true.append(e)
         t_true.append(
             np.asarray(arrays["timeTruth"], np.float64).reshape(-1)
             if "timeTruth" in arrays
