@@ -13,7 +13,7 @@ With ``--ml`` and ``--classical`` (the two methods' parquets of the same sample)
 per class: each method's *position part*, the 68 % width of its angle against the direction to
 the TRUE first interaction (the error its position adds, without the vertex), their ratio, and
 the scale k of the ML's position part that would give an ML / classical ratio of ``--goal`` on the
-angle itself: the smallest k with width68(k p + f) <= goal x width68(classical), p the ML's
+angle itself: the largest k with width68(k p + f) <= goal x width68(classical), p the ML's
 position part and f the floor of each event (the 68 % widths of these heavy-tailed residuals do
 not add in quadrature, so k is found on the events themselves, by bisection).
 """

@@ -20,7 +20,16 @@ def test_gpu_script_parses():
 
 @pytest.mark.parametrize(
     "script",
-    ["model.py", "inference.py", "refit.py", "sigma_heads.py", "normalization.py", "precision.py", "metrics.py"],
+    [
+        "model.py",
+        "inference.py",
+        "refit.py",
+        "sigma_heads.py",
+        "normalization.py",
+        "precision.py",
+        "metrics.py",
+        "angle_floor.py",
+    ],
 )
 def test_benchmark_scripts_import(script):
     r = subprocess.run(
@@ -67,3 +76,20 @@ def test_normalization_benchmark_runs(tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith("| numpy") or line.startswith("| ONNX")]
     assert len(rows) == 7
     assert not list(tmp_path.glob("xec-bench-norm-*"))  # the simulated file is removed
+
+
+def test_angle_floor_scale_for_known_answer():
+    """angle_floor.scale_for on Gaussian parts: a position part p of width 1 and a floor f of
+    width 2, target the width of 0.5 p + f: k = 0.5 (within the sample's noise); a target below
+    the floor's own width gives 0, one above 2 p + f gives the cap 2."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import numpy as np, angle_floor as A;"
+        "from xec.metrics import width68;"
+        "r = np.random.default_rng(0); p = r.standard_normal(200000); f = 2 * r.standard_normal(200000);"
+        "print(A.scale_for(p, f, width68(0.5 * p + f)), A.scale_for(p, f, 1.0), A.scale_for(p, f, 10.0))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    k, below, above = map(float, r.stdout.split())
+    assert abs(k - 0.5) < 0.02
+    assert below == 0.0 and above == 2.0
