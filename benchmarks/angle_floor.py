@@ -47,7 +47,9 @@ def main() -> None:
     d_phi = (phi - ang[:, 1] + 180.0) % 360.0 - 180.0
     summary_cfg = load_config()["summary"]
     lim = summary_cfg["fiducial"]
-    fid = inside(uvw, lim)
+    fid = np.ones(len(xyz), bool)
+    for i, c in enumerate("uvw"):
+        fid &= (uvw[:, i] >= lim[c][0]) & (uvw[:, i] < lim[c][1])
     summary = json.loads(open(a.summary).read())["bench"]["methods"] if a.summary else None
     print("| events | n | floor theta (deg) | floor phi (deg) | share of ML / classical theta^2 | of phi^2 |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -63,20 +65,13 @@ def main() -> None:
         position_parts(a.ml, a.classical, lim, float(summary_cfg["w_split_cm"]), a.goal)
 
 
-def inside(uvw: np.ndarray, lim: dict) -> np.ndarray:
-    """Events whose (u, v, w) lie inside the fiducial limits (summary.fiducial: lo <= x < hi)."""
-    fid = np.ones(len(uvw), bool)
-    for i, c in enumerate("uvw"):
-        fid &= (uvw[:, i] >= lim[c][0]) & (uvw[:, i] < lim[c][1])
-    return fid
-
-
 def position_parts(ml_path: str, classical_path: str, lim: dict, w_split: float, goal: float) -> None:
     """The second table (module docstring): per class and angle, floor, widths and position parts."""
     import pandas as pd
 
     from xec.geometry import direction_to_angles, uvw_to_xyz
     from xec.metrics import width68
+    from xec.summary import fiducial_mask
     from xec.targets import standard_columns
 
     # the regressor's val predictions.parquet names its columns pred_<col>: standard names
@@ -85,7 +80,7 @@ def position_parts(ml_path: str, classical_path: str, lim: dict, w_split: float,
     uvw = df[[f"true_uvwFI_{c}" for c in "uvw"]].to_numpy(np.float64)
     point = np.stack(direction_to_angles(uvw_to_xyz(uvw)), axis=1)  # direction to the true first interaction
     true = df[["true_angle_theta", "true_angle_phi"]].to_numpy(np.float64)
-    fid, deep = inside(uvw, lim), uvw[:, 2] >= w_split
+    fid, deep = fiducial_mask(df, lim, "true_"), uvw[:, 2] >= w_split  # the summary's own cut
     classes = {
         "all": np.ones(len(df), bool),
         "fiducial": fid,
