@@ -80,11 +80,14 @@ def _matmul_gflops(threads: int, window: int, hidden: int, batch: int) -> dict[s
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(batch, window, dtype=dtype), torch.randn(window, hidden, dtype=dtype)
-        for _ in range(20):
+        for _ in range(3):
             a @ b
-        n, t = 500, time.perf_counter()
-        for _ in range(n):
+        # for at least half a second: on CPUs that emulate bf16 (e.g. AMD Zen 2) one product takes
+        # ~50 ms, so a fixed 500 of them took 25 s
+        n, t = 0, time.perf_counter()
+        while n < 5 or time.perf_counter() - t < 0.5:
             a @ b
+            n += 1
         out[name] = n * 2 * batch * window * hidden / (time.perf_counter() - t) / 1e9
     return out
 
