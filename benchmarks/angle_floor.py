@@ -35,10 +35,13 @@ def main() -> None:
     ap.add_argument("--classical", default=None, help="xec baseline parquet of the same sample")
     ap.add_argument("--goal", type=float, default=0.95, help="ML / classical goal of the angles")
     a = ap.parse_args()
+    import pandas as pd
+
     from xec.baseline.reco import direction_to_angles
     from xec.config import load_config
     from xec.metrics import width68
     from xec.rootio import open_tree
+    from xec.summary import fiducial_mask
 
     arrays = open_tree(a.bench, a.tree).arrays(["xyzTruth", "uvwTruth", "emiAng"], library="np")
     xyz, uvw, ang = (np.stack(arrays[k]).astype(np.float64) for k in ("xyzTruth", "uvwTruth", "emiAng"))
@@ -47,9 +50,7 @@ def main() -> None:
     d_phi = (phi - ang[:, 1] + 180.0) % 360.0 - 180.0
     summary_cfg = load_config()["summary"]
     lim = summary_cfg["fiducial"]
-    fid = np.ones(len(xyz), bool)
-    for i, c in enumerate("uvw"):
-        fid &= (uvw[:, i] >= lim[c][0]) & (uvw[:, i] < lim[c][1])
+    fid = fiducial_mask(pd.DataFrame({f"uvwFI_{c}": uvw[:, i] for i, c in enumerate("uvw")}), lim, "")
     summary = json.loads(open(a.summary).read())["bench"]["methods"] if a.summary else None
     print("| events | n | floor theta (deg) | floor phi (deg) | share of ML / classical theta^2 | of phi^2 |")
     print("|---|---:|---:|---:|---:|---:|")
